@@ -1,0 +1,140 @@
+//! A loaded addon version: its verified manifest, where it came from, its effective per-hook
+//! limits and sandbox, and the pre-linked `InstancePre` every call instantiates from.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::CodeSource;
+use crate::call::Caller;
+use crate::live::LiveInstance;
+use crate::sandbox::{CallContext, Sandbox};
+use crate::state::HostState;
+use crate::wit::{self, AddonManifest, Hook};
+use crate::AddonRuntime;
+
+/// The limits one hook call runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookLimits {
+    /// Deadline of the call (epoch interruption for CPU, wall clock for blocked I/O).
+    pub timeout: Duration,
+    /// Linear memory cap.
+    pub memory_bytes: u64,
+    /// Whether the manifest asked for more than the operator allows.
+    pub capped: bool,
+}
+
+/// Facts about an addon file.
+#[derive(Debug, Clone)]
+pub struct AddonInfo {
+    /// Where it was loaded from (a path or a registry reference).
+    pub origin: String,
+    /// sha256 of the wasm bytes, hex.
+    pub digest: String,
+    /// Size of the wasm bytes.
+    pub size: u64,
+    /// Addon API version it speaks.
+    pub api_version: String,
+    /// Names of the component's exports.
+    pub exports: Vec<String>,
+    /// Names of the component's imports.
+    pub imports: Vec<String>,
+    /// Whether the code was compiled now or mapped from the cache.
+    pub code_source: CodeSource,
+    /// Time from reading the bytes to a checked manifest.
+    pub load_time: Duration,
+}
+
+/// What every call needs: the runtime, the pre-linked component, and the addon's permissions.
+pub(crate) struct AddonCore {
+    pub rt: AddonRuntime,
+    pub pre: wit::AddonPre<HostState>,
+    pub name: Arc<str>,
+    pub sandbox: Arc<Sandbox>,
+    pub limits: Vec<(Hook, HookLimits)>,
+}
+
+impl AddonCore {
+    pub(crate) fn limits(&self, hook: Hook) -> HookLimits {
+        self.limits.iter().find(|(h, _)| *h == hook).map(|(_, l)| *l).unwrap_or(HookLimits {
+            timeout: self.rt.inner.config.default_timeout(hook),
+            memory_bytes: self.rt.inner.config.default_memory_bytes,
+            capped: false,
+        })
+    }
+}
+
+/// A verified, loaded addon version. Cheap to clone.
+#[derive(Clone)]
+pub struct LoadedAddon {
+    pub(crate) core: Arc<AddonCore>,
+    manifest: Arc<AddonManifest>,
+    info: Arc<AddonInfo>,
+}
+
+impl std::fmt::Debug for LoadedAddon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAddon")
+            .field("engine", &self.manifest.engine)
+            .field("addon_version", &self.manifest.addon_version)
+            .field("digest", &self.info.digest)
+            .finish()
+    }
+}
+
+impl LoadedAddon {
+    pub(crate) fn new(core: Arc<AddonCore>, manifest: AddonManifest, info: AddonInfo) -> Self {
+        LoadedAddon {
+            core,
+            manifest: Arc::new(manifest),
+            info: Arc::new(info),
+        }
+    }
+
+    /// The engine name from the manifest.
+    pub fn engine(&self) -> &str {
+        &self.manifest.engine
+    }
+
+    /// The manifest the addon declared when loaded.
+    pub fn manifest(&self) -> &AddonManifest {
+        &self.manifest
+    }
+
+    /// Facts about the addon file.
+    pub fn info(&self) -> &AddonInfo {
+        &self.info
+    }
+
+    /// The effective limits of `hook`.
+    pub fn limits(&self, hook: Hook) -> HookLimits {
+        self.core.limits(hook)
+    }
+
+    /// Programs the addon may run: declared in its manifest and granted by the operator,
+    /// with the path each resolves to (`None`: granted but not found).
+    pub fn exec_grants(&self) -> Vec<(String, Option<std::path::PathBuf>)> {
+        self.core
+            .sandbox
+            .exec
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Programs the manifest declares that the operator has not granted.
+    pub fn exec_not_granted(&self) -> &[String] {
+        &self.core.sandbox.exec_not_granted
+    }
+
+    /// Call hooks, each on a fresh instance, with the permissions of `ctx`.
+    pub fn call<'a>(&'a self, ctx: &'a CallContext) -> Caller<'a> {
+        Caller::fresh(&self.core, ctx)
+    }
+
+    /// A long-lived instance for one database instance: it keeps its state (an open
+    /// connection) between calls, is recycled after a trap or timeout and after
+    /// `live_recycle_calls` calls, and runs every call under that hook's limits.
+    pub fn live(&self, ctx: CallContext) -> LiveInstance {
+        LiveInstance::new(self.core.clone(), ctx)
+    }
+}

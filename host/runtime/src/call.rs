@@ -1,0 +1,516 @@
+//! Calling hooks. A [`Caller`] runs typed hook calls either on a fresh instance per call or on
+//! a [`LiveInstance`]; both arm the same two deadlines (an epoch deadline that traps guest code
+//! and a wall-clock timeout around the whole async call, for guests blocked in I/O), the same
+//! memory cap, and turn whatever happened into a value or a typed [`CallError`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Store, Trap};
+
+use crate::addon::{AddonCore, HookLimits};
+use crate::error::{CallError, CallFailure, DeadlineCause};
+use crate::live::LiveInstance;
+use crate::logs::{LogStats, Logs};
+use crate::sandbox::{CallContext, Denials};
+use crate::state::{HostState, MemoryLimiter};
+use crate::streams::{HostSink, HostSource};
+use crate::wit::{
+    self, Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook,
+    HookError, Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport,
+    RunPlan, Sample,
+};
+
+/// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
+/// is computing is stopped by its epoch deadline (and reported as such) first.
+const WALL_GRACE: Duration = Duration::from_millis(25);
+
+/// Statistics of the last call made through a [`Caller`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Time from setting the call up to its result, instantiation included.
+    pub elapsed: Duration,
+    /// What the log budget did.
+    pub logs: LogStats,
+}
+
+enum Target<'a> {
+    Fresh {
+        core: &'a Arc<AddonCore>,
+        ctx: &'a CallContext,
+    },
+    Live(&'a LiveInstance),
+}
+
+/// Typed hook calls on one addon. Get one from [`crate::LoadedAddon::call`] (a fresh instance
+/// per call) or [`LiveInstance::call`] (one kept instance).
+pub struct Caller<'a> {
+    target: Target<'a>,
+    last: Mutex<Option<CallStats>>,
+}
+
+impl<'a> Caller<'a> {
+    pub(crate) fn fresh(core: &'a Arc<AddonCore>, ctx: &'a CallContext) -> Self {
+        Caller {
+            target: Target::Fresh { core, ctx },
+            last: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn live(live: &'a LiveInstance) -> Self {
+        Caller {
+            target: Target::Live(live),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Statistics of the last call made through this caller.
+    pub fn last_stats(&self) -> Option<CallStats> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn invoke<T, F>(&self, hook: Hook, f: F) -> Result<T, CallError>
+    where
+        F: AsyncFnOnce(&wit::Addon, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
+    {
+        let (result, stats, name) = match &self.target {
+            Target::Fresh { core, ctx } => {
+                let (r, s) = run_fresh(core, ctx, hook, f).await;
+                (r, s, core.name.clone())
+            }
+            Target::Live(live) => {
+                let (r, s) = live.run(hook, f).await;
+                (r, s, live.core.name.clone())
+            }
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        result.map_err(|failure| CallError {
+            addon: name.to_string(),
+            hook,
+            failure,
+        })
+    }
+
+    /// `metadata.manifest`.
+    pub async fn manifest(&self) -> Result<AddonManifest, CallError> {
+        self.invoke(Hook::Manifest, async |a, s| {
+            a.shoal_addon_metadata().call_manifest(s).await.map(Ok)
+        })
+        .await
+    }
+
+    /// `lifecycle.run-spec`.
+    pub async fn run_spec(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> Result<RunPlan, CallError> {
+        self.invoke(Hook::RunSpec, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_run_spec(s, instance, members, params)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.render-config`.
+    pub async fn render_config(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> Result<Vec<File>, CallError> {
+        self.invoke(Hook::RenderConfig, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_render_config(s, instance, members, params)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.post-provision`.
+    pub async fn post_provision(&self, instance: &Instance, members: &[Member]) -> Result<(), CallError> {
+        self.invoke(Hook::PostProvision, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_post_provision(s, instance, members)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.pre-terminate`.
+    pub async fn pre_terminate(&self, instance: &Instance, members: &[Member]) -> Result<(), CallError> {
+        self.invoke(Hook::PreTerminate, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_pre_terminate(s, instance, members)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.member-join`.
+    pub async fn member_join(
+        &self,
+        instance: &Instance,
+        joining: &Member,
+        members: &[Member],
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::MemberJoin, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_member_join(s, instance, joining, members)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.member-leave`.
+    pub async fn member_leave(
+        &self,
+        instance: &Instance,
+        leaving: &Member,
+        members: &[Member],
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::MemberLeave, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_member_leave(s, instance, leaving, members)
+                .await
+        })
+        .await
+    }
+
+    /// `lifecycle.account-provision`.
+    pub async fn account_provision(&self, instance: &Instance, account: &Account) -> Result<(), CallError> {
+        self.invoke(Hook::AccountProvision, async |a, s| {
+            a.shoal_addon_lifecycle()
+                .call_account_provision(s, instance, account)
+                .await
+        })
+        .await
+    }
+
+    /// `ha.probe`.
+    pub async fn probe(&self, instance: &Instance, members: &[Member]) -> Result<RoleReport, CallError> {
+        self.invoke(Hook::Probe, async |a, s| {
+            a.shoal_addon_ha().call_probe(s, instance, members).await
+        })
+        .await
+    }
+
+    /// `ha.promote`.
+    pub async fn promote(&self, instance: &Instance, term: u64, members: &[Member]) -> Result<(), CallError> {
+        self.invoke(Hook::Promote, async |a, s| {
+            a.shoal_addon_ha().call_promote(s, instance, term, members).await
+        })
+        .await
+    }
+
+    /// `ha.demote`.
+    pub async fn demote(
+        &self,
+        instance: &Instance,
+        new_primary: Option<&Member>,
+        members: &[Member],
+    ) -> Result<(), CallError> {
+        let new_primary = new_primary.cloned();
+        self.invoke(Hook::Demote, async |a, s| {
+            a.shoal_addon_ha()
+                .call_demote(s, instance, new_primary.as_ref(), members)
+                .await
+        })
+        .await
+    }
+
+    /// `ha.switchover`.
+    pub async fn switchover(
+        &self,
+        instance: &Instance,
+        candidate: &Member,
+        members: &[Member],
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::Switchover, async |a, s| {
+            a.shoal_addon_ha()
+                .call_switchover(s, instance, candidate, members)
+                .await
+        })
+        .await
+    }
+
+    /// `ha.rebuild`.
+    pub async fn rebuild(&self, instance: &Instance, source: &Member, members: &[Member]) -> Result<(), CallError> {
+        self.invoke(Hook::Rebuild, async |a, s| {
+            a.shoal_addon_ha().call_rebuild(s, instance, source, members).await
+        })
+        .await
+    }
+
+    /// `backup.backup`: the addon writes into `sink`, which is handed back with the result so
+    /// the caller can finish it (flush, seal, checksum).
+    pub async fn backup(
+        &self,
+        instance: &Instance,
+        method: &str,
+        params: &[Param],
+        sink: HostSink,
+    ) -> Result<(BackupInfo, HostSink), CallError> {
+        self.invoke(Hook::Backup, async |a, s| {
+            let res = s.data_mut().table.push(sink)?;
+            let borrowed = Resource::new_borrow(res.rep());
+            let out = a
+                .shoal_addon_backup()
+                .call_backup(&mut *s, instance, method, params, borrowed)
+                .await;
+            let sink = take(&mut s.data_mut().table, res)?;
+            Ok(out?.map(|info| (info, sink)))
+        })
+        .await
+    }
+
+    /// `backup.restore`: the addon reads the backup from `source`.
+    pub async fn restore(
+        &self,
+        instance: &Instance,
+        info: &BackupInfo,
+        source: HostSource,
+    ) -> Result<u64, CallError> {
+        self.invoke(Hook::Restore, async |a, s| {
+            let res = s.data_mut().table.push(source)?;
+            let borrowed = Resource::new_borrow(res.rep());
+            let out = a
+                .shoal_addon_backup()
+                .call_restore(&mut *s, instance, info, borrowed)
+                .await;
+            let source = take(&mut s.data_mut().table, res)?;
+            Ok(out?.map(|()| source.read))
+        })
+        .await
+    }
+
+    /// `backup.archive-continuous`.
+    pub async fn archive_continuous(
+        &self,
+        instance: &Instance,
+        after: Option<&str>,
+        sink: HostSink,
+    ) -> Result<(Option<ArchiveUnit>, HostSink), CallError> {
+        self.invoke(Hook::ArchiveContinuous, async |a, s| {
+            let res = s.data_mut().table.push(sink)?;
+            let borrowed = Resource::new_borrow(res.rep());
+            let out = a
+                .shoal_addon_backup()
+                .call_archive_continuous(&mut *s, instance, after, borrowed)
+                .await;
+            let sink = take(&mut s.data_mut().table, res)?;
+            Ok(out?.map(|unit| (unit, sink)))
+        })
+        .await
+    }
+
+    /// `backup.restore-to-time`.
+    pub async fn restore_to_time(
+        &self,
+        instance: &Instance,
+        base: &BackupInfo,
+        target: &RecoveryTarget,
+        archive_dir: &str,
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::RestoreToTime, async |a, s| {
+            a.shoal_addon_backup()
+                .call_restore_to_time(s, instance, base, target, archive_dir)
+                .await
+        })
+        .await
+    }
+
+    /// `config.validate`.
+    pub async fn validate(&self, params: &[Param]) -> Result<Vec<ParamError>, CallError> {
+        self.invoke(Hook::Validate, async |a, s| {
+            a.shoal_addon_config().call_validate(s, params).await
+        })
+        .await
+    }
+
+    /// `config.classify`.
+    pub async fn classify(&self, changes: &[ParamChange]) -> Result<Vec<ClassifiedChange>, CallError> {
+        self.invoke(Hook::Classify, async |a, s| {
+            a.shoal_addon_config().call_classify(s, changes).await
+        })
+        .await
+    }
+
+    /// `config.apply-dynamic`.
+    pub async fn apply_dynamic(&self, instance: &Instance, changes: &[ParamChange]) -> Result<(), CallError> {
+        self.invoke(Hook::ApplyDynamic, async |a, s| {
+            a.shoal_addon_config()
+                .call_apply_dynamic(s, instance, changes)
+                .await
+        })
+        .await
+    }
+
+    /// `telemetry.metrics`.
+    pub async fn metrics(&self, instance: &Instance) -> Result<Vec<Sample>, CallError> {
+        self.invoke(Hook::Metrics, async |a, s| {
+            a.shoal_addon_telemetry().call_metrics(s, instance).await
+        })
+        .await
+    }
+}
+
+fn take<T: 'static>(table: &mut ResourceTable, res: Resource<T>) -> wasmtime::Result<T> {
+    Ok(table.delete(res)?)
+}
+
+/// A Store for `core` with the permissions of `ctx`, not yet armed for a call.
+pub(crate) fn new_store(
+    core: &AddonCore,
+    ctx: &CallContext,
+    hook: Hook,
+) -> Result<Store<HostState>, CallFailure> {
+    let cfg = &core.rt.inner.config;
+    let logs = Logs::new(core.name.clone(), hook, cfg.log_budget_bytes, cfg.log_line_bytes);
+    let denials = Denials::default();
+    let wasi = core
+        .sandbox
+        .wasi(ctx, &logs, &denials)
+        .map_err(CallFailure::Setup)?;
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter {
+            limit: usize::try_from(cfg.default_memory_bytes).unwrap_or(usize::MAX),
+            refused: None,
+        },
+        addon: core.name.clone(),
+        logs,
+        denials,
+        sandbox: core.sandbox.clone(),
+        run_as: ctx.run_as,
+        progress: ctx.progress.clone(),
+        exec_capture: cfg.exec_capture_bytes,
+        deadline: Instant::now(),
+    };
+    let mut store = Store::new(&core.rt.inner.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    Ok(store)
+}
+
+/// Reset per-call state and set both deadlines and the memory cap for a call of `hook`.
+pub(crate) fn arm(store: &mut Store<HostState>, core: &AddonCore, hook: Hook, limits: HookLimits) {
+    let tick = core.rt.inner.config.epoch_tick;
+    let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1));
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    let data = store.data_mut();
+    data.deadline = Instant::now() + limits.timeout;
+    data.limiter.limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+    data.limiter.refused = None;
+    data.logs.reset(hook);
+    data.denials.take();
+}
+
+/// Run `f` under the wall-clock deadline of `limits`.
+pub(crate) async fn under_deadline<T>(
+    limits: HookLimits,
+    fut: impl std::future::Future<Output = wasmtime::Result<Result<T, HookError>>>,
+) -> Result<wasmtime::Result<Result<T, HookError>>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limits.timeout + WALL_GRACE, fut).await
+}
+
+/// Turn the outcome of a call into a value or a [`CallFailure`], using what the store saw.
+pub(crate) fn settle<T>(
+    outcome: Result<wasmtime::Result<Result<T, HookError>>, tokio::time::error::Elapsed>,
+    state: &HostState,
+    limits: HookLimits,
+) -> Result<T, CallFailure> {
+    let denials = || state.denials.take();
+    match outcome {
+        Err(_) => Err(CallFailure::Deadline {
+            limit: limits.timeout,
+            cause: DeadlineCause::WallClock,
+        }),
+        Ok(Ok(Ok(v))) => {
+            if !state.denials.is_empty() {
+                tracing::warn!(
+                    target: "shoal::addon",
+                    addon = %state.addon,
+                    "call succeeded after sandbox denials: {}",
+                    denials().join("; ")
+                );
+            }
+            Ok(v)
+        }
+        Ok(Ok(Err(hook_error))) => {
+            if state.denials.is_empty() {
+                Err(CallFailure::Hook(hook_error))
+            } else {
+                Err(CallFailure::Denied {
+                    denials: denials(),
+                    guest: Some(hook_error.to_string()),
+                })
+            }
+        }
+        Ok(Err(trap)) => {
+            if let Some(requested) = state.limiter.refused {
+                return Err(CallFailure::OutOfMemory {
+                    limit: limits.memory_bytes,
+                    requested: requested as u64,
+                });
+            }
+            if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                return Err(CallFailure::Deadline {
+                    limit: limits.timeout,
+                    cause: DeadlineCause::Epoch,
+                });
+            }
+            if let Some(message) = state.logs.panic_message() {
+                return Err(CallFailure::Panic(message));
+            }
+            if !state.denials.is_empty() {
+                return Err(CallFailure::Denied {
+                    denials: denials(),
+                    guest: None,
+                });
+            }
+            let text = format!("{trap:#}");
+            if text.contains("concurrent") && text.contains("limit") {
+                return Err(CallFailure::Busy(text));
+            }
+            Err(CallFailure::Trap(text))
+        }
+    }
+}
+
+async fn run_fresh<T, F>(
+    core: &Arc<AddonCore>,
+    ctx: &CallContext,
+    hook: Hook,
+    f: F,
+) -> (Result<T, CallFailure>, CallStats)
+where
+    F: AsyncFnOnce(&wit::Addon, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
+{
+    let started = Instant::now();
+    let limits = core.limits(hook);
+    let mut store = match new_store(core, ctx, hook) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), CallStats::default()),
+    };
+    arm(&mut store, core, hook, limits);
+    let outcome = under_deadline(limits, async {
+        let instance = core.pre.instantiate_async(&mut store).await?;
+        f(&instance, &mut store).await
+    })
+    .await;
+    let result = settle(outcome, store.data(), limits);
+    let logs = store.data().logs.finish();
+    (
+        result,
+        CallStats {
+            elapsed: started.elapsed(),
+            logs,
+        },
+    )
+}

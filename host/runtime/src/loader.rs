@@ -1,0 +1,365 @@
+//! Loading an addon: recognise the file, compile it (or map it from the cache), check that it
+//! speaks this host's addon API and exports every required interface, link it, ask it for its
+//! manifest and check the manifest. Every failure is a [`LoadError`] naming the file.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::addon::{AddonCore, AddonInfo, HookLimits, LoadedAddon};
+use crate::cache::CodeSource;
+use crate::error::LoadError;
+use crate::sandbox::{CallContext, Sandbox};
+use crate::wit::{self, AddonManifest, Hook};
+use crate::AddonRuntime;
+
+pub(crate) async fn load(
+    rt: AddonRuntime,
+    origin: &str,
+    bytes: Vec<u8>,
+) -> Result<LoadedAddon, LoadError> {
+    let started = Instant::now();
+    sniff(origin, &bytes)?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    let size = bytes.len() as u64;
+
+    let compile_rt = rt.clone();
+    let compile_digest = digest.clone();
+    let (component, code_source) = tokio::task::spawn_blocking(move || {
+        let inner = &compile_rt.inner;
+        match &inner.cache {
+            Some(cache) => cache.load(&inner.engine, &bytes, &compile_digest),
+            None => Component::new(&inner.engine, &bytes).map(|c| (c, CodeSource::Compiled)),
+        }
+    })
+    .await
+    .map_err(|e| LoadError::Invalid {
+        origin: origin.to_string(),
+        detail: format!("compilation task failed: {e}"),
+    })?
+    .map_err(|e| LoadError::Invalid {
+        origin: origin.to_string(),
+        detail: format!("{e:#}"),
+    })?;
+
+    let (exports, imports) = check_interfaces(origin, &rt, &component)?;
+
+    let pre = rt
+        .inner
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::UnsupportedImport {
+            origin: origin.to_string(),
+            detail: format!("{e:#}"),
+        })?;
+    let pre = wit::AddonPre::new(pre).map_err(|e| LoadError::MissingExports {
+        origin: origin.to_string(),
+        missing: format!("{e:#}"),
+    })?;
+
+    // Ask the addon who it is, with no capabilities and the default manifest deadline.
+    let file_name: Arc<str> = std::path::Path::new(origin)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| origin.to_string())
+        .into();
+    let probe_core = Arc::new(AddonCore {
+        rt: rt.clone(),
+        pre: pre.clone(),
+        name: file_name,
+        sandbox: Arc::new(Sandbox::default()),
+        limits: limits_for(&rt, None),
+    });
+    let manifest = crate::call::Caller::fresh(&probe_core, &CallContext::default())
+        .manifest()
+        .await
+        .map_err(|source| LoadError::Manifest {
+            origin: origin.to_string(),
+            source: Box::new(source),
+        })?;
+    validate_manifest(&manifest).map_err(|detail| LoadError::BadManifest {
+        origin: origin.to_string(),
+        detail,
+    })?;
+
+    let grants = rt.inner.config.grants_for(&manifest.engine);
+    let core = Arc::new(AddonCore {
+        rt: rt.clone(),
+        pre,
+        name: manifest.engine.clone().into(),
+        sandbox: Arc::new(Sandbox::new(&manifest, &grants)),
+        limits: limits_for(&rt, Some(&manifest)),
+    });
+    let info = AddonInfo {
+        origin: origin.to_string(),
+        digest,
+        size,
+        api_version: wit::API_VERSION.to_string(),
+        exports,
+        imports,
+        code_source,
+        load_time: started.elapsed(),
+    };
+    tracing::info!(
+        addon = %manifest.engine,
+        version = %manifest.addon_version,
+        digest = %&info.digest[..12],
+        from_cache = code_source == CodeSource::Cache,
+        ms = info.load_time.as_millis() as u64,
+        "addon loaded"
+    );
+    Ok(LoadedAddon::new(core, manifest, info))
+}
+
+/// Recognise what kind of file `bytes` is before handing it to the compiler.
+fn sniff(origin: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    let not_wasm = |detail: String| LoadError::NotWasm {
+        origin: origin.to_string(),
+        detail,
+    };
+    if bytes.is_empty() {
+        return Err(not_wasm("the file is empty".into()));
+    }
+    if bytes.len() < 8 {
+        return Err(not_wasm(format!("the file is only {} bytes", bytes.len())));
+    }
+    if &bytes[..4] != b"\0asm" {
+        return Err(not_wasm(format!(
+            "it starts with {:02x?}, not the \\0asm magic",
+            &bytes[..4]
+        )));
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(LoadError::CoreModule {
+            origin: origin.to_string(),
+        }),
+        [0x0d, 0, 1, 0] => Ok(()),
+        ref other => Err(LoadError::Invalid {
+            origin: origin.to_string(),
+            detail: format!("unknown WebAssembly version/layer {other:02x?}"),
+        }),
+    }
+}
+
+/// The component's export and import names, after checking they speak this API version and
+/// export every required interface.
+fn check_interfaces(
+    origin: &str,
+    rt: &AddonRuntime,
+    component: &Component,
+) -> Result<(Vec<String>, Vec<String>), LoadError> {
+    let engine = &rt.inner.engine;
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+
+    let ours = |names: &[String]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let rest = n.strip_prefix(wit::PACKAGE)?.strip_prefix('/')?;
+                let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
+                Some((format!("{}/{iface}", wit::PACKAGE), version.to_string()))
+            })
+            .collect()
+    };
+    let our_exports = ours(&exports);
+    let our_imports = ours(&imports);
+    if let Some((_, found)) = our_exports
+        .iter()
+        .chain(our_imports.iter())
+        .find(|(_, v)| v != wit::API_VERSION)
+    {
+        return Err(LoadError::ApiVersion {
+            origin: origin.to_string(),
+            found: if found.is_empty() {
+                "(unversioned)".into()
+            } else {
+                found.clone()
+            },
+            supported: wit::API_VERSION.to_string(),
+        });
+    }
+    if our_exports.is_empty() {
+        return Err(LoadError::NotAnAddon {
+            origin: origin.to_string(),
+            exports: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
+        });
+    }
+    let missing: Vec<String> = wit::REQUIRED_EXPORTS
+        .iter()
+        .filter(|req| !our_exports.iter().any(|(name, _)| name == *req))
+        .map(|req| format!("{req}@{}", wit::API_VERSION))
+        .collect();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingExports {
+            origin: origin.to_string(),
+            missing: missing.join(", "),
+        });
+    }
+    Ok((exports, imports))
+}
+
+/// Effective limits per hook: the manifest's request (or the operator's default), capped by
+/// the operator's maxima.
+pub(crate) fn limits_for(
+    rt: &AddonRuntime,
+    manifest: Option<&AddonManifest>,
+) -> Vec<(Hook, HookLimits)> {
+    let cfg = &rt.inner.config;
+    Hook::ALL
+        .into_iter()
+        .map(|hook| {
+            let declared = manifest.and_then(|m| m.limits.iter().find(|l| l.hook == hook));
+            let want_timeout = declared
+                .map(|l| std::time::Duration::from_millis(l.timeout_ms))
+                .unwrap_or_else(|| cfg.default_timeout(hook));
+            let want_memory = declared
+                .and_then(|l| l.memory_bytes)
+                .unwrap_or(cfg.default_memory_bytes);
+            let limits = HookLimits {
+                timeout: want_timeout.min(cfg.max_timeout),
+                memory_bytes: want_memory.min(cfg.max_memory_bytes),
+                capped: want_timeout > cfg.max_timeout || want_memory > cfg.max_memory_bytes,
+            };
+            (hook, limits)
+        })
+        .collect()
+}
+
+/// Structural checks of a manifest, so that later code can rely on it.
+pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if !name_ok(&m.engine) {
+        return Err(format!(
+            "engine name {:?} must be 1-63 lowercase letters, digits or dashes, starting with a letter",
+            m.engine
+        ));
+    }
+    if m.versions.is_empty() {
+        return Err("declares no engine versions".into());
+    }
+    let defaults = m.versions.iter().filter(|v| v.is_default).count();
+    if defaults != 1 {
+        return Err(format!("must mark exactly one version as default, marks {defaults}"));
+    }
+    unique("version", m.versions.iter().map(|v| v.version.as_str()))?;
+    unique("role", m.roles.iter().map(|r| r.name.as_str()))?;
+    unique("port", m.ports.iter().map(|p| p.name.as_str()))?;
+    unique("parameter", m.parameters.iter().map(|p| p.name.as_str()))?;
+    unique("backup method", m.backup_methods.iter().map(|b| b.name.as_str()))?;
+    for p in &m.ports {
+        if !name_ok(&p.name) {
+            return Err(format!("port name {:?} is not a lowercase identifier", p.name));
+        }
+    }
+    if m.topologies.is_empty() {
+        return Err("declares no topologies".into());
+    }
+    for t in &m.topologies {
+        if t.min_members == 0 || t.min_members > t.max_members {
+            return Err(format!(
+                "topology {:?}: members must satisfy 1 <= min ({}) <= max ({})",
+                t.kind, t.min_members, t.max_members
+            ));
+        }
+        for r in &t.roles {
+            if !m.roles.iter().any(|x| &x.name == r) {
+                return Err(format!("topology {:?} names undeclared role {r:?}", t.kind));
+            }
+        }
+    }
+    for p in &m.parameters {
+        if !name_ok(&p.name) && !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            return Err(format!("parameter name {:?} has characters other than letters, digits, _ - .", p.name));
+        }
+        if let Some(d) = &p.default_value {
+            crate::params::check_value(&p.type_, d)
+                .map_err(|e| format!("parameter {}: default {e}", p.name))?;
+        }
+        match &p.type_ {
+            wit::ParamType::Integer(r) | wit::ParamType::SizeBytes(r) | wit::ParamType::DurationMs(r)
+                if r.min > r.max =>
+            {
+                return Err(format!("parameter {}: range min {} > max {}", p.name, r.min, r.max))
+            }
+            wit::ParamType::Float(r) if !(r.min <= r.max) => {
+                return Err(format!("parameter {}: range min {} > max {}", p.name, r.min, r.max))
+            }
+            wit::ParamType::Choice(words) if words.is_empty() => {
+                return Err(format!("parameter {}: a choice needs at least one word", p.name))
+            }
+            _ => {}
+        }
+    }
+    for c in &m.capabilities {
+        match c {
+            wit::Capability::Exec(name) if name.is_empty() || name.contains('/') => {
+                return Err(format!("exec capability {name:?} must be a program name, not a path"))
+            }
+            wit::Capability::Connect(addr) if addr.parse::<std::net::SocketAddr>().is_err() => {
+                return Err(format!("connect capability {addr:?} is not an IP:port address"))
+            }
+            _ => {}
+        }
+    }
+    let mut seen = Vec::new();
+    for l in &m.limits {
+        if seen.contains(&l.hook) {
+            return Err(format!("limits for hook {} given twice", l.hook));
+        }
+        seen.push(l.hook);
+        if l.timeout_ms == 0 {
+            return Err(format!("limit for hook {}: timeout must be positive", l.hook));
+        }
+        if l.memory_bytes.is_some_and(|b| b < (1 << 20)) {
+            return Err(format!("limit for hook {}: memory below 1 MiB cannot run an addon", l.hook));
+        }
+    }
+    Ok(())
+}
+
+fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        if n.is_empty() {
+            return Err(format!("a {what} has an empty name"));
+        }
+        if !seen.insert(n) {
+            return Err(format!("{what} {n:?} declared twice"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniff_names_the_problem() {
+        assert!(matches!(sniff("f", b""), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(sniff("f", b"\0asm"), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(sniff("f", b"#!/bin/sh\necho"), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(
+            sniff("f", b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule { .. })
+        ));
+        assert!(sniff("f", b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(matches!(
+            sniff("f", b"\0asm\x02\0\0\0"),
+            Err(LoadError::Invalid { .. })
+        ));
+    }
+}

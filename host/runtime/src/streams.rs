@@ -1,0 +1,50 @@
+//! The byte streams a hook reads or writes on the host side: a [`HostSink`] a backup writes
+//! into and a [`HostSource`] a restore reads from. The runtime knows nothing about where the
+//! bytes go; the caller (the backup subsystem) supplies any `AsyncWrite` / `AsyncRead` and
+//! does compression, checksums and storage itself.
+
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where a backup hook's bytes go.
+pub struct HostSink {
+    pub(crate) writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
+    pub(crate) written: u64,
+}
+
+impl HostSink {
+    /// A sink writing into `writer`.
+    pub fn new(writer: impl AsyncWrite + Send + Sync + 'static) -> Self {
+        HostSink {
+            writer: Box::pin(writer),
+            written: 0,
+        }
+    }
+
+    /// Bytes accepted so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// Where a restore hook's bytes come from.
+pub struct HostSource {
+    pub(crate) reader: Pin<Box<dyn AsyncRead + Send + Sync>>,
+    pub(crate) read: u64,
+}
+
+impl HostSource {
+    /// A source reading from `reader`.
+    pub fn new(reader: impl AsyncRead + Send + Sync + 'static) -> Self {
+        HostSource {
+            reader: Box::pin(reader),
+            read: 0,
+        }
+    }
+
+    /// Bytes handed out so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}

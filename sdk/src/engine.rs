@@ -1,0 +1,275 @@
+//! The [`Engine`] trait an addon implements, with a default for every optional hook, and small
+//! conveniences on the shared types ([`HookError`], [`Instance`], [`Value`]).
+
+use crate::backup::{ArchiveUnit, BackupInfo, RecoveryTarget};
+use crate::config::{ClassifiedChange, ParamChange, ParamError};
+use crate::ha::RoleReport;
+use crate::host::{SinkWriter, SourceReader};
+use crate::lifecycle::{Account, RunPlan};
+use crate::manifest::AddonManifest;
+use crate::telemetry::Sample;
+use crate::{Endpoint, File, HookError, Instance, Member, Param, Value};
+
+/// What every hook returns.
+pub type HookResult<T> = Result<T, HookError>;
+
+/// A database engine, as Shoal sees it. Implement [`Engine::new`] and [`Engine::manifest`];
+/// override the hooks the engine supports. See `docs/wit.md` for when the host calls each hook
+/// and what it expects (idempotency, purity, deadlines).
+#[allow(unused_variables)]
+pub trait Engine: 'static {
+    /// Create the engine value. Called once per addon instance, before its first hook.
+    fn new() -> Self
+    where
+        Self: Sized;
+
+    /// Describe the addon: engine name, versions, topologies, roles, ports, backup methods,
+    /// parameter schema, capabilities and per-hook limits. Must be pure.
+    fn manifest(&self) -> AddonManifest;
+
+    // ----- lifecycle -----
+
+    /// How to run `instance` with the effective `params`: server command, init commands,
+    /// readiness, stop behaviour.
+    fn run_spec(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<RunPlan> {
+        Err(HookError::Unsupported)
+    }
+
+    /// The config files of `instance` for the effective parameters.
+    fn render_config(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<Vec<File>> {
+        Err(HookError::Unsupported)
+    }
+
+    /// One-time set-up after the component's first instance is ready. Idempotent.
+    fn post_provision(&mut self, instance: &Instance, members: &[Member]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Clean-up before `instance` is deleted.
+    fn pre_terminate(&mut self, instance: &Instance, members: &[Member]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Tell `instance` that `joining` was added. Idempotent.
+    fn member_join(
+        &mut self,
+        instance: &Instance,
+        joining: &Member,
+        members: &[Member],
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Tell `instance` that `leaving` is about to be removed. Idempotent.
+    fn member_leave(
+        &mut self,
+        instance: &Instance,
+        leaving: &Member,
+        members: &[Member],
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Create or update `account` on `instance`. Idempotent.
+    fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    // ----- HA -----
+
+    /// Observe role and health. Read-only; called every probe interval.
+    fn probe(&mut self, instance: &Instance, members: &[Member]) -> HookResult<RoleReport> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Make `instance` the writable primary at `term`. Idempotent.
+    fn promote(&mut self, instance: &Instance, term: u64, members: &[Member]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Make `instance` read-only, following `new_primary` when given. Idempotent.
+    fn demote(
+        &mut self,
+        instance: &Instance,
+        new_primary: Option<&Member>,
+        members: &[Member],
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Engine steps of a planned switchover from `instance` to `candidate`.
+    fn switchover(
+        &mut self,
+        instance: &Instance,
+        candidate: &Member,
+        members: &[Member],
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Re-seed the stopped `instance` from `source`. Idempotent.
+    fn rebuild(&mut self, instance: &Instance, source: &Member, members: &[Member]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    // ----- backup -----
+
+    /// Write a backup made with `method` into `into`.
+    fn backup(
+        &mut self,
+        instance: &Instance,
+        method: &str,
+        params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Restore `info` from `from` into the stopped, empty data directory of `instance`.
+    fn restore(
+        &mut self,
+        instance: &Instance,
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Ship the next complete archive unit after `after` into `into`; `None` when there is none.
+    fn archive_continuous(
+        &mut self,
+        instance: &Instance,
+        after: Option<&str>,
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<Option<ArchiveUnit>> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Configure replay of the staged archive in `archive_dir` up to `target`.
+    fn restore_to_time(
+        &mut self,
+        instance: &Instance,
+        base: &BackupInfo,
+        target: &RecoveryTarget,
+        archive_dir: &str,
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    // ----- parameters -----
+
+    /// Engine rules beyond the schema. The default checks `params` against the manifest's
+    /// parameter schema (names, types, ranges, choices) with [`crate::params::validate`].
+    fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
+        Ok(crate::params::validate(&self.manifest().parameters, params))
+    }
+
+    /// Live or restart, per change. The default follows each parameter's `apply` mode in the
+    /// manifest ([`crate::params::classify`]).
+    fn classify(&mut self, changes: &[ParamChange]) -> HookResult<Vec<ClassifiedChange>> {
+        crate::params::classify(&self.manifest().parameters, changes)
+    }
+
+    /// Apply dynamic changes to the running `instance`. Idempotent.
+    fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    // ----- metrics -----
+
+    /// Read the instance's metrics now.
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        Err(HookError::Unsupported)
+    }
+}
+
+impl HookError {
+    /// A [`HookError::Failed`] with `message`.
+    pub fn failed(message: impl Into<String>) -> Self {
+        HookError::Failed(message.into())
+    }
+
+    /// A [`HookError::Retryable`] with `message`.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HookError::Retryable(message.into())
+    }
+
+    /// A [`HookError::InvalidInput`] with `message`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        HookError::InvalidInput(message.into())
+    }
+
+    /// Prefix the message with `context` ("probe 127.0.0.1:11211: …"), keeping the kind.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        match self {
+            HookError::Unsupported => HookError::Unsupported,
+            HookError::InvalidInput(m) => HookError::InvalidInput(format!("{context}: {m}")),
+            HookError::Retryable(m) => HookError::Retryable(format!("{context}: {m}")),
+            HookError::Failed(m) => HookError::Failed(format!("{context}: {m}")),
+        }
+    }
+}
+
+/// I/O errors become hook errors: refused, reset and timed-out connections are `retryable`
+/// (the engine may be starting or busy); a sandbox denial and everything else is `failed`.
+impl From<std::io::Error> for HookError {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | WouldBlock
+            | UnexpectedEof | Interrupted => HookError::Retryable(e.to_string()),
+            PermissionDenied => HookError::Failed(format!("denied by the sandbox: {e}")),
+            _ => HookError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl Instance {
+    /// The port the host allocated under manifest port name `name`.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.iter().find(|p| p.name == name).map(|p| p.port)
+    }
+
+    /// `"host:port"` of the client endpoint.
+    pub fn address(&self) -> String {
+        self.endpoint.to_string()
+    }
+}
+
+impl Member {
+    /// The port the host allocated under manifest port name `name`.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.iter().find(|p| p.name == name).map(|p| p.port)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Boolean(b) => write!(f, "{b}"),
+            Value::Integer(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Text(s) => write!(f, "{s}"),
+        }
+    }
+}

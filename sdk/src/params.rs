@@ -1,0 +1,178 @@
+//! Parameter schema helpers: check values against the manifest's schema, classify changes by
+//! apply mode, and read effective values (user value or schema default) by name.
+
+use crate::config::{ChangeEffect, ClassifiedChange, ParamChange, ParamError};
+use crate::manifest::{ApplyMode, ParamSpec, ParamType};
+use crate::{HookError, HookResult, Param, Value};
+
+/// Check every parameter in `params` against `schema`: known name, no duplicates, matching
+/// type, value within range or choices. Returns one error per offending parameter.
+pub fn validate(schema: &[ParamSpec], params: &[Param]) -> Vec<ParamError> {
+    let mut errors = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        if params[..i].iter().any(|q| q.name == p.name) {
+            errors.push(err(&p.name, "given more than once"));
+            continue;
+        }
+        match schema.iter().find(|s| s.name == p.name) {
+            None => errors.push(err(&p.name, "unknown parameter")),
+            Some(spec) => {
+                if let Err(message) = check_value(&spec.type_, &p.value) {
+                    errors.push(err(&p.name, &message));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Whether `value` fits `ty`; the message says why not.
+pub fn check_value(ty: &ParamType, value: &Value) -> Result<(), String> {
+    match (ty, value) {
+        (ParamType::Boolean, Value::Boolean(_)) => Ok(()),
+        (ParamType::Text, Value::Text(_)) => Ok(()),
+        (ParamType::Integer(r), Value::Integer(v))
+        | (ParamType::SizeBytes(r), Value::Integer(v))
+        | (ParamType::DurationMs(r), Value::Integer(v)) => {
+            if *v < r.min || *v > r.max {
+                Err(format!("{v} is outside {}..={}", r.min, r.max))
+            } else {
+                Ok(())
+            }
+        }
+        (ParamType::Float(r), Value::Float(v)) => {
+            if !v.is_finite() || *v < r.min || *v > r.max {
+                Err(format!("{v} is outside {}..={}", r.min, r.max))
+            } else {
+                Ok(())
+            }
+        }
+        (ParamType::Choice(words), Value::Text(v)) => {
+            if words.iter().any(|w| w == v) {
+                Ok(())
+            } else {
+                Err(format!("{v:?} is not one of {}", words.join(", ")))
+            }
+        }
+        (ty, v) => Err(format!("expected {}, got {}", type_name(ty), value_kind(v))),
+    }
+}
+
+/// The effect of each change according to the schema's apply modes. A change to an
+/// immutable or unknown parameter is `invalid-input`.
+pub fn classify(schema: &[ParamSpec], changes: &[ParamChange]) -> HookResult<Vec<ClassifiedChange>> {
+    changes
+        .iter()
+        .map(|c| {
+            let spec = schema
+                .iter()
+                .find(|s| s.name == c.name)
+                .ok_or_else(|| HookError::InvalidInput(format!("{}: unknown parameter", c.name)))?;
+            let effect = match spec.apply {
+                ApplyMode::Dynamic => ChangeEffect::Dynamic,
+                ApplyMode::Restart => ChangeEffect::Restart,
+                ApplyMode::Immutable => {
+                    return Err(HookError::InvalidInput(format!(
+                        "{}: immutable after creation",
+                        c.name
+                    )))
+                }
+            };
+            Ok(ClassifiedChange {
+                name: c.name.clone(),
+                effect,
+            })
+        })
+        .collect()
+}
+
+/// Effective parameter values: what the user set, else the schema default.
+pub struct Lookup<'a> {
+    schema: &'a [ParamSpec],
+    params: &'a [Param],
+}
+
+impl<'a> Lookup<'a> {
+    /// Look values up in `params`, falling back to `schema` defaults.
+    pub fn new(schema: &'a [ParamSpec], params: &'a [Param]) -> Self {
+        Lookup { schema, params }
+    }
+
+    /// The effective value of `name`, if set or defaulted.
+    pub fn get(&self, name: &str) -> Option<&'a Value> {
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.value)
+            .or_else(|| {
+                self.schema
+                    .iter()
+                    .find(|s| s.name == name)
+                    .and_then(|s| s.default_value.as_ref())
+            })
+    }
+
+    /// The effective integer value of `name` (also sizes and durations).
+    pub fn int(&self, name: &str) -> HookResult<i64> {
+        match self.get(name) {
+            Some(Value::Integer(v)) => Ok(*v),
+            Some(other) => Err(HookError::InvalidInput(format!(
+                "{name}: expected an integer, got {}",
+                value_kind(other)
+            ))),
+            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+        }
+    }
+
+    /// The effective boolean value of `name`.
+    pub fn bool(&self, name: &str) -> HookResult<bool> {
+        match self.get(name) {
+            Some(Value::Boolean(v)) => Ok(*v),
+            Some(other) => Err(HookError::InvalidInput(format!(
+                "{name}: expected a boolean, got {}",
+                value_kind(other)
+            ))),
+            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+        }
+    }
+
+    /// The effective text value of `name` (also choices).
+    pub fn text(&self, name: &str) -> HookResult<&'a str> {
+        match self.get(name) {
+            Some(Value::Text(v)) => Ok(v),
+            Some(other) => Err(HookError::InvalidInput(format!(
+                "{name}: expected text, got {}",
+                value_kind(other)
+            ))),
+            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+        }
+    }
+}
+
+fn err(name: &str, message: &str) -> ParamError {
+    ParamError {
+        name: name.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn type_name(ty: &ParamType) -> &'static str {
+    match ty {
+        ParamType::Boolean => "a boolean",
+        ParamType::Integer(_) => "an integer",
+        ParamType::Float(_) => "a float",
+        ParamType::Text => "text",
+        ParamType::Choice(_) => "one of the listed words",
+        ParamType::SizeBytes(_) => "a size in bytes",
+        ParamType::DurationMs(_) => "a duration in milliseconds",
+    }
+}
+
+fn value_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Boolean(_) => "a boolean",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Text(_) => "text",
+    }
+}
