@@ -118,7 +118,12 @@ pub trait Engine: 'static {
     }
 
     /// Re-seed the stopped `instance` from `source`. Idempotent.
-    fn rebuild(&mut self, instance: &Instance, source: &Member, members: &[Member]) -> HookResult<()> {
+    fn rebuild(
+        &mut self,
+        instance: &Instance,
+        source: &Member,
+        members: &[Member],
+    ) -> HookResult<()> {
         Err(HookError::Unsupported)
     }
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::bindings::shoal::addon::host as raw;
-pub use raw::{ExecError, ExecOutput, LogLevel, StreamError};
 use crate::{EnvVar, HookError};
+pub use raw::{ExecError, ExecOutput, LogLevel, StreamError};
 
 /// Write a line to the host log. Prefer the [`info!`](crate::info) family of macros.
 pub fn log(level: LogLevel, message: &str) {
@@ -132,10 +132,14 @@ impl ExecOutput {
         let tail: String = {
             let t = stderr.trim();
             let start = t.len().saturating_sub(2000);
-            let start = (start..t.len()).find(|i| t.is_char_boundary(*i)).unwrap_or(t.len());
+            let start = (start..t.len())
+                .find(|i| t.is_char_boundary(*i))
+                .unwrap_or(t.len());
             t[start..].to_string()
         };
-        Err(HookError::Failed(format!("{program} failed ({status}): {tail}")))
+        Err(HookError::Failed(format!(
+            "{program} failed ({status}): {tail}"
+        )))
     }
 
     /// Stdout as UTF-8 (lossy).

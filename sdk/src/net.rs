@@ -32,10 +32,15 @@ pub fn socket_addr(endpoint: &Endpoint) -> io::Result<SocketAddr> {
         })
 }
 
-/// Connect to `endpoint` with `timeout` for the connect and for every later read and write.
+/// Connect to `endpoint` and set `timeout` on every later read and write.
+///
+/// The connect itself blocks until it succeeds or fails: on wasm32-wasip2, std's
+/// `connect_timeout` returns before the connection is established (later reads and writes
+/// then fail with `NotConnected`), so this uses the blocking connect, which reports refusal
+/// correctly. A connect that hangs (a silent remote host) is stopped by the hook's deadline.
 pub fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
     let addr = socket_addr(endpoint)?;
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;

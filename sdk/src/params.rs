@@ -60,7 +60,10 @@ pub fn check_value(ty: &ParamType, value: &Value) -> Result<(), String> {
 
 /// The effect of each change according to the schema's apply modes. A change to an
 /// immutable or unknown parameter is `invalid-input`.
-pub fn classify(schema: &[ParamSpec], changes: &[ParamChange]) -> HookResult<Vec<ClassifiedChange>> {
+pub fn classify(
+    schema: &[ParamSpec],
+    changes: &[ParamChange],
+) -> HookResult<Vec<ClassifiedChange>> {
     changes
         .iter()
         .map(|c| {
@@ -120,7 +123,9 @@ impl<'a> Lookup<'a> {
                 "{name}: expected an integer, got {}",
                 value_kind(other)
             ))),
-            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+            None => Err(HookError::InvalidInput(format!(
+                "{name}: not set and no default"
+            ))),
         }
     }
 
@@ -132,7 +137,9 @@ impl<'a> Lookup<'a> {
                 "{name}: expected a boolean, got {}",
                 value_kind(other)
             ))),
-            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+            None => Err(HookError::InvalidInput(format!(
+                "{name}: not set and no default"
+            ))),
         }
     }
 
@@ -144,7 +151,9 @@ impl<'a> Lookup<'a> {
                 "{name}: expected text, got {}",
                 value_kind(other)
             ))),
-            None => Err(HookError::InvalidInput(format!("{name}: not set and no default"))),
+            None => Err(HookError::InvalidInput(format!(
+                "{name}: not set and no default"
+            ))),
         }
     }
 }

@@ -65,17 +65,41 @@ impl Memcached {
 
 /// The `stats` fields exported as metrics: (stat name, kind, help).
 const METRICS: &[(&str, MetricKind, &str)] = &[
-    ("uptime", MetricKind::Gauge, "Seconds since the server started."),
-    ("curr_connections", MetricKind::Gauge, "Open client connections."),
-    ("total_connections", MetricKind::Counter, "Connections accepted since start."),
+    (
+        "uptime",
+        MetricKind::Gauge,
+        "Seconds since the server started.",
+    ),
+    (
+        "curr_connections",
+        MetricKind::Gauge,
+        "Open client connections.",
+    ),
+    (
+        "total_connections",
+        MetricKind::Counter,
+        "Connections accepted since start.",
+    ),
     ("curr_items", MetricKind::Gauge, "Items stored."),
     ("bytes", MetricKind::Gauge, "Bytes used by items."),
-    ("limit_maxbytes", MetricKind::Gauge, "Memory limit in bytes."),
+    (
+        "limit_maxbytes",
+        MetricKind::Gauge,
+        "Memory limit in bytes.",
+    ),
     ("cmd_get", MetricKind::Counter, "Get commands."),
     ("cmd_set", MetricKind::Counter, "Set commands."),
     ("get_hits", MetricKind::Counter, "Gets that found an item."),
-    ("get_misses", MetricKind::Counter, "Gets that found nothing."),
-    ("evictions", MetricKind::Counter, "Items evicted to make room."),
+    (
+        "get_misses",
+        MetricKind::Counter,
+        "Gets that found nothing.",
+    ),
+    (
+        "evictions",
+        MetricKind::Counter,
+        "Items evicted to make room.",
+    ),
 ];
 
 impl Engine for Memcached {
@@ -125,7 +149,10 @@ impl Engine for Memcached {
                 },
                 ParamSpec {
                     name: "max-connections".into(),
-                    type_: ParamType::Integer(IntRange { min: 16, max: 65536 }),
+                    type_: ParamType::Integer(IntRange {
+                        min: 16,
+                        max: 65536,
+                    }),
                     default_value: Some(Value::Integer(1024)),
                     apply: ApplyMode::Restart,
                     description: "Simultaneous client connections (-c).".into(),

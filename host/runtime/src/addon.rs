@@ -55,11 +55,15 @@ pub(crate) struct AddonCore {
 
 impl AddonCore {
     pub(crate) fn limits(&self, hook: Hook) -> HookLimits {
-        self.limits.iter().find(|(h, _)| *h == hook).map(|(_, l)| *l).unwrap_or(HookLimits {
-            timeout: self.rt.inner.config.default_timeout(hook),
-            memory_bytes: self.rt.inner.config.default_memory_bytes,
-            capped: false,
-        })
+        self.limits
+            .iter()
+            .find(|(h, _)| *h == hook)
+            .map(|(_, l)| *l)
+            .unwrap_or(HookLimits {
+                timeout: self.rt.inner.config.default_timeout(hook),
+                memory_bytes: self.rt.inner.config.default_memory_bytes,
+                capped: false,
+            })
     }
 }
 

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::Engine;
 
 /// Where compiled artifacts of one engine configuration live.
 #[derive(Debug, Clone)]
@@ -46,7 +46,8 @@ impl CodeCache {
     }
 
     fn artifact(&self, wasm_sha256: &str) -> PathBuf {
-        self.dir.join(format!("{wasm_sha256}-{}.cwasm", self.compat))
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", self.compat))
     }
 
     /// The component for `wasm`, from the cache when a verified entry exists, else compiled
@@ -91,7 +92,10 @@ impl CodeCache {
         match unsafe { Component::deserialize_file(engine, path) } {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!("cannot load compiled addon {}: {e:#}; recompiling", path.display());
+                tracing::warn!(
+                    "cannot load compiled addon {}: {e:#}; recompiling",
+                    path.display()
+                );
                 let _ = std::fs::remove_file(path);
                 None
             }
@@ -115,7 +119,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::rename(&tmp.0, target)
     };
     put(path, bytes)?;
-    put(&checksum_path(path), hex::encode(Sha256::digest(bytes)).as_bytes())
+    put(
+        &checksum_path(path),
+        hex::encode(Sha256::digest(bytes)).as_bytes(),
+    )
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {

@@ -18,9 +18,8 @@ use crate::sandbox::{CallContext, Denials};
 use crate::state::{HostState, MemoryLimiter};
 use crate::streams::{HostSink, HostSource};
 use crate::wit::{
-    self, Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook,
-    HookError, Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport,
-    RunPlan, Sample,
+    self, Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook, HookError,
+    Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport, RunPlan, Sample,
 };
 
 /// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
@@ -73,7 +72,10 @@ impl<'a> Caller<'a> {
 
     async fn invoke<T, F>(&self, hook: Hook, f: F) -> Result<T, CallError>
     where
-        F: AsyncFnOnce(&wit::Addon, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
+        F: AsyncFnOnce(
+            &wit::Addon,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, HookError>>,
     {
         let (result, stats, name) = match &self.target {
             Target::Fresh { core, ctx } => {
@@ -132,7 +134,11 @@ impl<'a> Caller<'a> {
     }
 
     /// `lifecycle.post-provision`.
-    pub async fn post_provision(&self, instance: &Instance, members: &[Member]) -> Result<(), CallError> {
+    pub async fn post_provision(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+    ) -> Result<(), CallError> {
         self.invoke(Hook::PostProvision, async |a, s| {
             a.shoal_addon_lifecycle()
                 .call_post_provision(s, instance, members)
@@ -142,7 +148,11 @@ impl<'a> Caller<'a> {
     }
 
     /// `lifecycle.pre-terminate`.
-    pub async fn pre_terminate(&self, instance: &Instance, members: &[Member]) -> Result<(), CallError> {
+    pub async fn pre_terminate(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+    ) -> Result<(), CallError> {
         self.invoke(Hook::PreTerminate, async |a, s| {
             a.shoal_addon_lifecycle()
                 .call_pre_terminate(s, instance, members)
@@ -182,7 +192,11 @@ impl<'a> Caller<'a> {
     }
 
     /// `lifecycle.account-provision`.
-    pub async fn account_provision(&self, instance: &Instance, account: &Account) -> Result<(), CallError> {
+    pub async fn account_provision(
+        &self,
+        instance: &Instance,
+        account: &Account,
+    ) -> Result<(), CallError> {
         self.invoke(Hook::AccountProvision, async |a, s| {
             a.shoal_addon_lifecycle()
                 .call_account_provision(s, instance, account)
@@ -192,7 +206,11 @@ impl<'a> Caller<'a> {
     }
 
     /// `ha.probe`.
-    pub async fn probe(&self, instance: &Instance, members: &[Member]) -> Result<RoleReport, CallError> {
+    pub async fn probe(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+    ) -> Result<RoleReport, CallError> {
         self.invoke(Hook::Probe, async |a, s| {
             a.shoal_addon_ha().call_probe(s, instance, members).await
         })
@@ -200,9 +218,16 @@ impl<'a> Caller<'a> {
     }
 
     /// `ha.promote`.
-    pub async fn promote(&self, instance: &Instance, term: u64, members: &[Member]) -> Result<(), CallError> {
+    pub async fn promote(
+        &self,
+        instance: &Instance,
+        term: u64,
+        members: &[Member],
+    ) -> Result<(), CallError> {
         self.invoke(Hook::Promote, async |a, s| {
-            a.shoal_addon_ha().call_promote(s, instance, term, members).await
+            a.shoal_addon_ha()
+                .call_promote(s, instance, term, members)
+                .await
         })
         .await
     }
@@ -239,9 +264,16 @@ impl<'a> Caller<'a> {
     }
 
     /// `ha.rebuild`.
-    pub async fn rebuild(&self, instance: &Instance, source: &Member, members: &[Member]) -> Result<(), CallError> {
+    pub async fn rebuild(
+        &self,
+        instance: &Instance,
+        source: &Member,
+        members: &[Member],
+    ) -> Result<(), CallError> {
         self.invoke(Hook::Rebuild, async |a, s| {
-            a.shoal_addon_ha().call_rebuild(s, instance, source, members).await
+            a.shoal_addon_ha()
+                .call_rebuild(s, instance, source, members)
+                .await
         })
         .await
     }
@@ -333,7 +365,10 @@ impl<'a> Caller<'a> {
     }
 
     /// `config.classify`.
-    pub async fn classify(&self, changes: &[ParamChange]) -> Result<Vec<ClassifiedChange>, CallError> {
+    pub async fn classify(
+        &self,
+        changes: &[ParamChange],
+    ) -> Result<Vec<ClassifiedChange>, CallError> {
         self.invoke(Hook::Classify, async |a, s| {
             a.shoal_addon_config().call_classify(s, changes).await
         })
@@ -341,7 +376,11 @@ impl<'a> Caller<'a> {
     }
 
     /// `config.apply-dynamic`.
-    pub async fn apply_dynamic(&self, instance: &Instance, changes: &[ParamChange]) -> Result<(), CallError> {
+    pub async fn apply_dynamic(
+        &self,
+        instance: &Instance,
+        changes: &[ParamChange],
+    ) -> Result<(), CallError> {
         self.invoke(Hook::ApplyDynamic, async |a, s| {
             a.shoal_addon_config()
                 .call_apply_dynamic(s, instance, changes)
@@ -370,7 +409,12 @@ pub(crate) fn new_store(
     hook: Hook,
 ) -> Result<Store<HostState>, CallFailure> {
     let cfg = &core.rt.inner.config;
-    let logs = Logs::new(core.name.clone(), hook, cfg.log_budget_bytes, cfg.log_line_bytes);
+    let logs = Logs::new(
+        core.name.clone(),
+        hook,
+        cfg.log_budget_bytes,
+        cfg.log_line_bytes,
+    );
     let denials = Denials::default();
     let wasi = core
         .sandbox
@@ -474,13 +518,55 @@ pub(crate) fn settle<T>(
                     guest: None,
                 });
             }
-            let text = format!("{trap:#}");
+            let text = describe_trap(&trap);
             if text.contains("concurrent") && text.contains("limit") {
                 return Err(CallFailure::Busy(text));
             }
             Err(CallFailure::Trap(text))
         }
     }
+}
+
+/// A one-line description of a trap: its code (or root cause) and the innermost named guest
+/// function, demangled enough to read.
+fn describe_trap(e: &wasmtime::Error) -> String {
+    let what = match e.downcast_ref::<Trap>() {
+        Some(code) => code.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let place = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name().map(demangle)));
+    match place {
+        Some(func) => format!("{what} (in {func})"),
+        None => what,
+    }
+}
+
+/// Readable form of a Rust legacy-mangled symbol (`_ZN5crate4func17h0123456789abcdefE` →
+/// `crate::func`); anything else is returned unchanged.
+fn demangle(symbol: &str) -> String {
+    let Some(mut rest) = symbol.strip_prefix("_ZN").and_then(|s| s.strip_suffix('E')) else {
+        return symbol.to_string();
+    };
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let Ok(len) = rest[..digits].parse::<usize>() else {
+            return symbol.to_string();
+        };
+        let Some(part) = rest.get(digits..digits + len) else {
+            return symbol.to_string();
+        };
+        rest = &rest[digits + len..];
+        let is_hash = part.len() == 17
+            && part.starts_with('h')
+            && part[1..].chars().all(|c| c.is_ascii_hexdigit());
+        if !is_hash {
+            parts.push(part);
+        }
+    }
+    parts.join("::")
 }
 
 async fn run_fresh<T, F>(
@@ -513,4 +599,19 @@ where
             logs,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::demangle;
+
+    #[test]
+    fn demangles_rust_legacy_symbols() {
+        assert_eq!(
+            demangle("_ZN21shoal_fixture_hostile7recurse17h0286b1aaffb9da69E"),
+            "shoal_fixture_hostile::recurse"
+        );
+        assert_eq!(demangle("plain_name"), "plain_name");
+        assert_eq!(demangle("_ZN99brokenE"), "_ZN99brokenE");
+    }
 }

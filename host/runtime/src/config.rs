@@ -202,7 +202,10 @@ mod duration_ms_map {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let ms: BTreeMap<&String, u64> = m
             .iter()
             .map(|(k, v)| (k, u64::try_from(v.as_millis()).unwrap_or(u64::MAX)))
@@ -210,8 +213,13 @@ mod duration_ms_map {
         ms.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
         let ms = BTreeMap::<String, u64>::deserialize(d)?;
-        Ok(ms.into_iter().map(|(k, v)| (k, Duration::from_millis(v))).collect())
+        Ok(ms
+            .into_iter()
+            .map(|(k, v)| (k, Duration::from_millis(v)))
+            .collect())
     }
 }

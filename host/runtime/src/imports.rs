@@ -57,12 +57,17 @@ impl Host for HostState {
         };
         match &self.progress {
             Some(f) => f(&p),
-            None => tracing::debug!(target: "shoal::addon", addon = %self.addon, done, total, "{}", p.message),
+            None => {
+                tracing::debug!(target: "shoal::addon", addon = %self.addon, done, total, "{}", p.message)
+            }
         }
         Ok(())
     }
 
-    async fn exec(&mut self, request: ExecRequest) -> wasmtime::Result<Result<ExecOutput, ExecError>> {
+    async fn exec(
+        &mut self,
+        request: ExecRequest,
+    ) -> wasmtime::Result<Result<ExecOutput, ExecError>> {
         Ok(self.run_exec(request, Pipe::None).await)
     }
 
@@ -171,7 +176,11 @@ enum Pipe<'a> {
 }
 
 impl HostState {
-    async fn run_exec(&mut self, req: ExecRequest, pipe: Pipe<'_>) -> Result<ExecOutput, ExecError> {
+    async fn run_exec(
+        &mut self,
+        req: ExecRequest,
+        pipe: Pipe<'_>,
+    ) -> Result<ExecOutput, ExecError> {
         let program = req.program.clone();
         let path = match self.sandbox.exec.get(&program) {
             Some(Some(path)) => path.clone(),
@@ -192,7 +201,9 @@ impl HostState {
             }
         };
 
-        let remaining = self.deadline.saturating_duration_since(tokio::time::Instant::now());
+        let remaining = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         let timeout = match req.timeout_ms {
             Some(ms) => remaining.min(Duration::from_millis(ms)),
             None => remaining,
@@ -222,7 +233,12 @@ impl HostState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ExecError::NotFound(format!("{}: {e}", path.display())))
             }
-            Err(e) => return Err(ExecError::Failed(format!("starting {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(ExecError::Failed(format!(
+                    "starting {}: {e}",
+                    path.display()
+                )))
+            }
         };
         tracing::debug!(target: "shoal::addon", addon = %self.addon, program = %program, args = ?req.args, "exec");
 

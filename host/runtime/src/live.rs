@@ -65,7 +65,10 @@ impl LiveInstance {
 
     pub(crate) async fn run<T, F>(&self, hook: Hook, f: F) -> (Result<T, CallFailure>, CallStats)
     where
-        F: AsyncFnOnce(&wit::Addon, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
+        F: AsyncFnOnce(
+            &wit::Addon,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, HookError>>,
     {
         let started = Instant::now();
         let core = &self.core;
@@ -128,5 +131,8 @@ impl LiveInstance {
 /// A Store stays usable after a value or a hook error; after a trap, a deadline (the guest may
 /// have been cut off mid-operation) or a refused setup it is dropped.
 fn keeps_store<T>(result: &Result<T, CallFailure>) -> bool {
-    matches!(result, Ok(_) | Err(CallFailure::Hook(_)) | Err(CallFailure::Denied { guest: Some(_), .. }))
+    matches!(
+        result,
+        Ok(_) | Err(CallFailure::Hook(_)) | Err(CallFailure::Denied { guest: Some(_), .. })
+    )
 }

@@ -46,14 +46,14 @@ pub(crate) async fn load(
 
     let (exports, imports) = check_interfaces(origin, &rt, &component)?;
 
-    let pre = rt
-        .inner
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| LoadError::UnsupportedImport {
-            origin: origin.to_string(),
-            detail: format!("{e:#}"),
-        })?;
+    let pre =
+        rt.inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsupportedImport {
+                origin: origin.to_string(),
+                detail: format!("{e:#}"),
+            })?;
     let pre = wit::AddonPre::new(pre).map_err(|e| LoadError::MissingExports {
         origin: origin.to_string(),
         missing: format!("{e:#}"),
@@ -239,7 +239,8 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
         !s.is_empty()
             && s.len() <= 63
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
     if !name_ok(&m.engine) {
         return Err(format!(
@@ -252,16 +253,24 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
     }
     let defaults = m.versions.iter().filter(|v| v.is_default).count();
     if defaults != 1 {
-        return Err(format!("must mark exactly one version as default, marks {defaults}"));
+        return Err(format!(
+            "must mark exactly one version as default, marks {defaults}"
+        ));
     }
     unique("version", m.versions.iter().map(|v| v.version.as_str()))?;
     unique("role", m.roles.iter().map(|r| r.name.as_str()))?;
     unique("port", m.ports.iter().map(|p| p.name.as_str()))?;
     unique("parameter", m.parameters.iter().map(|p| p.name.as_str()))?;
-    unique("backup method", m.backup_methods.iter().map(|b| b.name.as_str()))?;
+    unique(
+        "backup method",
+        m.backup_methods.iter().map(|b| b.name.as_str()),
+    )?;
     for p in &m.ports {
         if !name_ok(&p.name) {
-            return Err(format!("port name {:?} is not a lowercase identifier", p.name));
+            return Err(format!(
+                "port name {:?} is not a lowercase identifier",
+                p.name
+            ));
         }
     }
     if m.topologies.is_empty() {
@@ -281,24 +290,43 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
         }
     }
     for p in &m.parameters {
-        if !name_ok(&p.name) && !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-            return Err(format!("parameter name {:?} has characters other than letters, digits, _ - .", p.name));
+        if !name_ok(&p.name)
+            && !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(format!(
+                "parameter name {:?} has characters other than letters, digits, _ - .",
+                p.name
+            ));
         }
         if let Some(d) = &p.default_value {
             crate::params::check_value(&p.type_, d)
                 .map_err(|e| format!("parameter {}: default {e}", p.name))?;
         }
         match &p.type_ {
-            wit::ParamType::Integer(r) | wit::ParamType::SizeBytes(r) | wit::ParamType::DurationMs(r)
+            wit::ParamType::Integer(r)
+            | wit::ParamType::SizeBytes(r)
+            | wit::ParamType::DurationMs(r)
                 if r.min > r.max =>
             {
-                return Err(format!("parameter {}: range min {} > max {}", p.name, r.min, r.max))
+                return Err(format!(
+                    "parameter {}: range min {} > max {}",
+                    p.name, r.min, r.max
+                ))
             }
             wit::ParamType::Float(r) if !(r.min <= r.max) => {
-                return Err(format!("parameter {}: range min {} > max {}", p.name, r.min, r.max))
+                return Err(format!(
+                    "parameter {}: range min {} > max {}",
+                    p.name, r.min, r.max
+                ))
             }
             wit::ParamType::Choice(words) if words.is_empty() => {
-                return Err(format!("parameter {}: a choice needs at least one word", p.name))
+                return Err(format!(
+                    "parameter {}: a choice needs at least one word",
+                    p.name
+                ))
             }
             _ => {}
         }
@@ -306,10 +334,14 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
     for c in &m.capabilities {
         match c {
             wit::Capability::Exec(name) if name.is_empty() || name.contains('/') => {
-                return Err(format!("exec capability {name:?} must be a program name, not a path"))
+                return Err(format!(
+                    "exec capability {name:?} must be a program name, not a path"
+                ))
             }
             wit::Capability::Connect(addr) if addr.parse::<std::net::SocketAddr>().is_err() => {
-                return Err(format!("connect capability {addr:?} is not an IP:port address"))
+                return Err(format!(
+                    "connect capability {addr:?} is not an IP:port address"
+                ))
             }
             _ => {}
         }
@@ -321,10 +353,16 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
         }
         seen.push(l.hook);
         if l.timeout_ms == 0 {
-            return Err(format!("limit for hook {}: timeout must be positive", l.hook));
+            return Err(format!(
+                "limit for hook {}: timeout must be positive",
+                l.hook
+            ));
         }
         if l.memory_bytes.is_some_and(|b| b < (1 << 20)) {
-            return Err(format!("limit for hook {}: memory below 1 MiB cannot run an addon", l.hook));
+            return Err(format!(
+                "limit for hook {}: memory below 1 MiB cannot run an addon",
+                l.hook
+            ));
         }
     }
     Ok(())
@@ -350,8 +388,14 @@ mod tests {
     #[test]
     fn sniff_names_the_problem() {
         assert!(matches!(sniff("f", b""), Err(LoadError::NotWasm { .. })));
-        assert!(matches!(sniff("f", b"\0asm"), Err(LoadError::NotWasm { .. })));
-        assert!(matches!(sniff("f", b"#!/bin/sh\necho"), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(
+            sniff("f", b"\0asm"),
+            Err(LoadError::NotWasm { .. })
+        ));
+        assert!(matches!(
+            sniff("f", b"#!/bin/sh\necho"),
+            Err(LoadError::NotWasm { .. })
+        ));
         assert!(matches!(
             sniff("f", b"\0asm\x01\0\0\0"),
             Err(LoadError::CoreModule { .. })

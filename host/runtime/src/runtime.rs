@@ -65,12 +65,14 @@ impl AddonRuntime {
         };
         let linker = new_linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = match &config.cache_dir {
-            Some(dir) => Some(CodeCache::open(dir, &engine).map_err(|source| {
-                RuntimeError::Cache {
-                    path: dir.clone(),
-                    source,
-                }
-            })?),
+            Some(dir) => {
+                Some(
+                    CodeCache::open(dir, &engine).map_err(|source| RuntimeError::Cache {
+                        path: dir.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         spawn_epoch_ticker(&engine, config.epoch_tick)
@@ -103,10 +105,12 @@ impl AddonRuntime {
 
     /// Load, verify and describe the addon in `path`.
     pub async fn load_file(&self, path: &Path) -> Result<LoadedAddon, LoadError> {
-        let bytes = tokio::fs::read(path).await.map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         self.load_bytes(&path.display().to_string(), bytes).await
     }
 

@@ -79,7 +79,12 @@ impl CallContext {
     }
 
     /// Add a preopened directory.
-    pub fn preopen(mut self, host: impl Into<PathBuf>, guest: impl Into<String>, writable: bool) -> Self {
+    pub fn preopen(
+        mut self,
+        host: impl Into<PathBuf>,
+        guest: impl Into<String>,
+        writable: bool,
+    ) -> Self {
         self.preopens.push(Preopen {
             host: host.into(),
             guest: guest.into(),
@@ -206,7 +211,10 @@ fn socket_allowed(allowed: &[SocketAddr], addr: SocketAddr, usage: SocketAddrUse
 fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     fn canon(ip: IpAddr) -> IpAddr {
         match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         }
     }
@@ -246,8 +254,16 @@ mod tests {
         let any6: SocketAddr = "[::]:0".parse().unwrap();
         assert!(socket_allowed(&allowed, any, SocketAddrUse::TcpBind));
         assert!(socket_allowed(&allowed, any6, SocketAddrUse::TcpBind));
-        assert!(!socket_allowed(&allowed, "0.0.0.0:80".parse().unwrap(), SocketAddrUse::TcpBind));
-        assert!(!socket_allowed(&allowed, "127.0.0.1:0".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!socket_allowed(
+            &allowed,
+            "0.0.0.0:80".parse().unwrap(),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(!socket_allowed(
+            &allowed,
+            "127.0.0.1:0".parse().unwrap(),
+            SocketAddrUse::TcpBind
+        ));
     }
 
     #[test]
@@ -257,8 +273,16 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
         assert!(socket_allowed(&allowed, ok, SocketAddrUse::TcpConnect));
         assert!(socket_allowed(&allowed, mapped, SocketAddrUse::TcpConnect));
-        assert!(!socket_allowed(&allowed, "127.0.0.1:5001".parse().unwrap(), SocketAddrUse::TcpConnect));
-        assert!(!socket_allowed(&allowed, "[::1]:5000".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(!socket_allowed(
+            &allowed,
+            "127.0.0.1:5001".parse().unwrap(),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!socket_allowed(
+            &allowed,
+            "[::1]:5000".parse().unwrap(),
+            SocketAddrUse::TcpConnect
+        ));
         assert!(!socket_allowed(&allowed, ok, SocketAddrUse::TcpListen));
     }
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::logs::Logs;

@@ -48,3 +48,19 @@ impl HostSource {
         self.read
     }
 }
+
+impl std::fmt::Debug for HostSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSink")
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for HostSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSource")
+            .field("read", &self.read)
+            .finish()
+    }
+}

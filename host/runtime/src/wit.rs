@@ -115,7 +115,9 @@ impl Hook {
             | Hook::MemberLeave
             | Hook::AccountProvision => "lifecycle",
             Hook::Probe | Hook::Promote | Hook::Demote | Hook::Switchover | Hook::Rebuild => "ha",
-            Hook::Backup | Hook::Restore | Hook::ArchiveContinuous | Hook::RestoreToTime => "backup",
+            Hook::Backup | Hook::Restore | Hook::ArchiveContinuous | Hook::RestoreToTime => {
+                "backup"
+            }
             Hook::Validate | Hook::Classify | Hook::ApplyDynamic => "config",
             Hook::Metrics => "telemetry",
         }

@@ -1,0 +1,246 @@
+//! Support for Shoal's end-to-end tests: where the built addon components are, free loopback
+//! ports, and real engine processes that are stopped (and their files removed) when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_runtime::wit::{Endpoint, Instance, NamedPort};
+use shoal_runtime::{AddonRuntime, LoadedAddon, RuntimeConfig};
+
+/// Directory holding the built `.wasm` components (`SHOAL_WASM_DIR`, else the workspace's
+/// `target/wasm32-wasip2/release`).
+pub fn wasm_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SHOAL_WASM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+    target.join("wasm32-wasip2/release")
+}
+
+/// Path of the built component `name` (e.g. `shoal_example_memcached.wasm`). Panics with the
+/// command to run when it has not been built.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = wasm_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the addons first with scripts/build-addons.sh",
+        path.display()
+    );
+    path
+}
+
+/// A runtime with default settings plus `edit`.
+pub fn runtime_with(edit: impl FnOnce(&mut RuntimeConfig)) -> AddonRuntime {
+    let mut cfg = RuntimeConfig::default();
+    edit(&mut cfg);
+    match AddonRuntime::new(cfg) {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    }
+}
+
+/// Load the built component `name` into `rt`.
+pub async fn load(rt: &AddonRuntime, name: &str) -> LoadedAddon {
+    match rt.load_file(&wasm(name)).await {
+        Ok(a) => a,
+        Err(e) => panic!("loading {name}: {e}"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// An instance record for a process listening on `addr`, with `name` and extra named ports.
+pub fn instance(name: &str, addr: SocketAddr, extra_ports: &[(&str, u16)]) -> Instance {
+    let mut ports = vec![NamedPort {
+        name: "client".into(),
+        port: addr.port(),
+    }];
+    ports.extend(extra_ports.iter().map(|(n, p)| NamedPort {
+        name: (*n).into(),
+        port: *p,
+    }));
+    Instance {
+        cluster: "test".into(),
+        component: "main".into(),
+        name: name.into(),
+        engine_version: "1".into(),
+        endpoint: Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        ports,
+        data_dir: None,
+        config_dir: None,
+        role: None,
+        term: 0,
+        credentials: None,
+    }
+}
+
+/// Whether the process runs as root (engines then need an unprivileged user).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Wait until `addr` accepts TCP connections, up to `limit`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A real memcached server on a free loopback port, killed when dropped.
+pub struct Memcached {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Memcached {
+    /// Start memcached (from the Debian package) on a free port.
+    pub fn start() -> Memcached {
+        Self::start_with(free_port)
+    }
+
+    /// Start memcached on `port` (e.g. again after stopping it).
+    pub fn start_on(port: u16) -> Memcached {
+        Self::start_with(|| port)
+    }
+
+    fn start_with(mut pick: impl FnMut() -> u16) -> Memcached {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = pick();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut cmd = Command::new("memcached");
+            cmd.args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-m",
+                "16",
+                "-t",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+            if is_root() {
+                cmd.args(["-u", "nobody"]);
+            }
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => panic!("cannot start memcached (apt-get install memcached): {e}"),
+            };
+            if wait_for_port(addr, Duration::from_secs(5)) {
+                return Memcached { child, addr };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_err = format!("memcached did not listen on {addr}");
+        }
+        panic!("{last_err}");
+    }
+
+    /// Ask the server for one `stats` value over a native connection.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"stats\r\n").ok()?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let l = line.trim_end();
+            if l == "END" {
+                return None;
+            }
+            let mut parts = l.split(' ');
+            if let (Some("STAT"), Some(n), Some(v)) = (parts.next(), parts.next(), parts.next()) {
+                if n == name {
+                    return v.parse().ok();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP listener that accepts connections and never answers (for blocked-I/O tests).
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentServer {
+    /// Listen on a free loopback port.
+    pub fn start() -> SilentServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        a.fetch_add(1, Ordering::Relaxed);
+                        held.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentServer {
+            addr,
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
