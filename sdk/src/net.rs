@@ -68,11 +68,14 @@ impl LineConn {
         &self.peer
     }
 
-    /// Send `line` followed by `\r\n`.
+    /// Send `line` followed by `\r\n`, in one write: two small writes on a kept connection
+    /// meet Nagle's algorithm and the peer's delayed ACK and cost 40 ms.
     pub fn send(&mut self, line: &str) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        buf.extend_from_slice(line.as_bytes());
+        buf.extend_from_slice(b"\r\n");
         let stream = self.reader.get_mut();
-        stream.write_all(line.as_bytes())?;
-        stream.write_all(b"\r\n")?;
+        stream.write_all(&buf)?;
         stream.flush()
     }
 

@@ -1,1 +1,351 @@
-fn main() {}
+//! `cargo bench -p shoal-runtime --bench runtime`: what the addon runtime costs, measured
+//! against baselines run in the same process.
+//!
+//! * cold compile vs cached load of the example addon;
+//! * per-call overhead of a trivial hook (fresh Store + instantiate + call), pooling and
+//!   on-demand, and the same hook on a kept (live) instance;
+//! * a real probe of memcached: Wasm fresh / Wasm live vs a native Rust client doing the same
+//!   round trip (new connection / kept connection);
+//! * resident memory of 1,000 live instances (idle, and each holding a memcached connection).
+//!
+//! Needs the addons built (`scripts/build-addons.sh`) and `memcached` on PATH.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_runtime::wit::{Endpoint, Instance, NamedPort};
+use shoal_runtime::{AddonRuntime, CallContext, LoadedAddon, Pooling, RuntimeConfig};
+
+const ITER: usize = 5_000;
+const LIVE: usize = 1_000;
+
+fn wasm(name: &str) -> PathBuf {
+    let dir = std::env::var("SHOAL_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/wasm32-wasip2/release"
+            ))
+        });
+    let p = dir.join(name);
+    if !p.is_file() {
+        eprintln!(
+            "{} is missing: run scripts/build-addons.sh first",
+            p.display()
+        );
+        std::process::exit(2);
+    }
+    p
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn row(name: &str, s: &Stats, baseline: Option<&Stats>) {
+    let ratio = baseline
+        .map(|b| format!("{:>7.2}x", us(s.median) / us(b.median)))
+        .unwrap_or_default();
+    println!(
+        "  {name:<52} median {:>9.1} µs   p99 {:>9.1} µs {ratio}",
+        us(s.median),
+        us(s.p99)
+    );
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    pages * page
+}
+
+fn runtime(pooling: Pooling, cache: Option<PathBuf>) -> AddonRuntime {
+    let cfg = RuntimeConfig {
+        pooling,
+        cache_dir: cache,
+        max_instances: 2 * LIVE as u32 + 64,
+        ..RuntimeConfig::default()
+    };
+    AddonRuntime::new(cfg).expect("runtime")
+}
+
+fn instance(addr: SocketAddr) -> Instance {
+    Instance {
+        cluster: "bench".into(),
+        component: "main".into(),
+        name: "mc-0".into(),
+        engine_version: "1.6".into(),
+        endpoint: Endpoint {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        ports: vec![NamedPort {
+            name: "client".into(),
+            port: addr.port(),
+        }],
+        data_dir: None,
+        config_dir: None,
+        role: None,
+        term: 0,
+        credentials: None,
+    }
+}
+
+struct Server(Child, SocketAddr);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn memcached() -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = Command::new("memcached");
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-c",
+        "4096",
+        "-t",
+        "1",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if root {
+        cmd.args(["-u", "nobody"]);
+    }
+    let child = cmd
+        .spawn()
+        .expect("memcached on PATH (apt-get install memcached)");
+    let until = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < until, "memcached did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server(child, addr)
+}
+
+/// The native baseline: the same `version` round trip the addon's probe does.
+fn native_version(conn: &mut BufReader<TcpStream>) -> String {
+    conn.get_mut().write_all(b"version\r\n").expect("write");
+    let mut line = String::new();
+    conn.read_line(&mut line).expect("read");
+    line
+}
+
+fn native_connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    BufReader::new(s)
+}
+
+async fn time_calls<F, Fut>(n: usize, mut f: F) -> Stats
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..n / 10 {
+        f().await;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+async fn trivial(addon: &LoadedAddon, ctx: &CallContext, inst: &Instance) {
+    // pre-terminate is not implemented by the example: the SDK default answers at once.
+    let r = addon.call(ctx).pre_terminate(inst, &[]).await;
+    assert!(r.is_err_and(|e| e.is_unsupported()));
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let path = wasm("shoal_example_memcached.wasm");
+    let bytes = std::fs::read(&path).expect("read addon");
+    println!(
+        "shoal-runtime benchmark ({} bytes addon, {} iterations)",
+        bytes.len(),
+        ITER
+    );
+
+    // ----- load -----
+    let cache = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(Pooling::Auto, Some(cache.path().to_path_buf()));
+    println!("\nload (pooling allocator: {})", rt.pooling());
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = wasmtime::component::Component::new(rt.engine(), &bytes).expect("compile");
+        cold.push(t.elapsed());
+        std::hint::black_box(c);
+    }
+    let cold = stats(cold);
+    let first = rt.load_file(&path).await.expect("first load");
+    let mut cached = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let a = rt.load_file(&path).await.expect("cached load");
+        cached.push(t.elapsed());
+        assert_eq!(a.info().code_source, shoal_runtime::CodeSource::Cache);
+    }
+    let cached = stats(cached);
+    row("cold compile (Component::new)", &cold, None);
+    row(
+        "cached load (verify + mmap + link + manifest call)",
+        &cached,
+        Some(&cold),
+    );
+    drop(first);
+
+    // ----- per-call overhead -----
+    let server = memcached();
+    let addr = server.1;
+    let inst = instance(addr);
+    let ctx = CallContext::endpoints([addr]);
+    println!("\nper-call overhead of a trivial hook (pre-terminate → unsupported)");
+    let pooled = rt.load_file(&path).await.expect("load");
+    let fresh_pool = time_calls(ITER, || trivial(&pooled, &ctx, &inst)).await;
+    let rt_od = runtime(Pooling::Off, None);
+    let on_demand = rt_od.load_file(&path).await.expect("load");
+    let fresh_od = time_calls(ITER, || trivial(&on_demand, &ctx, &inst)).await;
+    let live = pooled.live(ctx.clone());
+    let live_trivial = time_calls(ITER, || async {
+        let r = live.call().pre_terminate(&inst, &[]).await;
+        assert!(r.is_err_and(|e| e.is_unsupported()));
+    })
+    .await;
+    row(
+        "fresh Store + instantiate + call, on-demand",
+        &fresh_od,
+        None,
+    );
+    row(
+        "fresh Store + instantiate + call, pooling",
+        &fresh_pool,
+        Some(&fresh_od),
+    );
+    row("live instance call", &live_trivial, Some(&fresh_od));
+
+    // ----- real probe vs native -----
+    println!("\nprobe of a real memcached (`version` round trip); ratios vs the native client");
+    let native_new = time_calls(ITER, || async {
+        let mut c = native_connect(addr);
+        std::hint::black_box(native_version(&mut c));
+    })
+    .await;
+    let mut kept = native_connect(addr);
+    let native_kept = time_calls(ITER, || {
+        let line = native_version(&mut kept);
+        async move {
+            std::hint::black_box(line);
+        }
+    })
+    .await;
+    let wasm_fresh = time_calls(ITER, || async {
+        pooled.call(&ctx).probe(&inst, &[]).await.expect("probe");
+    })
+    .await;
+    let live_probe = pooled.live(ctx.clone());
+    let wasm_live = time_calls(ITER, || async {
+        live_probe.call().probe(&inst, &[]).await.expect("probe");
+    })
+    .await;
+    row("native, new connection each time", &native_new, None);
+    row(
+        "Wasm fresh instance (new connection each time)",
+        &wasm_fresh,
+        Some(&native_new),
+    );
+    row("native, kept connection", &native_kept, None);
+    row(
+        "Wasm live instance (kept connection)",
+        &wasm_live,
+        Some(&native_kept),
+    );
+
+    // ----- memory of live instances -----
+    println!(
+        "\nresident memory of {LIVE} live instances (pooling: {})",
+        rt.pooling()
+    );
+    let before = rss_bytes();
+    let mut idle = Vec::with_capacity(LIVE);
+    for _ in 0..LIVE {
+        let l = pooled.live(ctx.clone());
+        let r = l.call().pre_terminate(&inst, &[]).await;
+        assert!(r.is_err_and(|e| e.is_unsupported()));
+        idle.push(l);
+    }
+    let after_idle = rss_bytes();
+    println!(
+        "  idle (one trivial call each):        {:>8.1} KiB per instance",
+        (after_idle.saturating_sub(before)) as f64 / 1024.0 / LIVE as f64
+    );
+    drop(idle);
+    let before = rss_bytes();
+    let mut probing = Vec::with_capacity(LIVE);
+    for _ in 0..LIVE {
+        let l = pooled.live(ctx.clone());
+        l.call().probe(&inst, &[]).await.expect("probe");
+        probing.push(l);
+    }
+    let after_probe = rss_bytes();
+    println!(
+        "  each holding a memcached connection: {:>8.1} KiB per instance",
+        (after_probe.saturating_sub(before)) as f64 / 1024.0 / LIVE as f64
+    );
+    let t = Instant::now();
+    for l in &probing {
+        l.call().probe(&inst, &[]).await.expect("probe");
+    }
+    let sweep = t.elapsed();
+    println!(
+        "  one probe sweep over all {LIVE}:      {:>8.1} ms ({:.0} probes/s on this machine)",
+        sweep.as_secs_f64() * 1e3,
+        LIVE as f64 / sweep.as_secs_f64()
+    );
+    drop(probing);
+    drop(server);
+}

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmtime::component::{Instance, InstancePre};
+use wasmtime::Store;
+
 use crate::cache::CodeSource;
 use crate::call::Caller;
 use crate::live::LiveInstance;
@@ -44,10 +47,61 @@ pub struct AddonInfo {
     pub load_time: Duration,
 }
 
+/// Export indices of every hook interface, resolved once per addon version so a call looks up
+/// (and type-checks) only the interface it uses.
+pub(crate) struct Indices {
+    pub metadata: wit::exports::shoal::addon::metadata::GuestIndices,
+    pub lifecycle: wit::exports::shoal::addon::lifecycle::GuestIndices,
+    pub ha: wit::exports::shoal::addon::ha::GuestIndices,
+    pub backup: wit::exports::shoal::addon::backup::GuestIndices,
+    pub config: wit::exports::shoal::addon::config::GuestIndices,
+    pub telemetry: wit::exports::shoal::addon::telemetry::GuestIndices,
+}
+
+impl Indices {
+    /// Resolve every interface's export indices of the (already type-checked) component.
+    pub(crate) fn new(pre: &InstancePre<HostState>) -> wasmtime::Result<Self> {
+        use wit::exports::shoal::addon as x;
+        Ok(Indices {
+            metadata: x::metadata::GuestIndices::new(pre)?,
+            lifecycle: x::lifecycle::GuestIndices::new(pre)?,
+            ha: x::ha::GuestIndices::new(pre)?,
+            backup: x::backup::GuestIndices::new(pre)?,
+            config: x::config::GuestIndices::new(pre)?,
+            telemetry: x::telemetry::GuestIndices::new(pre)?,
+        })
+    }
+}
+
+/// The exports of one instantiated addon; each accessor type-checks and returns only the
+/// functions of its own interface.
+pub(crate) struct Exports<'a> {
+    pub instance: Instance,
+    pub indices: &'a Indices,
+}
+
+macro_rules! export_accessors {
+    ($($name:ident),*) => {
+        impl Exports<'_> {
+            $(
+                pub(crate) fn $name(
+                    &self,
+                    store: &mut Store<HostState>,
+                ) -> wasmtime::Result<wit::exports::shoal::addon::$name::Guest> {
+                    self.indices.$name.load(store, &self.instance)
+                }
+            )*
+        }
+    };
+}
+
+export_accessors!(metadata, lifecycle, ha, backup, config, telemetry);
+
 /// What every call needs: the runtime, the pre-linked component, and the addon's permissions.
 pub(crate) struct AddonCore {
     pub rt: AddonRuntime,
-    pub pre: wit::AddonPre<HostState>,
+    pub pre: InstancePre<HostState>,
+    pub indices: Arc<Indices>,
     pub name: Arc<str>,
     pub sandbox: Arc<Sandbox>,
     pub limits: Vec<(Hook, HookLimits)>,

