@@ -42,9 +42,9 @@ enum Command {
 #[derive(Subcommand)]
 enum AddonCommand {
     /// Load an addon and show its manifest, API version, capabilities, hooks, size and digest.
-    Inspect(inspect::InspectArgs),
+    Inspect(Box<inspect::InspectArgs>),
     /// Run one hook of an addon by hand, e.g. a probe against a running server.
-    Call(call::CallArgs),
+    Call(Box<call::CallArgs>),
 }
 
 /// An error with the exit code it should produce.
@@ -87,8 +87,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Version { output } => version(output),
-            Command::Addon(AddonCommand::Inspect(args)) => inspect::run(args).await,
-            Command::Addon(AddonCommand::Call(args)) => call::run(args).await,
+            Command::Addon(AddonCommand::Inspect(args)) => inspect::run(*args).await,
+            Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
         }
     });
     match result {

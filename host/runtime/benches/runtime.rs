@@ -306,46 +306,47 @@ async fn main() {
     );
 
     // ----- memory of live instances -----
-    println!(
-        "\nresident memory of {LIVE} live instances (pooling: {})",
-        rt.pooling()
-    );
-    let before = rss_bytes();
-    let mut idle = Vec::with_capacity(LIVE);
-    for _ in 0..LIVE {
-        let l = pooled.live(ctx.clone());
-        let r = l.call().pre_terminate(&inst, &[]).await;
-        assert!(r.is_err_and(|e| e.is_unsupported()));
-        idle.push(l);
+    // Each measurement gets its own runtime (its own pool), so pages kept resident by one
+    // batch do not hide the cost of the next.
+    drop((pooled, on_demand, live, live_probe, rt, rt_od));
+    println!("\nresident memory of {LIVE} live instances");
+    for (label, probe) in [
+        ("warm-up (not a result)", false),
+        ("idle (one trivial call each)", false),
+        ("each holding a memcached connection", true),
+    ] {
+        let rt = runtime(Pooling::Auto, Some(cache.path().to_path_buf()));
+        let addon = rt.load_file(&path).await.expect("load");
+        let before = rss_bytes();
+        let mut kept = Vec::with_capacity(LIVE);
+        for _ in 0..LIVE {
+            let l = addon.live(ctx.clone());
+            if probe {
+                l.call().probe(&inst, &[]).await.expect("probe");
+            } else {
+                let r = l.call().pre_terminate(&inst, &[]).await;
+                assert!(r.is_err_and(|e| e.is_unsupported()));
+            }
+            kept.push(l);
+        }
+        let after = rss_bytes();
+        println!(
+            "  {label:<38} {:>7.1} KiB per instance (pooling: {})",
+            after.saturating_sub(before) as f64 / 1024.0 / LIVE as f64,
+            rt.pooling()
+        );
+        if probe {
+            let t = Instant::now();
+            for l in &kept {
+                l.call().probe(&inst, &[]).await.expect("probe");
+            }
+            let sweep = t.elapsed();
+            println!(
+                "  one probe sweep over all {LIVE}:          {:>7.1} ms ({:.0} probes/s on this machine)",
+                sweep.as_secs_f64() * 1e3,
+                LIVE as f64 / sweep.as_secs_f64()
+            );
+        }
     }
-    let after_idle = rss_bytes();
-    println!(
-        "  idle (one trivial call each):        {:>8.1} KiB per instance",
-        (after_idle.saturating_sub(before)) as f64 / 1024.0 / LIVE as f64
-    );
-    drop(idle);
-    let before = rss_bytes();
-    let mut probing = Vec::with_capacity(LIVE);
-    for _ in 0..LIVE {
-        let l = pooled.live(ctx.clone());
-        l.call().probe(&inst, &[]).await.expect("probe");
-        probing.push(l);
-    }
-    let after_probe = rss_bytes();
-    println!(
-        "  each holding a memcached connection: {:>8.1} KiB per instance",
-        (after_probe.saturating_sub(before)) as f64 / 1024.0 / LIVE as f64
-    );
-    let t = Instant::now();
-    for l in &probing {
-        l.call().probe(&inst, &[]).await.expect("probe");
-    }
-    let sweep = t.elapsed();
-    println!(
-        "  one probe sweep over all {LIVE}:      {:>8.1} ms ({:.0} probes/s on this machine)",
-        sweep.as_secs_f64() * 1e3,
-        LIVE as f64 / sweep.as_secs_f64()
-    );
-    drop(probing);
     drop(server);
 }

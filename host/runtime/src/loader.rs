@@ -324,7 +324,7 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
                     p.name, r.min, r.max
                 ))
             }
-            wit::ParamType::Float(r) if !(r.min <= r.max) => {
+            wit::ParamType::Float(r) if r.min.partial_cmp(&r.max).is_none_or(|o| o.is_gt()) => {
                 return Err(format!(
                     "parameter {}: range min {} > max {}",
                     p.name, r.min, r.max
