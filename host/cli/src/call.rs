@@ -156,7 +156,7 @@ pub async fn run(args: CallArgs) -> Result<(), Failure> {
         }
         match out {
             Ok(v) => last = Some(v),
-            Err(e) => return Err(Failure::call(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
     if args.repeat > 1 {
