@@ -278,3 +278,33 @@ impl std::fmt::Display for Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_retryable_or_failed() {
+        use std::io::{Error, ErrorKind};
+        let refused = HookError::from(Error::from(ErrorKind::ConnectionRefused));
+        assert!(matches!(refused, HookError::Retryable(_)));
+        let denied = HookError::from(Error::from(ErrorKind::PermissionDenied));
+        assert!(matches!(denied, HookError::Failed(ref m) if m.contains("sandbox")));
+        let ctx = HookError::retryable("x").context("probe 1.2.3.4:5");
+        assert!(matches!(ctx, HookError::Retryable(ref m) if m == "probe 1.2.3.4:5: x"));
+    }
+
+    #[test]
+    fn endpoints_print_ipv6_in_brackets() {
+        let v4 = Endpoint {
+            host: "10.0.0.1".into(),
+            port: 5432,
+        };
+        let v6 = Endpoint {
+            host: "::1".into(),
+            port: 5432,
+        };
+        assert_eq!(v4.to_string(), "10.0.0.1:5432");
+        assert_eq!(v6.to_string(), "[::1]:5432");
+    }
+}

@@ -185,3 +185,102 @@ fn value_kind(v: &Value) -> &'static str {
         Value::Text(_) => "text",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::IntRange;
+
+    fn schema() -> Vec<ParamSpec> {
+        vec![
+            ParamSpec {
+                name: "threads".into(),
+                type_: ParamType::Integer(IntRange { min: 1, max: 8 }),
+                default_value: Some(Value::Integer(2)),
+                apply: ApplyMode::Restart,
+                description: String::new(),
+            },
+            ParamSpec {
+                name: "mode".into(),
+                type_: ParamType::Choice(vec!["fast".into(), "safe".into()]),
+                default_value: None,
+                apply: ApplyMode::Dynamic,
+                description: String::new(),
+            },
+            ParamSpec {
+                name: "locale".into(),
+                type_: ParamType::Text,
+                default_value: None,
+                apply: ApplyMode::Immutable,
+                description: String::new(),
+            },
+        ]
+    }
+
+    fn p(name: &str, value: Value) -> Param {
+        Param {
+            name: name.into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn validate_reports_each_problem_once() {
+        let errors = validate(
+            &schema(),
+            &[
+                p("threads", Value::Integer(9)),
+                p("mode", Value::Text("reckless".into())),
+                p("mode", Value::Text("fast".into())),
+                p("colour", Value::Text("blue".into())),
+                p("locale", Value::Integer(1)),
+            ],
+        );
+        let got: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.name.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("threads", "9 is outside 1..=8"),
+                ("mode", "\"reckless\" is not one of fast, safe"),
+                ("mode", "given more than once"),
+                ("colour", "unknown parameter"),
+                ("locale", "expected text, got an integer"),
+            ]
+        );
+        assert!(validate(&schema(), &[p("threads", Value::Integer(8))]).is_empty());
+    }
+
+    #[test]
+    fn classify_follows_apply_modes_and_refuses_immutables() {
+        let change = |name: &str| ParamChange {
+            name: name.into(),
+            old_value: None,
+            new_value: Some(Value::Integer(1)),
+        };
+        let c = classify(&schema(), &[change("threads"), change("mode")]).unwrap();
+        assert_eq!(c[0].effect, ChangeEffect::Restart);
+        assert_eq!(c[1].effect, ChangeEffect::Dynamic);
+        assert!(matches!(
+            classify(&schema(), &[change("locale")]),
+            Err(HookError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            classify(&schema(), &[change("nope")]),
+            Err(HookError::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn lookup_falls_back_to_defaults() {
+        let s = schema();
+        let given = [p("mode", Value::Text("safe".into()))];
+        let l = Lookup::new(&s, &given);
+        assert_eq!(l.int("threads").unwrap(), 2);
+        assert_eq!(l.text("mode").unwrap(), "safe");
+        assert!(l.text("locale").is_err());
+        assert!(l.bool("threads").is_err());
+    }
+}

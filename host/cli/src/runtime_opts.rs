@@ -129,6 +129,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_operator_guide_example_parses_and_validates() {
+        let doc = include_str!("../../../docs/operator-guide.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let cfg: RuntimeConfig = toml::from_str(&doc[start..end]).expect("the example parses");
+        cfg.validate().expect("the example is valid");
+        assert_eq!(cfg.max_instances, 2000);
+        let pg = cfg.grants_for("postgresql");
+        assert!(pg.exec.contains_key("pg_rewind"));
+        assert_eq!(pg.connect.len(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = toml::from_str::<RuntimeConfig>("max_instancez = 3").unwrap_err();
+        assert!(err.to_string().contains("max_instancez"), "{err}");
+    }
+
+    #[test]
     fn grants_parse_or_explain() {
         let mut g = Grants::default();
         for good in [

@@ -49,7 +49,10 @@ fn version_names_the_addon_api() {
 #[test]
 fn inspect_shows_manifest_hooks_digest_and_uses_the_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let out = shoal(&["addon", "inspect", &example(), "-o", "json"], cache.path());
+    let out = shoal(
+        &["addon", "inspect", &example(), "-o", "json"],
+        cache.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["engine"], "memcached");
@@ -63,14 +66,23 @@ fn inspect_shows_manifest_hooks_digest_and_uses_the_cache() {
     assert_eq!(v["manifest"]["parameters"][0]["name"], "memory-limit");
     assert_eq!(v["compiled_from_cache"], false);
 
-    let again = shoal(&["addon", "inspect", &example(), "-o", "json"], cache.path());
+    let again = shoal(
+        &["addon", "inspect", &example(), "-o", "json"],
+        cache.path(),
+    );
     assert_eq!(json(&again)["compiled_from_cache"], true);
 
-    let yaml = shoal(&["addon", "inspect", &example(), "-o", "yaml"], cache.path());
+    let yaml = shoal(
+        &["addon", "inspect", &example(), "-o", "yaml"],
+        cache.path(),
+    );
     assert!(stdout(&yaml).contains("engine: memcached"));
     let text = shoal(&["addon", "inspect", &example()], cache.path());
     let text = stdout(&text);
-    assert!(text.contains("addon        memcached 0.1.0 (Memcached)"), "{text}");
+    assert!(
+        text.contains("addon        memcached 0.1.0 (Memcached)"),
+        "{text}"
+    );
     assert!(text.contains("memory-limit"), "{text}");
 }
 
@@ -83,12 +95,20 @@ fn bad_files_exit_2_with_a_clear_message() {
     std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
     let out = shoal(&["addon", "inspect", half.to_str().unwrap()], cache.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid or truncated component"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid or truncated component"),
+        "{}",
+        stderr(&out)
+    );
 
     let wrong = wasm("shoal_fixture_wrong_api.wasm");
     let out = shoal(&["addon", "inspect", wrong.to_str().unwrap()], cache.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("targets Shoal addon API 0.2.0"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("targets Shoal addon API 0.2.0"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = shoal(&["addon", "inspect", "/nonexistent.wasm"], cache.path());
     assert_eq!(out.status.code(), Some(2));
@@ -100,7 +120,10 @@ fn call_probe_and_metrics_against_a_real_memcached() {
     let cache = tempfile::tempdir().unwrap();
     let mc = Memcached::start();
     let ep = mc.addr.to_string();
-    let out = shoal(&["addon", "call", &example(), "probe", "--endpoint", &ep], cache.path());
+    let out = shoal(
+        &["addon", "call", &example(), "probe", "--endpoint", &ep],
+        cache.path(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["role"], "standalone");
@@ -108,34 +131,64 @@ fn call_probe_and_metrics_against_a_real_memcached() {
     assert!(v["detail"].as_str().unwrap().starts_with("memcached 1.6"));
 
     let out = shoal(
-        &["addon", "call", &example(), "probe", "--endpoint", &ep, "--live", "--repeat", "20"],
+        &[
+            "addon",
+            "call",
+            &example(),
+            "probe",
+            "--endpoint",
+            &ep,
+            "--live",
+            "--repeat",
+            "20",
+        ],
         cache.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("20 calls: median"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("20 calls: median"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = shoal(&["addon", "call", &example(), "metrics", "--endpoint", &ep], cache.path());
+    let out = shoal(
+        &["addon", "call", &example(), "metrics", "--endpoint", &ep],
+        cache.path(),
+    );
     let names: Vec<String> = json(&out)
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect();
-    assert!(names.contains(&"memcached_curr_items".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"memcached_curr_items".to_string()),
+        "{names:?}"
+    );
 }
 
 #[test]
 fn a_failed_call_exits_1_and_says_why() {
     let cache = tempfile::tempdir().unwrap();
     let ep = format!("127.0.0.1:{}", free_port());
-    let out = shoal(&["addon", "call", &example(), "probe", "--endpoint", &ep], cache.path());
+    let out = shoal(
+        &["addon", "call", &example(), "probe", "--endpoint", &ep],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("addon memcached, hook probe: retryable failure"), "{err}");
+    assert!(
+        err.contains("addon memcached, hook probe: retryable failure"),
+        "{err}"
+    );
 
     let out = shoal(&["addon", "call", &example(), "promote"], cache.path());
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not supported by this addon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not supported by this addon"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -143,23 +196,62 @@ fn bad_flags_exit_2_and_change_nothing() {
     let cache = tempfile::tempdir().unwrap();
     let out = shoal(&["addon", "call", &example(), "frobnicate"], cache.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown hook \"frobnicate\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown hook \"frobnicate\""),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("probe"), "lists the hooks");
 
-    let out = shoal(&["addon", "call", &example(), "run-spec", "--param", "colour=blue"], cache.path());
+    let out = shoal(
+        &[
+            "addon",
+            "call",
+            &example(),
+            "run-spec",
+            "--param",
+            "colour=blue",
+        ],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("memcached has no such parameter"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("memcached has no such parameter"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = shoal(
-        &["addon", "call", &example(), "run-spec", "--param", "threads=9000"],
+        &[
+            "addon",
+            "call",
+            &example(),
+            "run-spec",
+            "--param",
+            "threads=9000",
+        ],
         cache.path(),
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("outside 1..=64"), "{}", stderr(&out));
 
-    let out = shoal(&["addon", "call", &example(), "probe", "--grant", "exec:/bin/sh"], cache.path());
+    let out = shoal(
+        &[
+            "addon",
+            "call",
+            &example(),
+            "probe",
+            "--grant",
+            "exec:/bin/sh",
+        ],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("must be a name, not a path"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must be a name, not a path"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -167,8 +259,16 @@ fn run_spec_takes_typed_parameters() {
     let cache = tempfile::tempdir().unwrap();
     let out = shoal(
         &[
-            "addon", "call", &example(), "run-spec", "--endpoint", "127.0.0.1:11311",
-            "--param", "memory-limit=128MB", "--param", "threads=2",
+            "addon",
+            "call",
+            &example(),
+            "run-spec",
+            "--endpoint",
+            "127.0.0.1:11311",
+            "--param",
+            "memory-limit=128MB",
+            "--param",
+            "threads=2",
         ],
         cache.path(),
     );
@@ -194,8 +294,18 @@ fn backup_to_a_file_and_restore_from_it() {
     let info = dir.path().join("info.json");
     let out = shoal(
         &[
-            "addon", "call", &hostile, "backup", "--method", "exec-stream", "--param", "size=5MiB",
-            "--grant", "exec:head", "--out", data.to_str().unwrap(),
+            "addon",
+            "call",
+            &hostile,
+            "backup",
+            "--method",
+            "exec-stream",
+            "--param",
+            "size=5MiB",
+            "--grant",
+            "exec:head",
+            "--out",
+            data.to_str().unwrap(),
         ],
         cache.path(),
     );
@@ -207,18 +317,38 @@ fn backup_to_a_file_and_restore_from_it() {
     // An existing output file is never overwritten.
     let again = shoal(
         &[
-            "addon", "call", &hostile, "backup", "--method", "exec-stream", "--grant", "exec:head",
-            "--out", data.to_str().unwrap(),
+            "addon",
+            "call",
+            &hostile,
+            "backup",
+            "--method",
+            "exec-stream",
+            "--grant",
+            "exec:head",
+            "--out",
+            data.to_str().unwrap(),
         ],
         cache.path(),
     );
     assert_eq!(again.status.code(), Some(2));
-    assert!(stderr(&again).contains("must not exist yet"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("must not exist yet"),
+        "{}",
+        stderr(&again)
+    );
 
     let out = shoal(
         &[
-            "addon", "call", &hostile, "restore", "--info", info.to_str().unwrap(), "--in",
-            data.to_str().unwrap(), "--grant", "exec:wc",
+            "addon",
+            "call",
+            &hostile,
+            "restore",
+            "--info",
+            info.to_str().unwrap(),
+            "--in",
+            data.to_str().unwrap(),
+            "--grant",
+            "exec:wc",
         ],
         cache.path(),
     );

@@ -27,7 +27,8 @@ pub enum Pooling {
 #[serde(default, deny_unknown_fields)]
 pub struct Grants {
     /// Programs addons may run through `host.exec*`, by name, when their manifest declares
-    /// them. The value is an absolute path, or empty to search [`Grants::exec_search_path`].
+    /// them. The value is an absolute path, or none / an empty string to search
+    /// [`Grants::exec_search_path`].
     pub exec: BTreeMap<String, Option<PathBuf>>,
     /// Directories searched for granted programs without an explicit path.
     pub exec_search_path: Vec<PathBuf>,
@@ -126,7 +127,7 @@ impl RuntimeConfig {
                         "grants.{addon}.exec: {prog:?} must be a program name, not a path"
                     ));
                 }
-                if let Some(p) = path {
+                if let Some(p) = path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
                     if !p.is_absolute() {
                         return Err(format!(
                             "grants.{addon}.exec.{prog}: path {} must be absolute",

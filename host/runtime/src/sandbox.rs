@@ -137,7 +137,7 @@ impl Sandbox {
             match cap {
                 Capability::Exec(name) => match grants.exec.get(name) {
                     Some(path) => {
-                        let resolved = match path {
+                        let resolved = match path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
                             Some(p) => Some(p.clone()).filter(|p| p.is_file()),
                             None => find_program(name, &grants.exec_search_path),
                         };
