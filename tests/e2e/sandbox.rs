@@ -383,3 +383,111 @@ async fn the_example_addon_still_probes_memcached_after_hostile_calls() {
         .expect("memcached probe");
     assert!(report.detail.starts_with("memcached 1."), "{report:?}");
 }
+
+/// Processes whose command line is exactly `sleep <arg>`.
+fn sleepers(arg: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c == format!("sleep\0{arg}\0").as_bytes())
+        .count()
+}
+
+fn with_sleep_granted(c: &mut shoal_runtime::RuntimeConfig) {
+    c.max_instances = 16;
+    let mut g = shoal_runtime::Grants::default();
+    g.exec.insert("sleep".into(), None);
+    g.exec_search_path = vec!["/usr/bin".into(), "/bin".into()];
+    c.grants.insert("hostile".into(), g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_past_its_own_timeout_is_killed() {
+    let rt = runtime_with(with_sleep_granted);
+    let addon = load(&rt, HOSTILE).await;
+    let (err, elapsed) = probe_err(&addon, &CallContext::default(), &mode("exec-timeout")).await;
+    match err.failure {
+        CallFailure::Hook(shoal_runtime::wit::HookError::Retryable(m)) => {
+            assert!(m.contains("timed out"), "{m}")
+        }
+        other => panic!("expected the exec timeout as a retryable error, got {other}"),
+    }
+    assert!(elapsed < PROBE_DEADLINE + SLACK);
+    assert_eq!(sleepers("31.337"), 0, "the timed-out child is gone");
+    still_works(&addon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_is_capped_by_the_hook_deadline() {
+    let rt = runtime_with(with_sleep_granted);
+    let addon = load(&rt, HOSTILE).await;
+    let (err, elapsed) =
+        probe_err(&addon, &CallContext::default(), &mode("exec-outlives-call")).await;
+    // The child is killed when the hook's deadline comes; the addon sees the timeout.
+    match err.failure {
+        CallFailure::Hook(shoal_runtime::wit::HookError::Retryable(m)) => {
+            assert!(m.contains("timed out"), "{m}")
+        }
+        other => panic!("expected the capped exec to time out, got {other}"),
+    }
+    assert!(elapsed >= PROBE_DEADLINE, "{elapsed:?}");
+    assert!(elapsed < PROBE_DEADLINE + SLACK, "{elapsed:?}");
+    assert_eq!(sleepers("31.338"), 0, "the child is gone");
+    still_works(&addon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_kills_its_exec_child() {
+    let rt = runtime_with(with_sleep_granted);
+    let addon = load(&rt, HOSTILE).await;
+    let mut inst = mode("exec-outlives-call");
+    inst.cluster = "cancelled".into();
+    let ctx = CallContext::default();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        addon.call(&ctx).probe(&inst, &[]),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the caller gave up first");
+    let until = Instant::now() + Duration::from_secs(2);
+    while sleepers("31.338") > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        sleepers("31.338"),
+        0,
+        "the child died with the cancelled call"
+    );
+    still_works(&addon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_busy_and_recovers() {
+    let rt = runtime_with(|c| c.max_instances = 2);
+    if !rt.pooling() {
+        // On-demand allocation has no pool to fill; nothing to test on this machine.
+        return;
+    }
+    let addon = load(&rt, HOSTILE).await;
+    let first = addon.live(CallContext::default());
+    let second = addon.live(CallContext::default());
+    first
+        .call()
+        .probe(&mode("ok"), &[])
+        .await
+        .expect("first slot");
+    second
+        .call()
+        .probe(&mode("ok"), &[])
+        .await
+        .expect("second slot");
+    let (err, _) = probe_err(&addon, &CallContext::default(), &mode("ok")).await;
+    match err.failure {
+        CallFailure::Busy(m) => assert!(m.contains("max_instances"), "{m}"),
+        other => panic!("expected busy, got {other}"),
+    }
+    drop(first);
+    still_works(&addon).await;
+}

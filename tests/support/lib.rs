@@ -112,15 +112,20 @@ pub struct Memcached {
 impl Memcached {
     /// Start memcached (from the Debian package) on a free port.
     pub fn start() -> Memcached {
-        Self::start_with(free_port)
+        Self::spawn(free_port, &[])
     }
 
     /// Start memcached on `port` (e.g. again after stopping it).
     pub fn start_on(port: u16) -> Memcached {
-        Self::start_with(|| port)
+        Self::spawn(|| port, &[])
     }
 
-    fn start_with(mut pick: impl FnMut() -> u16) -> Memcached {
+    /// Start memcached on a free port with extra flags (`["-c", "4096"]`).
+    pub fn start_with(extra: &[&str]) -> Memcached {
+        Self::spawn(free_port, extra)
+    }
+
+    fn spawn(mut pick: impl FnMut() -> u16, extra: &[&str]) -> Memcached {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = pick();
@@ -138,8 +143,9 @@ impl Memcached {
                 "-t",
                 "1",
             ])
+            .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::null());
             if is_root() {
                 cmd.args(["-u", "nobody"]);
             }

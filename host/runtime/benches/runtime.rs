@@ -8,39 +8,20 @@
 //!   round trip (new connection / kept connection);
 //! * resident memory of 1,000 live instances (idle, and each holding a memcached connection).
 //!
-//! Needs the addons built (`scripts/build-addons.sh`) and `memcached` on PATH.
+//! Needs the addons built (`scripts/build-addons.sh`) and `memcached` on PATH; the server is
+//! started by the test support crate on a free port.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_runtime::wit::{Endpoint, Instance, NamedPort};
+use shoal_runtime::wit::Instance;
 use shoal_runtime::{AddonRuntime, CallContext, LoadedAddon, Pooling, RuntimeConfig};
+use shoal_tests::{instance, wasm, Memcached};
 
 const ITER: usize = 5_000;
 const LIVE: usize = 1_000;
-
-fn wasm(name: &str) -> PathBuf {
-    let dir = std::env::var("SHOAL_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../target/wasm32-wasip2/release"
-            ))
-        });
-    let p = dir.join(name);
-    if !p.is_file() {
-        eprintln!(
-            "{} is missing: run scripts/build-addons.sh first",
-            p.display()
-        );
-        std::process::exit(2);
-    }
-    p
-}
 
 struct Stats {
     median: Duration,
@@ -91,74 +72,6 @@ fn runtime(pooling: Pooling, cache: Option<PathBuf>) -> AddonRuntime {
         ..RuntimeConfig::default()
     };
     AddonRuntime::new(cfg).expect("runtime")
-}
-
-fn instance(addr: SocketAddr) -> Instance {
-    Instance {
-        cluster: "bench".into(),
-        component: "main".into(),
-        name: "mc-0".into(),
-        engine_version: "1.6".into(),
-        endpoint: Endpoint {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        },
-        ports: vec![NamedPort {
-            name: "client".into(),
-            port: addr.port(),
-        }],
-        data_dir: None,
-        config_dir: None,
-        role: None,
-        term: 0,
-        credentials: None,
-    }
-}
-
-struct Server(Child, SocketAddr);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn memcached() -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = Command::new("memcached");
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-c",
-        "4096",
-        "-t",
-        "1",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    if root {
-        cmd.args(["-u", "nobody"]);
-    }
-    let child = cmd
-        .spawn()
-        .expect("memcached on PATH (apt-get install memcached)");
-    let until = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < until, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server(child, addr)
 }
 
 /// The native baseline: the same `version` round trip the addon's probe does.
@@ -240,9 +153,10 @@ async fn main() {
     drop(first);
 
     // ----- per-call overhead -----
-    let server = memcached();
-    let addr = server.1;
-    let inst = instance(addr);
+    // Room for a thousand kept connections plus the baselines'.
+    let server = Memcached::start_with(&["-c", "4096"]);
+    let addr = server.addr;
+    let inst = instance("mc-0", addr, &[]);
     let ctx = CallContext::endpoints([addr]);
     println!("\nper-call overhead of a trivial hook (pre-terminate → unsupported)");
     let pooled = rt.load_file(&path).await.expect("load");

@@ -24,7 +24,7 @@ use crate::wit::{
 
 /// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
 /// is computing is stopped by its epoch deadline (and reported as such) first.
-const WALL_GRACE: Duration = Duration::from_millis(25);
+const WALL_GRACE: Duration = Duration::from_millis(50);
 
 /// Statistics of the last call made through a [`Caller`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -439,8 +439,11 @@ pub(crate) fn new_store(
 /// Reset per-call state and set both deadlines and the memory cap for a call of `hook`.
 pub(crate) fn arm(store: &mut Store<HostState>, core: &AddonCore, hook: Hook, limits: HookLimits) {
     let tick = core.rt.inner.config.epoch_tick;
-    let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1));
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+    // One extra tick: the ticker's phase is unknown, so `n` ticks can pass in just over
+    // `n - 1` tick lengths. With `n + 1` the trap never comes before the deadline and at most
+    // one tick after it.
+    let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) + 1;
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
     let data = store.data_mut();
     data.deadline = Instant::now() + limits.timeout;
     data.limiter.limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
@@ -491,6 +494,11 @@ pub(crate) fn settle<T>(
             }
         }
         Ok(Err(trap)) => {
+            if let Some(full) = trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                return Err(CallFailure::Busy(format!(
+                    "{full}; raise max_instances or retry later"
+                )));
+            }
             if let Some(requested) = state.limiter.refused {
                 return Err(CallFailure::OutOfMemory {
                     limit: limits.memory_bytes,
@@ -512,11 +520,7 @@ pub(crate) fn settle<T>(
                     guest: None,
                 });
             }
-            let text = describe_trap(&trap);
-            if text.contains("concurrent") && text.contains("limit") {
-                return Err(CallFailure::Busy(text));
-            }
-            Err(CallFailure::Trap(text))
+            Err(CallFailure::Trap(describe_trap(&trap)))
         }
     }
 }

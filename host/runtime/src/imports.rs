@@ -221,6 +221,7 @@ impl HostState {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         for var in &req.env {
             cmd.env(&var.name, &var.value);
@@ -241,6 +242,9 @@ impl HostState {
             }
         };
         tracing::debug!(target: "shoal::addon", addon = %self.addon, program = %program, args = ?req.args, "exec");
+        // Until the child is reaped, dropping the call (deadline, cancellation) kills its whole
+        // process group, so nothing it started outlives the hook.
+        let mut group = GroupKiller(child.id());
 
         let cap = self.exec_capture;
         let stdin = child.stdin.take();
@@ -304,10 +308,12 @@ impl HostState {
 
         let run = async {
             let ((stdout, out_cut), (stderr, err_cut), n) = work.await?;
+            // Reap only after the group had its chance to be killed; `child.wait` reaps.
             let status = child
                 .wait()
                 .await
                 .map_err(|e| format!("waiting for {program}: {e}"))?;
+            group.0 = None;
             Ok::<_, String>((status, stdout, stderr, out_cut || err_cut, n))
         };
 
@@ -324,6 +330,23 @@ impl HostState {
                     truncated,
                     streamed_bytes: streamed,
                 })
+            }
+        }
+    }
+}
+
+/// Kills a child's process group when dropped, unless disarmed (set to `None`) once the child
+/// was reaped.
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill has no memory-safety preconditions; the group id is the pid of our
+            // own, not yet reaped child (it was started as a group leader), so it cannot name
+            // an unrelated process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
             }
         }
     }
