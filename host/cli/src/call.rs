@@ -273,7 +273,8 @@ async fn dispatch(
             let (file, path) = create_out(args.out.as_ref(), "backup")?;
             let (info, sink) = c
                 .backup(instance, method, params, HostSink::new(file))
-                .await?;
+                .await
+                .inspect_err(|_| discard(&path))?;
             eprintln!(
                 "shoal: wrote {} to {}",
                 output::bytes(sink.bytes_written()),
@@ -302,12 +303,18 @@ async fn dispatch(
             let (file, path) = create_out(args.out.as_ref(), "archive-continuous")?;
             let (unit, sink) = c
                 .archive_continuous(instance, args.after.as_deref(), HostSink::new(file))
-                .await?;
-            eprintln!(
-                "shoal: wrote {} to {}",
-                output::bytes(sink.bytes_written()),
-                path.display()
-            );
+                .await
+                .inspect_err(|_| discard(&path))?;
+            if unit.is_none() {
+                discard(&path);
+                eprintln!("shoal: no new archive unit yet; nothing written");
+            } else {
+                eprintln!(
+                    "shoal: wrote {} to {}",
+                    output::bytes(sink.bytes_written()),
+                    path.display()
+                );
+            }
             json(&unit)
         }
         Hook::RestoreToTime => {
@@ -375,6 +382,17 @@ fn create_out(
             ))
         })?;
     Ok((tokio::fs::File::from_std(file), path.clone()))
+}
+
+/// Remove an output file this command created, after the hook that was filling it failed: a
+/// partial backup must not look like a finished one.
+fn discard(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        eprintln!(
+            "shoal: could not remove the partial output {}: {e}",
+            path.display()
+        );
+    }
 }
 
 fn read_info(path: Option<&PathBuf>) -> Result<BackupInfo, CallOrUsage> {

@@ -314,6 +314,34 @@ fn backup_to_a_file_and_restore_from_it() {
     assert_eq!(std::fs::metadata(&data).unwrap().len(), 5 << 20);
     assert!(stderr(&out).contains("wrote 5 MiB"), "{}", stderr(&out));
 
+    // A failed backup leaves no partial file behind.
+    let failed = dir.path().join("failed.bin");
+    let out = shoal(
+        &[
+            "addon",
+            "call",
+            &hostile,
+            "backup",
+            "--method",
+            "exec-stream",
+            "--out",
+            failed.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "head is not granted: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("denied by the sandbox"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!failed.exists(), "the partial output was removed");
+
     // An existing output file is never overwritten.
     let again = shoal(
         &[
