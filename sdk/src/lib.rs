@@ -42,6 +42,8 @@ mod export;
 pub mod host;
 pub mod net;
 pub mod params;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use engine::{Engine, HookResult};
 
