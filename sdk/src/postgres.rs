@@ -186,7 +186,8 @@ impl PgConn {
                             .into(),
                     ));
                 }
-                let mut sc = ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
+                let mut sc =
+                    ScramSha256::new(need_password()?.as_bytes(), ChannelBinding::unsupported());
                 frontend::sasl_initial_response(SCRAM_SHA_256, sc.message(), &mut out)?;
                 self.send(&out)?;
                 match self.next()? {
@@ -232,10 +233,8 @@ impl PgConn {
             match self.next()? {
                 backend::Message::RowDescription(_) => current.clear(),
                 backend::Message::DataRow(body) => current.push(row(&body)?),
-                backend::Message::CommandComplete(_) => {
-                    if !current.is_empty() {
-                        rows = std::mem::take(&mut current);
-                    }
+                backend::Message::CommandComplete(_) if !current.is_empty() => {
+                    rows = std::mem::take(&mut current);
                 }
                 backend::Message::ErrorResponse(body) => error = Some(server_error(&body)),
                 backend::Message::ReadyForQuery(_) => break,

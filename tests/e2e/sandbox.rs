@@ -425,12 +425,14 @@ async fn an_exec_is_capped_by_the_hook_deadline() {
     let addon = load(&rt, HOSTILE).await;
     let (err, elapsed) =
         probe_err(&addon, &CallContext::default(), &mode("exec-outlives-call")).await;
-    // The child is killed when the hook's deadline comes; the addon sees the timeout.
+    // The child is killed when the hook's deadline comes; the call fails at its deadline,
+    // either inside the addon (the exec timed out) or at its next instruction (the epoch).
     match err.failure {
         CallFailure::Hook(shoal_runtime::wit::HookError::Retryable(m)) => {
             assert!(m.contains("timed out"), "{m}")
         }
-        other => panic!("expected the capped exec to time out, got {other}"),
+        CallFailure::Deadline { .. } => {}
+        other => panic!("expected the capped exec to end the call at its deadline, got {other}"),
     }
     assert!(elapsed >= PROBE_DEADLINE, "{elapsed:?}");
     assert!(elapsed < PROBE_DEADLINE + SLACK, "{elapsed:?}");
@@ -490,4 +492,67 @@ async fn a_full_instance_pool_answers_busy_and_recovers() {
     }
     drop(first);
     still_works(&addon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_addon_cannot_hoard_host_file_descriptors() {
+    let (_rt, addon) = hostile().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("inside.txt"), "x").expect("write");
+    let ctx = CallContext::default().preopen(dir.path(), "/data", false);
+    let mut inst = mode("fd-hoard");
+    inst.data_dir = Some("/data".into());
+    let (err, _) = probe_err(&addon, &ctx, &inst).await;
+    // Either the addon sees the refusal, or WASI traps when the table is full; both stop it
+    // below the cap.
+    let msg = err.to_string();
+    let opened: usize = match &err.failure {
+        CallFailure::Trap(m) => {
+            assert!(m.contains("too many open files, sockets or streams"), "{m}");
+            0
+        }
+        _ => msg
+            .split("opened ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {msg}")),
+    };
+    assert!(opened < 1024, "the per-instance resource cap held: {msg}");
+    still_works(&addon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_variables_for_host_programs_are_denied() {
+    let rt = runtime_with(with_sleep_granted);
+    let addon = load(&rt, HOSTILE).await;
+    let (err, _) = probe_err(&addon, &CallContext::default(), &mode("exec-ld-preload")).await;
+    match &err.failure {
+        CallFailure::Denied { denials, .. } => {
+            assert!(denials[0].contains("LD_PRELOAD"), "{denials:?}")
+        }
+        other => panic!("expected a denial, got {other}"),
+    }
+    still_works(&addon).await;
+}
+
+/// On a single-threaded executor, a computing addon must not starve other calls: guest code
+/// yields at every epoch tick until its (long) deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn a_computing_addon_does_not_starve_other_calls() {
+    let (_rt, addon) = hostile().await;
+    let hog_addon = addon.clone();
+    let hog = tokio::spawn(async move {
+        let ctx = CallContext::default();
+        hog_addon.call(&ctx).metrics(&mode("endless-loop")).await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    still_works(&addon).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a normal call waited {:?} behind a 30 s computation",
+        started.elapsed()
+    );
+    hog.abort();
 }

@@ -115,6 +115,13 @@ pub struct CallArgs {
     pub runtime: RuntimeOpts,
 }
 
+/// Most calls `--repeat` makes.
+const MAX_REPEAT: u32 = 1_000_000;
+
+/// Labels the CLI adds to backup info to verify the file on restore.
+const SIZE_LABEL: &str = "shoal.size";
+const SHA256_LABEL: &str = "shoal.sha256";
+
 pub async fn run(args: CallArgs) -> Result<(), Failure> {
     let hook = Hook::from_name(&args.hook).ok_or_else(|| {
         let names: Vec<&str> = Hook::ALL.iter().map(|h| h.name()).collect();
@@ -124,8 +131,10 @@ pub async fn run(args: CallArgs) -> Result<(), Failure> {
             names.join(", ")
         ))
     })?;
-    if args.repeat == 0 {
-        return Err(Failure::usage("--repeat must be at least 1"));
+    if args.repeat == 0 || args.repeat > MAX_REPEAT {
+        return Err(Failure::usage(format!(
+            "--repeat must be between 1 and {MAX_REPEAT}"
+        )));
     }
     let (_rt, addon) = args.runtime.load(&args.file).await?;
     let (instance, members, mut endpoints) = topology(&args, &addon)?;
@@ -163,7 +172,9 @@ pub async fn run(args: CallArgs) -> Result<(), Failure> {
         report_times(&mut times);
     }
     let value = last.unwrap_or(serde_json::Value::Null);
-    output::emit(args.output, &value, || text_of(&value))
+    output::emit(args.output, &value, || {
+        output::printable_lines(&text_of(&value))
+    })
 }
 
 fn text_of(value: &serde_json::Value) -> String {
@@ -271,14 +282,25 @@ async fn dispatch(
                 .as_deref()
                 .ok_or_else(|| usage("backup needs --method (see `shoal addon inspect`)"))?;
             let (file, path) = create_out(args.out.as_ref(), "backup")?;
-            let (info, sink) = c
-                .backup(instance, method, params, HostSink::new(file))
+            let (writer, digest) = Digesting::new(&file, &path)?;
+            let (mut info, sink) = c
+                .backup(instance, method, params, HostSink::new(writer))
                 .await
                 .inspect_err(|_| discard(&path))?;
+            if let Err(e) = file.sync_all() {
+                discard(&path);
+                return Err(usage(format!("cannot sync {}: {e}", path.display())));
+            }
+            let (size, sha256) = digest.finish();
+            info.labels
+                .retain(|(k, _)| k != SIZE_LABEL && k != SHA256_LABEL);
+            info.labels.push((SIZE_LABEL.into(), size.to_string()));
+            info.labels.push((SHA256_LABEL.into(), sha256.clone()));
             eprintln!(
-                "shoal: wrote {} to {}",
+                "shoal: wrote {} to {} (sha256 {})",
                 output::bytes(sink.bytes_written()),
-                path.display()
+                path.display(),
+                &sha256[..16]
             );
             json(&info)
         }
@@ -288,10 +310,23 @@ async fn dispatch(
                 .input
                 .as_ref()
                 .ok_or_else(|| usage("restore needs --in FILE"))?;
+            let expected = verify_file(path, &info)?;
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?;
             let read = c.restore(instance, &info, HostSource::new(file)).await?;
+            if let Some(size) = expected {
+                if read != size {
+                    return Err(CallOrUsage::Call(CallError {
+                        addon: instance.cluster.clone(),
+                        hook,
+                        failure: shoal_runtime::CallFailure::Stream(format!(
+                            "the addon read {read} of the backup's {size} bytes and reported \
+                             success; the restore is incomplete"
+                        )),
+                    }));
+                }
+            }
             eprintln!(
                 "shoal: restored {} from {}",
                 output::bytes(read),
@@ -302,7 +337,11 @@ async fn dispatch(
         Hook::ArchiveContinuous => {
             let (file, path) = create_out(args.out.as_ref(), "archive-continuous")?;
             let (unit, sink) = c
-                .archive_continuous(instance, args.after.as_deref(), HostSink::new(file))
+                .archive_continuous(
+                    instance,
+                    args.after.as_deref(),
+                    HostSink::new(tokio::fs::File::from_std(file)),
+                )
                 .await
                 .inspect_err(|_| discard(&path))?;
             if unit.is_none() {
@@ -366,10 +405,7 @@ impl From<CallOrUsage> for Failure {
     }
 }
 
-fn create_out(
-    path: Option<&PathBuf>,
-    hook: &str,
-) -> Result<(tokio::fs::File, PathBuf), CallOrUsage> {
+fn create_out(path: Option<&PathBuf>, hook: &str) -> Result<(std::fs::File, PathBuf), CallOrUsage> {
     let path = path.ok_or_else(|| usage(format!("{hook} needs --out FILE")))?;
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -381,7 +417,123 @@ fn create_out(
                 path.display()
             ))
         })?;
-    Ok((tokio::fs::File::from_std(file), path.clone()))
+    Ok((file, path.clone()))
+}
+
+/// A file writer that counts and hashes what passes through.
+struct Digesting {
+    inner: tokio::fs::File,
+    state: std::sync::Arc<std::sync::Mutex<(u64, sha2::Sha256)>>,
+}
+
+/// The running count and hash of a [`Digesting`] writer.
+struct DigestHandle(std::sync::Arc<std::sync::Mutex<(u64, sha2::Sha256)>>);
+
+impl Digesting {
+    fn new(
+        file: &std::fs::File,
+        path: &std::path::Path,
+    ) -> Result<(Digesting, DigestHandle), CallOrUsage> {
+        use sha2::Digest;
+        let clone = file
+            .try_clone()
+            .map_err(|e| usage(format!("cannot use {}: {e}", path.display())))?;
+        let state = std::sync::Arc::new(std::sync::Mutex::new((0, sha2::Sha256::new())));
+        Ok((
+            Digesting {
+                inner: tokio::fs::File::from_std(clone),
+                state: state.clone(),
+            },
+            DigestHandle(state),
+        ))
+    }
+}
+
+impl DigestHandle {
+    fn finish(self) -> (u64, String) {
+        use sha2::Digest;
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (guard.0, hex::encode(guard.1.clone().finalize()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Digesting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use sha2::Digest;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.0 += *n as u64;
+            s.1.update(&buf[..*n]);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Check `path` against the size and sha256 the backup recorded; returns the size to expect
+/// the restore to read. A file without recorded checksums is restored with a warning.
+fn verify_file(path: &std::path::Path, info: &BackupInfo) -> Result<Option<u64>, CallOrUsage> {
+    use sha2::Digest;
+    use std::io::Read;
+    let label = |k: &str| {
+        info.labels
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let (Some(size), Some(sha)) = (label(SIZE_LABEL), label(SHA256_LABEL)) else {
+        eprintln!(
+            "shoal: warning: the backup info records no size or checksum; the file is not verified"
+        );
+        return Ok(None);
+    };
+    let size: u64 = size.parse().map_err(|_| {
+        usage(format!(
+            "backup info: {SIZE_LABEL} {size:?} is not a number"
+        ))
+    })?;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let actual = hex::encode(hasher.finalize());
+    if total != size || !actual.eq_ignore_ascii_case(&sha) {
+        return Err(usage(format!(
+            "{} is damaged: {total} bytes with sha256 {actual}, but the backup recorded {size} \
+             bytes with sha256 {sha}; nothing was restored",
+            path.display()
+        )));
+    }
+    Ok(Some(size))
 }
 
 /// Remove an output file this command created, after the hook that was filling it failed: a

@@ -58,7 +58,9 @@ struct Inspection<'a> {
 pub async fn run(args: InspectArgs) -> Result<(), Failure> {
     let (_rt, addon) = args.runtime.load(&args.file).await?;
     let view = inspection(&addon);
-    output::emit(args.output, &view, || render(&view))
+    output::emit(args.output, &view, || {
+        output::printable_lines(&render(&view))
+    })
 }
 
 fn inspection(addon: &LoadedAddon) -> Inspection<'_> {

@@ -29,8 +29,37 @@ pub fn emit<T: Serialize>(
         Format::Yaml => serde_yaml::to_string(value)
             .map_err(|e| Failure::usage(format!("cannot render YAML: {e}")))?,
     };
-    print!("{rendered}");
-    Ok(())
+    write_stdout(&rendered)
+}
+
+/// Write to stdout; a closed pipe (`shoal … | head`) ends quietly instead of panicking.
+pub fn write_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::usage(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// Each line of `s` made [`printable`], keeping the line breaks.
+pub fn printable_lines(s: &str) -> String {
+    s.lines().map(|l| printable(l) + "\n").collect()
+}
+
+/// `s` with control characters shown as escapes, so text an addon supplied cannot move the
+/// cursor or hide lines on an operator's terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// `1.5 MiB`-style size.
@@ -68,6 +97,14 @@ pub fn duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("ok\x1b[2Jhidden\nline"),
+            "ok\\u{1b}[2Jhidden\\nline"
+        );
+    }
 
     #[test]
     fn human_sizes_and_durations() {

@@ -382,4 +382,46 @@ fn backup_to_a_file_and_restore_from_it() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("restored 5 MiB"), "{}", stderr(&out));
+
+    // The recorded checksum catches a damaged file before anything is restored.
+    let info_json = json(&shoal(
+        &[
+            "addon",
+            "call",
+            &hostile,
+            "backup",
+            "--method",
+            "exec-stream",
+            "--param",
+            "size=1MiB",
+            "--grant",
+            "exec:head",
+            "--out",
+            dir.path().join("b2.bin").to_str().unwrap(),
+        ],
+        cache.path(),
+    ));
+    let labels = info_json["labels"].as_array().unwrap();
+    assert!(labels.iter().any(|l| l[0] == "shoal.sha256"), "{labels:?}");
+    std::fs::write(&info, serde_json::to_vec(&info_json).unwrap()).unwrap();
+    let mut damaged = std::fs::read(dir.path().join("b2.bin")).unwrap();
+    damaged[1000] ^= 1;
+    std::fs::write(dir.path().join("b2.bin"), &damaged).unwrap();
+    let out = shoal(
+        &[
+            "addon",
+            "call",
+            &hostile,
+            "restore",
+            "--info",
+            info.to_str().unwrap(),
+            "--in",
+            dir.path().join("b2.bin").to_str().unwrap(),
+            "--grant",
+            "exec:wc",
+        ],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is damaged"), "{}", stderr(&out));
 }

@@ -29,13 +29,31 @@ pub enum CodeSource {
 }
 
 impl CodeCache {
-    /// A cache under `dir` for `engine`'s configuration; creates the directory (mode 0700).
+    /// A cache under `dir` for `engine`'s configuration. Creates the directory (mode 0700) if
+    /// missing; refuses an existing one that is not owned by this user or that others can
+    /// write, since whoever can write the cache can make the host run their machine code.
     pub(crate) fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let meta = std::fs::metadata(dir)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} must be a directory owned by uid {me} and not writable by group or others \
+                     (found uid {}, mode {:o})",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
@@ -86,9 +104,10 @@ impl CodeCache {
             let _ = std::fs::remove_file(&sidecar);
             return None;
         }
-        // SAFETY: the artifact was written by this cache (directory mode 0700, owned by the
-        // host) for an engine with the same compatibility hash, and its bytes match the
-        // checksum written alongside it. wasmtime additionally checks the header and version.
+        // SAFETY: the artifact was written by this cache into a directory only this user can
+        // write (checked in `open`), for an engine with the same compatibility hash, and its
+        // bytes match the checksum written alongside it. wasmtime additionally checks the
+        // header and version.
         match unsafe { Component::deserialize_file(engine, path) } {
             Ok(c) => Some(c),
             Err(e) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::addon::{AddonCore, Exports, HookLimits};
 use crate::error::{CallError, CallFailure, DeadlineCause};
@@ -25,6 +25,9 @@ use crate::wit::{
 /// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
 /// is computing is stopped by its epoch deadline (and reported as such) first.
 const WALL_GRACE: Duration = Duration::from_millis(50);
+
+/// Most resources (files, sockets, streams) one addon instance may hold at once.
+pub(crate) const MAX_RESOURCES: usize = 1024;
 
 /// Statistics of the last call made through a [`Caller`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -291,7 +294,7 @@ impl<'a> Caller<'a> {
                 .call_backup(&mut *s, instance, method, params, borrowed)
                 .await;
             let sink = take(&mut s.data_mut().table, res)?;
-            Ok(out?.map(|info| (info, sink)))
+            finish_sink(out?, sink, s).await
         })
         .await
     }
@@ -331,7 +334,7 @@ impl<'a> Caller<'a> {
                 .call_archive_continuous(&mut *s, instance, after, borrowed)
                 .await;
             let sink = take(&mut s.data_mut().table, res)?;
-            Ok(out?.map(|unit| (unit, sink)))
+            finish_sink(out?, sink, s).await
         })
         .await
     }
@@ -396,6 +399,26 @@ fn take<T: 'static>(table: &mut ResourceTable, res: Resource<T>) -> wasmtime::Re
     Ok(table.delete(res)?)
 }
 
+/// After a successful streaming hook, flush and shut the sink down so buffered bytes and
+/// encoders reach their destination; a failure there (or an earlier write error the addon
+/// ignored) fails the call instead of leaving a silently short stream.
+async fn finish_sink<T>(
+    out: Result<T, HookError>,
+    mut sink: HostSink,
+    store: &mut Store<HostState>,
+) -> wasmtime::Result<Result<(T, HostSink), HookError>> {
+    let value = match out {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(e) = sink.failed.take() {
+        store.data_mut().sink_error = Some(e);
+    } else if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut sink.writer).await {
+        store.data_mut().sink_error = Some(format!("finishing the stream: {e}"));
+    }
+    Ok(Ok((value, sink)))
+}
+
 /// A Store for `core` with the permissions of `ctx`, not yet armed for a call.
 pub(crate) fn new_store(
     core: &AddonCore,
@@ -414,42 +437,52 @@ pub(crate) fn new_store(
         .sandbox
         .wasi(ctx, &logs, &denials)
         .map_err(CallFailure::Setup)?;
+    let mut table = ResourceTable::new();
+    // Every WASI file or socket holds a host descriptor: cap them per instance.
+    table.set_max_capacity(MAX_RESOURCES);
     let state = HostState {
         wasi,
-        table: ResourceTable::new(),
-        limiter: MemoryLimiter {
-            limit: usize::try_from(cfg.default_memory_bytes).unwrap_or(usize::MAX),
-            refused: None,
-        },
+        table,
+        limiter: MemoryLimiter::new(
+            usize::try_from(cfg.default_memory_bytes).unwrap_or(usize::MAX),
+        ),
         addon: core.name.clone(),
         logs,
         denials,
         sandbox: core.sandbox.clone(),
         run_as: ctx.run_as,
-        progress: ctx.progress.clone(),
+        progress: crate::state::ProgressGate::new(ctx.progress.clone(), core.name.clone()),
+        sink_error: None,
         exec_capture: cfg.exec_capture_bytes,
         deadline: Instant::now(),
     };
     let mut store = Store::new(&core.rt.inner.engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
     Ok(store)
 }
 
 /// Reset per-call state and set both deadlines and the memory cap for a call of `hook`.
-pub(crate) fn arm(store: &mut Store<HostState>, core: &AddonCore, hook: Hook, limits: HookLimits) {
-    let tick = core.rt.inner.config.epoch_tick;
-    // One extra tick: the ticker's phase is unknown, so `n` ticks can pass in just over
-    // `n - 1` tick lengths. With `n + 1` the trap never comes before the deadline and at most
-    // one tick after it.
-    let ticks = limits.timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) + 1;
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+///
+/// Guest code is interrupted at every epoch tick: before the deadline it yields to the async
+/// executor (so a computing guest never monopolises a worker thread and the wall-clock timer
+/// stays live), at or after the deadline it traps.
+pub(crate) fn arm(store: &mut Store<HostState>, hook: Hook, limits: HookLimits) {
+    let deadline = Instant::now() + limits.timeout;
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
     let data = store.data_mut();
-    data.deadline = Instant::now() + limits.timeout;
+    data.deadline = deadline;
     data.limiter.limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
     data.limiter.refused = None;
     data.logs.reset(hook);
     data.denials.take();
+    data.progress.reset();
 }
 
 /// Run `f` under the wall-clock deadline of `limits`.
@@ -461,68 +494,78 @@ pub(crate) async fn under_deadline<T>(
 }
 
 /// Turn the outcome of a call into a value or a [`CallFailure`], using what the store saw.
+/// Denials the addon recovered from are logged, not reported: only a `failed` hook error (or
+/// a trap) after a denial becomes [`CallFailure::Denied`].
 pub(crate) fn settle<T>(
     outcome: Result<wasmtime::Result<Result<T, HookError>>, tokio::time::error::Elapsed>,
-    state: &HostState,
+    state: &mut HostState,
     limits: HookLimits,
 ) -> Result<T, CallFailure> {
-    let denials = || state.denials.take();
-    match outcome {
+    state.progress.flush();
+    let result = match outcome {
         Err(_) => Err(CallFailure::Deadline {
             limit: limits.timeout,
             cause: DeadlineCause::WallClock,
         }),
-        Ok(Ok(Ok(v))) => {
-            if !state.denials.is_empty() {
-                tracing::warn!(
-                    target: "shoal::addon",
-                    addon = %state.addon,
-                    "call succeeded after sandbox denials: {}",
-                    denials().join("; ")
-                );
-            }
-            Ok(v)
+        Ok(Ok(Ok(v))) => match state.sink_error.take() {
+            // The addon ignored a failed write: the stream is incomplete.
+            Some(e) => Err(CallFailure::Stream(e)),
+            None => Ok(v),
+        },
+        Ok(Ok(Err(HookError::Failed(message)))) if !state.denials.is_empty() => {
+            Err(CallFailure::Denied {
+                denials: state.denials.take(),
+                guest: Some(HookError::Failed(message).to_string()),
+            })
         }
-        Ok(Ok(Err(hook_error))) => {
-            if state.denials.is_empty() {
-                Err(CallFailure::Hook(hook_error))
-            } else {
-                Err(CallFailure::Denied {
-                    denials: denials(),
-                    guest: Some(hook_error.to_string()),
-                })
-            }
-        }
-        Ok(Err(trap)) => {
-            if let Some(full) = trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-                return Err(CallFailure::Busy(format!(
-                    "{full}; raise max_instances or retry later"
-                )));
-            }
-            if let Some(requested) = state.limiter.refused {
-                return Err(CallFailure::OutOfMemory {
-                    limit: limits.memory_bytes,
-                    requested: requested as u64,
-                });
-            }
-            if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                return Err(CallFailure::Deadline {
-                    limit: limits.timeout,
-                    cause: DeadlineCause::Epoch,
-                });
-            }
-            if let Some(message) = state.logs.panic_message() {
-                return Err(CallFailure::Panic(message));
-            }
-            if !state.denials.is_empty() {
-                return Err(CallFailure::Denied {
-                    denials: denials(),
-                    guest: None,
-                });
-            }
-            Err(CallFailure::Trap(describe_trap(&trap)))
-        }
+        Ok(Ok(Err(hook_error))) => Err(CallFailure::Hook(hook_error)),
+        Ok(Err(trap)) => Err(classify_trap(&trap, state, limits)),
+    };
+    let leftover = state.denials.take();
+    if !leftover.is_empty() {
+        tracing::warn!(
+            target: "shoal::addon",
+            addon = %state.addon,
+            "sandbox denials during the call: {}",
+            leftover.join("; ")
+        );
     }
+    result
+}
+
+fn classify_trap(trap: &wasmtime::Error, state: &HostState, limits: HookLimits) -> CallFailure {
+    if let Some(full) = trap.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return CallFailure::Busy(format!("{full}; raise max_instances or retry later"));
+    }
+    if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallFailure::Deadline {
+            limit: limits.timeout,
+            cause: DeadlineCause::Epoch,
+        };
+    }
+    if let Some(message) = state.logs.panic_message() {
+        return CallFailure::Panic(message);
+    }
+    if let Some(requested) = state.limiter.refused {
+        return CallFailure::OutOfMemory {
+            limit: limits.memory_bytes,
+            requested: requested as u64,
+        };
+    }
+    if !state.denials.is_empty() {
+        return CallFailure::Denied {
+            denials: state.denials.take(),
+            guest: None,
+        };
+    }
+    let text = describe_trap(trap);
+    if text.contains("resource table has no free keys") {
+        return CallFailure::Trap(format!(
+            "too many open files, sockets or streams (the limit is {MAX_RESOURCES} per addon \
+             instance): {text}"
+        ));
+    }
+    CallFailure::Trap(text)
 }
 
 /// A one-line description of a trap: its code (or root cause) and the innermost named guest
@@ -553,10 +596,13 @@ fn demangle(symbol: &str) -> String {
         let Ok(len) = rest[..digits].parse::<usize>() else {
             return symbol.to_string();
         };
-        let Some(part) = rest.get(digits..digits + len) else {
+        let Some(end) = digits.checked_add(len) else {
             return symbol.to_string();
         };
-        rest = &rest[digits + len..];
+        let Some(part) = rest.get(digits..end) else {
+            return symbol.to_string();
+        };
+        rest = &rest[end..];
         let is_hash = part.len() == 17
             && part.starts_with('h')
             && part[1..].chars().all(|c| c.is_ascii_hexdigit());
@@ -582,7 +628,7 @@ where
         Ok(s) => s,
         Err(e) => return (Err(e), CallStats::default()),
     };
-    arm(&mut store, core, hook, limits);
+    arm(&mut store, hook, limits);
     let outcome = under_deadline(limits, async {
         let instance = core.pre.instantiate_async(&mut store).await?;
         let exports = Exports {
@@ -592,7 +638,7 @@ where
         f(&exports, &mut store).await
     })
     .await;
-    let result = settle(outcome, store.data(), limits);
+    let result = settle(outcome, store.data_mut(), limits);
     let logs = store.data().logs.finish();
     (
         result,
@@ -615,5 +661,9 @@ mod tests {
         );
         assert_eq!(demangle("plain_name"), "plain_name");
         assert_eq!(demangle("_ZN99brokenE"), "_ZN99brokenE");
+        assert_eq!(
+            demangle("_ZN18446744073709551615xE"),
+            "_ZN18446744073709551615xE"
+        );
     }
 }

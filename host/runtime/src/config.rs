@@ -37,6 +37,9 @@ pub struct Grants {
     pub connect: Vec<SocketAddr>,
     /// Whether addons that declare `name-lookup` may resolve host names.
     pub name_lookup: bool,
+    /// sha256 digests (hex) of the addon files these grants are for. Empty: any addon that
+    /// calls itself by this engine name. Set it: an addon can name itself anything.
+    pub digests: Vec<String>,
 }
 
 /// Configuration of an [`crate::AddonRuntime`].
@@ -121,6 +124,16 @@ impl RuntimeConfig {
             }
         }
         for (addon, g) in &self.grants {
+            if addon == "*" && !g.digests.is_empty() {
+                return Err("grants.\"*\".digests: pin digests on a named engine's grants".into());
+            }
+            for d in &g.digests {
+                if d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "grants.{addon}.digests: {d:?} is not a sha256 hex digest"
+                    ));
+                }
+            }
             for (prog, path) in &g.exec {
                 if prog.contains('/') || prog.is_empty() {
                     return Err(format!(
@@ -149,13 +162,18 @@ impl RuntimeConfig {
     }
 
     /// The grants that apply to addon `engine`: its own entry merged over `"*"`.
+    /// The engine's own search path comes first, so its programs win over same-named ones in
+    /// the shared directories.
     pub fn grants_for(&self, engine: &str) -> Grants {
         let mut merged = self.grants.get("*").cloned().unwrap_or_default();
         if let Some(own) = self.grants.get(engine) {
             merged.exec.extend(own.exec.clone());
-            merged.exec_search_path.extend(own.exec_search_path.clone());
+            let shared = std::mem::take(&mut merged.exec_search_path);
+            merged.exec_search_path = own.exec_search_path.clone();
+            merged.exec_search_path.extend(shared);
             merged.connect.extend(own.connect.iter().copied());
             merged.name_lookup |= own.name_lookup;
+            merged.digests = own.digests.clone();
         }
         merged
     }

@@ -50,6 +50,16 @@ pub enum LoadError {
     },
     #[error("{origin}: invalid manifest: {detail}")]
     BadManifest { origin: String, detail: String },
+    #[error(
+        "{origin}: calls itself {engine:?}, but the operator's grants for {engine} are pinned to \
+         other addon digests than sha256:{digest}; add the digest to grants.{engine}.digests if \
+         this addon is trusted"
+    )]
+    GrantPin {
+        origin: String,
+        engine: String,
+        digest: String,
+    },
     #[error("compiled-code cache at {path}: {detail}")]
     Cache { path: PathBuf, detail: String },
 }
@@ -120,6 +130,9 @@ pub enum CallFailure {
     /// Any other trap (unreachable, stack overflow, bad memory access, …).
     #[error("trapped: {0}")]
     Trap(String),
+    /// A backup stream failed (a write or the final flush) and the output is incomplete.
+    #[error("the stream failed, output incomplete: {0}")]
+    Stream(String),
     /// No instance slot was free; retry later.
     #[error("runtime busy: {0}")]
     Busy(String),

@@ -55,12 +55,7 @@ impl Host for HostState {
             total,
             message,
         };
-        match &self.progress {
-            Some(f) => f(&p),
-            None => {
-                tracing::debug!(target: "shoal::addon", addon = %self.addon, done, total, "{}", p.message)
-            }
-        }
+        self.progress.report(p);
         Ok(())
     }
 
@@ -112,12 +107,20 @@ impl HostSinkTrait for HostState {
         bytes: Vec<u8>,
     ) -> wasmtime::Result<Result<(), StreamError>> {
         let sink = self.table.get_mut(&sink)?;
+        if let Some(e) = &sink.failed {
+            return Ok(Err(StreamError::Failed(format!(
+                "the stream already failed: {e}"
+            ))));
+        }
         match sink.writer.write_all(&bytes).await {
             Ok(()) => {
                 sink.written += bytes.len() as u64;
                 Ok(Ok(()))
             }
-            Err(e) => Ok(Err(stream_error(e))),
+            Err(e) => {
+                sink.failed = Some(e.to_string());
+                Ok(Err(stream_error(e)))
+            }
         }
     }
 
@@ -209,6 +212,17 @@ impl HostState {
             None => remaining,
         };
 
+        if let Some(bad) = req.env.iter().find(|v| !env_allowed(&v.name)) {
+            self.denials.record(format!(
+                "exec of {program:?} with environment variable {:?}",
+                bad.name
+            ));
+            return Err(ExecError::Denied(format!(
+                "environment variable {:?} may not be set for a host program (loader, shell \
+                 start-up and search-path variables are refused)",
+                bad.name
+            )));
+        }
         let mut cmd = Command::new(&path);
         cmd.args(&req.args)
             .env_clear()
@@ -244,7 +258,8 @@ impl HostState {
         tracing::debug!(target: "shoal::addon", addon = %self.addon, program = %program, args = ?req.args, "exec");
         // Until the child is reaped, dropping the call (deadline, cancellation) kills its whole
         // process group, so nothing it started outlives the hook.
-        let mut group = GroupKiller(child.id());
+        let pid = child.id();
+        let mut group = GroupKiller(pid);
 
         let cap = self.exec_capture;
         let stdin = child.stdin.take();
@@ -259,11 +274,19 @@ impl HostState {
                 Pipe::From(source) => {
                     let feed_source = async {
                         match stdin {
-                            Some(mut w) => {
-                                let n = copy_counting(&mut source.reader, &mut w).await?;
-                                source.read += n;
-                                Ok::<u64, String>(n)
-                            }
+                            Some(mut w) => match copy_counting(&mut source.reader, &mut w).await {
+                                Ok(n) => {
+                                    source.read += n;
+                                    Ok::<u64, String>(n)
+                                }
+                                Err(e) => {
+                                    // Kill the child while its stdin is still open: it must not
+                                    // see a clean end of a cut-off stream and act on it.
+                                    kill_group(pid);
+                                    drop(w);
+                                    Err(e)
+                                }
+                            },
                             None => Ok(0),
                         }
                     };
@@ -283,15 +306,28 @@ impl HostState {
                         Pipe::Into(sink) => {
                             let copy = async {
                                 let Some(mut r) = stdout else { return Ok(0) };
-                                let n = tokio::io::copy(&mut r, &mut sink.writer)
-                                    .await
-                                    .map_err(|e| format!("streaming stdout into the sink: {e}"))?;
-                                sink.writer
-                                    .flush()
-                                    .await
-                                    .map_err(|e| format!("flushing the sink: {e}"))?;
-                                sink.written += n;
-                                Ok::<u64, String>(n)
+                                let copied = async {
+                                    let n =
+                                        tokio::io::copy(&mut r, &mut sink.writer).await.map_err(
+                                            |e| format!("streaming stdout into the sink: {e}"),
+                                        )?;
+                                    sink.writer
+                                        .flush()
+                                        .await
+                                        .map_err(|e| format!("flushing the sink: {e}"))?;
+                                    Ok::<u64, String>(n)
+                                }
+                                .await;
+                                match copied {
+                                    Ok(n) => {
+                                        sink.written += n;
+                                        Ok(n)
+                                    }
+                                    Err(e) => {
+                                        sink.failed.get_or_insert_with(|| e.clone());
+                                        Err(e)
+                                    }
+                                }
                             };
                             let ((), n, err) = tokio::join!(feed, copy, err_capture);
                             Ok(((Vec::new(), false), err, n?))
@@ -308,7 +344,15 @@ impl HostState {
 
         let run = async {
             let ((stdout, out_cut), (stderr, err_cut), n) = work.await?;
-            // Reap only after the group had its chance to be killed; `child.wait` reaps.
+            // Wait for the child to exit without reaping it, so its pid (= the group id) stays
+            // ours; kill whatever it left running in its group; then reap.
+            if let Some(p) = pid {
+                let waited = tokio::task::spawn_blocking(move || wait_exited(p)).await;
+                if !matches!(waited, Ok(Ok(()))) {
+                    tracing::debug!("waitid on {program} failed: {waited:?}");
+                }
+                kill_group(pid);
+            }
             let status = child
                 .wait()
                 .await
@@ -341,15 +385,77 @@ struct GroupKiller(Option<u32>);
 
 impl Drop for GroupKiller {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill has no memory-safety preconditions; the group id is the pid of our
-            // own, not yet reaped child (it was started as a group leader), so it cannot name
-            // an unrelated process group.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
+        kill_group(self.0);
+    }
+}
+
+/// SIGKILL the process group led by `pid`. Only called while `pid` is our own unreaped child
+/// (started as a group leader), so the group id cannot name an unrelated group.
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
         }
     }
+}
+
+/// Block until child `pid` has exited, leaving it unreaped (WNOWAIT).
+fn wait_exited(pid: u32) -> std::io::Result<()> {
+    let id = libc::id_t::from(pid);
+    loop {
+        // SAFETY: siginfo is plain data, zero-initialised and written by the kernel.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer to a siginfo_t; P_PID with our own child's pid.
+        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether an addon may set environment variable `name` for a host program: a plain name,
+/// and not one that changes what code runs (dynamic loader, shell start-up, search paths).
+fn env_allowed(name: &str) -> bool {
+    const REFUSED: &[&str] = &[
+        "PATH",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "CDPATH",
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "NODE_OPTIONS",
+        "JAVA_TOOL_OPTIONS",
+    ];
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("LD_")
+        && !name.starts_with("DYLD_")
+        && !name.starts_with("MALLOC_")
+        && !name.starts_with("GLIBC_")
+        && !REFUSED.contains(&name)
 }
 
 /// Read `r` to its end, keeping at most `cap` bytes; the flag says whether anything was cut.
@@ -395,4 +501,38 @@ async fn copy_counting(
     }
     let _ = w.shutdown().await;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_allowed;
+
+    #[test]
+    fn loader_and_shell_variables_are_refused() {
+        for ok in [
+            "PGPASSWORD",
+            "PGCONNECT_TIMEOUT",
+            "LANG",
+            "MYSQL_PWD",
+            "A1_B2",
+        ] {
+            assert!(env_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "PATH",
+            "BASH_ENV",
+            "GCONV_PATH",
+            "A=B",
+            "",
+            "WITH SPACE",
+            "NUL\0",
+            "DYLD_INSERT_LIBRARIES",
+            "MALLOC_CHECK_",
+        ] {
+            assert!(!env_allowed(bad), "{bad:?}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use wasmtime::component::Instance;
 use wasmtime::Store;
 
 use crate::addon::{AddonCore, Exports};
-use crate::call::{arm, new_store, settle, under_deadline, CallStats, Caller};
+use crate::call::{arm, new_store, settle, under_deadline, CallStats, Caller, MAX_RESOURCES};
 use crate::error::CallFailure;
 use crate::sandbox::CallContext;
 use crate::state::HostState;
@@ -82,16 +82,18 @@ impl LiveInstance {
 
         let (result, logs, keep) = match slot.take() {
             Some(mut kept) => {
-                arm(&mut kept.store, core, hook, limits);
+                arm(&mut kept.store, hook, limits);
                 let exports = Exports {
                     instance: kept.instance,
                     indices: &core.indices,
                 };
                 let outcome = under_deadline(limits, f(&exports, &mut kept.store)).await;
-                let result = settle(outcome, kept.store.data(), limits);
+                let result = settle(outcome, kept.store.data_mut(), limits);
                 let logs = kept.store.data().logs.finish();
                 kept.calls += 1;
-                let keep = keeps_store(&result).then_some(kept);
+                // A store that piles up open resources is leaking them: start over.
+                let crowded = kept.store.data_mut().table.iter_mut().count() > MAX_RESOURCES / 2;
+                let keep = (keeps_store(&result) && !crowded).then_some(kept);
                 (result, logs, keep)
             }
             None => {
@@ -100,7 +102,7 @@ impl LiveInstance {
                     Err(e) => return (Err(e), CallStats::default()),
                 };
                 self.starts.fetch_add(1, Ordering::Relaxed);
-                arm(&mut store, core, hook, limits);
+                arm(&mut store, hook, limits);
                 let mut made: Option<Instance> = None;
                 let outcome = under_deadline(limits, async {
                     let instance = core.pre.instantiate_async(&mut store).await?;
@@ -112,7 +114,7 @@ impl LiveInstance {
                     f(&exports, &mut store).await
                 })
                 .await;
-                let result = settle(outcome, store.data(), limits);
+                let result = settle(outcome, store.data_mut(), limits);
                 let logs = store.data().logs.finish();
                 let keep = match made {
                     Some(instance) if keeps_store(&result) => Some(Kept {

@@ -92,6 +92,18 @@ pub(crate) async fn load(
     })?;
 
     let grants = rt.inner.config.grants_for(&manifest.engine);
+    if !grants.digests.is_empty()
+        && !grants
+            .digests
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&digest))
+    {
+        return Err(LoadError::GrantPin {
+            origin: origin.to_string(),
+            engine: manifest.engine.clone(),
+            digest: digest.clone(),
+        });
+    }
     let core = Arc::new(AddonCore {
         rt: rt.clone(),
         pre,

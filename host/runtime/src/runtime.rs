@@ -50,6 +50,7 @@ impl AddonRuntime {
     /// address-space reservation.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         config.validate().map_err(RuntimeError::Config)?;
+        raise_fd_limit();
         let (engine, pooling) = match config.pooling {
             Pooling::Auto => match Engine::new(&engine_config(&config, true)) {
                 Ok(e) => (e, true),
@@ -140,6 +141,10 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
+            // One addon instance may not take more than its share of the pool.
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(32)
             .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
             // Reset a freed slot by rewriting the pages the instance dirtied instead of
             // unmapping them: the next instance in the slot takes no page faults. Measured on
@@ -159,6 +164,24 @@ fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::wit::Addon::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
+}
+
+/// Raise the soft limit on open files to the hard limit: every addon socket and file is a
+/// host descriptor, and the default soft limit (1024) is small for thousands of instances.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read a plain rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 /// Increment the engine's epoch every `tick` until the engine is dropped. Without it no CPU

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub struct HostSink {
     pub(crate) writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
     pub(crate) written: u64,
+    /// The first write failure, remembered so a call whose addon ignored it still fails.
+    pub(crate) failed: Option<String>,
 }
 
 impl HostSink {
@@ -19,7 +21,13 @@ impl HostSink {
         HostSink {
             writer: Box::pin(writer),
             written: 0,
+            failed: None,
         }
+    }
+
+    /// The writer, after the call finished (and shut it down, when the call succeeded).
+    pub fn into_inner(self) -> Pin<Box<dyn AsyncWrite + Send + Sync>> {
+        self.writer
     }
 
     /// Bytes accepted so far.
