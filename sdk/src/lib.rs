@@ -51,14 +51,15 @@ pub use engine::{Engine, HookResult};
 pub const API_VERSION: &str = "0.1.0";
 
 pub use bindings::shoal::addon::types::{
-    Credentials, Endpoint, EnvVar, File, HookError, Instance, Member, NamedPort, Param, Value,
+    Credentials, Endpoint, EnvVar, File, HookError, Instance, Member, NamedPort, Param, Resources,
+    Value,
 };
 
 /// Types of the addon manifest (`shoal:addon/metadata`).
 pub mod manifest {
     pub use crate::bindings::exports::shoal::addon::metadata::{
-        AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, EngineVersion, FloatRange,
-        Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology,
+        AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, ClientInfo, EngineVersion,
+        FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology,
         TopologyKind,
     };
 }
@@ -106,7 +107,7 @@ pub mod prelude {
     pub use crate::telemetry::{Label, MetricKind, Sample};
     pub use crate::{
         Endpoint, Engine, EnvVar, File, HookError, HookResult, Instance, Member, NamedPort, Param,
-        Value,
+        Resources, Value,
     };
 }
 

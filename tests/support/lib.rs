@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_runtime::wit::{Endpoint, Instance, NamedPort};
+use shoal_runtime::wit::{Endpoint, Instance, NamedPort, Resources};
 use shoal_runtime::{AddonRuntime, LoadedAddon, RuntimeConfig};
 
 /// Directory holding the built `.wasm` components (`SHOAL_WASM_DIR`, else the workspace's
@@ -82,6 +82,11 @@ pub fn instance(name: &str, addr: SocketAddr, extra_ports: &[(&str, u16)]) -> In
         role: None,
         term: 0,
         credentials: None,
+        resources: Resources {
+            cpu_millis: 0,
+            memory_bytes: 0,
+            storage_bytes: 0,
+        },
     }
 }
 

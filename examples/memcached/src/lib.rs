@@ -116,6 +116,8 @@ impl Engine for Memcached {
             versions: vec![EngineVersion {
                 version: "1.6".into(),
                 is_default: true,
+                binary_paths: vec![],
+                packages: vec!["memcached (Debian: apt-get install memcached)".into()],
             }],
             topologies: vec![Topology {
                 kind: TopologyKind::Standalone,
@@ -178,6 +180,10 @@ impl Engine for Memcached {
                     memory_bytes: None,
                 },
             ],
+            client: Some(ClientInfo {
+                uri_template: "memcached://{host}:{port}".into(),
+                shell: vec![],
+            }),
         }
     }
 
@@ -234,6 +240,7 @@ impl Engine for Memcached {
             lag_bytes: None,
             lag_ms: None,
             health: Health::Healthy,
+            position: None,
             detail: format!("memcached {version}"),
         })
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shoal_runtime::wit::{
     Account, AccountRole, BackupInfo, Credentials, Endpoint, Hook, Instance, Member, NamedPort,
-    Param, ParamChange, RecoveryTarget,
+    Param, ParamChange, RecoveryTarget, Resources,
 };
 use shoal_runtime::{CallContext, CallError, Caller, HostSink, HostSource, LoadedAddon, RunAs};
 
@@ -54,8 +54,9 @@ pub struct CallArgs {
     /// Admin credentials of the instance (USER:PASSWORD).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub credentials: Option<String>,
-    /// Another member of the component (NAME=HOST:PORT); the addon may connect to it. Repeatable.
-    #[arg(long = "member", value_name = "NAME=HOST:PORT")]
+    /// Another member of the component (NAME=HOST:PORT, optionally @ROLE: `pg-0=127.0.0.1:5432@primary`);
+    /// the addon may connect to it. Repeatable.
+    #[arg(long = "member", value_name = "NAME=HOST:PORT[@ROLE]")]
     pub members: Vec<String>,
     /// The member a hook acts toward: joining/leaving member, demote's new primary,
     /// switchover candidate, rebuild source.
@@ -137,11 +138,25 @@ pub async fn run(args: CallArgs) -> Result<(), Failure> {
         )));
     }
     let (_rt, addon) = args.runtime.load(&args.file).await?;
-    let (instance, members, mut endpoints) = topology(&args, &addon)?;
+    let (mut instance, members, mut endpoints) = topology(&args, &addon)?;
+    if matches!(hook, Hook::RunSpec | Hook::RenderConfig) {
+        // These hooks describe the server process, which sees the host paths themselves.
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        instance.data_dir = args.data_dir.as_ref().map(|p| abs(p).display().to_string());
+        instance.config_dir = args
+            .config_dir
+            .as_ref()
+            .map(|p| abs(p).display().to_string());
+    }
     let params = parse_params(&args.params, &addon)?;
     endpoints.sort();
     endpoints.dedup();
-    let ctx = call_context(&args, endpoints)?;
+    let ctx = if matches!(hook, Hook::RunSpec | Hook::RenderConfig) {
+        // Pure hooks: no directories.
+        CallContext::endpoints(endpoints)
+    } else {
+        call_context(&args, endpoints)?
+    };
 
     let live = args.live.then(|| addon.live(ctx.clone()));
     let mut times = Vec::with_capacity(args.repeat as usize);
@@ -598,9 +613,13 @@ fn topology(
     }
     let mut members = Vec::new();
     for m in &args.members {
-        let (name, addr) = m
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--member {m:?}: expected NAME=HOST:PORT")))?;
+        let (name, rest) = m.split_once('=').ok_or_else(|| {
+            Failure::usage(format!("--member {m:?}: expected NAME=HOST:PORT[@ROLE]"))
+        })?;
+        let (addr, role) = match rest.rsplit_once('@') {
+            Some((a, r)) => (a, Some(r.to_string())),
+            None => (rest, None),
+        };
         let addr = resolve(addr)?;
         endpoints.push(addr);
         members.push(Member {
@@ -613,7 +632,7 @@ fn topology(
                 name: "client".into(),
                 port: addr.port(),
             }],
-            role: None,
+            role,
             healthy: true,
         });
     }
@@ -661,6 +680,11 @@ fn topology(
         role: args.role.clone(),
         term: args.term,
         credentials,
+        resources: Resources {
+            cpu_millis: 0,
+            memory_bytes: 0,
+            storage_bytes: 0,
+        },
     };
     Ok((instance, members, endpoints))
 }

@@ -37,12 +37,14 @@ pub use exports::shoal::addon::lifecycle::{
     Account, AccountRole, Command, Readiness, RunPlan, StopSignal,
 };
 pub use exports::shoal::addon::metadata::{
-    AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, EngineVersion, FloatRange,
-    Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology, TopologyKind,
+    AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, ClientInfo, EngineVersion,
+    FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology,
+    TopologyKind,
 };
 pub use exports::shoal::addon::telemetry::{Label, MetricKind, Sample};
 pub use shoal::addon::types::{
-    Credentials, Endpoint, EnvVar, File, HookError, Instance, Member, NamedPort, Param, Value,
+    Credentials, Endpoint, EnvVar, File, HookError, Instance, Member, NamedPort, Param, Resources,
+    Value,
 };
 
 impl Hook {

