@@ -188,6 +188,7 @@ impl Engine for Postgres {
                 uri_template: "postgresql://{user}:{password}@{host}:{port}/postgres".into(),
                 shell: vec!["psql".into(), "{uri}".into()],
             }),
+            admin_user: Some("postgres".into()),
         }
     }
 

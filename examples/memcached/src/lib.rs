@@ -184,6 +184,7 @@ impl Engine for Memcached {
                 uri_template: "memcached://{host}:{port}".into(),
                 shell: vec![],
             }),
+            admin_user: None,
         }
     }
 

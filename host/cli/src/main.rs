@@ -3,6 +3,7 @@
 //! 2 bad usage, a bad file or a bad configuration.
 
 mod call;
+mod cluster;
 mod inspect;
 mod output;
 mod runtime_opts;
@@ -37,6 +38,10 @@ enum Command {
     /// Work with addon files.
     #[command(subcommand)]
     Addon(AddonCommand),
+    /// Run the Shoal host (local mode): state, engine processes, supervision, local API.
+    Serve(cluster::ServeArgs),
+    /// Create and manage clusters (talks to `shoal serve`).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Subcommand)]
@@ -89,6 +94,8 @@ fn main() -> ExitCode {
             Command::Version { output } => version(output),
             Command::Addon(AddonCommand::Inspect(args)) => inspect::run(*args).await,
             Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
+            Command::Serve(args) => cluster::serve(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
         }
     });
     match result {

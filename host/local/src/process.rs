@@ -226,6 +226,49 @@ impl ProcessId {
     }
 }
 
+impl ProcessId {
+    /// Kill what a dead server left behind in its process group (its workers), so a restart
+    /// does not trip over them. Only processes of this group started no earlier than the
+    /// leader are touched, so a recycled group id can never take an unrelated process along.
+    /// Returns how many were killed.
+    pub fn kill_leftovers(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some((pgrp, start)) = group_and_start(pid) else {
+                continue;
+            };
+            if pgrp == self.pid && start >= self.start_time && pid != self.pid {
+                if let Ok(p) = i32::try_from(pid) {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+}
+
+/// Process group and start time of `pid` (fields 5 and 22 of /proc/PID/stat).
+fn group_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
 /// Collect the exit status of `pid` if it is our exited child; harmless otherwise.
 fn reap(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
@@ -280,6 +323,27 @@ mod tests {
             msg.contains("boom") && msg.contains("exit status: 3"),
             "{msg}"
         );
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_dead_leader_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), "sleep 31.4159 & exec sleep 30".into()],
+            env: vec![],
+            cwd: dir.path().to_path_buf(),
+            log: dir.path().join("log"),
+            run_as: None,
+        };
+        let id = spec.spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The leader dies alone (as a crashed server would); its worker lives on.
+        unsafe {
+            libc::kill(id.pid as i32, libc::SIGKILL);
+        }
+        assert!(id.wait_exit(Duration::from_secs(5)).await);
+        assert_eq!(id.kill_leftovers(), 1);
     }
 
     #[test]

@@ -1,0 +1,563 @@
+//! `shoal serve` and `shoal cluster …`: the daemon, and the kubectl-style commands that talk
+//! to it over its local socket. Mutating commands wait for their operation and show its
+//! events as they happen (`--no-wait` returns at once); reads take `-o table|json|yaml`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use shoal_api::{
+    ClientError, ClusterSpec, ClusterView, ConnectInfo, EngineView, ErrorKind, EventView, OpState,
+    OpView, Reply, Request,
+};
+
+use crate::output;
+use crate::Failure;
+
+/// Output of read commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Shoal home (state, clusters, socket). Default: $SHOAL_HOME; as root /var/lib/shoal;
+    /// else ~/.local/share/shoal.
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Host configuration file (default: HOME/config.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Addon files or directories to load (default: HOME/addons). Repeatable.
+    #[arg(long = "addons", value_name = "PATH")]
+    pub addons: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Shoal home of the daemon to talk to (default as for `shoal serve`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster and wait until it is ready.
+    Create(Box<CreateArgs>),
+    /// List clusters.
+    List {
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Show a cluster: instances, roles, ports, health, lag, data directories, resources.
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Print how to connect (or open the engine's shell with --shell).
+    Connect {
+        name: String,
+        /// Open the engine's interactive client (psql for PostgreSQL).
+        #[arg(long)]
+        shell: bool,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Stop every instance (replicas first, primary last).
+    Stop(OpArgs),
+    /// Start every instance (primary first).
+    Start(OpArgs),
+    /// Rolling restart: replicas one at a time, then the primary.
+    Restart(OpArgs),
+    /// Change the number of instances.
+    Scale {
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a cluster; its data stays unless --purge.
+    Delete {
+        name: String,
+        /// Remove the data directories and credentials too.
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Recent events of a cluster.
+    Events {
+        name: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Instance logs (all instances, or one).
+    Logs {
+        name: String,
+        instance: Option<String>,
+        /// Lines from the end of each log.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Engines the daemon has loaded.
+    Engines {
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OpArgs {
+    pub name: String,
+    /// Return once the operation is queued.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Cluster name (or take it from -f).
+    pub name: Option<String>,
+    #[arg(long)]
+    pub engine: Option<String>,
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Instances: 1 = standalone, more = a primary and replicas.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// CPU per instance ("500m", "2").
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Memory per instance ("512Mi", "4Gi").
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Storage per instance ("10Gi").
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Engine parameter NAME=VALUE. Repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// A cluster spec (YAML or JSON); flags override its fields.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Return once the operation is queued.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+fn home_or_default(h: &Option<PathBuf>) -> PathBuf {
+    h.clone().unwrap_or_else(shoal_control::default_home)
+}
+
+/// `shoal serve`.
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let home = home_or_default(&args.home);
+    let mut cfg =
+        shoal_control::HostConfig::load(&home, args.config.as_deref()).map_err(Failure::usage)?;
+    if !args.addons.is_empty() {
+        cfg.addons = args.addons.clone();
+    }
+    shoal_control::serve(home, cfg)
+        .await
+        .map_err(Failure::usage)
+}
+
+fn api_failure(e: ClientError) -> Failure {
+    match &e {
+        ClientError::Api(a) => match a.kind {
+            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict => {
+                Failure::usage(a.message.clone())
+            }
+            ErrorKind::Internal => Failure::call(a.message.clone()),
+        },
+        ClientError::Connect { .. } => Failure::usage(e.to_string()),
+        _ => Failure::call(e.to_string()),
+    }
+}
+
+async fn client(home: &Option<PathBuf>) -> Result<shoal_api::Client, Failure> {
+    shoal_api::Client::connect(&home_or_default(home))
+        .await
+        .map_err(api_failure)
+}
+
+/// `shoal cluster …`.
+pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
+    let mut c = client(&args.home).await?;
+    match args.command {
+        ClusterCommand::Create(a) => {
+            let spec = create_spec(&a)?;
+            let op: OpView = c
+                .call_as(&Request::Create { spec }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            finish_op(&mut c, op, a.no_wait).await
+        }
+        ClusterCommand::List { output } => {
+            let v: Vec<ClusterView> = c
+                .call_as(&Request::List, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || list_table(&v))
+        }
+        ClusterCommand::Describe { name, output } => {
+            let v: ClusterView = c
+                .call_as(&Request::Describe { name }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || describe_text(&v))
+        }
+        ClusterCommand::Connect {
+            name,
+            shell,
+            output,
+        } => {
+            let v: ConnectInfo = c
+                .call_as(&Request::Connect { name }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            if shell {
+                return open_shell(&v);
+            }
+            emit(output, &v, || connect_text(&v))
+        }
+        ClusterCommand::Stop(a) => {
+            simple_op(&mut c, Request::Stop { name: a.name }, a.no_wait).await
+        }
+        ClusterCommand::Start(a) => {
+            simple_op(&mut c, Request::Start { name: a.name }, a.no_wait).await
+        }
+        ClusterCommand::Restart(a) => {
+            simple_op(&mut c, Request::Restart { name: a.name }, a.no_wait).await
+        }
+        ClusterCommand::Scale {
+            name,
+            replicas,
+            no_wait,
+        } => simple_op(&mut c, Request::Scale { name, replicas }, no_wait).await,
+        ClusterCommand::Delete {
+            name,
+            purge,
+            no_wait,
+        } => simple_op(&mut c, Request::Delete { name, purge }, no_wait).await,
+        ClusterCommand::Events {
+            name,
+            limit,
+            output,
+        } => {
+            let v: Vec<EventView> = c
+                .call_as(&Request::Events { name, limit }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || v.iter().map(event_line).collect())
+        }
+        ClusterCommand::Logs {
+            name,
+            instance,
+            tail,
+            follow,
+        } => {
+            let several = instance.is_none();
+            c.call(
+                &Request::Logs {
+                    name,
+                    instance,
+                    lines: tail,
+                    follow,
+                },
+                |r| {
+                    if let Reply::Log(l) = r {
+                        let line = if several {
+                            format!("{}: {}\n", l.instance, output::printable(&l.line))
+                        } else {
+                            format!("{}\n", output::printable(&l.line))
+                        };
+                        let _ = output::write_stdout(&line);
+                    }
+                },
+            )
+            .await
+            .map_err(api_failure)?;
+            Ok(())
+        }
+        ClusterCommand::Engines { output } => {
+            let v: Vec<EngineView> = c
+                .call_as(&Request::Engines, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || {
+                let mut s = format!(
+                    "{:<14} {:<12} {:<10} {:<8} {}\n",
+                    "ENGINE", "VERSIONS", "DEFAULT", "ADDON", "DIGEST"
+                );
+                for e in &v {
+                    s.push_str(&format!(
+                        "{:<14} {:<12} {:<10} {:<8} {}\n",
+                        e.engine,
+                        e.versions.join(","),
+                        e.default_version,
+                        e.addon_version,
+                        &e.digest[..e.digest.len().min(19)]
+                    ));
+                }
+                s
+            })
+        }
+    }
+}
+
+fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
+    let mut spec = match &a.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            serde_yaml::from_str::<ClusterSpec>(&text)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        }
+        None => ClusterSpec {
+            replicas: 1,
+            ..Default::default()
+        },
+    };
+    if let Some(n) = &a.name {
+        spec.name = n.clone();
+    }
+    if let Some(e) = &a.engine {
+        spec.engine = e.clone();
+    }
+    if a.version.is_some() {
+        spec.version = a.version.clone();
+    }
+    if let Some(r) = a.replicas {
+        spec.replicas = r;
+    }
+    let r = &mut spec.resources;
+    if a.cpu.is_some() {
+        r.cpu = a.cpu.clone();
+    }
+    if a.memory.is_some() {
+        r.memory = a.memory.clone();
+    }
+    if a.storage.is_some() {
+        r.storage = a.storage.clone();
+    }
+    for p in &a.params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--param {p:?}: expected NAME=VALUE")))?;
+        spec.parameters.insert(k.to_string(), v.to_string());
+    }
+    if spec.name.is_empty() {
+        return Err(Failure::usage(
+            "give the cluster a name (shoal cluster create NAME …)",
+        ));
+    }
+    if spec.engine.is_empty() {
+        return Err(Failure::usage(
+            "say which engine: --engine postgresql (see `shoal cluster engines`)",
+        ));
+    }
+    Ok(spec)
+}
+
+async fn simple_op(c: &mut shoal_api::Client, req: Request, no_wait: bool) -> Result<(), Failure> {
+    let op: OpView = c.call_as(&req, |_| {}).await.map_err(api_failure)?;
+    finish_op(c, op, no_wait).await
+}
+
+/// Wait for an operation, printing its events; exit code 1 when it fails.
+async fn finish_op(c: &mut shoal_api::Client, op: OpView, no_wait: bool) -> Result<(), Failure> {
+    if no_wait {
+        eprintln!(
+            "shoal: {} of {} queued as operation {}",
+            op.kind, op.cluster, op.id
+        );
+        return Ok(());
+    }
+    let done: OpView = c
+        .call_as(&Request::Wait { op: op.id }, |r| {
+            if let Reply::Event(e) = r {
+                eprint!("{}", event_line(e));
+            }
+        })
+        .await
+        .map_err(api_failure)?;
+    match done.state {
+        OpState::Succeeded => Ok(()),
+        _ => Err(Failure::call(format!(
+            "{} of {} failed: {}",
+            done.kind,
+            done.cluster,
+            done.reason.unwrap_or_else(|| "no reason recorded".into())
+        ))),
+    }
+}
+
+fn emit<T: serde::Serialize>(
+    f: ReadFormat,
+    v: &T,
+    table: impl FnOnce() -> String,
+) -> Result<(), Failure> {
+    let format = match f {
+        ReadFormat::Table => output::Format::Text,
+        ReadFormat::Json => output::Format::Json,
+        ReadFormat::Yaml => output::Format::Yaml,
+    };
+    output::emit(format, v, || output::printable_lines(&table()))
+}
+
+fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}", ms % 1000)
+}
+
+fn event_line(e: &EventView) -> String {
+    format!(
+        "{} {:<7} {:<14} {}\n",
+        time(e.unix_ms),
+        e.level,
+        e.instance.as_deref().unwrap_or(&e.cluster),
+        e.message
+    )
+}
+
+fn list_table(v: &[ClusterView]) -> String {
+    let mut s = format!(
+        "{:<20} {:<12} {:<8} {:<9} {:<10} {}\n",
+        "NAME", "ENGINE", "VERSION", "READY", "STATE", "PRIMARY"
+    );
+    for c in v {
+        let ready = c
+            .instances
+            .iter()
+            .filter(|i| i.state == "running" && i.health == "healthy")
+            .count();
+        let primary = c
+            .instances
+            .iter()
+            .find(|i| i.role == "primary")
+            .map(|i| format!("{}:{}", i.host, i.ports.get("client").copied().unwrap_or(0)))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:<20} {:<12} {:<8} {:<9} {:<10} {}\n",
+            c.name,
+            c.engine,
+            c.version,
+            format!("{ready}/{}", c.instances.len()),
+            c.state,
+            primary
+        ));
+    }
+    s
+}
+
+fn describe_text(c: &ClusterView) -> String {
+    let r = &c.resources;
+    let mut s = String::new();
+    s.push_str(&format!("Name:        {}\n", c.name));
+    s.push_str(&format!(
+        "Engine:      {} {} (addon {})\n",
+        c.engine, c.version, c.addon_digest
+    ));
+    s.push_str(&format!("State:       {}\n", c.state));
+    s.push_str(&format!("Replicas:    {}\n", c.replicas));
+    s.push_str(&format!(
+        "Resources:   cpu {}, memory {}, storage {} ({})\n",
+        r.cpu.as_deref().unwrap_or("-"),
+        r.memory.as_deref().unwrap_or("-"),
+        r.storage.as_deref().unwrap_or("-"),
+        c.resource_limits
+    ));
+    if !c.parameters.is_empty() {
+        let p: BTreeMap<_, _> = c.parameters.iter().collect();
+        s.push_str(&format!(
+            "Parameters:  {}\n",
+            p.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(op) = &c.last_op {
+        s.push_str(&format!(
+            "Last op:     {} #{} {}{}\n",
+            op.kind,
+            op.id,
+            op.state.as_str(),
+            op.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    s.push_str(&format!(
+        "\n{:<14} {:<8} {:<9} {:<9} {:<8} {:<17} {:<10} {:<9} {}\n",
+        "INSTANCE", "ROLE", "STATE", "HEALTH", "PID", "ENDPOINT", "LAG", "RESTARTS", "DETAIL"
+    ));
+    for i in &c.instances {
+        s.push_str(&format!(
+            "{:<14} {:<8} {:<9} {:<9} {:<8} {:<17} {:<10} {:<9} {}\n",
+            i.name,
+            i.observed_role.as_deref().unwrap_or(&i.role),
+            i.state,
+            i.health,
+            i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{}:{}", i.host, i.ports.get("client").copied().unwrap_or(0)),
+            i.lag_bytes
+                .map(|l| format!("{l} B"))
+                .unwrap_or_else(|| "-".into()),
+            i.restarts,
+            i.detail
+        ));
+    }
+    s.push('\n');
+    for i in &c.instances {
+        s.push_str(&format!(
+            "{}: data {}  log {}\n",
+            i.name, i.data_dir, i.log_file
+        ));
+    }
+    s
+}
+
+fn connect_text(v: &ConnectInfo) -> String {
+    let mut s = String::new();
+    if let Some(uri) = &v.uri {
+        s.push_str(&format!("{uri}\n"));
+    }
+    s.push_str(&format!(
+        "# {} primary {} at {}:{}, user {}\n",
+        v.cluster, v.instance, v.host, v.port, v.user
+    ));
+    if !v.shell.is_empty() {
+        s.push_str(&format!(
+            "# shell: shoal cluster connect {} --shell\n",
+            v.cluster
+        ));
+    }
+    s
+}
+
+fn open_shell(v: &ConnectInfo) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = v.shell.split_first() else {
+        return Err(Failure::usage(format!(
+            "the engine of {} has no interactive client",
+            v.cluster
+        )));
+    };
+    let err = std::process::Command::new(program).args(args).exec();
+    Err(Failure::usage(format!("cannot run {program}: {err}")))
+}

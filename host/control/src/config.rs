@@ -1,0 +1,117 @@
+//! Configuration of the Shoal host: where its home is, which addons it loads, where engine
+//! programs live, the port range instances get ports from, and the addon runtime's settings.
+//! Read from `<home>/config.toml` when present; every field has a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_runtime::RuntimeConfig;
+
+/// Where one engine version's programs are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineBinaries {
+    /// Directory holding the version's programs (`initdb`, `postgres`, …).
+    pub bin_dir: PathBuf,
+}
+
+/// The host's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Addon files or directories of `*.wasm` addons to load at start. Default: `<home>/addons`.
+    pub addons: Vec<PathBuf>,
+    /// Ports instances get, inclusive. Default 15000–19999, below the kernel's ephemeral range.
+    pub port_range: [u16; 2],
+    /// The unprivileged OS user engines run as when the host runs as root. Default `shoal`.
+    pub engine_user: String,
+    /// Engine programs by engine and version, searched before the addon's own suggestions:
+    /// `[engines.postgresql."18"] bin_dir = "/opt/pg18/bin"`.
+    pub engines: BTreeMap<String, BTreeMap<String, EngineBinaries>>,
+    /// How often each running instance is probed, in ms. Default 1000.
+    pub probe_interval_ms: u64,
+    /// How long an instance may take to become ready after its process starts, in ms.
+    /// Default 120 000.
+    pub ready_timeout_ms: u64,
+    /// How long init commands (initdb, a base backup from the primary) may take, in ms.
+    /// Default 3 600 000.
+    pub init_timeout_ms: u64,
+    /// The addon runtime (sandbox caps, grants, compiled-code cache).
+    pub runtime: RuntimeConfig,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            addons: Vec::new(),
+            port_range: [15000, 19999],
+            engine_user: "shoal".into(),
+            engines: BTreeMap::new(),
+            probe_interval_ms: 1000,
+            ready_timeout_ms: 120_000,
+            init_timeout_ms: 3_600_000,
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// Read `<home>/config.toml` (or `path` when given); the defaults when the file is absent.
+    pub fn load(home: &Path, path: Option<&Path>) -> Result<HostConfig, String> {
+        let file = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| home.join("config.toml"));
+        let mut cfg = match std::fs::read_to_string(&file) {
+            Ok(text) => toml::from_str::<HostConfig>(&text)
+                .map_err(|e| format!("{}: {e}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_none() => {
+                HostConfig::default()
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+        };
+        if cfg.addons.is_empty() {
+            cfg.addons.push(home.join("addons"));
+        }
+        if cfg.runtime.cache_dir.is_none() {
+            cfg.runtime.cache_dir = Some(home.join("cache").join("compiled"));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check values that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let [lo, hi] = self.port_range;
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "port_range [{lo}, {hi}] must be 1 <= first <= last"
+            ));
+        }
+        if self.engine_user.is_empty() {
+            return Err("engine_user must not be empty".into());
+        }
+        if self.probe_interval_ms < 100 {
+            return Err("probe_interval_ms must be at least 100".into());
+        }
+        self.runtime.validate()
+    }
+}
+
+/// The default home: `$SHOAL_HOME`; as root `/var/lib/shoal` (engines run as an unprivileged
+/// user, who cannot enter root's home); else `$XDG_DATA_HOME/shoal` or `~/.local/share/shoal`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("SHOAL_HOME") {
+        return PathBuf::from(h);
+    }
+    if shoal_local::users::is_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("shoal");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local").join("share").join("shoal")
+}

@@ -1,0 +1,587 @@
+//! The controller: the host's state (store, engines, addon runtime, engine user, resource
+//! enforcement), request validation, the per-cluster operation queue, and the read views.
+//! Every change a user asks for is validated completely before anything is stored; then it
+//! becomes an operation that runs in order with the cluster's other operations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use shoal_api::{
+    ApiError, ClusterSpec, ClusterView, ConnectInfo, EngineView, EventView, InstanceView, OpView,
+    ServerInfo,
+};
+use shoal_local::cgroups::Enforcement;
+use shoal_local::RunAs;
+use shoal_runtime::wit::{self, Param};
+use shoal_runtime::{AddonRuntime, CallContext, LiveInstance, LoadedAddon};
+
+use crate::config::HostConfig;
+use crate::engines::{self, Engines};
+use crate::quantity;
+use crate::secrets;
+use crate::store::{now_ms, ClusterRow, InstanceRow, Store};
+
+/// The running host.
+pub struct Controller {
+    pub home: PathBuf,
+    pub cfg: HostConfig,
+    store: Mutex<Store>,
+    pub engines: Engines,
+    pub runtime: AddonRuntime,
+    /// User engines run as (None: the host's own user).
+    pub engine_user: Option<RunAs>,
+    pub engine_user_name: String,
+    pub limits: Enforcement,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) live: Mutex<HashMap<(String, String), Arc<LiveInstance>>>,
+}
+
+/// Resources of a cluster, parsed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub storage_bytes: u64,
+}
+
+impl Controller {
+    /// Open the home, the store, the runtime and the engines.
+    pub async fn open(home: PathBuf, cfg: HostConfig) -> Result<Arc<Controller>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(home.join("clusters"))
+            .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+        // The engine user must be able to traverse to its instance directories.
+        for d in [home.clone(), home.join("clusters")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("cannot set permissions of {}: {e}", d.display()))?;
+        }
+        let store = Store::open(&home.join("state.db")).map_err(|e| e.to_string())?;
+        let runtime = AddonRuntime::new(cfg.runtime.clone()).map_err(|e| e.to_string())?;
+        let (engines, problems) = Engines::load(&runtime, &cfg.addons).await?;
+        for p in &problems {
+            tracing::warn!("addon not loaded: {p}");
+        }
+        if engines.names().is_empty() {
+            let dirs: Vec<String> = cfg.addons.iter().map(|p| p.display().to_string()).collect();
+            return Err(format!(
+                "no addons found in {}; put engine addons (*.wasm) there or pass --addons DIR{}",
+                dirs.join(", "),
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (failed: {})", problems.join("; "))
+                }
+            ));
+        }
+        let engine_user =
+            shoal_local::users::engine_user(&cfg.engine_user).map_err(|e| e.to_string())?;
+        let limits = shoal_local::cgroups::detect();
+        Ok(Arc::new(Controller {
+            home,
+            engine_user_name: if engine_user.is_some() {
+                cfg.engine_user.clone()
+            } else {
+                std::env::var("USER").unwrap_or_else(|_| "the host's user".into())
+            },
+            cfg,
+            store: Mutex::new(store),
+            engines,
+            runtime,
+            engine_user,
+            limits,
+            locks: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Run `f` on the store.
+    pub fn db<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> crate::store::Result<T>,
+    ) -> Result<T, ApiError> {
+        let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Record an event (and log it).
+    pub fn event(
+        &self,
+        cluster: &str,
+        instance: Option<&str>,
+        level: &str,
+        message: impl AsRef<str>,
+    ) {
+        let message = message.as_ref();
+        match level {
+            "error" => tracing::error!(cluster, instance, "{message}"),
+            "warning" => tracing::warn!(cluster, instance, "{message}"),
+            _ => tracing::info!(cluster, instance, "{message}"),
+        }
+        if let Err(e) = self.db(|s| s.add_event(cluster, instance, level, message)) {
+            tracing::error!("cannot record event: {e}");
+        }
+    }
+
+    /// The per-cluster operation lock.
+    pub(crate) fn lock(&self, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            version: shoal_runtime::VERSION.into(),
+            home: self.home.display().to_string(),
+            pid: std::process::id(),
+            resource_limits: self.limits_text(),
+            engine_user: self.engine_user_name.clone(),
+        }
+    }
+
+    pub fn limits_text(&self) -> String {
+        match &self.limits {
+            Enforcement::CgroupV2(dir) => {
+                format!("enforced with cgroup v2 under {}", dir.display())
+            }
+            Enforcement::NotEnforced(why) => format!("not enforced: {why}"),
+        }
+    }
+
+    pub fn engine_views(&self) -> Vec<EngineView> {
+        self.engines.views()
+    }
+
+    /// The addon of a cluster's engine.
+    pub(crate) fn addon(&self, engine: &str) -> Result<&LoadedAddon, ApiError> {
+        self.engines.get(engine).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown engine {engine:?}; this host runs: {}",
+                self.engines.names().join(", ")
+            ))
+        })
+    }
+
+    pub(crate) fn cluster_dir(&self, name: &str) -> PathBuf {
+        self.home.join("clusters").join(name)
+    }
+
+    // ----- validation -----
+
+    /// Check a spec completely; returns the resolved version and parsed resources.
+    pub async fn validate_spec(
+        &self,
+        spec: &ClusterSpec,
+    ) -> Result<(String, Resources, Vec<Param>), ApiError> {
+        quantity::check_name(&spec.name).map_err(ApiError::invalid)?;
+        let addon = self.addon(&spec.engine)?;
+        let m = addon.manifest();
+        let version = match &spec.version {
+            Some(v) => {
+                if !m.versions.iter().any(|x| &x.version == v) {
+                    let known: Vec<&str> = m.versions.iter().map(|x| x.version.as_str()).collect();
+                    return Err(ApiError::invalid(format!(
+                        "{} version {v:?} is not supported; supported: {}",
+                        spec.engine,
+                        known.join(", ")
+                    )));
+                }
+                v.clone()
+            }
+            None => m
+                .versions
+                .iter()
+                .find(|v| v.is_default)
+                .map(|v| v.version.clone())
+                .unwrap_or_default(),
+        };
+        let max = m
+            .topologies
+            .iter()
+            .map(|t| t.max_members)
+            .max()
+            .unwrap_or(1);
+        if spec.replicas == 0 || spec.replicas > max {
+            return Err(ApiError::invalid(format!(
+                "replicas must be between 1 and {max} for {} (got {})",
+                spec.engine, spec.replicas
+            )));
+        }
+        let resources = Resources {
+            cpu_millis: spec
+                .resources
+                .cpu
+                .as_deref()
+                .map(quantity::parse_cpu)
+                .transpose()
+                .map_err(ApiError::invalid)?
+                .unwrap_or(0),
+            memory_bytes: spec
+                .resources
+                .memory
+                .as_deref()
+                .map(|t| quantity::parse_bytes("memory", t))
+                .transpose()
+                .map_err(ApiError::invalid)?
+                .unwrap_or(0),
+            storage_bytes: spec
+                .resources
+                .storage
+                .as_deref()
+                .map(|t| quantity::parse_bytes("storage", t))
+                .transpose()
+                .map_err(ApiError::invalid)?
+                .unwrap_or(0),
+        };
+        let params = self.typed_params(addon, &spec.parameters)?;
+        let errors = addon
+            .call(&CallContext::default())
+            .validate(&params)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.name, e.message))
+                .collect();
+            return Err(ApiError::invalid(format!(
+                "invalid parameters: {}",
+                list.join("; ")
+            )));
+        }
+        Ok((version, resources, params))
+    }
+
+    /// Parameters as typed values by the addon's schema.
+    pub(crate) fn typed_params(
+        &self,
+        addon: &LoadedAddon,
+        given: &BTreeMap<String, String>,
+    ) -> Result<Vec<Param>, ApiError> {
+        let schema = &addon.manifest().parameters;
+        given
+            .iter()
+            .map(|(name, text)| {
+                let spec = schema.iter().find(|s| &s.name == name).ok_or_else(|| {
+                    let known: Vec<&str> = schema.iter().map(|s| s.name.as_str()).collect();
+                    ApiError::invalid(format!(
+                        "{} has no parameter {name:?} (it has: {})",
+                        addon.engine(),
+                        known.join(", ")
+                    ))
+                })?;
+                let value = shoal_runtime::params::parse_value(&spec.type_, text)
+                    .map_err(|e| ApiError::invalid(format!("parameter {name}: {e}")))?;
+                Ok(Param {
+                    name: name.clone(),
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Check that the programs the addon's run-spec names exist, with a draft instance.
+    pub(crate) async fn check_binaries(
+        &self,
+        addon: &LoadedAddon,
+        version: &str,
+        params: &[Param],
+        roles: &[&str],
+    ) -> Result<(), ApiError> {
+        let search = engines::binaries(&self.cfg, addon, version);
+        for role in roles {
+            let draft = wit::Instance {
+                cluster: "check".into(),
+                component: "main".into(),
+                name: "check-0".into(),
+                engine_version: version.into(),
+                endpoint: wit::Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                },
+                ports: addon
+                    .manifest()
+                    .ports
+                    .iter()
+                    .map(|p| wit::NamedPort {
+                        name: p.name.clone(),
+                        port: 1,
+                    })
+                    .collect(),
+                data_dir: Some("/nonexistent/data".into()),
+                config_dir: Some("/nonexistent/config".into()),
+                role: Some((*role).into()),
+                term: 0,
+                credentials: Some(wit::Credentials {
+                    username: "check".into(),
+                    password: "check".into(),
+                }),
+                resources: wit::Resources {
+                    cpu_millis: 0,
+                    memory_bytes: 0,
+                    storage_bytes: 0,
+                },
+            };
+            let members = [wit::Member {
+                name: "check-1".into(),
+                endpoint: wit::Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 2,
+                },
+                ports: vec![],
+                role: Some("primary".into()),
+                healthy: true,
+            }];
+            let plan = addon
+                .call(&CallContext::default())
+                .run_spec(&draft, &members, params)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            for cmd in plan.init.iter().chain(std::iter::once(&plan.server)) {
+                search
+                    .find(&cmd.program)
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- submitting operations -----
+
+    /// Validate and queue the creation of a cluster.
+    pub async fn create(self: &Arc<Self>, spec: ClusterSpec) -> Result<OpView, ApiError> {
+        let (version, _resources, params) = self.validate_spec(&spec).await?;
+        let addon = self.addon(&spec.engine)?;
+        if self.db(|s| s.cluster(&spec.name))?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "a cluster named {:?} already exists",
+                spec.name
+            )));
+        }
+        let dir = self.cluster_dir(&spec.name);
+        if dir.exists()
+            && std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(ApiError::conflict(format!(
+                "{} holds data of an earlier cluster named {:?}; remove it (or delete that \
+                 cluster with --purge) before reusing the name",
+                dir.display(),
+                spec.name
+            )));
+        }
+        let roles: &[&str] = if spec.replicas > 1 {
+            &["primary", "replica"]
+        } else {
+            &["primary"]
+        };
+        self.check_binaries(addon, &version, &params, roles).await?;
+        let per_instance = addon.manifest().ports.len().max(1);
+        let reserved = self.db(|s| s.reserved_ports())?;
+        let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
+        shoal_local::ports::allocate(&range, &reserved, per_instance * spec.replicas as usize)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let row = ClusterRow {
+            name: spec.name.clone(),
+            engine: spec.engine.clone(),
+            version,
+            spec: spec.clone(),
+            addon_digest: addon.info().digest.clone(),
+            state: "creating".into(),
+            created_ms: now_ms(),
+        };
+        let id = self.db(|s| s.insert_cluster(&row, &serde_json::json!({})))?;
+        self.event(
+            &spec.name,
+            None,
+            "info",
+            format!(
+                "create requested: {} {} with {} instance(s)",
+                row.engine, row.version, spec.replicas
+            ),
+        );
+        self.spawn_op(id);
+        self.op_view(id)
+    }
+
+    /// Queue `kind` on an existing cluster.
+    pub fn submit(
+        self: &Arc<Self>,
+        cluster: &str,
+        kind: &str,
+        params: serde_json::Value,
+    ) -> Result<OpView, ApiError> {
+        let c = self
+            .db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        if c.state == "deleting" {
+            return Err(ApiError::conflict(format!(
+                "cluster {cluster} is being deleted"
+            )));
+        }
+        let id = self.db(|s| s.insert_op(cluster, kind, &params))?;
+        self.event(cluster, None, "info", format!("{kind} requested"));
+        self.spawn_op(id);
+        self.op_view(id)
+    }
+
+    /// Validate and queue a scale.
+    pub fn scale(self: &Arc<Self>, cluster: &str, replicas: u32) -> Result<OpView, ApiError> {
+        let c = self
+            .db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        let addon = self.addon(&c.engine)?;
+        let max = addon
+            .manifest()
+            .topologies
+            .iter()
+            .map(|t| t.max_members)
+            .max()
+            .unwrap_or(1);
+        if replicas == 0 || replicas > max {
+            return Err(ApiError::invalid(format!(
+                "replicas must be between 1 and {max} for {} (got {replicas})",
+                c.engine
+            )));
+        }
+        let current = self.db(|s| s.instances(cluster))?.len() as u32;
+        if replicas > current {
+            let per_instance = addon.manifest().ports.len().max(1);
+            let reserved = self.db(|s| s.reserved_ports())?;
+            let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
+            shoal_local::ports::allocate(
+                &range,
+                &reserved,
+                per_instance * (replicas - current) as usize,
+            )
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        self.submit(
+            cluster,
+            "scale",
+            serde_json::json!({ "replicas": replicas }),
+        )
+    }
+
+    pub(crate) fn spawn_op(self: &Arc<Self>, id: i64) {
+        let me = self.clone();
+        tokio::spawn(async move { crate::ops::run(me, id).await });
+    }
+
+    pub fn op_view(&self, id: i64) -> Result<OpView, ApiError> {
+        self.db(|s| s.op(id))?
+            .ok_or_else(|| ApiError::not_found(format!("no operation {id}")))
+    }
+
+    // ----- views -----
+
+    pub fn list(&self) -> Result<Vec<ClusterView>, ApiError> {
+        let clusters = self.db(|s| s.clusters())?;
+        clusters.iter().map(|c| self.view(c)).collect()
+    }
+
+    pub fn describe(&self, name: &str) -> Result<ClusterView, ApiError> {
+        let c = self
+            .db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        self.view(&c)
+    }
+
+    fn view(&self, c: &ClusterRow) -> Result<ClusterView, ApiError> {
+        let instances = self.db(|s| s.instances(&c.name))?;
+        let last_op = self.db(|s| s.last_op(&c.name))?;
+        Ok(ClusterView {
+            name: c.name.clone(),
+            engine: c.engine.clone(),
+            version: c.version.clone(),
+            replicas: c.spec.replicas,
+            state: c.state.clone(),
+            resources: c.spec.resources.clone(),
+            resource_limits: self.limits_text(),
+            parameters: c.spec.parameters.clone(),
+            instances: instances.iter().map(instance_view).collect(),
+            addon_digest: format!("sha256:{}", c.addon_digest),
+            created_unix_ms: c.created_ms,
+            last_op,
+        })
+    }
+
+    pub fn events(&self, name: &str, limit: u32) -> Result<Vec<EventView>, ApiError> {
+        if self.db(|s| s.cluster(name))?.is_none() && self.db(|s| s.events(name, 1))?.is_empty() {
+            return Err(ApiError::not_found(format!("no cluster named {name:?}")));
+        }
+        Ok(self
+            .db(|s| s.events(name, limit))?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    pub fn connect(&self, name: &str) -> Result<ConnectInfo, ApiError> {
+        let c = self
+            .db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        let instances = self.db(|s| s.instances(name))?;
+        let primary = instances
+            .iter()
+            .find(|i| i.role == "primary")
+            .or_else(|| instances.first())
+            .ok_or_else(|| ApiError::conflict(format!("cluster {name} has no instances yet")))?;
+        let creds = secrets::load(&self.home, name).map_err(|e| {
+            ApiError::internal(format!("cannot read the credentials of {name}: {e}"))
+        })?;
+        let port = primary.client_port().unwrap_or(0);
+        let client = self.addon(&c.engine)?.manifest().client.clone();
+        let fill = |t: &str| {
+            t.replace("{user}", &creds.user)
+                .replace("{password}", &creds.password)
+                .replace("{host}", &primary.host)
+                .replace("{port}", &port.to_string())
+        };
+        let uri = client.as_ref().map(|ci| fill(&ci.uri_template));
+        let shell = client
+            .map(|ci| {
+                ci.shell
+                    .iter()
+                    .map(|a| fill(a).replace("{uri}", uri.as_deref().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ConnectInfo {
+            cluster: name.into(),
+            instance: primary.name.clone(),
+            host: primary.host.clone(),
+            port,
+            user: creds.user,
+            password: creds.password,
+            uri,
+            shell,
+        })
+    }
+}
+
+/// The user-facing view of an instance row.
+pub fn instance_view(i: &InstanceRow) -> InstanceView {
+    InstanceView {
+        name: i.name.clone(),
+        role: i.role.clone(),
+        state: i.state.clone(),
+        pid: i.process.map(|p| p.pid),
+        host: i.host.clone(),
+        ports: i.ports.clone(),
+        health: i.health.clone(),
+        observed_role: i.observed_role.clone(),
+        writable: i.writable,
+        lag_bytes: i.lag_bytes,
+        detail: i.detail.clone(),
+        restarts: i.restarts,
+        data_dir: i.data_dir().display().to_string(),
+        log_file: i.log_file().display().to_string(),
+        probed_unix_ms: i.probed_ms,
+    }
+}

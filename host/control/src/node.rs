@@ -1,0 +1,469 @@
+//! One instance on this machine: its directories, its config files from the addon's
+//! render-config, its init commands and server process from the addon's run-spec, readiness,
+//! stopping, and the records the addon's hooks see (instance, members, call context).
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_local::{cgroups::Enforcement, log_tail, ProcessSpec};
+use shoal_runtime::wit::{self, Param, Readiness, StopSignal};
+use shoal_runtime::{CallContext, RunAs};
+
+use crate::controller::{Controller, Resources};
+use crate::engines;
+use crate::secrets::Credentials;
+use crate::store::{ClusterRow, InstanceRow};
+
+/// Where the server and init output of one instance go.
+fn ensure_dirs(i: &InstanceRow, user: Option<shoal_local::RunAs>) -> Result<(), String> {
+    for (dir, mode) in [
+        (i.dir.clone(), 0o755),
+        (i.data_dir(), 0o700),
+        (i.config_dir(), 0o700),
+        (i.dir.join("log"), 0o755),
+    ] {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        if dir != i.dir.join("log") && dir != i.dir {
+            shoal_local::users::chown(&dir, user).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a directory is missing or empty.
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+impl Controller {
+    fn resources(&self, c: &ClusterRow) -> Resources {
+        let r = &c.spec.resources;
+        Resources {
+            cpu_millis: r
+                .cpu
+                .as_deref()
+                .and_then(|t| crate::quantity::parse_cpu(t).ok())
+                .unwrap_or(0),
+            memory_bytes: r
+                .memory
+                .as_deref()
+                .and_then(|t| crate::quantity::parse_bytes("memory", t).ok())
+                .unwrap_or(0),
+            storage_bytes: r
+                .storage
+                .as_deref()
+                .and_then(|t| crate::quantity::parse_bytes("storage", t).ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The record the addon sees for `i`. `process_paths`: the directories as the server
+    /// process sees them (run-spec, render-config); otherwise the guest paths of preopens.
+    pub(crate) fn wit_instance(
+        &self,
+        c: &ClusterRow,
+        i: &InstanceRow,
+        creds: &Credentials,
+        process_paths: bool,
+    ) -> wit::Instance {
+        let r = self.resources(c);
+        let (data, config) = if process_paths {
+            (
+                Some(i.data_dir().display().to_string()),
+                Some(i.config_dir().display().to_string()),
+            )
+        } else {
+            (Some("/data".to_string()), Some("/config".to_string()))
+        };
+        wit::Instance {
+            cluster: c.name.clone(),
+            component: "main".into(),
+            name: i.name.clone(),
+            engine_version: c.version.clone(),
+            endpoint: wit::Endpoint {
+                host: i.host.clone(),
+                port: i.client_port().unwrap_or(0),
+            },
+            ports: i
+                .ports
+                .iter()
+                .map(|(n, p)| wit::NamedPort {
+                    name: n.clone(),
+                    port: *p,
+                })
+                .collect(),
+            data_dir: data,
+            config_dir: config,
+            role: Some(i.role.clone()),
+            term: 0,
+            credentials: Some(wit::Credentials {
+                username: creds.user.clone(),
+                password: creds.password.clone(),
+            }),
+            resources: wit::Resources {
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+                storage_bytes: r.storage_bytes,
+            },
+        }
+    }
+
+    /// `i` as another member sees it.
+    pub(crate) fn wit_member(i: &InstanceRow) -> wit::Member {
+        wit::Member {
+            name: i.name.clone(),
+            endpoint: wit::Endpoint {
+                host: i.host.clone(),
+                port: i.client_port().unwrap_or(0),
+            },
+            ports: i
+                .ports
+                .iter()
+                .map(|(n, p)| wit::NamedPort {
+                    name: n.clone(),
+                    port: *p,
+                })
+                .collect(),
+            role: Some(i.role.clone()),
+            healthy: i.health == "healthy",
+        }
+    }
+
+    /// The members `i` sees: every other instance of its cluster.
+    pub(crate) fn members_of(i: &InstanceRow, all: &[InstanceRow]) -> Vec<wit::Member> {
+        all.iter()
+            .filter(|m| m.name != i.name)
+            .map(Self::wit_member)
+            .collect()
+    }
+
+    /// What a hook about `i` may reach: its own and its members' addresses; with `dirs`, its
+    /// data (read-write) and config (read-only) directories at /data and /config.
+    pub(crate) fn call_ctx(&self, i: &InstanceRow, all: &[InstanceRow], dirs: bool) -> CallContext {
+        let mut endpoints = Vec::new();
+        for m in std::iter::once(i).chain(all.iter()) {
+            for port in m.ports.values() {
+                if let Ok(ip) = m.host.parse::<std::net::IpAddr>() {
+                    endpoints.push(std::net::SocketAddr::new(ip, *port));
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        let mut ctx = CallContext::endpoints(endpoints);
+        if dirs {
+            ctx =
+                ctx.preopen(i.data_dir(), "/data", true)
+                    .preopen(i.config_dir(), "/config", false);
+        }
+        ctx.run_as = self.engine_user.map(|u| RunAs {
+            uid: u.uid,
+            gid: u.gid,
+        });
+        ctx
+    }
+
+    /// Effective parameters of a cluster, typed.
+    pub(crate) fn params_of(&self, c: &ClusterRow) -> Result<Vec<Param>, String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        self.typed_params(addon, &c.spec.parameters)
+            .map_err(|e| e.message)
+    }
+
+    /// Write the addon's config files for `i` into its config directory.
+    pub(crate) async fn render(
+        &self,
+        c: &ClusterRow,
+        i: &InstanceRow,
+        all: &[InstanceRow],
+        creds: &Credentials,
+    ) -> Result<(), String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        let params = self.params_of(c)?;
+        let inst = self.wit_instance(c, i, creds, true);
+        let files = addon
+            .call(&CallContext::default())
+            .render_config(&inst, &Self::members_of(i, all), &params)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = i.config_dir();
+        for f in files {
+            let rel = Path::new(&f.path);
+            let safe = !f.path.is_empty()
+                && rel.is_relative()
+                && rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !safe {
+                return Err(format!(
+                    "addon {} rendered a file with an unsafe path {:?}",
+                    c.engine, f.path
+                ));
+            }
+            let target = dir.join(rel);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            let tmp = target.with_extension("shoal-tmp");
+            {
+                use std::io::Write;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(f.mode & 0o777)
+                    .open(&tmp)
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                out.write_all(&f.contents)
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                out.sync_all()
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            }
+            shoal_local::users::chown(&tmp, self.engine_user).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Bring `i` up: directories, config, init commands when its data directory is empty, the
+    /// server process, and readiness. Updates and stores the row as it goes.
+    pub(crate) async fn bring_up(
+        &self,
+        c: &ClusterRow,
+        i: &mut InstanceRow,
+        all: &[InstanceRow],
+        creds: &Credentials,
+    ) -> Result<(), String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
+        ensure_dirs(i, self.engine_user)?;
+        self.render(c, i, all, creds).await?;
+        let params = self.params_of(c)?;
+        let inst = self.wit_instance(c, i, creds, true);
+        let plan = addon
+            .call(&CallContext::default())
+            .run_spec(&inst, &Self::members_of(i, all), &params)
+            .await
+            .map_err(|e| e.to_string())?;
+        let search = engines::binaries(&self.cfg, &addon, &c.version);
+        let run_as = if plan.unprivileged {
+            self.engine_user
+        } else {
+            None
+        };
+        let (cwd, log) = (i.dir.clone(), i.log_file());
+        let spec_for = |cmd: &wit::Command| -> Result<ProcessSpec, String> {
+            Ok(ProcessSpec {
+                program: search.find(&cmd.program).map_err(|e| e.to_string())?,
+                args: cmd.args.clone(),
+                env: cmd
+                    .env
+                    .iter()
+                    .map(|v| (v.name.clone(), v.value.clone()))
+                    .collect(),
+                cwd: cwd.clone(),
+                log: log.clone(),
+                run_as,
+            })
+        };
+        if is_empty(&i.data_dir()) && !plan.init.is_empty() {
+            i.state = "initializing".into();
+            self.save(i);
+            for cmd in &plan.init {
+                self.event(
+                    &c.name,
+                    Some(&i.name),
+                    "info",
+                    format!("running {}", cmd.program),
+                );
+                spec_for(cmd)?
+                    .run(Duration::from_millis(self.cfg.init_timeout_ms))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        i.state = "starting".into();
+        let server = spec_for(&plan.server)?;
+        let pid = server.spawn().map_err(|e| e.to_string())?;
+        i.process = Some(pid);
+        self.save(i);
+        let _ = std::fs::write(i.pid_file(), format!("{} {}\n", pid.pid, pid.start_time));
+        if let Enforcement::CgroupV2(base) = &self.limits {
+            let r = self.resources(c);
+            if let Err(e) = shoal_local::cgroups::confine(
+                base,
+                &format!("{}-{}", c.name, i.name),
+                pid.pid,
+                r.memory_bytes,
+                r.cpu_millis,
+            ) {
+                self.event(
+                    &c.name,
+                    Some(&i.name),
+                    "warning",
+                    format!("resource limits not applied: {e}"),
+                );
+            }
+        }
+        self.event(
+            &c.name,
+            Some(&i.name),
+            "info",
+            format!("started {} (pid {})", plan.server.program, pid.pid),
+        );
+        self.wait_ready(c, i, all, creds, &plan.readiness).await?;
+        i.state = "running".into();
+        self.save(i);
+        self.event(&c.name, Some(&i.name), "info", "ready");
+        Ok(())
+    }
+
+    async fn wait_ready(
+        &self,
+        c: &ClusterRow,
+        i: &mut InstanceRow,
+        all: &[InstanceRow],
+        creds: &Credentials,
+        readiness: &Readiness,
+    ) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
+        let pid = i.process.ok_or("no process")?;
+        let mut last = String::from("not checked yet");
+        loop {
+            if !pid.is_running() {
+                return Err(format!(
+                    "{} exited while starting: {}",
+                    i.name,
+                    log_tail(&i.log_file(), 600)
+                ));
+            }
+            let ready = match readiness {
+                Readiness::TcpPort(name) => {
+                    let port = i.ports.get(name).copied().unwrap_or(0);
+                    match tokio::net::TcpStream::connect((i.host.as_str(), port)).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            last = format!("port {port}: {e}");
+                            false
+                        }
+                    }
+                }
+                Readiness::Probe => match self.probe_once(c, i, all, creds).await {
+                    Ok(r) if r.health == wit::Health::Healthy => true,
+                    Ok(r) => {
+                        last = r.detail;
+                        false
+                    }
+                    Err(e) => {
+                        last = e;
+                        false
+                    }
+                },
+            };
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!(
+                    "{} not ready after {} s ({last})",
+                    i.name,
+                    self.cfg.ready_timeout_ms / 1000
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One probe of `i` on a fresh addon instance; the report is recorded on the row.
+    pub(crate) async fn probe_once(
+        &self,
+        c: &ClusterRow,
+        i: &mut InstanceRow,
+        all: &[InstanceRow],
+        creds: &Credentials,
+    ) -> Result<wit::RoleReport, String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        let ctx = self.call_ctx(i, all, false);
+        let inst = self.wit_instance(c, i, creds, false);
+        let r = addon
+            .call(&ctx)
+            .probe(&inst, &Self::members_of(i, all))
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::supervisor::record_probe(i, &r);
+        Ok(r)
+    }
+
+    /// Stop `i`'s server process (the addon's stop signal, then a kill after its grace).
+    pub(crate) async fn stop_process(
+        &self,
+        c: &ClusterRow,
+        i: &mut InstanceRow,
+        creds: &Credentials,
+    ) -> Result<(), String> {
+        let Some(pid) = i.process else {
+            i.state = "stopped".into();
+            self.save(i);
+            return Ok(());
+        };
+        i.state = "stopping".into();
+        self.save(i);
+        self.drop_live(&c.name, &i.name);
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        let inst = self.wit_instance(c, i, creds, true);
+        let params = self.params_of(c)?;
+        let (signal, grace) = match addon
+            .call(&CallContext::default())
+            .run_spec(&inst, &[], &params)
+            .await
+        {
+            Ok(plan) => (
+                match plan.stop_signal {
+                    StopSignal::Term => libc::SIGTERM,
+                    StopSignal::Int => libc::SIGINT,
+                    StopSignal::Quit => libc::SIGQUIT,
+                },
+                Duration::from_millis(plan.stop_timeout_ms),
+            ),
+            Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
+        };
+        if pid.stop(signal, grace).await {
+            self.event(
+                &c.name,
+                Some(&i.name),
+                "warning",
+                format!("did not stop within {grace:?}; killed"),
+            );
+        }
+        i.process = None;
+        i.state = "stopped".into();
+        i.health = "unknown".into();
+        self.save(i);
+        let _ = std::fs::remove_file(i.pid_file());
+        self.event(&c.name, Some(&i.name), "info", "stopped");
+        Ok(())
+    }
+
+    /// Store the row, logging (not failing) on a store error.
+    pub(crate) fn save(&self, i: &InstanceRow) {
+        if let Err(e) = self.db(|s| s.update_instance(i)) {
+            tracing::error!("cannot store instance {}: {e}", i.name);
+        }
+    }
+
+    pub(crate) fn drop_live(&self, cluster: &str, instance: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(cluster.to_string(), instance.to_string()));
+    }
+}

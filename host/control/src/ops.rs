@@ -1,0 +1,422 @@
+//! Operations: create, scale, stop, start, restart and delete, each run to the end or to a
+//! failure with a reason, one at a time per cluster (in the order they were asked for), every
+//! step recorded as an event.
+
+use std::sync::Arc;
+
+use shoal_api::OpState;
+
+use crate::controller::Controller;
+use crate::secrets::{self, Credentials};
+use crate::store::{ClusterRow, Desired, InstanceRow};
+
+/// Run operation `id` (waits for the cluster's earlier operations first).
+pub async fn run(c: Arc<Controller>, id: i64) {
+    let Ok(op) = c.op_view(id) else { return };
+    let lock = c.lock(&op.cluster);
+    let _guard = lock.lock().await;
+    if let Err(e) = c.db(|s| s.set_op(id, OpState::Running, None)) {
+        tracing::error!("op {id}: {e}");
+        return;
+    }
+    let result = match op.kind.as_str() {
+        "create" => create(&c, &op.cluster).await,
+        "scale" => {
+            let n = c
+                .db(|s| s.op_params(id))
+                .ok()
+                .and_then(|p| p.get("replicas").and_then(|v| v.as_u64()))
+                .unwrap_or(1) as u32;
+            scale(&c, &op.cluster, n).await
+        }
+        "stop" => stop(&c, &op.cluster).await,
+        "start" => start(&c, &op.cluster).await,
+        "restart" => restart(&c, &op.cluster).await,
+        "delete" => {
+            let purge = c
+                .db(|s| s.op_params(id))
+                .ok()
+                .and_then(|p| p.get("purge").and_then(|v| v.as_bool()))
+                .unwrap_or(false);
+            delete(&c, &op.cluster, purge).await
+        }
+        other => Err(format!("unknown operation {other:?}")),
+    };
+    match result {
+        Ok(()) => {
+            let _ = c.db(|s| s.set_op(id, OpState::Succeeded, None));
+            c.event(&op.cluster, None, "info", format!("{} succeeded", op.kind));
+        }
+        Err(reason) => {
+            let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
+            if op.kind != "delete" {
+                let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
+            }
+            c.event(
+                &op.cluster,
+                None,
+                "error",
+                format!("{} failed: {reason}", op.kind),
+            );
+        }
+    }
+}
+
+fn cluster(c: &Controller, name: &str) -> Result<ClusterRow, String> {
+    c.db(|s| s.cluster(name))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("cluster {name} no longer exists"))
+}
+
+fn instances(c: &Controller, name: &str) -> Result<Vec<InstanceRow>, String> {
+    c.db(|s| s.instances(name)).map_err(|e| e.message)
+}
+
+fn creds(c: &Controller, name: &str) -> Result<Credentials, String> {
+    secrets::load(&c.home, name).map_err(|e| format!("cannot read the credentials of {name}: {e}"))
+}
+
+/// Allocate and record a new instance with the next ordinal.
+fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceRow, String> {
+    let existing = instances(c, &cl.name)?;
+    let ordinal = existing.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let names: Vec<String> = addon
+        .manifest()
+        .ports
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let names = if names.is_empty() {
+        vec!["client".to_string()]
+    } else {
+        names
+    };
+    let reserved = c.db(|s| s.reserved_ports()).map_err(|e| e.message)?;
+    let range = c.cfg.port_range[0]..=c.cfg.port_range[1];
+    let ports =
+        shoal_local::ports::allocate(&range, &reserved, names.len()).map_err(|e| e.to_string())?;
+    let name = format!("{}-{ordinal}", cl.name);
+    let row = InstanceRow {
+        cluster: cl.name.clone(),
+        name: name.clone(),
+        ordinal,
+        role: role.into(),
+        host: "127.0.0.1".into(),
+        ports: names.into_iter().zip(ports).collect(),
+        dir: c.cluster_dir(&cl.name).join(&name),
+        desired: Desired::Running,
+        state: "pending".into(),
+        process: None,
+        restarts: 0,
+        health: "unknown".into(),
+        observed_role: None,
+        writable: None,
+        lag_bytes: None,
+        position: None,
+        detail: String::new(),
+        probed_ms: None,
+    };
+    c.db(|s| s.insert_instance(&row)).map_err(|e| e.message)?;
+    c.event(
+        &cl.name,
+        Some(&name),
+        "info",
+        format!("allocated as {role}, ports {:?}", row.ports),
+    );
+    Ok(row)
+}
+
+/// Add one replica: the primary admits it (member-join), then it is seeded and started.
+async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Result<(), String> {
+    let mut row = add_instance(c, cl, "replica")?;
+    let all = instances(c, &cl.name)?;
+    let primary = all
+        .iter()
+        .find(|i| i.role == "primary")
+        .ok_or("the cluster has no primary to add a replica to")?
+        .clone();
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let ctx = c.call_ctx(&primary, &all, false);
+    let joining = Controller::wit_member(&row);
+    match addon
+        .call(&ctx)
+        .member_join(
+            &c.wit_instance(cl, &primary, cr, false),
+            &joining,
+            &Controller::members_of(&primary, &all),
+        )
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_unsupported() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    c.bring_up(cl, &mut row, &all, cr).await
+}
+
+async fn create(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let cr = Credentials {
+        user: addon
+            .manifest()
+            .admin_user
+            .clone()
+            .unwrap_or_else(|| "admin".into()),
+        password: secrets::generate_password()
+            .map_err(|e| format!("cannot generate a password: {e}"))?,
+    };
+    secrets::save(&c.home, name, &cr).map_err(|e| format!("cannot store credentials: {e}"))?;
+    let mut primary = add_instance(c, &cl, "primary")?;
+    let all = instances(c, name)?;
+    c.bring_up(&cl, &mut primary, &all, &cr).await?;
+    let all = instances(c, name)?;
+    let ctx = c.call_ctx(&primary, &all, false);
+    match addon
+        .call(&ctx)
+        .post_provision(
+            &c.wit_instance(&cl, &primary, &cr, false),
+            &Controller::members_of(&primary, &all),
+        )
+        .await
+    {
+        Ok(()) => c.event(name, Some(&primary.name), "info", "post-provision done"),
+        Err(e) if e.is_unsupported() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    for _ in 1..cl.spec.replicas {
+        add_replica(c, &cl, &cr).await?;
+    }
+    c.db(|s| s.set_cluster_state(name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), String> {
+    let mut cl = cluster(c, name)?;
+    let cr = creds(c, name)?;
+    let current = instances(c, name)?;
+    c.db(|s| s.set_cluster_state(name, "updating"))
+        .map_err(|e| e.message)?;
+    if replicas as usize > current.len() {
+        for _ in current.len()..replicas as usize {
+            add_replica(c, &cl, &cr).await?;
+        }
+    } else {
+        // Remove replicas, newest first; never the primary.
+        let mut victims: Vec<InstanceRow> = current
+            .into_iter()
+            .filter(|i| i.role != "primary")
+            .collect();
+        victims.sort_by_key(|i| std::cmp::Reverse(i.ordinal));
+        let remove = instances(c, name)?.len() - replicas as usize;
+        for v in victims.into_iter().take(remove) {
+            remove_instance(c, &cl, v, &cr).await?;
+        }
+    }
+    cl.spec.replicas = replicas;
+    c.db(|s| s.set_cluster_spec(name, &cl.spec))
+        .map_err(|e| e.message)?;
+    c.db(|s| s.set_cluster_state(name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// pre-terminate, stop, member-leave on the primary, then free its ports and data.
+async fn remove_instance(
+    c: &Controller,
+    cl: &ClusterRow,
+    mut v: InstanceRow,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let all = instances(c, &cl.name)?;
+    v.desired = Desired::Stopped;
+    c.save(&v);
+    if v.process.is_some_and(|p| p.is_running()) {
+        let ctx = c.call_ctx(&v, &all, false);
+        match addon
+            .call(&ctx)
+            .pre_terminate(
+                &c.wit_instance(cl, &v, cr, false),
+                &Controller::members_of(&v, &all),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_unsupported() => {}
+            Err(e) => c.event(
+                &cl.name,
+                Some(&v.name),
+                "warning",
+                format!("pre-terminate: {e}"),
+            ),
+        }
+    }
+    c.stop_process(cl, &mut v, cr).await?;
+    if let Some(primary) = all.iter().find(|i| i.role == "primary" && i.name != v.name) {
+        let ctx = c.call_ctx(primary, &all, false);
+        match addon
+            .call(&ctx)
+            .member_leave(
+                &c.wit_instance(cl, primary, cr, false),
+                &Controller::wit_member(&v),
+                &Controller::members_of(primary, &all),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_unsupported() => {}
+            Err(e) => c.event(
+                &cl.name,
+                Some(&v.name),
+                "warning",
+                format!("member-leave: {e}"),
+            ),
+        }
+    }
+    c.db(|s| s.delete_instance(&cl.name, &v.name))
+        .map_err(|e| e.message)?;
+    if let Err(e) = std::fs::remove_dir_all(&v.dir) {
+        c.event(
+            &cl.name,
+            Some(&v.name),
+            "warning",
+            format!("cannot remove {}: {e}", v.dir.display()),
+        );
+    }
+    c.event(&cl.name, Some(&v.name), "info", "removed");
+    Ok(())
+}
+
+/// Stop every instance: replicas first, the primary last.
+async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    let cr = creds(c, name)?;
+    let mut all = instances(c, name)?;
+    all.sort_by_key(|i| (i.role == "primary", std::cmp::Reverse(i.ordinal)));
+    for mut i in all {
+        i.desired = Desired::Stopped;
+        c.save(&i);
+        c.stop_process(&cl, &mut i, &cr).await?;
+    }
+    c.db(|s| s.set_cluster_state(name, "stopped"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Start every instance: the primary first.
+async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    let cr = creds(c, name)?;
+    let mut order = instances(c, name)?;
+    order.sort_by_key(|i| (i.role != "primary", i.ordinal));
+    for i in order {
+        let all = instances(c, name)?;
+        let mut i = all
+            .iter()
+            .find(|x| x.name == i.name)
+            .cloned()
+            .ok_or("instance vanished")?;
+        i.desired = Desired::Running;
+        c.save(&i);
+        if i.process.is_some_and(|p| p.is_running()) {
+            continue;
+        }
+        c.bring_up(&cl, &mut i, &all, &cr).await?;
+    }
+    c.db(|s| s.set_cluster_state(name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Rolling restart: one replica at a time (each back and ready before the next), then the
+/// primary.
+async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    let cr = creds(c, name)?;
+    let mut order = instances(c, name)?;
+    order.sort_by_key(|i| (i.role == "primary", i.ordinal));
+    c.db(|s| s.set_cluster_state(name, "updating"))
+        .map_err(|e| e.message)?;
+    for i in order {
+        let all = instances(c, name)?;
+        let mut i = all
+            .iter()
+            .find(|x| x.name == i.name)
+            .cloned()
+            .ok_or("instance vanished")?;
+        c.event(name, Some(&i.name), "info", "restarting");
+        c.stop_process(&cl, &mut i, &cr).await?;
+        i.desired = Desired::Running;
+        c.save(&i);
+        c.bring_up(&cl, &mut i, &all, &cr).await?;
+    }
+    c.db(|s| s.set_cluster_state(name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Delete: pre-terminate and stop every instance, free every port; with `purge` remove the
+/// data and credentials too.
+async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    c.db(|s| s.set_cluster_state(name, "deleting"))
+        .map_err(|e| e.message)?;
+    let cr = creds(c, name).ok();
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let mut all = instances(c, name)?;
+    all.sort_by_key(|i| (i.role == "primary", std::cmp::Reverse(i.ordinal)));
+    for mut i in all.clone() {
+        i.desired = Desired::Stopped;
+        c.save(&i);
+        if let Some(cr) = &cr {
+            if i.process.is_some_and(|p| p.is_running()) {
+                let ctx = c.call_ctx(&i, &all, false);
+                if let Err(e) = addon
+                    .call(&ctx)
+                    .pre_terminate(
+                        &c.wit_instance(&cl, &i, cr, false),
+                        &Controller::members_of(&i, &all),
+                    )
+                    .await
+                {
+                    if !e.is_unsupported() {
+                        c.event(
+                            name,
+                            Some(&i.name),
+                            "warning",
+                            format!("pre-terminate: {e}"),
+                        );
+                    }
+                }
+            }
+            c.stop_process(&cl, &mut i, cr).await?;
+        } else if let Some(p) = i.process {
+            p.stop(libc::SIGTERM, std::time::Duration::from_secs(30))
+                .await;
+        }
+    }
+    c.db(|s| s.delete_cluster(name)).map_err(|e| e.message)?;
+    let dir = c.cluster_dir(name);
+    if purge {
+        std::fs::remove_dir_all(&dir).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(format!("cannot remove {}: {e}", dir.display()))
+            }
+        })?;
+        secrets::remove(&c.home, name);
+        c.event(name, None, "info", "deleted with its data");
+    } else {
+        c.event(
+            name,
+            None,
+            "info",
+            format!("deleted; data kept at {}", dir.display()),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The local API server: JSON lines over `<home>/shoal.sock` (mode 0600). Each connection
+//! may send several requests; each gets streamed lines (events, log lines) and one final
+//! answer. A malformed request gets an error answer, never a dropped connection.
+
+use std::io::SeekFrom;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api::{ApiError, LogLine, Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::controller::Controller;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Bind the socket: refuse when another daemon answers on it, replace a stale one.
+pub async fn bind(home: &Path) -> Result<UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.join(shoal_api::SOCKET);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(format!(
+                "another shoal serve is running on {} (its home is in use)",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serve connections until the listener fails.
+pub async fn serve(c: Arc<Controller>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(c, stream).await {
+                        tracing::debug!("api connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!("api accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(reply).map_err(std::io::Error::other)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
+}
+
+async fn connection(c: Arc<Controller>, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
+    loop {
+        let mut line = String::new();
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if n > MAX_REQUEST {
+            send(&mut w, &Reply::Error(ApiError::invalid("request too long"))).await?;
+            return Ok(());
+        }
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(&c, req, &mut w).await,
+            Err(e) => Err(ApiError::invalid(format!("malformed request: {e}"))),
+        };
+        let reply = match reply {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Error(e),
+        };
+        send(&mut w, &reply).await?;
+    }
+}
+
+fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+async fn handle(
+    c: &Arc<Controller>,
+    req: Request,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<serde_json::Value, ApiError> {
+    match req {
+        Request::Ping => json(c.info()),
+        Request::Engines => json(c.engine_views()),
+        Request::Create { spec } => json(c.create(spec).await?),
+        Request::Delete { name, purge } => {
+            json(c.submit(&name, "delete", serde_json::json!({ "purge": purge }))?)
+        }
+        Request::Stop { name } => json(c.submit(&name, "stop", serde_json::json!({}))?),
+        Request::Start { name } => json(c.submit(&name, "start", serde_json::json!({}))?),
+        Request::Restart { name } => json(c.submit(&name, "restart", serde_json::json!({}))?),
+        Request::Scale { name, replicas } => json(c.scale(&name, replicas)?),
+        Request::List => json(c.list()?),
+        Request::Describe { name } => json(c.describe(&name)?),
+        Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),
+        Request::Connect { name } => json(c.connect(&name)?),
+        Request::Wait { op } => wait(c, op, w).await,
+        Request::Logs {
+            name,
+            instance,
+            lines,
+            follow,
+        } => logs(c, &name, instance.as_deref(), lines, follow, w).await,
+    }
+}
+
+/// Stream the cluster's events from the operation's start until it ends.
+async fn wait(
+    c: &Arc<Controller>,
+    id: i64,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<serde_json::Value, ApiError> {
+    let op = c.op_view(id)?;
+    let mut seen = c
+        .db(|s| s.events(&op.cluster, 10_000))?
+        .into_iter()
+        .filter(|(_, e)| e.unix_ms < op.created_unix_ms)
+        .map(|(id, _)| id)
+        .max()
+        .unwrap_or(0);
+    loop {
+        let op = c.op_view(id)?;
+        for (eid, e) in c.db(|s| s.events_after(&op.cluster, seen))? {
+            seen = eid;
+            if send(w, &Reply::Event(e)).await.is_err() {
+                return Err(ApiError::internal("client went away"));
+            }
+        }
+        if op.state.is_final() {
+            return json(op);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// The last lines of instance logs, then (with `follow`) new lines as they come.
+async fn logs(
+    c: &Arc<Controller>,
+    name: &str,
+    instance: Option<&str>,
+    lines: u32,
+    follow: bool,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<serde_json::Value, ApiError> {
+    let all = c.db(|s| s.instances(name))?;
+    if all.is_empty() && c.db(|s| s.cluster(name))?.is_none() {
+        return Err(ApiError::not_found(format!("no cluster named {name:?}")));
+    }
+    let chosen: Vec<_> = match instance {
+        Some(n) => {
+            let i = all.iter().find(|i| i.name == n).ok_or_else(|| {
+                ApiError::not_found(format!("cluster {name} has no instance {n:?}"))
+            })?;
+            vec![i.clone()]
+        }
+        None => all,
+    };
+    let mut offsets = Vec::new();
+    for i in &chosen {
+        let path = i.log_file();
+        let text = tokio::fs::read(&path).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let tail: Vec<&str> = text.lines().collect();
+        let start = tail.len().saturating_sub(lines as usize);
+        for l in &tail[start..] {
+            send(
+                w,
+                &Reply::Log(LogLine {
+                    instance: i.name.clone(),
+                    line: (*l).to_string(),
+                }),
+            )
+            .await
+            .map_err(|_| ApiError::internal("client went away"))?;
+        }
+        offsets.push((i.name.clone(), path, text.len() as u64));
+    }
+    if !follow {
+        return json(serde_json::Value::Null);
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (inst, path, offset) in offsets.iter_mut() {
+            let Ok(mut f) = tokio::fs::File::open(&*path).await else {
+                continue;
+            };
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if len < *offset {
+                *offset = 0;
+            }
+            if len == *offset {
+                continue;
+            }
+            if f.seek(SeekFrom::Start(*offset)).await.is_err() {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if f.read_to_end(&mut buf).await.is_err() {
+                continue;
+            }
+            // Only whole lines; a partial last line waits for the next round.
+            let upto = buf
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|p| p + 1)
+                .unwrap_or(0);
+            *offset += upto as u64;
+            for l in String::from_utf8_lossy(&buf[..upto]).lines() {
+                send(
+                    w,
+                    &Reply::Log(LogLine {
+                        instance: inst.clone(),
+                        line: l.to_string(),
+                    }),
+                )
+                .await
+                .map_err(|_| ApiError::internal("client went away"))?;
+            }
+        }
+    }
+}

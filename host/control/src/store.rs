@@ -1,0 +1,720 @@
+//! The embedded state store: SQLite in `<home>/state.db` (WAL mode, synchronous writes),
+//! schema versions applied by numbered migrations in one transaction each. It holds clusters,
+//! instances (with their port reservations and process identities), operations and events.
+//! Secrets are not here (see `secrets`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use shoal_api::{ClusterSpec, EventView, OpState, OpView};
+use shoal_local::ProcessId;
+
+/// Schema migrations, in order; the database's `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE clusters (
+        name TEXT PRIMARY KEY,
+        engine TEXT NOT NULL,
+        version TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        addon_digest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE TABLE instances (
+        cluster TEXT NOT NULL REFERENCES clusters(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        ordinal INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        host TEXT NOT NULL,
+        ports TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        desired TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        start_time INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        health TEXT NOT NULL DEFAULT 'unknown',
+        observed_role TEXT,
+        writable INTEGER,
+        lag_bytes INTEGER,
+        position INTEGER,
+        detail TEXT NOT NULL DEFAULT '',
+        probed_ms INTEGER,
+        PRIMARY KEY (cluster, name)
+     );
+     CREATE TABLE ports (
+        port INTEGER PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        instance TEXT NOT NULL
+     );
+     CREATE TABLE ops (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        created_ms INTEGER NOT NULL,
+        finished_ms INTEGER
+     );
+     CREATE INDEX ops_cluster ON ops(cluster, id);
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster TEXT NOT NULL,
+        instance TEXT,
+        ms INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+     );
+     CREATE INDEX events_cluster ON events(cluster, id);",
+];
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StoreError(String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(format!("bad stored JSON: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A cluster as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRow {
+    pub name: String,
+    pub engine: String,
+    pub version: String,
+    pub spec: ClusterSpec,
+    pub addon_digest: String,
+    pub state: String,
+    pub created_ms: i64,
+}
+
+/// Whether an instance should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    pub cluster: String,
+    pub name: String,
+    pub ordinal: u32,
+    /// Role the host assigned: primary or replica.
+    pub role: String,
+    pub host: String,
+    pub ports: BTreeMap<String, u16>,
+    /// The instance's directory (data/, config/, log/ inside).
+    pub dir: PathBuf,
+    pub desired: Desired,
+    pub state: String,
+    pub process: Option<ProcessId>,
+    pub restarts: u32,
+    pub health: String,
+    pub observed_role: Option<String>,
+    pub writable: Option<bool>,
+    pub lag_bytes: Option<u64>,
+    pub position: Option<u64>,
+    pub detail: String,
+    pub probed_ms: Option<i64>,
+}
+
+impl InstanceRow {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("log").join("server.log")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("server.pid")
+    }
+    /// The port clients use.
+    pub fn client_port(&self) -> Option<u16> {
+        self.ports
+            .get("client")
+            .copied()
+            .or_else(|| self.ports.values().next().copied())
+    }
+}
+
+/// The state database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Open (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: usize = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map(|v| usize::try_from(v).unwrap_or(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError(format!(
+                "the database is at schema version {version}, newer than this Shoal knows ({}); \
+                 run a newer Shoal",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // ----- clusters -----
+
+    /// Insert a cluster and its create operation in one transaction; returns the op id.
+    pub fn insert_cluster(&mut self, c: &ClusterRow, op_params: &serde_json::Value) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO clusters (name, engine, version, spec, addon_digest, state, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                c.name,
+                c.engine,
+                c.version,
+                serde_json::to_string(&c.spec)?,
+                c.addon_digest,
+                c.state,
+                c.created_ms
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO ops (cluster, kind, params, state, created_ms) VALUES (?1, 'create', ?2, 'pending', ?3)",
+            params![c.name, op_params.to_string(), now_ms()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn cluster_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ClusterRow, String)> {
+        let spec: String = r.get(3)?;
+        Ok((
+            ClusterRow {
+                name: r.get(0)?,
+                engine: r.get(1)?,
+                version: r.get(2)?,
+                spec: ClusterSpec::default(),
+                addon_digest: r.get(4)?,
+                state: r.get(5)?,
+                created_ms: r.get(6)?,
+            },
+            spec,
+        ))
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<Option<ClusterRow>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT name, engine, version, spec, addon_digest, state, created_ms FROM clusters WHERE name = ?1",
+                params![name],
+                Self::cluster_from,
+            )
+            .optional()?;
+        row.map(|(mut c, spec)| {
+            c.spec = serde_json::from_str(&spec)?;
+            Ok(c)
+        })
+        .transpose()
+    }
+
+    pub fn clusters(&self) -> Result<Vec<ClusterRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, engine, version, spec, addon_digest, state, created_ms FROM clusters ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], Self::cluster_from)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut c, spec) = r?;
+            c.spec = serde_json::from_str(&spec)?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    pub fn set_cluster_state(&self, name: &str, state: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE clusters SET state = ?2 WHERE name = ?1",
+            params![name, state],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_cluster_spec(&self, name: &str, spec: &ClusterSpec) -> Result<()> {
+        self.conn.execute(
+            "UPDATE clusters SET spec = ?2 WHERE name = ?1",
+            params![name, serde_json::to_string(spec)?],
+        )?;
+        Ok(())
+    }
+
+    /// Remove a cluster with its instances and port reservations (events and ops stay).
+    pub fn delete_cluster(&mut self, name: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM ports WHERE cluster = ?1", params![name])?;
+        tx.execute("DELETE FROM instances WHERE cluster = ?1", params![name])?;
+        tx.execute("DELETE FROM clusters WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- instances and ports -----
+
+    /// Ports reserved by any instance.
+    pub fn reserved_ports(&self) -> Result<BTreeSet<u16>> {
+        let mut stmt = self.conn.prepare("SELECT port FROM ports")?;
+        let ports = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut out = BTreeSet::new();
+        for p in ports {
+            if let Ok(p) = u16::try_from(p?) {
+                out.insert(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Insert an instance and reserve its ports, atomically.
+    pub fn insert_instance(&mut self, i: &InstanceRow) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for port in i.ports.values() {
+            tx.execute(
+                "INSERT INTO ports (port, cluster, instance) VALUES (?1, ?2, ?3)",
+                params![port, i.cluster, i.name],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO instances (cluster, name, ordinal, role, host, ports, dir, desired, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                i.cluster,
+                i.name,
+                i.ordinal,
+                i.role,
+                i.host,
+                serde_json::to_string(&i.ports)?,
+                i.dir.display().to_string(),
+                i.desired.as_str(),
+                i.state
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Write every mutable field of an instance.
+    pub fn update_instance(&self, i: &InstanceRow) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET role = ?3, desired = ?4, state = ?5, pid = ?6, start_time = ?7,
+                restarts = ?8, health = ?9, observed_role = ?10, writable = ?11, lag_bytes = ?12,
+                position = ?13, detail = ?14, probed_ms = ?15
+             WHERE cluster = ?1 AND name = ?2",
+            params![
+                i.cluster,
+                i.name,
+                i.role,
+                i.desired.as_str(),
+                i.state,
+                i.process.map(|p| p.pid),
+                i.process
+                    .map(|p| i64::try_from(p.start_time).unwrap_or(i64::MAX)),
+                i.restarts,
+                i.health,
+                i.observed_role,
+                i.writable,
+                i.lag_bytes.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+                i.position.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+                i.detail,
+                i.probed_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Remove an instance and free its ports.
+    pub fn delete_instance(&mut self, cluster: &str, name: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM ports WHERE cluster = ?1 AND instance = ?2",
+            params![cluster, name],
+        )?;
+        tx.execute(
+            "DELETE FROM instances WHERE cluster = ?1 AND name = ?2",
+            params![cluster, name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The instances of `cluster`, by ordinal.
+    pub fn instances(&self, cluster: &str) -> Result<Vec<InstanceRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT cluster, name, ordinal, role, host, ports, dir, desired, state, pid, start_time,
+                    restarts, health, observed_role, writable, lag_bytes, position, detail, probed_ms
+             FROM instances WHERE cluster = ?1 ORDER BY ordinal",
+        )?;
+        let rows = stmt.query_map(params![cluster], |r| {
+            let ports: String = r.get(5)?;
+            let dir: String = r.get(6)?;
+            let desired: String = r.get(7)?;
+            let pid: Option<i64> = r.get(9)?;
+            let start: Option<i64> = r.get(10)?;
+            Ok((
+                InstanceRow {
+                    cluster: r.get(0)?,
+                    name: r.get(1)?,
+                    ordinal: r.get(2)?,
+                    role: r.get(3)?,
+                    host: r.get(4)?,
+                    ports: BTreeMap::new(),
+                    dir: PathBuf::from(dir),
+                    desired: if desired == "stopped" {
+                        Desired::Stopped
+                    } else {
+                        Desired::Running
+                    },
+                    state: r.get(8)?,
+                    process: match (pid, start) {
+                        (Some(pid), Some(start)) => Some(ProcessId {
+                            pid: u32::try_from(pid).unwrap_or(0),
+                            start_time: u64::try_from(start).unwrap_or(0),
+                        }),
+                        _ => None,
+                    },
+                    restarts: r.get(11)?,
+                    health: r.get(12)?,
+                    observed_role: r.get(13)?,
+                    writable: r.get(14)?,
+                    lag_bytes: r.get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
+                    position: r.get::<_, Option<i64>>(16)?.map(|v| v.max(0) as u64),
+                    detail: r.get(17)?,
+                    probed_ms: r.get(18)?,
+                },
+                ports,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (mut i, ports) = r?;
+            i.ports = serde_json::from_str(&ports)?;
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    // ----- operations -----
+
+    /// Queue an operation.
+    pub fn insert_op(&self, cluster: &str, kind: &str, params: &serde_json::Value) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO ops (cluster, kind, params, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            params![cluster, kind, params.to_string(), now_ms()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Move an operation to `state`, with a reason.
+    pub fn set_op(&self, id: i64, state: OpState, reason: Option<&str>) -> Result<()> {
+        let finished = state.is_final().then(now_ms);
+        self.conn.execute(
+            "UPDATE ops SET state = ?2, reason = ?3, finished_ms = COALESCE(?4, finished_ms) WHERE id = ?1",
+            params![id, state.as_str(), reason, finished],
+        )?;
+        Ok(())
+    }
+
+    fn op_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpView> {
+        let state: String = r.get(3)?;
+        Ok(OpView {
+            id: r.get(0)?,
+            cluster: r.get(1)?,
+            kind: r.get(2)?,
+            state: OpState::parse(&state).unwrap_or(OpState::Failed),
+            reason: r.get(4)?,
+            created_unix_ms: r.get(5)?,
+            finished_unix_ms: r.get(6)?,
+        })
+    }
+
+    pub fn op(&self, id: i64) -> Result<Option<OpView>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops WHERE id = ?1",
+                params![id],
+                Self::op_from,
+            )
+            .optional()?)
+    }
+
+    /// The parameters an operation was queued with.
+    pub fn op_params(&self, id: i64) -> Result<serde_json::Value> {
+        let text: String =
+            self.conn
+                .query_row("SELECT params FROM ops WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    pub fn last_op(&self, cluster: &str) -> Result<Option<OpView>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
+                 WHERE cluster = ?1 ORDER BY id DESC LIMIT 1",
+                params![cluster],
+                Self::op_from,
+            )
+            .optional()?)
+    }
+
+    /// Whether `cluster` has an operation that has not ended.
+    pub fn busy(&self, cluster: &str) -> Result<Option<OpView>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
+                 WHERE cluster = ?1 AND state IN ('pending', 'running') ORDER BY id LIMIT 1",
+                params![cluster],
+                Self::op_from,
+            )
+            .optional()?)
+    }
+
+    /// Operations left unfinished by a previous host process, oldest first.
+    pub fn unfinished_ops(&self) -> Result<Vec<OpView>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
+             WHERE state IN ('pending', 'running') ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], Self::op_from)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    // ----- events -----
+
+    /// Record an event.
+    pub fn add_event(
+        &self,
+        cluster: &str,
+        instance: Option<&str>,
+        level: &str,
+        message: &str,
+    ) -> Result<(i64, EventView)> {
+        let ms = now_ms();
+        self.conn.execute(
+            "INSERT INTO events (cluster, instance, ms, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![cluster, instance, ms, level, message],
+        )?;
+        Ok((
+            self.conn.last_insert_rowid(),
+            EventView {
+                unix_ms: ms,
+                cluster: cluster.into(),
+                instance: instance.map(str::to_string),
+                level: level.into(),
+                message: message.into(),
+            },
+        ))
+    }
+
+    /// The last `limit` events of `cluster`, oldest first, with their ids.
+    pub fn events(&self, cluster: &str, limit: u32) -> Result<Vec<(i64, EventView)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![cluster, limit], |r| {
+            Ok((
+                r.get(0)?,
+                EventView {
+                    cluster: r.get(1)?,
+                    instance: r.get(2)?,
+                    unix_ms: r.get(3)?,
+                    level: r.get(4)?,
+                    message: r.get(5)?,
+                },
+            ))
+        })?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Events of `cluster` after event id `after`.
+    pub fn events_after(&self, cluster: &str, after: i64) -> Result<Vec<(i64, EventView)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1 AND id > ?2
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![cluster, after], |r| {
+            Ok((
+                r.get(0)?,
+                EventView {
+                    cluster: r.get(1)?,
+                    instance: r.get(2)?,
+                    unix_ms: r.get(3)?,
+                    level: r.get(4)?,
+                    message: r.get(5)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The id of the newest event (0 when none).
+    pub fn last_event_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str) -> ClusterRow {
+        ClusterRow {
+            name: name.into(),
+            engine: "postgresql".into(),
+            version: "15".into(),
+            spec: ClusterSpec {
+                name: name.into(),
+                engine: "postgresql".into(),
+                replicas: 3,
+                ..Default::default()
+            },
+            addon_digest: "d".into(),
+            state: "creating".into(),
+            created_ms: now_ms(),
+        }
+    }
+
+    fn instance(cluster: &str, name: &str, port: u16) -> InstanceRow {
+        InstanceRow {
+            cluster: cluster.into(),
+            name: name.into(),
+            ordinal: 0,
+            role: "primary".into(),
+            host: "127.0.0.1".into(),
+            ports: [("client".to_string(), port)].into(),
+            dir: PathBuf::from("/x"),
+            desired: Desired::Running,
+            state: "pending".into(),
+            process: None,
+            restarts: 0,
+            health: "unknown".into(),
+            observed_role: None,
+            writable: None,
+            lag_bytes: None,
+            position: None,
+            detail: String::new(),
+            probed_ms: None,
+        }
+    }
+
+    #[test]
+    fn clusters_instances_ports_ops_events_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let op = {
+            let mut s = Store::open(&db).unwrap();
+            let op = s
+                .insert_cluster(&cluster("pg"), &serde_json::json!({}))
+                .unwrap();
+            let mut i = instance("pg", "pg-0", 15000);
+            s.insert_instance(&i).unwrap();
+            i.process = Some(ProcessId {
+                pid: 42,
+                start_time: 7,
+            });
+            i.state = "running".into();
+            s.update_instance(&i).unwrap();
+            s.set_op(op, OpState::Succeeded, None).unwrap();
+            s.add_event("pg", Some("pg-0"), "info", "started").unwrap();
+            // A duplicate name and a taken port are refused and change nothing.
+            assert!(s
+                .insert_cluster(&cluster("pg"), &serde_json::json!({}))
+                .is_err());
+            assert!(s.insert_instance(&instance("pg", "pg-1", 15000)).is_err());
+            assert!(s.instances("pg").unwrap().len() == 1);
+            op
+        };
+        let mut s = Store::open(&db).unwrap();
+        assert_eq!(s.cluster("pg").unwrap().unwrap().spec.replicas, 3);
+        let i = &s.instances("pg").unwrap()[0];
+        assert_eq!(i.process.unwrap().pid, 42);
+        assert_eq!(s.reserved_ports().unwrap(), [15000].into());
+        assert_eq!(s.op(op).unwrap().unwrap().state, OpState::Succeeded);
+        assert_eq!(s.events("pg", 10).unwrap()[0].1.message, "started");
+        s.delete_cluster("pg").unwrap();
+        assert!(s.reserved_ports().unwrap().is_empty());
+        assert!(s.cluster("pg").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        Store::open(&db).unwrap();
+        let c = Connection::open(&db).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        let err = Store::open(&db).err().unwrap().to_string();
+        assert!(err.contains("newer than this Shoal knows"), "{err}");
+    }
+}
