@@ -94,7 +94,8 @@ impl Engines {
     }
 }
 
-/// Where `engine` `version`'s programs are looked for.
+/// Where `engine` `version`'s programs are looked for: the operator's directory, then the
+/// addon's suggestions; `PATH` only when neither names a directory.
 pub fn binaries(cfg: &HostConfig, addon: &LoadedAddon, version: &str) -> BinarySearch {
     let engine = addon.engine();
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -111,6 +112,7 @@ pub fn binaries(cfg: &HostConfig, addon: &LoadedAddon, version: &str) -> BinaryS
     }
     BinarySearch {
         what: format!("{engine} {version}"),
+        use_path: dirs.is_empty(),
         dirs,
         packages: declared.map(|v| v.packages.clone()).unwrap_or_default(),
     }

@@ -1,6 +1,7 @@
 //! Finding an engine's programs: the operator's directories first, then the directories the
-//! addon suggests for that engine version, then `PATH`. A missing program is an error naming
-//! where it looked and which package provides it.
+//! addon suggests for that engine version; `PATH` only when neither names any (a versioned
+//! engine must not silently run another version's programs found on `PATH`). A missing program
+//! is an error naming where it looked and which package provides it.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,8 @@ pub struct BinarySearch {
     pub dirs: Vec<PathBuf>,
     /// Packages that provide the programs.
     pub packages: Vec<String>,
+    /// Whether to fall back to `PATH`.
+    pub use_path: bool,
 }
 
 impl BinarySearch {
@@ -28,7 +31,11 @@ impl BinarySearch {
             )));
         }
         let path_env = std::env::var_os("PATH").unwrap_or_default();
-        let from_path: Vec<PathBuf> = std::env::split_paths(&path_env).collect();
+        let from_path: Vec<PathBuf> = if self.use_path {
+            std::env::split_paths(&path_env).collect()
+        } else {
+            Vec::new()
+        };
         for dir in self.dirs.iter().chain(from_path.iter()) {
             let candidate = dir.join(program);
             if is_executable(&candidate) {
@@ -37,10 +44,18 @@ impl BinarySearch {
         }
         let looked: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
         Err(LocalError::Binary(format!(
-            "{}: program {program:?} not found (looked in {}{}PATH); install {}",
+            "{}: program {program:?} not found (looked in {}{}); install {}",
             self.what,
             looked.join(", "),
-            if looked.is_empty() { "" } else { ", " },
+            if self.use_path {
+                if looked.is_empty() {
+                    "PATH"
+                } else {
+                    ", PATH"
+                }
+            } else {
+                ""
+            },
             if self.packages.is_empty() {
                 "the engine".to_string()
             } else {
@@ -67,11 +82,20 @@ mod tests {
             what: "postgresql 99".into(),
             dirs: vec!["/nonexistent/bin".into()],
             packages: vec!["postgresql-99".into()],
+            use_path: false,
         };
         let err = s.find("no-such-program-shoal").unwrap_err().to_string();
         assert!(err.contains("/nonexistent/bin"), "{err}");
         assert!(err.contains("install postgresql-99"), "{err}");
-        assert!(s.find("sh").is_ok(), "PATH is searched last");
-        assert!(s.find("/bin/sh").is_err());
+        assert!(
+            s.find("sh").is_err(),
+            "named directories only: PATH is not searched"
+        );
+        let p = BinarySearch {
+            use_path: true,
+            ..s.clone()
+        };
+        assert!(p.find("sh").is_ok(), "PATH is searched last when allowed");
+        assert!(p.find("/bin/sh").is_err());
     }
 }

