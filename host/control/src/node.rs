@@ -190,11 +190,16 @@ impl Controller {
         let addon = self.addon(&c.engine).map_err(|e| e.message)?;
         let params = self.params_of(c)?;
         let inst = self.wit_instance(c, i, creds, true);
-        let files = addon
+        let files = match addon
             .call(&CallContext::default())
             .render_config(&inst, &Self::members_of(i, all), &params)
             .await
-            .map_err(|e| e.to_string())?;
+        {
+            Ok(files) => files,
+            // Engines configured entirely by flags have no files to render.
+            Err(e) if e.is_unsupported() => Vec::new(),
+            Err(e) => return Err(e.to_string()),
+        };
         let dir = i.config_dir();
         for f in files {
             let rel = Path::new(&f.path);
