@@ -1,70 +1,73 @@
 #!/usr/bin/env bash
-# Shoal quick start: build the host and the example addon, then let the addon drive a real
-# memcached on this machine: the addon's run-spec says how to start it, Shoal's sandboxed
-# probe watches it (one fresh instance per call, then a kept instance at probe-loop speed),
-# metrics are read through the addon, and the server is stopped again.
+# Shoal quick start (local mode): install what is missing, build Shoal and its PostgreSQL
+# addon, start `shoal serve` on its embedded default (this machine, real processes, state in
+# SQLite), create a 3-node PostgreSQL cluster `demo` and show how to connect to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if ! command -v memcached >/dev/null; then
+if ! [ -x /usr/lib/postgresql/15/bin/postgres ] || ! command -v psql >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
-        say "installing memcached (Debian package)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends memcached
+        say "installing PostgreSQL 15 (Debian packages)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql postgresql-client
     else
-        echo "quickstart: memcached is not installed; run: sudo apt-get install memcached" >&2
+        echo "quickstart: PostgreSQL 15 is missing; run: sudo apt-get install postgresql postgresql-client" >&2
         exit 1
     fi
 fi
 
-say "building the example addon (wasm32-wasip2) and the shoal CLI"
+say "building the addons (wasm32-wasip2) and the shoal CLI (the first build takes minutes)"
 ./scripts/build-addons.sh >/dev/null
 cargo build --release -q -p shoal-cli
-shoal=target/release/shoal
-addon=target/wasm32-wasip2/release/shoal_example_memcached.wasm
+shoal="$PWD/target/release/shoal"
 
-say "shoal addon inspect $addon"
-"$shoal" addon inspect "$addon"
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-endpoint="127.0.0.1:$port"
-
-say "run-spec: how the addon says to run memcached on $endpoint"
-plan=$("$shoal" addon call "$addon" run-spec --endpoint "$endpoint" --param memory-limit=32MB -o json)
-echo "$plan"
-mapfile -t cmd < <(python3 -c '
-import json, sys
-p = json.load(sys.stdin)
-print(p["server"]["program"])
-for a in p["server"]["args"]:
-    print(a)' <<<"$plan")
-unprivileged=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["unprivileged"])' <<<"$plan")
-
-say "starting: ${cmd[*]}"
-if [ "$unprivileged" = True ] && [ "$(id -u)" = 0 ]; then
-    setpriv --reuid=nobody --regid=nogroup --clear-groups -- "${cmd[@]}" &
+if [ -n "${SHOAL_HOME:-}" ]; then
+    home="$SHOAL_HOME"
+elif [ "$(id -u)" = 0 ]; then
+    home=/var/lib/shoal
 else
-    "${cmd[@]}" &
+    home="${XDG_DATA_HOME:-$HOME/.local/share}/shoal"
 fi
-server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.05
-done
+export SHOAL_HOME="$home"
+mkdir -p "$home/addons"
+install -m 0644 target/wasm32-wasip2/release/shoal_addon_postgresql.wasm "$home/addons/postgresql.wasm"
 
-say "probe through the sandboxed addon"
-"$shoal" addon call "$addon" probe --endpoint "$endpoint" -o text
+if "$shoal" cluster engines >/dev/null 2>&1; then
+    say "shoal serve is already running for $home"
+else
+    say "starting shoal serve (home $home, log $home/serve.log)"
+    setsid nohup "$shoal" serve >>"$home/serve.log" 2>&1 < /dev/null &
+    for _ in $(seq 150); do
+        "$shoal" cluster engines >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    "$shoal" cluster engines >/dev/null || { tail -20 "$home/serve.log" >&2; exit 1; }
+fi
+"$shoal" cluster engines
 
-say "1000 probes on one kept addon instance (the probe loop's mode)"
-"$shoal" addon call "$addon" probe --endpoint "$endpoint" --live --repeat 1000 -o text >/dev/null
+if "$shoal" cluster describe demo >/dev/null 2>&1; then
+    say "cluster demo exists already"
+else
+    say "shoal cluster create demo --engine postgresql --replicas 3 --memory 512Mi"
+    "$shoal" cluster create demo --engine postgresql --replicas 3 --memory 512Mi
+fi
 
-say "metrics"
-"$shoal" addon call "$addon" metrics --endpoint "$endpoint" -o text | grep -E 'name:|value:' | paste - - | head -12
+sleep 1
+say "shoal cluster describe demo"
+"$shoal" cluster describe demo
 
-say "stopping memcached"
-kill "$server"
-wait "$server" 2>/dev/null || true
-trap - EXIT
-echo "done. Next: docs/addon-guide.md to write an addon, docs/wit.md for every hook."
+uri=$("$shoal" cluster connect demo | head -n 1)
+say "a write on the primary, read back through psql"
+psql "$uri" -Atq -c "CREATE TABLE IF NOT EXISTS hello (said text); INSERT INTO hello VALUES ('hello from Shoal'); SELECT said FROM hello ORDER BY 1 LIMIT 1"
+
+cat <<TXT
+
+Connect:   $uri
+           (or: SHOAL_HOME=$home $shoal cluster connect demo --shell)
+More:      export SHOAL_HOME=$home PATH=$(dirname "$shoal"):\$PATH
+           shoal cluster list | describe demo | events demo | logs demo -f
+           shoal cluster scale demo --replicas 5 | restart demo | stop demo | start demo
+Clean up:  shoal cluster delete demo --purge; pkill -f 'shoal serve'
+TXT

