@@ -11,7 +11,7 @@ use crate::Failure;
 /// Runtime options of addon commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeOpts {
-    /// Operator configuration (TOML, the fields of the runtime config; see docs/operator-guide.md).
+    /// Host configuration file (TOML); its `[runtime]` table applies (see docs/operator-guide.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for compiled addon code (default: $XDG_CACHE_HOME/shoal/compiled, or
@@ -35,8 +35,9 @@ impl RuntimeOpts {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<RuntimeConfig>(&text)
+                toml::from_str::<shoal_control::HostConfig>(&text)
                     .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+                    .runtime
             }
             None => RuntimeConfig::default(),
         };
@@ -133,8 +134,11 @@ mod tests {
         let doc = include_str!("../../../docs/operator-guide.md");
         let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
         let end = start + doc[start..].find("```").expect("end of block");
-        let cfg: RuntimeConfig = toml::from_str(&doc[start..end]).expect("the example parses");
-        cfg.validate().expect("the example is valid");
+        let host: shoal_control::HostConfig = toml::from_str(&doc[start..end]).expect("the example parses");
+        host.validate().expect("the example is valid");
+        assert_eq!(host.port_range, [15000, 19999]);
+        assert!(host.engines["postgresql"].contains_key("18"));
+        let cfg = host.runtime;
         assert_eq!(cfg.max_instances, 2000);
         let pg = cfg.grants_for("postgresql");
         assert!(pg.exec.contains_key("pg_rewind"));
@@ -143,7 +147,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = toml::from_str::<RuntimeConfig>("max_instancez = 3").unwrap_err();
+        let err = toml::from_str::<shoal_control::HostConfig>("[runtime]\nmax_instancez = 3").unwrap_err();
         assert!(err.to_string().contains("max_instancez"), "{err}");
     }
 
