@@ -134,7 +134,8 @@ mod tests {
         let doc = include_str!("../../../docs/operator-guide.md");
         let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
         let end = start + doc[start..].find("```").expect("end of block");
-        let host: shoal_control::HostConfig = toml::from_str(&doc[start..end]).expect("the example parses");
+        let host: shoal_control::HostConfig =
+            toml::from_str(&doc[start..end]).expect("the example parses");
         host.validate().expect("the example is valid");
         assert_eq!(host.port_range, [15000, 19999]);
         assert!(host.engines["postgresql"].contains_key("18"));
@@ -147,7 +148,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = toml::from_str::<shoal_control::HostConfig>("[runtime]\nmax_instancez = 3").unwrap_err();
+        let err = toml::from_str::<shoal_control::HostConfig>("[runtime]\nmax_instancez = 3")
+            .unwrap_err();
         assert!(err.to_string().contains("max_instancez"), "{err}");
     }
 
