@@ -502,10 +502,10 @@ impl Engine for Postgres {
             }
         }
         // A demoted primary may carry a read-only fence; a promoted one must be writable.
-        self.exec(
-            instance,
-            "ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_reload_conf()",
-        )?;
+        // One statement per query: ALTER SYSTEM cannot run inside the implicit transaction of
+        // a multi-statement simple query.
+        self.exec(instance, "ALTER SYSTEM RESET default_transaction_read_only")?;
+        self.exec(instance, "SELECT pg_reload_conf()")?;
         Ok(())
     }
 
@@ -518,8 +518,9 @@ impl Engine for Postgres {
         // Fence now: no new read-write transactions on this node.
         self.exec(
             instance,
-            "ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf()",
+            "ALTER SYSTEM SET default_transaction_read_only = on",
         )?;
+        self.exec(instance, "SELECT pg_reload_conf()")?;
         if let Some(p) = new_primary {
             // Prepare to follow `p` on the next start (the host restarts the node).
             let conninfo = format!(
@@ -532,10 +533,11 @@ impl Engine for Postgres {
             self.exec(
                 instance,
                 &format!(
-                    "ALTER SYSTEM SET primary_conninfo = {}; SELECT pg_reload_conf()",
+                    "ALTER SYSTEM SET primary_conninfo = {}",
                     quote_literal(&conninfo)
                 ),
             )?;
+            self.exec(instance, "SELECT pg_reload_conf()")?;
             let data = dir(&instance.data_dir, "data")?;
             std::fs::write(format!("{data}/standby.signal"), b"")
                 .map_err(|e| HookError::failed(format!("writing standby.signal: {e}")))?;

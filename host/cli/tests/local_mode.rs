@@ -664,3 +664,117 @@ fn the_host_is_engine_neutral_and_missing_programs_name_their_package() {
     assert!(err.contains("apt-get install memcached"), "{err}");
     assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
 }
+
+#[test]
+fn the_postgresql_addons_account_promote_and_demote_hooks_work_on_a_live_cluster() {
+    let h = Host::start((21700, 21799));
+    h.ok(&[
+        "cluster",
+        "create",
+        "hooks",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    let d = h.wait_healthy("hooks");
+    let uri = h.uri("hooks");
+    let info: serde_json::Value =
+        serde_json::from_str(&h.ok(&["cluster", "connect", "hooks", "-o", "json"])).unwrap();
+    let creds = format!("postgres:{}", info["password"].as_str().unwrap());
+    let addon = wasm("shoal_addon_postgresql.wasm").display().to_string();
+    let port = |i: usize| d["instances"][i]["ports"]["client"].as_u64().unwrap();
+    let endpoint = |i: usize| format!("127.0.0.1:{}", port(i));
+    let call = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["addon", "call", &addon])
+            .args(args)
+            .args([
+                "--cache-dir",
+                h.home.path().join("cli-cache").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+
+    // account-provision: a read-only account can read and not write; running it twice is fine.
+    psql(
+        &uri,
+        "CREATE TABLE acct (x int); INSERT INTO acct VALUES (7)",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let o = call(&[
+            "account-provision",
+            "--endpoint",
+            &endpoint(0),
+            "--credentials",
+            &creds,
+            "--account",
+            "reader:r3ad-only",
+            "--account-role",
+            "read-only",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let reader = format!(
+        "postgresql://reader:r3ad-only@127.0.0.1:{}/postgres",
+        port(0)
+    );
+    assert_eq!(psql(&reader, "SELECT x FROM acct").unwrap(), "7");
+    assert!(psql(&reader, "INSERT INTO acct VALUES (8)").is_err());
+
+    // metrics from the primary.
+    let o = call(&[
+        "metrics",
+        "--endpoint",
+        &endpoint(0),
+        "--credentials",
+        &creds,
+    ]);
+    let samples: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "pg_xact_commit_total"));
+
+    // demote the primary: fenced read-only at once.
+    let o = call(&[
+        "demote",
+        "--endpoint",
+        &endpoint(0),
+        "--credentials",
+        &creds,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = psql(&uri, "INSERT INTO acct VALUES (9)").unwrap_err();
+    assert!(err.contains("read-only"), "{err}");
+    // promote the replica: it leaves recovery and takes writes.
+    let o = call(&[
+        "promote",
+        "--endpoint",
+        &endpoint(1),
+        "--credentials",
+        &creds,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let replica = instance_uri(&uri, port(1));
+    assert_eq!(psql(&replica, "SELECT pg_is_in_recovery()").unwrap(), "f");
+    psql(&replica, "INSERT INTO acct VALUES (10)").expect("the promoted replica takes writes");
+    // Promoting again is a no-op, and its probe now reports a writable primary.
+    assert!(call(&[
+        "promote",
+        "--endpoint",
+        &endpoint(1),
+        "--credentials",
+        &creds
+    ])
+    .status
+    .success());
+    let o = call(&["probe", "--endpoint", &endpoint(1), "--credentials", &creds]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["role"], "primary");
+    assert_eq!(report["writable"], true);
+    assert!(report["term"].as_u64().unwrap() >= 1);
+}
