@@ -37,6 +37,17 @@ fn ensure_dirs(i: &InstanceRow, user: Option<shoal_local::RunAs>) -> Result<(), 
     Ok(())
 }
 
+/// The named ports of `i` as hooks see them.
+fn wit_ports(i: &InstanceRow) -> Vec<wit::NamedPort> {
+    i.ports
+        .iter()
+        .map(|(n, p)| wit::NamedPort {
+            name: n.clone(),
+            port: *p,
+        })
+        .collect()
+}
+
 /// Whether a directory is missing or empty.
 fn is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir)
@@ -93,14 +104,7 @@ impl Controller {
                 host: i.host.clone(),
                 port: i.client_port().unwrap_or(0),
             },
-            ports: i
-                .ports
-                .iter()
-                .map(|(n, p)| wit::NamedPort {
-                    name: n.clone(),
-                    port: *p,
-                })
-                .collect(),
+            ports: wit_ports(i),
             data_dir: data,
             config_dir: config,
             role: Some(i.role.clone()),
@@ -125,14 +129,7 @@ impl Controller {
                 host: i.host.clone(),
                 port: i.client_port().unwrap_or(0),
             },
-            ports: i
-                .ports
-                .iter()
-                .map(|(n, p)| wit::NamedPort {
-                    name: n.clone(),
-                    port: *p,
-                })
-                .collect(),
+            ports: wit_ports(i),
             role: Some(i.role.clone()),
             healthy: i.health == "healthy",
         }

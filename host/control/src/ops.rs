@@ -234,26 +234,7 @@ async fn remove_instance(
     let all = instances(c, &cl.name)?;
     v.desired = Desired::Stopped;
     c.save(&v);
-    if v.process.is_some_and(|p| p.is_running()) {
-        let ctx = c.call_ctx(&v, &all, false);
-        match addon
-            .call(&ctx)
-            .pre_terminate(
-                &c.wit_instance(cl, &v, cr, false),
-                &Controller::members_of(&v, &all),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_unsupported() => {}
-            Err(e) => c.event(
-                &cl.name,
-                Some(&v.name),
-                "warning",
-                format!("pre-terminate: {e}"),
-            ),
-        }
-    }
+    pre_terminate(c, cl, &v, &all, cr).await;
     c.stop_process(cl, &mut v, cr).await?;
     if let Some(primary) = all.iter().find(|i| i.role == "primary" && i.name != v.name) {
         let ctx = c.call_ctx(primary, &all, false);
@@ -288,6 +269,38 @@ async fn remove_instance(
     }
     c.event(&cl.name, Some(&v.name), "info", "removed");
     Ok(())
+}
+
+/// The addon's pre-terminate for a running instance; best effort (a failure is an event).
+async fn pre_terminate(
+    c: &Controller,
+    cl: &ClusterRow,
+    i: &InstanceRow,
+    all: &[InstanceRow],
+    cr: &Credentials,
+) {
+    if !i.process.is_some_and(|p| p.is_running()) {
+        return;
+    }
+    let Ok(addon) = c.addon(&cl.engine) else {
+        return;
+    };
+    let ctx = c.call_ctx(i, all, false);
+    let inst = c.wit_instance(cl, i, cr, false);
+    match addon
+        .call(&ctx)
+        .pre_terminate(&inst, &Controller::members_of(i, all))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_unsupported() => {}
+        Err(e) => c.event(
+            &cl.name,
+            Some(&i.name),
+            "warning",
+            format!("pre-terminate: {e}"),
+        ),
+    }
 }
 
 /// Stop every instance: replicas first, the primary last.
@@ -365,33 +378,13 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
     c.db(|s| s.set_cluster_state(name, "deleting"))
         .map_err(|e| e.message)?;
     let cr = creds(c, name).ok();
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let mut all = instances(c, name)?;
     all.sort_by_key(|i| (i.role == "primary", std::cmp::Reverse(i.ordinal)));
     for mut i in all.clone() {
         i.desired = Desired::Stopped;
         c.save(&i);
         if let Some(cr) = &cr {
-            if i.process.is_some_and(|p| p.is_running()) {
-                let ctx = c.call_ctx(&i, &all, false);
-                if let Err(e) = addon
-                    .call(&ctx)
-                    .pre_terminate(
-                        &c.wit_instance(&cl, &i, cr, false),
-                        &Controller::members_of(&i, &all),
-                    )
-                    .await
-                {
-                    if !e.is_unsupported() {
-                        c.event(
-                            name,
-                            Some(&i.name),
-                            "warning",
-                            format!("pre-terminate: {e}"),
-                        );
-                    }
-                }
-            }
+            pre_terminate(c, &cl, &i, &all, cr).await;
             c.stop_process(&cl, &mut i, cr).await?;
         } else if let Some(p) = i.process {
             p.stop(libc::SIGTERM, std::time::Duration::from_secs(30))

@@ -572,24 +572,26 @@ impl Store {
         ))
     }
 
+    fn event_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, EventView)> {
+        Ok((
+            r.get(0)?,
+            EventView {
+                cluster: r.get(1)?,
+                instance: r.get(2)?,
+                unix_ms: r.get(3)?,
+                level: r.get(4)?,
+                message: r.get(5)?,
+            },
+        ))
+    }
+
     /// The last `limit` events of `cluster`, oldest first, with their ids.
     pub fn events(&self, cluster: &str, limit: u32) -> Result<Vec<(i64, EventView)>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1
              ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![cluster, limit], |r| {
-            Ok((
-                r.get(0)?,
-                EventView {
-                    cluster: r.get(1)?,
-                    instance: r.get(2)?,
-                    unix_ms: r.get(3)?,
-                    level: r.get(4)?,
-                    message: r.get(5)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map(params![cluster, limit], Self::event_from)?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         out.reverse();
         Ok(out)
@@ -601,18 +603,7 @@ impl Store {
             "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1 AND id > ?2
              ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![cluster, after], |r| {
-            Ok((
-                r.get(0)?,
-                EventView {
-                    cluster: r.get(1)?,
-                    instance: r.get(2)?,
-                    unix_ms: r.get(3)?,
-                    level: r.get(4)?,
-                    message: r.get(5)?,
-                },
-            ))
-        })?;
+        let rows = stmt.query_map(params![cluster, after], Self::event_from)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
