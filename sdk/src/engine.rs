@@ -5,7 +5,7 @@ use crate::backup::{ArchiveUnit, BackupInfo, RecoveryTarget};
 use crate::config::{ClassifiedChange, ParamChange, ParamError};
 use crate::ha::RoleReport;
 use crate::host::{SinkWriter, SourceReader};
-use crate::lifecycle::{Account, RunPlan};
+use crate::lifecycle::{Account, Command, RunPlan};
 use crate::manifest::AddonManifest;
 use crate::telemetry::Sample;
 use crate::{Endpoint, File, HookError, Instance, Member, Param, Value};
@@ -117,12 +117,25 @@ pub trait Engine: 'static {
         Err(HookError::Unsupported)
     }
 
-    /// Re-seed the stopped `instance` from `source`. Idempotent.
+    /// The commands that re-seed the stopped `instance` from `source` in place (a rewind).
+    /// The host runs them; if one fails (or this is unsupported) it seeds a fresh copy with
+    /// the run-spec's `init` commands instead.
     fn rebuild(
         &mut self,
         instance: &Instance,
         source: &Member,
         members: &[Member],
+    ) -> HookResult<Vec<Command>> {
+        Err(HookError::Unsupported)
+    }
+
+    /// Configure synchronous replication on the primary `instance`: commits wait for
+    /// `quorum` of `standbys`; an empty list means asynchronous. Idempotent.
+    fn set_sync(
+        &mut self,
+        instance: &Instance,
+        standbys: &[Member],
+        quorum: u32,
     ) -> HookResult<()> {
         Err(HookError::Unsupported)
     }

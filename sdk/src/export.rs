@@ -5,6 +5,7 @@
 use crate::bindings::exports::shoal::addon::{backup, config, ha, lifecycle, metadata, telemetry};
 use crate::bindings::shoal::addon::host::{Sink, Source};
 use crate::host::{SinkWriter, SourceReader};
+use crate::lifecycle::Command;
 use crate::{Engine, HookError, Instance, Member, Param};
 
 /// Implemented by the type [`export_engine!`] defines; not for direct use.
@@ -119,8 +120,16 @@ impl<P: Provider> ha::Guest for P {
         P::with(|e| e.switchover(&instance, &candidate, &members))
     }
 
-    fn rebuild(instance: Instance, source: Member, members: Vec<Member>) -> Result<(), HookError> {
+    fn rebuild(
+        instance: Instance,
+        source: Member,
+        members: Vec<Member>,
+    ) -> Result<Vec<Command>, HookError> {
         P::with(|e| e.rebuild(&instance, &source, &members))
+    }
+
+    fn set_sync(instance: Instance, standbys: Vec<Member>, quorum: u32) -> Result<(), HookError> {
+        P::with(|e| e.set_sync(&instance, &standbys, quorum))
     }
 }
 

@@ -277,7 +277,11 @@ impl Engine for Postgres {
             server: Command {
                 program: "postgres".into(),
                 args,
-                env: vec![],
+                // The WAL receiver authenticates to whichever primary it follows with this.
+                env: vec![EnvVar {
+                    name: "PGPASSFILE".into(),
+                    value: format!("{conf}/pgpass"),
+                }],
             },
             init,
             readiness: Readiness::Probe,
@@ -428,8 +432,9 @@ impl Engine for Postgres {
             instance,
             "SELECT pg_is_in_recovery(), \
              (SELECT timeline_id FROM pg_control_checkpoint()), \
-             pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-                              ELSE pg_current_wal_lsn() END, '0/0')::bigint, \
+             pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
+                                  THEN GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                                  ELSE pg_current_wal_lsn() END, '0/0')::bigint, \
              pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, \
              (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
              (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1), \
@@ -523,12 +528,10 @@ impl Engine for Postgres {
         self.exec(instance, "SELECT pg_reload_conf()")?;
         if let Some(p) = new_primary {
             // Prepare to follow `p` on the next start (the host restarts the node).
+            // The password comes from PGPASSFILE in the server's environment (see run-spec).
             let conninfo = format!(
-                "host={} port={} user={SUPERUSER} passfile={}/pgpass application_name={}",
-                p.endpoint.host,
-                p.endpoint.port,
-                instance.config_dir.as_deref().unwrap_or("/config"),
-                instance.name
+                "host={} port={} user={SUPERUSER} application_name={}",
+                p.endpoint.host, p.endpoint.port, instance.name
             );
             self.exec(
                 instance,
@@ -542,6 +545,115 @@ impl Engine for Postgres {
             std::fs::write(format!("{data}/standby.signal"), b"")
                 .map_err(|e| HookError::failed(format!("writing standby.signal: {e}")))?;
         }
+        Ok(())
+    }
+
+    fn switchover(
+        &mut self,
+        instance: &Instance,
+        candidate: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // The host has already demoted this primary (read-only for new transactions). End
+        // the sessions still writing, then wait for the candidate to replay everything.
+        self.exec(
+            instance,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )?;
+        let rows = self.exec(instance, "SELECT pg_current_wal_lsn()")?;
+        let target = rows
+            .first()
+            .and_then(|r| r.get(0))
+            .ok_or_else(|| HookError::failed("pg_current_wal_lsn returned nothing"))?
+            .to_string();
+        let mut cand = PgConn::connect(
+            &candidate.endpoint,
+            SUPERUSER,
+            Some(password(instance)?),
+            "postgres",
+            IO_TIMEOUT,
+        )
+        .map_err(|e| HookError::from(e).context(format!("connect candidate {}", candidate.name)))?;
+        let check = format!(
+            "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), {})::bigint",
+            quote_literal(&target)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind = cand
+                .query(&check)
+                .map_err(|e| HookError::from(e).context(&candidate.name))?
+                .first()
+                .and_then(|r| r.get(0))
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1);
+            if behind >= 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(HookError::retryable(format!(
+                    "{} is still {} bytes behind {} after 30 s",
+                    candidate.name, -behind, instance.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn rebuild(
+        &mut self,
+        instance: &Instance,
+        source: &Member,
+        _members: &[Member],
+    ) -> HookResult<Vec<Command>> {
+        let data = dir(&instance.data_dir, "data")?;
+        let conf = dir(&instance.config_dir, "config")?;
+        // pg_rewind recovers an uncleanly stopped target in single-user mode first, rewinds
+        // it onto the source's timeline and (-R) makes it a standby of the source. Data
+        // checksums (initdb --data-checksums) make any target rewindable.
+        Ok(vec![Command {
+            program: "pg_rewind".into(),
+            args: vec![
+                format!("--target-pgdata={data}"),
+                format!(
+                    "--source-server=host={} port={} user={SUPERUSER} dbname=postgres \
+                     passfile={conf}/pgpass application_name={}",
+                    source.endpoint.host, source.endpoint.port, instance.name
+                ),
+                "--write-recovery-conf".into(),
+            ],
+            env: vec![EnvVar {
+                name: "PGPASSFILE".into(),
+                value: format!("{conf}/pgpass"),
+            }],
+        }])
+    }
+
+    fn set_sync(
+        &mut self,
+        instance: &Instance,
+        standbys: &[Member],
+        quorum: u32,
+    ) -> HookResult<()> {
+        let value = if standbys.is_empty() || quorum == 0 {
+            String::new()
+        } else {
+            let names: Vec<String> = standbys.iter().map(|m| quote_ident(&m.name)).collect();
+            format!(
+                "ANY {} ({})",
+                quorum.min(standbys.len() as u32),
+                names.join(", ")
+            )
+        };
+        self.exec(
+            instance,
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
+                quote_literal(&value)
+            ),
+        )?;
+        self.exec(instance, "SELECT pg_reload_conf()")?;
         Ok(())
     }
 

@@ -51,6 +51,9 @@ pub struct CallArgs {
     /// Term (fencing token) of the instance, and the term `promote` promotes to.
     #[arg(long, default_value_t = 1)]
     pub term: u64,
+    /// set-sync: how many of the standbys (the --member list) must hold a commit.
+    #[arg(long, default_value_t = 1)]
+    pub quorum: u32,
     /// Admin credentials of the instance (USER:PASSWORD).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub credentials: Option<String>,
@@ -291,6 +294,7 @@ async fn dispatch(
         }
         Hook::Switchover => json(&c.switchover(instance, target()?, members).await?),
         Hook::Rebuild => json(&c.rebuild(instance, target()?, members).await?),
+        Hook::SetSync => json(&c.set_sync(instance, members, args.quorum).await?),
         Hook::Backup => {
             let method = args
                 .method

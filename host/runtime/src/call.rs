@@ -18,8 +18,9 @@ use crate::sandbox::{CallContext, Denials};
 use crate::state::{HostState, MemoryLimiter};
 use crate::streams::{HostSink, HostSource};
 use crate::wit::{
-    Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, File, Hook, HookError,
-    Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport, RunPlan, Sample,
+    Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, Command, File, Hook,
+    HookError, Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport,
+    RunPlan, Sample,
 };
 
 /// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
@@ -270,9 +271,22 @@ impl<'a> Caller<'a> {
         instance: &Instance,
         source: &Member,
         members: &[Member],
-    ) -> Result<(), CallError> {
+    ) -> Result<Vec<Command>, CallError> {
         self.invoke(Hook::Rebuild, async |a, s| {
             a.ha(s)?.call_rebuild(s, instance, source, members).await
+        })
+        .await
+    }
+
+    /// `ha.set-sync`.
+    pub async fn set_sync(
+        &self,
+        instance: &Instance,
+        standbys: &[Member],
+        quorum: u32,
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::SetSync, async |a, s| {
+            a.ha(s)?.call_set_sync(s, instance, standbys, quorum).await
         })
         .await
     }

@@ -192,7 +192,8 @@ pub fn default_timeout(hook: Hook) -> Duration {
         | Hook::AccountProvision
         | Hook::ApplyDynamic
         | Hook::Promote
-        | Hook::Demote => 60,
+        | Hook::Demote
+        | Hook::SetSync => 60,
         Hook::Switchover => 300,
         Hook::Rebuild
         | Hook::Backup

@@ -49,7 +49,7 @@ pub use shoal::addon::types::{
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 21] = [
+    pub const ALL: [Hook; 22] = [
         Hook::Manifest,
         Hook::RunSpec,
         Hook::RenderConfig,
@@ -63,6 +63,7 @@ impl Hook {
         Hook::Demote,
         Hook::Switchover,
         Hook::Rebuild,
+        Hook::SetSync,
         Hook::Backup,
         Hook::Restore,
         Hook::ArchiveContinuous,
@@ -89,6 +90,7 @@ impl Hook {
             Hook::Demote => "demote",
             Hook::Switchover => "switchover",
             Hook::Rebuild => "rebuild",
+            Hook::SetSync => "set-sync",
             Hook::Backup => "backup",
             Hook::Restore => "restore",
             Hook::ArchiveContinuous => "archive-continuous",
@@ -116,7 +118,12 @@ impl Hook {
             | Hook::MemberJoin
             | Hook::MemberLeave
             | Hook::AccountProvision => "lifecycle",
-            Hook::Probe | Hook::Promote | Hook::Demote | Hook::Switchover | Hook::Rebuild => "ha",
+            Hook::Probe
+            | Hook::Promote
+            | Hook::Demote
+            | Hook::Switchover
+            | Hook::Rebuild
+            | Hook::SetSync => "ha",
             Hook::Backup | Hook::Restore | Hook::ArchiveContinuous | Hook::RestoreToTime => {
                 "backup"
             }
