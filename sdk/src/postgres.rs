@@ -146,6 +146,13 @@ impl PgConn {
         }
     }
 
+    /// Bound every later read and write by `timeout` (a long statement needs a longer one).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), PgError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// The `host:port` this connection goes to.
     pub fn peer(&self) -> &str {
         &self.peer

@@ -168,6 +168,8 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
          hot_standby = on\n\
          hot_standby_feedback = on\n\
          wal_log_hints = on\n\
+         # Reconnect quickly to a new primary after a failover or switchover.\n\
+         wal_retrieve_retry_interval = 1s\n\
          synchronous_commit = {synchronous_commit}\n\
          statement_timeout = {st}\n\
          log_min_duration_statement = {lmds}\n\

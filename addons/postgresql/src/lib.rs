@@ -15,8 +15,12 @@ use shoal_sdk::prelude::*;
 
 mod config;
 
-/// Connect, read and write timeout; below the probe's 2 s deadline.
-const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Connect, read and write timeout of every statement but the long ones below. A healthy
+/// server answers the probe in milliseconds; a frozen one must be noticed fast (the host
+/// fails over after a few consecutive misses).
+const IO_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Timeout of statements that wait for the server (promotion, checkpoints).
+const LONG_TIMEOUT: Duration = Duration::from_secs(120);
 /// The superuser the addon manages.
 const SUPERUSER: &str = "postgres";
 
@@ -499,7 +503,14 @@ impl Engine for Postgres {
     fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {
         let in_recovery = self.exec(instance, "SELECT pg_is_in_recovery()")?;
         if in_recovery.first().and_then(|r| r.get(0)) == Some("t") {
-            let done = self.exec(instance, "SELECT pg_promote(true, 60)")?;
+            self.conn(instance)?
+                .set_timeout(LONG_TIMEOUT)
+                .map_err(HookError::from)?;
+            let done = self.exec(instance, "SELECT pg_promote(true, 60)");
+            if let Some(c) = self.conn.as_mut() {
+                let _ = c.set_timeout(IO_TIMEOUT);
+            }
+            let done = done?;
             if done.first().and_then(|r| r.get(0)) != Some("t") {
                 return Err(HookError::retryable(
                     "pg_promote did not finish within 60 s",
@@ -541,9 +552,8 @@ impl Engine for Postgres {
                 ),
             )?;
             self.exec(instance, "SELECT pg_reload_conf()")?;
-            let data = dir(&instance.data_dir, "data")?;
-            std::fs::write(format!("{data}/standby.signal"), b"")
-                .map_err(|e| HookError::failed(format!("writing standby.signal: {e}")))?;
+            // A running standby follows the new primary now. A demoted primary gets no
+            // standby.signal here: the host stops and rebuilds it (pg_rewind -R writes it).
         }
         Ok(())
     }
@@ -609,6 +619,20 @@ impl Engine for Postgres {
     ) -> HookResult<Vec<Command>> {
         let data = dir(&instance.data_dir, "data")?;
         let conf = dir(&instance.config_dir, "config")?;
+        // A just-promoted source has not yet written its new timeline to its control file
+        // (the end-of-recovery checkpoint runs in the background); pg_rewind reads it there
+        // and would wrongly find "no rewind required". A checkpoint settles it.
+        let mut src = PgConn::connect(
+            &source.endpoint,
+            SUPERUSER,
+            Some(password(instance)?),
+            "postgres",
+            // A checkpoint may take a while on a busy primary.
+            LONG_TIMEOUT,
+        )
+        .map_err(|e| HookError::from(e).context(format!("connect source {}", source.name)))?;
+        src.query("CHECKPOINT")
+            .map_err(|e| HookError::from(e).context(&source.name))?;
         // pg_rewind recovers an uncleanly stopped target in single-user mode first, rewinds
         // it onto the source's timeline and (-R) makes it a standby of the source. Data
         // checksums (initdb --data-checksums) make any target rewindable.

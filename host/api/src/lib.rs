@@ -33,10 +33,64 @@ pub struct ClusterSpec {
     /// Engine parameters by name, as text ("shared_buffers: 256MB").
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// High availability: replication mode and failover limits.
+    #[serde(default)]
+    pub ha: HaSpec,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// How a cluster with replicas is kept available.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HaSpec {
+    /// `async` (default): commits return before replicas have them; a failover may lose at
+    /// most `max-lag-on-failover` bytes. `sync`: a commit returns only once `sync-quorum`
+    /// replicas hold it durably, and only such a replica is promoted: no acknowledged commit
+    /// is lost. Writes wait while fewer than `sync-quorum` replicas are connected.
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// How many replicas must confirm a commit in `sync` mode. Default 1.
+    #[serde(default = "one")]
+    pub sync_quorum: u32,
+    /// In `async` mode, the most a failover candidate may be behind the old primary's last
+    /// known position ("16Mi", "1G", bytes). A failover with no candidate that close does
+    /// not happen (the cluster stays degraded and says why). Default 16Mi.
+    #[serde(default = "default_max_lag")]
+    pub max_lag_on_failover: String,
+    /// Whether Shoal fails over at all. Default true.
+    #[serde(default = "yes")]
+    pub auto_failover: bool,
+}
+
+fn default_max_lag() -> String {
+    "16Mi".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for HaSpec {
+    fn default() -> Self {
+        HaSpec {
+            mode: ReplicationMode::Async,
+            sync_quorum: 1,
+            max_lag_on_failover: default_max_lag(),
+            auto_failover: true,
+        }
+    }
+}
+
+/// Replication mode of a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    #[default]
+    Async,
+    Sync,
 }
 
 /// Resources per instance, as users write them: CPU "500m" or "2", memory and storage
@@ -108,6 +162,16 @@ pub enum Request {
     /// final [`OpView`].
     Wait {
         op: i64,
+    },
+    /// Planned change of primary, to `to` or the best replica.
+    Switchover {
+        name: String,
+        to: Option<String>,
+    },
+    /// Re-seed a replica from the primary (rewind, else a fresh copy).
+    Rebuild {
+        name: String,
+        instance: String,
     },
 }
 
@@ -266,6 +330,10 @@ pub struct InstanceView {
     pub data_dir: String,
     pub log_file: String,
     pub probed_unix_ms: Option<i64>,
+    /// Engine term/timeline the last probe reported.
+    pub term: Option<u64>,
+    /// Change-log position the last probe reported.
+    pub position: Option<u64>,
 }
 
 /// A cluster, as `describe` shows it.
@@ -286,6 +354,13 @@ pub struct ClusterView {
     pub created_unix_ms: i64,
     /// The last operation.
     pub last_op: Option<OpView>,
+    pub ha: HaSpec,
+    /// The elected leader and its term (the fencing token), from the coordination store.
+    pub leader: Option<String>,
+    pub term: Option<u64>,
+    /// Stable endpoints: read-write (always the primary) and read-only (the replicas).
+    pub read_write: Option<String>,
+    pub read_only: Option<String>,
 }
 
 /// Something that happened.
@@ -319,6 +394,13 @@ pub struct ConnectInfo {
     pub uri: Option<String>,
     /// A command that opens an interactive client, when the engine has one.
     pub shell: Vec<String>,
+    /// The stable read-write endpoint (HOST:PORT), which follows the primary across
+    /// failovers; `host`/`port` above are this endpoint when it exists.
+    pub read_write: Option<String>,
+    /// The stable read-only endpoint, spread over healthy replicas.
+    pub read_only: Option<String>,
+    /// The read-only endpoint's connection URI.
+    pub read_only_uri: Option<String>,
 }
 
 /// Why talking to the daemon failed.

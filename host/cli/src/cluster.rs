@@ -91,6 +91,23 @@ pub enum ClusterCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Planned change of primary: to --to, or the most caught-up healthy replica. Refused
+    /// when the candidate is unhealthy or lagging.
+    Switchover {
+        name: String,
+        /// The replica to promote.
+        #[arg(long, value_name = "INSTANCE")]
+        to: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Re-seed a replica from the primary: rewind it, or copy it afresh if that fails.
+    Rebuild {
+        name: String,
+        instance: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Recent events of a cluster.
     Events {
         name: String,
@@ -251,6 +268,14 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             purge,
             no_wait,
         } => simple_op(&mut c, Request::Delete { name, purge }, no_wait).await,
+        ClusterCommand::Switchover { name, to, no_wait } => {
+            simple_op(&mut c, Request::Switchover { name, to }, no_wait).await
+        }
+        ClusterCommand::Rebuild {
+            name,
+            instance,
+            no_wait,
+        } => simple_op(&mut c, Request::Rebuild { name, instance }, no_wait).await,
         ClusterCommand::Events {
             name,
             limit,
@@ -474,6 +499,30 @@ fn describe_text(c: &ClusterView) -> String {
     s.push_str(&format!("State:       {}\n", c.state));
     s.push_str(&format!("Replicas:    {}\n", c.replicas));
     s.push_str(&format!(
+        "HA:          {} replication{}, max-lag-on-failover {}, auto-failover {}\n",
+        match c.ha.mode {
+            shoal_api::ReplicationMode::Async => "async",
+            shoal_api::ReplicationMode::Sync => "sync",
+        },
+        if c.ha.mode == shoal_api::ReplicationMode::Sync {
+            format!(" (quorum {})", c.ha.sync_quorum)
+        } else {
+            String::new()
+        },
+        c.ha.max_lag_on_failover,
+        if c.ha.auto_failover { "on" } else { "off" }
+    ));
+    s.push_str(&format!(
+        "Leader:      {}\n",
+        match (&c.leader, c.term) {
+            (Some(l), Some(t)) => format!("{l} (term {t})"),
+            _ => "-".into(),
+        }
+    ));
+    if let (Some(rw), Some(ro)) = (&c.read_write, &c.read_only) {
+        s.push_str(&format!("Endpoints:   read-write {rw}, read-only {ro}\n"));
+    }
+    s.push_str(&format!(
         "Resources:   cpu {}, memory {}, storage {} ({})\n",
         r.cpu.as_deref().unwrap_or("-"),
         r.memory.as_deref().unwrap_or("-"),
@@ -510,7 +559,10 @@ fn describe_text(c: &ClusterView) -> String {
         s.push_str(&format!(
             "{:<14} {:<8} {:<9} {:<9} {:<8} {:<17} {:<10} {:<9} {}\n",
             i.name,
-            i.observed_role.as_deref().unwrap_or(&i.role),
+            match i.observed_role.as_deref() {
+                Some(o) if o != i.role => format!("{}({o}?)", i.role),
+                _ => i.role.clone(),
+            },
             i.state,
             i.health,
             i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -537,10 +589,22 @@ fn connect_text(v: &ConnectInfo) -> String {
     if let Some(uri) = &v.uri {
         s.push_str(&format!("{uri}\n"));
     }
-    s.push_str(&format!(
-        "# {} primary {} at {}:{}, user {}\n",
-        v.cluster, v.instance, v.host, v.port, v.user
-    ));
+    match (&v.read_write, &v.read_only) {
+        (Some(rw), Some(ro)) => {
+            s.push_str(&format!(
+                "# {} read-write endpoint {rw} (follows the primary, now {}), user {}\n",
+                v.cluster, v.instance, v.user
+            ));
+            s.push_str(&format!("# read-only endpoint {ro} (replicas)\n"));
+            if let Some(u) = &v.read_only_uri {
+                s.push_str(&format!("# {u}\n"));
+            }
+        }
+        _ => s.push_str(&format!(
+            "# {} primary {} at {}:{}, user {}\n",
+            v.cluster, v.instance, v.host, v.port, v.user
+        )),
+    }
     if !v.shell.is_empty() {
         s.push_str(&format!(
             "# shell: shoal cluster connect {} --shell\n",

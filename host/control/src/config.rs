@@ -39,6 +39,38 @@ pub struct HostConfig {
     pub init_timeout_ms: u64,
     /// The addon runtime (sandbox caps, grants, compiled-code cache).
     pub runtime: RuntimeConfig,
+    /// High availability: failover triggers and the coordination store.
+    pub ha: HaConfig,
+}
+
+/// How this host decides failovers and where it coordinates with other hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// Consecutive failed probes of a primary whose process is still alive (hung,
+    /// unreachable) before it is fenced and failed over. A primary whose process exits is
+    /// failed over at once. Default 2.
+    pub failover_after_probes: u32,
+    /// Leader and manager lease time to live, in ms. Default 5000 (etcd rounds below 2 s up).
+    pub lease_ttl_ms: u64,
+    /// Coordination store: "embedded" (SQLite in the home; one host) or "etcd".
+    pub dcs: String,
+    /// etcd client URLs (http://HOST:PORT) when `dcs = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// This host's name in manager leases. Default: the machine's hostname and the home.
+    pub host_id: Option<String>,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            failover_after_probes: 2,
+            lease_ttl_ms: 5000,
+            dcs: "embedded".into(),
+            etcd_endpoints: Vec::new(),
+            host_id: None,
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -52,6 +84,7 @@ impl Default for HostConfig {
             ready_timeout_ms: 120_000,
             init_timeout_ms: 3_600_000,
             runtime: RuntimeConfig::default(),
+            ha: HaConfig::default(),
         }
     }
 }
@@ -93,6 +126,24 @@ impl HostConfig {
         }
         if self.probe_interval_ms < 100 {
             return Err("probe_interval_ms must be at least 100".into());
+        }
+        if self.ha.failover_after_probes == 0 {
+            return Err("ha.failover_after_probes must be at least 1".into());
+        }
+        if self.ha.lease_ttl_ms < 1000 {
+            return Err("ha.lease_ttl_ms must be at least 1000".into());
+        }
+        match self.ha.dcs.as_str() {
+            "embedded" => {}
+            "etcd" if self.ha.etcd_endpoints.is_empty() => {
+                return Err("ha.dcs = \"etcd\" needs ha.etcd_endpoints".into())
+            }
+            "etcd" => {}
+            other => {
+                return Err(format!(
+                    "ha.dcs must be \"embedded\" or \"etcd\", not {other:?}"
+                ))
+            }
         }
         self.runtime.validate()
     }

@@ -16,8 +16,11 @@ use shoal_local::RunAs;
 use shoal_runtime::wit::{self, Param};
 use shoal_runtime::{AddonRuntime, CallContext, LiveInstance, LoadedAddon};
 
+use shoal_dcs::{Coordinator, Dcs};
+
 use crate::config::HostConfig;
 use crate::engines::{self, Engines};
+use crate::proxy::{Proxy, Routes};
 use crate::quantity;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, InstanceRow, Store};
@@ -35,6 +38,16 @@ pub struct Controller {
     pub limits: Enforcement,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) live: Mutex<HashMap<(String, String), Arc<LiveInstance>>>,
+    /// Coordination store: leader leases, terms, manager leases.
+    pub dcs: Dcs,
+    /// This host's name in manager leases.
+    pub host_id: String,
+    /// Stable read-write / read-only endpoints.
+    pub proxy: Proxy,
+    /// Wakes the supervisor at once (an engine process exited).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Processes with an exit watcher.
+    watched: Mutex<std::collections::HashSet<shoal_local::ProcessId>>,
 }
 
 /// Resources of a cluster, parsed.
@@ -77,7 +90,28 @@ impl Controller {
         let engine_user =
             shoal_local::users::engine_user(&cfg.engine_user).map_err(|e| e.to_string())?;
         let limits = shoal_local::cgroups::detect();
+        let dcs = match cfg.ha.dcs.as_str() {
+            "etcd" => Dcs::Etcd(
+                shoal_dcs::etcd::Etcd::new(cfg.ha.etcd_endpoints.clone())
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => Dcs::Embedded(
+                shoal_dcs::embedded::Embedded::open(&home.join("coordination.db"))
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let host_id = cfg.ha.host_id.clone().unwrap_or_else(|| {
+            let name = std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{name}:{}", home.display())
+        });
         Ok(Arc::new(Controller {
+            dcs,
+            host_id,
+            proxy: Proxy::default(),
+            wake: tokio::sync::Notify::new(),
+            watched: Mutex::new(Default::default()),
             home,
             engine_user_name: if engine_user.is_some() {
                 cfg.engine_user.clone()
@@ -121,6 +155,27 @@ impl Controller {
         if let Err(e) = self.db(|s| s.add_event(cluster, instance, level, message)) {
             tracing::error!("cannot record event: {e}");
         }
+    }
+
+    /// Wake the supervisor the moment `pid` exits (once per process).
+    pub(crate) fn watch_exit(self: &Arc<Self>, pid: shoal_local::ProcessId) {
+        if !self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid)
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            pid.exited().await;
+            me.watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            me.wake.notify_one();
+        });
     }
 
     /// The per-cluster operation lock.
@@ -179,6 +234,24 @@ impl Controller {
     ) -> Result<(String, Resources, Vec<Param>), ApiError> {
         quantity::check_name(&spec.name).map_err(ApiError::invalid)?;
         let addon = self.addon(&spec.engine)?;
+        quantity::parse_bytes("ha.max-lag-on-failover", &spec.ha.max_lag_on_failover)
+            .map_err(ApiError::invalid)?;
+        if spec.ha.mode == shoal_api::ReplicationMode::Sync {
+            if spec.replicas < 2 {
+                return Err(ApiError::invalid(
+                    "ha.mode sync needs at least 2 instances (replicas >= 2)",
+                ));
+            }
+            if spec.ha.sync_quorum == 0 || spec.ha.sync_quorum >= spec.replicas {
+                return Err(ApiError::invalid(format!(
+                    "ha.sync-quorum must be between 1 and {} (the number of replicas) for {} \
+                     instances (got {})",
+                    spec.replicas - 1,
+                    spec.replicas,
+                    spec.ha.sync_quorum
+                )));
+            }
+        }
         let m = addon.manifest();
         let version = match &spec.version {
             Some(v) => {
@@ -384,8 +457,17 @@ impl Controller {
         let per_instance = addon.manifest().ports.len().max(1);
         let reserved = self.db(|s| s.reserved_ports())?;
         let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
-        shoal_local::ports::allocate(&range, &reserved, per_instance * spec.replicas as usize)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        // The instances' ports and the two stable endpoints.
+        let all_ports = shoal_local::ports::allocate(
+            &range,
+            &reserved,
+            per_instance * spec.replicas as usize + 2,
+        )
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+        let (rw, ro) = (
+            all_ports[all_ports.len() - 2],
+            all_ports[all_ports.len() - 1],
+        );
         let row = ClusterRow {
             name: spec.name.clone(),
             engine: spec.engine.clone(),
@@ -396,6 +478,7 @@ impl Controller {
             created_ms: now_ms(),
         };
         let id = self.db(|s| s.insert_cluster(&row, &serde_json::json!({})))?;
+        self.db(|s| s.reserve_endpoints(&spec.name, rw, ro))?;
         self.event(
             &spec.name,
             None,
@@ -480,21 +563,28 @@ impl Controller {
 
     // ----- views -----
 
-    pub fn list(&self) -> Result<Vec<ClusterView>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<ClusterView>, ApiError> {
         let clusters = self.db(|s| s.clusters())?;
-        clusters.iter().map(|c| self.view(c)).collect()
+        let mut out = Vec::new();
+        for c in &clusters {
+            out.push(self.view(c).await?);
+        }
+        Ok(out)
     }
 
-    pub fn describe(&self, name: &str) -> Result<ClusterView, ApiError> {
+    pub async fn describe(&self, name: &str) -> Result<ClusterView, ApiError> {
         let c = self
             .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
-        self.view(&c)
+        self.view(&c).await
     }
 
-    fn view(&self, c: &ClusterRow) -> Result<ClusterView, ApiError> {
+    async fn view(&self, c: &ClusterRow) -> Result<ClusterView, ApiError> {
         let instances = self.db(|s| s.instances(&c.name))?;
         let last_op = self.db(|s| s.last_op(&c.name))?;
+        let (rw, ro) = self.db(|s| s.endpoints(&c.name))?;
+        // The coordination store may be unreachable (etcd down): describe still answers.
+        let leader = self.dcs.leader(&c.name).await.ok().flatten();
         Ok(ClusterView {
             name: c.name.clone(),
             engine: c.engine.clone(),
@@ -508,7 +598,51 @@ impl Controller {
             addon_digest: format!("sha256:{}", c.addon_digest),
             created_unix_ms: c.created_ms,
             last_op,
+            ha: c.spec.ha.clone(),
+            leader: leader.as_ref().map(|(l, _)| l.holder.clone()),
+            term: leader.as_ref().map(|(l, _)| l.term),
+            read_write: rw.map(|p| format!("127.0.0.1:{p}")),
+            read_only: ro.map(|p| format!("127.0.0.1:{p}")),
         })
+    }
+
+    /// Open (if needed) and re-point the stable endpoints of `cluster` from its rows: the
+    /// read-write port to the running instance the host holds as primary, the read-only port
+    /// to healthy running replicas.
+    pub(crate) async fn refresh_routes(&self, cluster: &str) {
+        let Ok((Some(rw), Some(ro))) = self.db(|s| s.endpoints(cluster)) else {
+            return;
+        };
+        if let Err(e) = self.proxy.ensure(cluster, "127.0.0.1", rw, ro).await {
+            self.event(
+                cluster,
+                None,
+                "warning",
+                format!("stable endpoints unavailable: {e}"),
+            );
+            return;
+        }
+        let all = self.db(|s| s.instances(cluster)).unwrap_or_default();
+        let addr = |i: &InstanceRow| -> Option<std::net::SocketAddr> {
+            let ip = i.host.parse::<std::net::IpAddr>().ok()?;
+            Some(std::net::SocketAddr::new(ip, i.client_port()?))
+        };
+        let serving =
+            |i: &&InstanceRow| i.state == "running" && i.process.is_some_and(|p| p.is_running());
+        let routes = Routes {
+            rw: all
+                .iter()
+                .filter(serving)
+                .find(|i| i.role == "primary")
+                .and_then(addr),
+            ro: all
+                .iter()
+                .filter(serving)
+                .filter(|i| i.role != "primary" && i.health == "healthy")
+                .filter_map(addr)
+                .collect(),
+        };
+        self.proxy.set_routes(cluster, routes);
     }
 
     pub fn events(&self, name: &str, limit: u32) -> Result<Vec<EventView>, ApiError> {
@@ -535,15 +669,25 @@ impl Controller {
         let creds = secrets::load(&self.home, name).map_err(|e| {
             ApiError::internal(format!("cannot read the credentials of {name}: {e}"))
         })?;
-        let port = primary.client_port().unwrap_or(0);
+        let (rw, ro) = self.db(|s| s.endpoints(name))?;
+        // Clients go through the stable read-write endpoint when the cluster has one.
+        let (host, port) = match rw {
+            Some(p) => ("127.0.0.1".to_string(), p),
+            None => (primary.host.clone(), primary.client_port().unwrap_or(0)),
+        };
         let client = self.addon(&c.engine)?.manifest().client.clone();
-        let fill = |t: &str| {
+        let fill_at = |t: &str, port: u16| {
             t.replace("{user}", &creds.user)
                 .replace("{password}", &creds.password)
-                .replace("{host}", &primary.host)
+                .replace("{host}", &host)
                 .replace("{port}", &port.to_string())
         };
+        let fill = |t: &str| fill_at(t, port);
         let uri = client.as_ref().map(|ci| fill(&ci.uri_template));
+        let read_only_uri = match (&client, ro) {
+            (Some(ci), Some(p)) => Some(fill_at(&ci.uri_template, p)),
+            _ => None,
+        };
         let shell = client
             .map(|ci| {
                 ci.shell
@@ -555,12 +699,15 @@ impl Controller {
         Ok(ConnectInfo {
             cluster: name.into(),
             instance: primary.name.clone(),
-            host: primary.host.clone(),
+            host,
             port,
             user: creds.user,
             password: creds.password,
             uri,
             shell,
+            read_write: rw.map(|p| format!("127.0.0.1:{p}")),
+            read_only: ro.map(|p| format!("127.0.0.1:{p}")),
+            read_only_uri,
         })
     }
 }
@@ -583,5 +730,7 @@ pub fn instance_view(i: &InstanceRow) -> InstanceView {
         data_dir: i.data_dir().display().to_string(),
         log_file: i.log_file().display().to_string(),
         probed_unix_ms: i.probed_ms,
+        term: i.term,
+        position: i.position,
     }
 }

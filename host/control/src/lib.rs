@@ -5,6 +5,8 @@
 //! * [`engines`]: the addons this host loaded, by engine name.
 //! * [`controller`]: validation, the per-cluster operation queue, the read views.
 //! * [`ops`]: create, scale, stop, start, restart, delete.
+//! * [`ha`]: failover, switchover, rebuild, synchronous replication; leases in `shoal-dcs`.
+//! * [`proxy`]: the stable read-write / read-only endpoints.
 //! * `node`: one instance: directories, config files, init, process, readiness.
 //! * [`supervisor`]: re-adoption at start, probes, restarts with backoff.
 //! * [`server`]: the local API over a Unix socket.
@@ -15,8 +17,10 @@
 pub mod config;
 pub mod controller;
 pub mod engines;
+pub mod ha;
 mod node;
 pub mod ops;
+pub mod proxy;
 pub mod quantity;
 pub mod secrets;
 pub mod server;

@@ -49,7 +49,29 @@ fn wit_ports(i: &InstanceRow) -> Vec<wit::NamedPort> {
 }
 
 /// Whether a directory is missing or empty.
-fn is_empty(dir: &Path) -> bool {
+/// How to run an addon's `cmd` for instance `i`: the engine's program, in the instance's
+/// directory, logging to its log, as `run_as`.
+pub(crate) fn process_spec(
+    search: &shoal_local::binaries::BinarySearch,
+    cmd: &wit::Command,
+    i: &InstanceRow,
+    run_as: Option<shoal_local::RunAs>,
+) -> Result<ProcessSpec, String> {
+    Ok(ProcessSpec {
+        program: search.find(&cmd.program).map_err(|e| e.to_string())?,
+        args: cmd.args.clone(),
+        env: cmd
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect(),
+        cwd: i.dir.clone(),
+        log: i.log_file(),
+        run_as,
+    })
+}
+
+pub(crate) fn is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
@@ -262,21 +284,8 @@ impl Controller {
         } else {
             None
         };
-        let (cwd, log) = (i.dir.clone(), i.log_file());
-        let spec_for = |cmd: &wit::Command| -> Result<ProcessSpec, String> {
-            Ok(ProcessSpec {
-                program: search.find(&cmd.program).map_err(|e| e.to_string())?,
-                args: cmd.args.clone(),
-                env: cmd
-                    .env
-                    .iter()
-                    .map(|v| (v.name.clone(), v.value.clone()))
-                    .collect(),
-                cwd: cwd.clone(),
-                log: log.clone(),
-                run_as,
-            })
-        };
+        let row = i.clone();
+        let spec_for = |cmd: &wit::Command| process_spec(&search, cmd, &row, run_as);
         if is_empty(&i.data_dir()) && !plan.init.is_empty() {
             i.state = "initializing".into();
             self.save(i);

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use shoal_api::OpState;
 
+use shoal_dcs::Coordinator;
+
 use crate::controller::Controller;
 use crate::secrets::{self, Credentials};
 use crate::store::{ClusterRow, Desired, InstanceRow};
@@ -40,8 +42,22 @@ pub async fn run(c: Arc<Controller>, id: i64) {
                 .unwrap_or(false);
             delete(&c, &op.cluster, purge).await
         }
+        "failover" | "switchover" | "rebuild" => {
+            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
+            let arg = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            match op.kind.as_str() {
+                "failover" => {
+                    crate::ha::failover(&c, &op.cluster, &arg("old"), &arg("reason")).await
+                }
+                "switchover" => {
+                    crate::ha::switchover(&c, &op.cluster, &arg("from"), &arg("to")).await
+                }
+                _ => crate::ha::rebuild(&c, &op.cluster, &arg("instance")).await,
+            }
+        }
         other => Err(format!("unknown operation {other:?}")),
     };
+    c.refresh_routes(&op.cluster).await;
     match result {
         Ok(()) => {
             let _ = c.db(|s| s.set_op(id, OpState::Succeeded, None));
@@ -49,7 +65,12 @@ pub async fn run(c: Arc<Controller>, id: i64) {
         }
         Err(reason) => {
             let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
-            if op.kind != "delete" {
+            // A failed HA operation leaves the cluster serving as well as it can; the
+            // supervisor reports it degraded or running.
+            if !matches!(
+                op.kind.as_str(),
+                "delete" | "failover" | "switchover" | "rebuild"
+            ) {
                 let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
             }
             c.event(
@@ -116,6 +137,7 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
         position: None,
         detail: String::new(),
         probed_ms: None,
+        term: None,
     };
     c.db(|s| s.insert_instance(&row)).map_err(|e| e.message)?;
     c.event(
@@ -188,6 +210,13 @@ async fn create(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     for _ in 1..cl.spec.replicas {
         add_replica(c, &cl, &cr).await?;
     }
+    // The first leader, at term 1.
+    if let Err(e) = crate::ha::keep_leader(c, name, &primary.name).await {
+        return Err(format!(
+            "cannot record the leader in the coordination store: {e}"
+        ));
+    }
+    crate::ha::apply_sync(c, &cl, &cr).await;
     c.db(|s| s.set_cluster_state(name, "running"))
         .map_err(|e| e.message)?;
     Ok(())
@@ -218,6 +247,7 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     cl.spec.replicas = replicas;
     c.db(|s| s.set_cluster_spec(name, &cl.spec))
         .map_err(|e| e.message)?;
+    crate::ha::apply_sync(c, &cl, &cr).await;
     c.db(|s| s.set_cluster_state(name, "running"))
         .map_err(|e| e.message)?;
     Ok(())
@@ -392,6 +422,10 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
         }
     }
     c.db(|s| s.delete_cluster(name)).map_err(|e| e.message)?;
+    c.proxy.remove(name);
+    if let Err(e) = c.dcs.forget(name).await {
+        c.event(name, None, "warning", format!("coordination store: {e}"));
+    }
     let dir = c.cluster_dir(name);
     if purge {
         std::fs::remove_dir_all(&dir).or_else(|e| {

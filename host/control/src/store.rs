@@ -70,7 +70,15 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
      );
      CREATE INDEX events_cluster ON events(cluster, id);",
+    // 2: the engine term each probe reports (stable endpoints reserve ports under the
+    // instance names "@rw" and "@ro").
+    "ALTER TABLE instances ADD COLUMN term INTEGER;",
 ];
+
+/// Instance name under which a cluster's read-write endpoint port is reserved.
+pub const RW_ENDPOINT: &str = "@rw";
+/// Instance name under which a cluster's read-only endpoint port is reserved.
+pub const RO_ENDPOINT: &str = "@ro";
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +158,8 @@ pub struct InstanceRow {
     pub position: Option<u64>,
     pub detail: String,
     pub probed_ms: Option<i64>,
+    /// Engine term/timeline from the last probe.
+    pub term: Option<u64>,
 }
 
 impl InstanceRow {
@@ -327,6 +337,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Reserve the stable endpoint ports of a cluster.
+    pub fn reserve_endpoints(&mut self, cluster: &str, rw: u16, ro: u16) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (port, what) in [(rw, RW_ENDPOINT), (ro, RO_ENDPOINT)] {
+            tx.execute(
+                "INSERT INTO ports (port, cluster, instance) VALUES (?1, ?2, ?3)",
+                params![port, cluster, what],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stable endpoint ports of a cluster: (read-write, read-only).
+    pub fn endpoints(&self, cluster: &str) -> Result<(Option<u16>, Option<u16>)> {
+        let get = |what: &str| -> Result<Option<u16>> {
+            Ok(self
+                .conn
+                .query_row(
+                    "SELECT port FROM ports WHERE cluster = ?1 AND instance = ?2",
+                    params![cluster, what],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .and_then(|p| u16::try_from(p).ok()))
+        };
+        Ok((get(RW_ENDPOINT)?, get(RO_ENDPOINT)?))
+    }
+
     /// Insert an instance and reserve its ports, atomically.
     pub fn insert_instance(&mut self, i: &InstanceRow) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -360,7 +399,7 @@ impl Store {
         self.conn.execute(
             "UPDATE instances SET role = ?3, desired = ?4, state = ?5, pid = ?6, start_time = ?7,
                 restarts = ?8, health = ?9, observed_role = ?10, writable = ?11, lag_bytes = ?12,
-                position = ?13, detail = ?14, probed_ms = ?15
+                position = ?13, detail = ?14, probed_ms = ?15, term = ?16
              WHERE cluster = ?1 AND name = ?2",
             params![
                 i.cluster,
@@ -378,7 +417,8 @@ impl Store {
                 i.lag_bytes.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
                 i.position.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
                 i.detail,
-                i.probed_ms
+                i.probed_ms,
+                i.term.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
             ],
         )?;
         Ok(())
@@ -403,7 +443,8 @@ impl Store {
     pub fn instances(&self, cluster: &str) -> Result<Vec<InstanceRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT cluster, name, ordinal, role, host, ports, dir, desired, state, pid, start_time,
-                    restarts, health, observed_role, writable, lag_bytes, position, detail, probed_ms
+                    restarts, health, observed_role, writable, lag_bytes, position, detail, probed_ms,
+                    term
              FROM instances WHERE cluster = ?1 ORDER BY ordinal",
         )?;
         let rows = stmt.query_map(params![cluster], |r| {
@@ -442,6 +483,7 @@ impl Store {
                     position: r.get::<_, Option<i64>>(16)?.map(|v| v.max(0) as u64),
                     detail: r.get(17)?,
                     probed_ms: r.get(18)?,
+                    term: r.get::<_, Option<i64>>(19)?.map(|v| v.max(0) as u64),
                 },
                 ports,
             ))
@@ -656,6 +698,7 @@ mod tests {
             position: None,
             detail: String::new(),
             probed_ms: None,
+            term: None,
         }
     }
 

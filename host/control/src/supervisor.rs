@@ -11,7 +11,10 @@ use shoal_api::OpState;
 use shoal_runtime::wit;
 use tokio::time::Instant;
 
+use shoal_dcs::Coordinator;
+
 use crate::controller::Controller;
+use crate::ha;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, Desired, InstanceRow};
 
@@ -29,6 +32,7 @@ pub(crate) fn record_probe(i: &mut InstanceRow, r: &wit::RoleReport) {
     i.lag_bytes = r.lag_bytes;
     i.position = r.position;
     i.detail = r.detail.clone();
+    i.term = r.term;
     i.probed_ms = Some(now_ms());
 }
 
@@ -36,6 +40,36 @@ pub(crate) fn record_probe(i: &mut InstanceRow, r: &wit::RoleReport) {
 /// were re-adopted.
 pub fn adopt(c: &Arc<Controller>) -> usize {
     for op in c.db(|s| s.unfinished_ops()).unwrap_or_default() {
+        if op.kind == "failover" {
+            // A failover must finish: run it again; it continues from what the coordination
+            // store says (an elected candidate is kept, never a second election).
+            let params = c.db(|s| s.op_params(op.id)).unwrap_or_default();
+            let _ = c.db(|s| {
+                s.set_op(
+                    op.id,
+                    OpState::Failed,
+                    Some("the Shoal host stopped during this failover; it was resumed"),
+                )
+            });
+            match c.submit(&op.cluster, "failover", params) {
+                Ok(new) => c.event(
+                    &op.cluster,
+                    None,
+                    "warning",
+                    format!(
+                        "failover (op {}) interrupted by a host restart; resumed as op {}",
+                        op.id, new.id
+                    ),
+                ),
+                Err(e) => c.event(
+                    &op.cluster,
+                    None,
+                    "error",
+                    format!("cannot resume failover: {e}"),
+                ),
+            }
+            continue;
+        }
         let reason = if op.state == OpState::Running {
             "the Shoal host stopped during this operation; check `describe` and run it again"
         } else {
@@ -67,6 +101,7 @@ pub fn adopt(c: &Arc<Controller>) -> usize {
                         format!("re-adopted running process (pid {})", p.pid),
                     );
                 }
+                _ if matches!(i.state.as_str(), ha::FENCED | "failed") => {}
                 _ => {
                     i.state = "crashed".into();
                     c.save(&i);
@@ -89,97 +124,333 @@ struct Backoff {
     delay: Duration,
 }
 
-/// The supervision loop; runs until the process ends.
+/// What the supervisor remembers between ticks.
+#[derive(Default)]
+struct Memory {
+    backoff: HashMap<(String, String), Backoff>,
+    /// Consecutive failed probes of each instance.
+    misses: HashMap<(String, String), u32>,
+    /// When each cluster's leader and manager leases were last renewed.
+    renewed: HashMap<String, Instant>,
+    /// Whether this host managed each cluster at the last look.
+    managing: HashMap<String, bool>,
+}
+
+/// A probe to run this tick.
+struct Probe {
+    cl: ClusterRow,
+    i: InstanceRow,
+    all: Vec<InstanceRow>,
+    creds: secrets::Credentials,
+}
+
+/// The supervision loop; runs until the process ends. Ticks every probe interval (±10 %
+/// jitter) and at once when an engine process exits.
 pub async fn run(c: Arc<Controller>) {
     let interval = Duration::from_millis(c.cfg.probe_interval_ms);
-    let mut backoff: HashMap<(String, String), Backoff> = HashMap::new();
+    let mut mem = Memory::default();
+    for cl in c.db(|s| s.clusters()).unwrap_or_default() {
+        c.refresh_routes(&cl.name).await;
+    }
     loop {
-        tokio::time::sleep(interval).await;
-        let clusters = c.db(|s| s.clusters()).unwrap_or_default();
-        let mut probes = Vec::new();
-        for cl in clusters {
-            // Skip clusters with an operation in progress: the operation owns them.
-            let lock = c.lock(&cl.name);
-            let Ok(guard) = lock.try_lock_owned() else {
-                continue;
-            };
-            let Ok(creds) = secrets::load(&c.home, &cl.name) else {
-                continue;
-            };
-            let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
-            for i in all.iter().filter(|i| i.desired == Desired::Running) {
-                let alive = i.process.is_some_and(|p| p.is_running());
-                let key = (cl.name.clone(), i.name.clone());
-                if alive && i.state == "running" {
-                    probes.push((cl.clone(), i.clone(), all.clone(), creds.clone()));
-                    continue;
-                }
-                if alive {
-                    continue;
-                }
-                let b = backoff.entry(key.clone()).or_insert(Backoff {
-                    next: Instant::now(),
-                    delay: Duration::from_secs(1),
-                });
-                if Instant::now() < b.next {
-                    continue;
-                }
-                if let Some(old) = i.process {
-                    let n = old.kill_leftovers();
-                    if n > 0 {
-                        c.event(
-                            &cl.name,
-                            Some(&i.name),
-                            "warning",
-                            format!("killed {n} leftover process(es) of the exited server"),
-                        );
-                    }
-                }
-                let mut row = i.clone();
-                row.restarts += 1;
-                row.state = "crashed".into();
-                row.health = "unhealthy".into();
-                row.process = None;
-                c.save(&row);
-                c.drop_live(&cl.name, &row.name);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = 0.9 + f64::from(nanos % 1000) / 5000.0;
+        tokio::select! {
+            _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+            _ = c.wake.notified() => {}
+        }
+        tick(&c, &mut mem).await;
+    }
+}
+
+/// Whether `cl` is kept available by failover: auto-failover on and another instance that
+/// should run.
+fn fails_over(cl: &ClusterRow, all: &[InstanceRow]) -> bool {
+    cl.spec.ha.auto_failover && all.iter().filter(|i| i.desired == Desired::Running).count() >= 2
+}
+
+/// Fence `i` and queue a failover from it.
+fn start_failover(c: &Arc<Controller>, cl: &ClusterRow, i: &InstanceRow, reason: String) {
+    if let Err(e) = c.submit(
+        &cl.name,
+        "failover",
+        serde_json::json!({ "old": i.name, "reason": reason }),
+    ) {
+        c.event(
+            &cl.name,
+            Some(&i.name),
+            "error",
+            format!("cannot start a failover: {e}"),
+        );
+    }
+}
+
+async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
+    let ttl = Duration::from_millis(c.cfg.ha.lease_ttl_ms);
+    let clusters = c.db(|s| s.clusters()).unwrap_or_default();
+    let mut probes = Vec::new();
+    for cl in clusters {
+        // Skip clusters with an operation in progress: the operation owns them.
+        let lock = c.lock(&cl.name);
+        let Ok(guard) = lock.try_lock_owned() else {
+            continue;
+        };
+        if c.db(|s| s.busy(&cl.name)).ok().flatten().is_some() {
+            continue;
+        }
+        // Only the host holding the manager lease acts on a cluster.
+        let renew = mem
+            .renewed
+            .get(&cl.name)
+            .is_none_or(|t| t.elapsed() >= ttl / 3);
+        if renew {
+            let managing = c
+                .dcs
+                .manage(&cl.name, &c.host_id, ttl)
+                .await
+                .unwrap_or(false);
+            mem.renewed.insert(cl.name.clone(), Instant::now());
+            let before = mem.managing.insert(cl.name.clone(), managing);
+            if before != Some(managing) && before.is_some() {
                 c.event(
                     &cl.name,
-                    Some(&row.name),
-                    "warning",
-                    format!(
-                        "process is not running; restarting (restart {}): {}",
-                        row.restarts,
-                        last_line(&shoal_local::log_tail(&row.log_file(), 400))
-                    ),
+                    None,
+                    if managing { "info" } else { "warning" },
+                    if managing {
+                        format!("{} manages this cluster now", c.host_id)
+                    } else {
+                        format!("{} no longer manages this cluster (another host does, or the coordination store is unreachable)", c.host_id)
+                    },
                 );
-                match c.bring_up(&cl, &mut row, &all, &creds).await {
-                    Ok(()) => {
-                        backoff.remove(&key);
-                    }
-                    Err(e) => {
-                        let b = backoff.entry(key).or_insert(Backoff {
-                            next: Instant::now(),
-                            delay: Duration::from_secs(1),
-                        });
-                        b.next = Instant::now() + b.delay;
-                        c.event(
-                            &cl.name,
-                            Some(&row.name),
-                            "error",
-                            format!("restart failed, next try in {:?}: {e}", b.delay),
-                        );
-                        b.delay = (b.delay * 2).min(Duration::from_secs(60));
-                        row.state = "crashed".into();
-                        c.save(&row);
-                    }
+            }
+        }
+        if mem.managing.get(&cl.name) == Some(&false) {
+            continue;
+        }
+        let Ok(creds) = secrets::load(&c.home, &cl.name) else {
+            continue;
+        };
+        let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+        for i in all.iter().filter(|i| i.desired == Desired::Running) {
+            let alive = i.process.is_some_and(|p| p.is_running());
+            let key = (cl.name.clone(), i.name.clone());
+            if alive {
+                if let Some(p) = i.process {
+                    c.watch_exit(p);
+                }
+                if i.state == "running" {
+                    probes.push(Probe {
+                        cl: cl.clone(),
+                        i: i.clone(),
+                        all: all.clone(),
+                        creds: creds.clone(),
+                    });
+                }
+                continue;
+            }
+            if matches!(i.state.as_str(), ha::FENCED | "failed") {
+                continue;
+            }
+            let tail = last_line(&shoal_local::log_tail(&i.log_file(), 400));
+            // A dead primary with replicas: fail over at once (no probe misses needed).
+            let replica_up = all.iter().any(|r| {
+                r.name != i.name
+                    && r.state == "running"
+                    && r.process.is_some_and(|p| p.is_running())
+            });
+            if i.role == "primary" && i.state == "running" && fails_over(&cl, &all) && replica_up {
+                start_failover(c, &cl, i, format!("process exited: {tail}"));
+                continue;
+            }
+            let b = mem.backoff.entry(key.clone()).or_insert(Backoff {
+                next: Instant::now(),
+                delay: Duration::from_secs(1),
+            });
+            if Instant::now() < b.next {
+                continue;
+            }
+            if let Some(old) = i.process {
+                let n = old.kill_leftovers();
+                if n > 0 {
+                    c.event(
+                        &cl.name,
+                        Some(&i.name),
+                        "warning",
+                        format!("killed {n} leftover process(es) of the exited server"),
+                    );
                 }
             }
-            drop(guard);
+            let mut row = i.clone();
+            row.restarts += 1;
+            row.state = "crashed".into();
+            row.health = "unhealthy".into();
+            row.process = None;
+            c.save(&row);
+            c.drop_live(&cl.name, &row.name);
+            c.event(
+                &cl.name,
+                Some(&row.name),
+                "warning",
+                format!(
+                    "process is not running; restarting (restart {}): {tail}",
+                    row.restarts
+                ),
+            );
+            match c.bring_up(&cl, &mut row, &all, &creds).await {
+                Ok(()) => {
+                    mem.backoff.remove(&key);
+                }
+                Err(e) => {
+                    let b = mem.backoff.entry(key).or_insert(Backoff {
+                        next: Instant::now(),
+                        delay: Duration::from_secs(1),
+                    });
+                    b.next = Instant::now() + b.delay;
+                    c.event(
+                        &cl.name,
+                        Some(&row.name),
+                        "error",
+                        format!("restart failed, next try in {:?}: {e}", b.delay),
+                    );
+                    b.delay = (b.delay * 2).min(Duration::from_secs(60));
+                    row.state = "crashed".into();
+                    c.save(&row);
+                }
+            }
         }
-        for (cl, i, all, creds) in probes {
-            probe_live(&c, &cl, i, &all, &creds).await;
+        drop(guard);
+    }
+    // Probe concurrently: one hung instance must not delay the others.
+    let mut set = tokio::task::JoinSet::new();
+    for p in probes {
+        let c = c.clone();
+        set.spawn(async move {
+            let r = probe_live(&c, &p.cl, p.i.clone(), &p.all, &p.creds).await;
+            (p, r)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(Ok(r)) = set.join_next().await {
+        results.push(r);
+    }
+    for (p, r) in results {
+        judge(c, mem, &p, r, ttl).await;
+    }
+    for cl in c.db(|s| s.clusters()).unwrap_or_default() {
+        c.refresh_routes(&cl.name).await;
+    }
+    refresh_cluster_states(c);
+}
+
+/// Act on one probe result: count misses of a primary and fail it over after too many;
+/// renew the healthy primary's leader lease; fence an instance whose claimed role contradicts
+/// the coordination store.
+async fn judge(
+    c: &Arc<Controller>,
+    mem: &mut Memory,
+    p: &Probe,
+    r: Option<Result<wit::RoleReport, String>>,
+    ttl: Duration,
+) {
+    let Some(r) = r else { return };
+    let key = (p.cl.name.clone(), p.i.name.clone());
+    let lock = c.lock(&p.cl.name);
+    let Ok(_guard) = lock.try_lock_owned() else {
+        return;
+    };
+    if c.db(|s| s.busy(&p.cl.name)).ok().flatten().is_some() {
+        return;
+    }
+    // Act on the current row only if it is still what was probed.
+    let Some(i) = c
+        .db(|s| s.instances(&p.cl.name))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|x| x.name == p.i.name && x.role == p.i.role && x.state == "running")
+    else {
+        return;
+    };
+    match r {
+        Err(e) => {
+            let n = mem.misses.entry(key).or_insert(0);
+            *n += 1;
+            let limit = c.cfg.ha.failover_after_probes;
+            if i.role == "primary" && *n >= limit && fails_over(&p.cl, &p.all) {
+                *n = 0;
+                start_failover(
+                    c,
+                    &p.cl,
+                    &i,
+                    format!("{limit} consecutive probes failed, the last: {e}"),
+                );
+            }
         }
-        refresh_cluster_states(&c);
+        Ok(rep) => {
+            mem.misses.remove(&key);
+            if i.role == "primary" {
+                let due = mem
+                    .renewed
+                    .get(&format!("{}/leader", p.cl.name))
+                    .is_none_or(|t| t.elapsed() >= ttl / 3);
+                if due {
+                    match ha::keep_leader(c, &p.cl.name, &i.name).await {
+                        Ok(_) => {
+                            mem.renewed
+                                .insert(format!("{}/leader", p.cl.name), Instant::now());
+                        }
+                        Err(shoal_dcs::DcsError::Conflict(why)) => {
+                            c.event(
+                                &p.cl.name,
+                                Some(&i.name),
+                                "error",
+                                format!("split brain averted: {why}; fencing it"),
+                            );
+                            fence_and_rebuild(
+                                c,
+                                &p.cl,
+                                i,
+                                "the coordination store names another leader",
+                            )
+                            .await;
+                        }
+                        Err(e) => {
+                            c.event(
+                                &p.cl.name,
+                                Some(&i.name),
+                                "warning",
+                                format!("cannot renew the leader lease: {e}"),
+                            );
+                        }
+                    }
+                }
+            } else if rep.writable && rep.role == "primary" {
+                c.event(
+                    &p.cl.name,
+                    Some(&i.name),
+                    "error",
+                    "claims to be a writable primary but is not the elected leader; fencing it",
+                );
+                fence_and_rebuild(c, &p.cl, i, "unexpected writable primary").await;
+            }
+        }
+    }
+}
+
+/// Fence `i` (kill it) and queue its rebuild as a replica of the elected leader.
+async fn fence_and_rebuild(c: &Arc<Controller>, cl: &ClusterRow, mut i: InstanceRow, why: &str) {
+    ha::fence(c, &mut i, why).await;
+    i.role = "replica".into();
+    c.save(&i);
+    if let Err(e) = c.rebuild(&cl.name, &i.name) {
+        c.event(
+            &cl.name,
+            Some(&i.name),
+            "error",
+            format!("cannot rebuild it: {e}"),
+        );
     }
 }
 
@@ -187,17 +458,16 @@ fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or("").to_string()
 }
 
-/// Probe `i` on its kept addon instance and record the result.
+/// Probe `i` on its kept addon instance and record the result; `None` when the row changed
+/// meanwhile (an operation took over).
 async fn probe_live(
     c: &Arc<Controller>,
     cl: &ClusterRow,
     mut i: InstanceRow,
     all: &[InstanceRow],
     creds: &secrets::Credentials,
-) {
-    let Ok(addon) = c.addon(&cl.engine) else {
-        return;
-    };
+) -> Option<Result<wit::RoleReport, String>> {
+    let addon = c.addon(&cl.engine).ok()?;
     let key = (cl.name.clone(), i.name.clone());
     let live = {
         let mut map = c.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,25 +476,24 @@ async fn probe_live(
             .clone()
     };
     let inst = c.wit_instance(cl, &i, creds, false);
+    let started = std::time::Instant::now();
     let result = live
         .call()
         .probe(&inst, &Controller::members_of(&i, all))
-        .await;
+        .await
+        .map_err(|e| e.to_string());
+    tracing::debug!(instance = %i.name, ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "probe end");
     // Re-read: an operation may have changed the row meanwhile.
-    let Ok(current) = c.db(|s| s.instances(&cl.name)) else {
-        return;
-    };
-    let Some(fresh) = current.into_iter().find(|x| x.name == i.name) else {
-        return;
-    };
-    if fresh.state != "running" {
-        return;
+    let current = c.db(|s| s.instances(&cl.name)).ok()?;
+    let fresh = current.into_iter().find(|x| x.name == i.name)?;
+    if fresh.state != "running" || fresh.role != i.role {
+        return None;
     }
     i = fresh;
-    match result {
+    match &result {
         Ok(r) => {
             let was = i.health.clone();
-            record_probe(&mut i, &r);
+            record_probe(&mut i, r);
             if was != i.health && was != "unknown" {
                 c.event(
                     &cl.name,
@@ -244,11 +513,12 @@ async fn probe_live(
                 );
             }
             i.health = "unhealthy".into();
-            i.detail = e.to_string();
+            i.detail = e.clone();
             i.probed_ms = Some(now_ms());
         }
     }
     c.save(&i);
+    Some(result)
 }
 
 /// A cluster is running when every instance that should run does and is healthy, degraded

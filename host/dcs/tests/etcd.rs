@@ -1,75 +1,15 @@
 //! The etcd backend against a real etcd (Debian's etcd-server) started on free loopback ports.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_dcs::etcd::Etcd;
 use shoal_dcs::{Coordinator, DcsError};
 
-struct EtcdServer {
-    child: Child,
-    client: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd() -> EtcdServer {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, pp) = (free_port(), free_port());
-    let client = format!("http://127.0.0.1:{cp}");
-    let peer = format!("http://127.0.0.1:{pp}");
-    let child = Command::new("etcd")
-        .args([
-            "--name",
-            "t",
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("t={peer}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server) must be installed: scripts/test.sh checks this");
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", cp)).is_err() {
-        assert!(Instant::now() < until, "etcd did not listen within 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    EtcdServer {
-        child,
-        client,
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn two_hosts_on_one_etcd_never_elect_twice_and_one_manager_at_a_time() {
-    let server = start_etcd();
-    let a = Etcd::new(vec![server.client.clone()]).unwrap();
-    let b = Etcd::new(vec![server.client.clone()]).unwrap();
+    let server = shoal_tests::Etcd::start();
+    let a = Etcd::new(vec![server.url.clone()]).unwrap();
+    let b = Etcd::new(vec![server.url.clone()]).unwrap();
     let ttl = Duration::from_secs(2);
     // Wait for the server to answer (it listens before it serves).
     let until = Instant::now() + Duration::from_secs(20);
@@ -135,7 +75,7 @@ fn bad_endpoints_are_refused() {
 
 #[tokio::test]
 async fn an_unreachable_etcd_is_reported_not_hung() {
-    let port = free_port();
+    let port = shoal_tests::free_port();
     let e = Etcd::new(vec![format!("127.0.0.1:{port}")]).unwrap();
     let err = e.leader("pg").await.unwrap_err();
     assert!(matches!(err, DcsError::Unavailable(_)), "{err}");

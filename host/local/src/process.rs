@@ -31,7 +31,7 @@ pub struct ProcessSpec {
 }
 
 /// A started process, identified by pid and kernel start time (clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessId {
     pub pid: u32,
     pub start_time: u64,
@@ -213,6 +213,38 @@ impl ProcessId {
         }
     }
 
+    /// Resolve when the process exits: at once through a pidfd (Linux 5.3+), which works
+    /// for processes a previous host started too; by polling every 100 ms where pidfds are
+    /// unavailable.
+    pub async fn exited(&self) {
+        if let Some(fd) = self.pidfd() {
+            // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it (open, unchanged)
+            // until it is dropped.
+            if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+                // Opened, then identity re-checked: the fd is this very process.
+                if self.is_running() {
+                    let _ = afd.readable().await;
+                }
+                return;
+            }
+        }
+        while self.is_running() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        let pid = libc::pid_t::try_from(self.pid).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+        Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
     /// Wait up to `limit` for the process to exit; whether it did.
     pub async fn wait_exit(&self, limit: Duration) -> bool {
         let until = tokio::time::Instant::now() + limit;
@@ -261,6 +293,59 @@ impl ProcessId {
     }
 }
 
+impl ProcessId {
+    /// SIGKILL this process and every descendant (servers like PostgreSQL put their workers
+    /// in sessions of their own, so the process group does not hold them all). Descendants
+    /// are found before the leader dies (after that they are re-parented). Only processes
+    /// started no earlier than the leader are touched. Returns how many were killed.
+    pub fn kill_tree(&self) -> usize {
+        if !self.is_running() {
+            return 0;
+        }
+        let mut parent_of = Vec::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some((ppid, start)) = parent_and_start(pid) {
+                    if start >= self.start_time {
+                        parent_of.push((pid, ppid));
+                    }
+                }
+            }
+        }
+        let mut tree = vec![self.pid];
+        let mut i = 0;
+        while i < tree.len() {
+            let p = tree[i];
+            tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        for pid in &tree {
+            if let Ok(pid) = i32::try_from(*pid) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        tree.len()
+    }
+}
+
+/// Parent pid and start time of `pid` (fields 4 and 22 of /proc/PID/stat).
+fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
 /// Process group and start time of `pid` (fields 5 and 22 of /proc/PID/stat).
 fn group_and_start(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -304,6 +389,69 @@ mod tests {
         assert!(!impostor.is_running(), "same pid, other start time");
         assert!(!id.stop(libc::SIGTERM, Duration::from_secs(5)).await);
         assert!(!id.is_running());
+    }
+
+    #[tokio::test]
+    async fn exit_is_noticed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProcessSpec {
+            program: "/bin/sleep".into(),
+            args: vec!["30".into()],
+            env: vec![],
+            cwd: dir.path().into(),
+            log: dir.path().join("log"),
+            run_as: None,
+        };
+        let p = spec.spawn().unwrap();
+        let watcher = tokio::spawn(async move { p.exited().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!watcher.is_finished());
+        p.signal(libc::SIGKILL);
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the exit was not noticed")
+            .unwrap();
+        assert!(!p.is_running());
+    }
+
+    #[tokio::test]
+    async fn kill_tree_takes_descendants_in_other_sessions_along() {
+        let dir = tempfile::tempdir().unwrap();
+        // The child starts its own session, as PostgreSQL's workers do.
+        let spec = ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "setsid sleep 30 & echo $! > child; wait".into(),
+            ],
+            env: vec![],
+            cwd: dir.path().into(),
+            log: dir.path().join("log"),
+            run_as: None,
+        };
+        let p = spec.spawn().unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let child: u32 = loop {
+            if let Some(c) = std::fs::read_to_string(dir.path().join("child"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break c;
+            }
+            assert!(std::time::Instant::now() < until, "no child");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let child = ProcessId {
+            pid: child,
+            start_time: start_time(child).unwrap(),
+        };
+        assert!(p.kill_tree() >= 2);
+        assert!(p.wait_exit(Duration::from_secs(5)).await);
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while child.is_running() {
+            assert!(std::time::Instant::now() < until, "the descendant survived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[tokio::test]

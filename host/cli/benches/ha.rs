@@ -1,0 +1,255 @@
+//! High-availability benchmark (not a test: it prints, it never asserts timings).
+//!
+//! `cargo bench -p shoal-cli --bench ha -- [TRIALS]` (default 20) against a real `shoal serve`
+//! and real PostgreSQL 15, a writer committing continuously through the read-write endpoint:
+//!
+//! * TRIALS × kill -9 of the primary (sync mode, 3 instances): detection (kill → failover
+//!   started), promotion (kill → promoted), write unavailability (last commit before the kill →
+//!   first after), acknowledged commits lost; p50 / p99 / max;
+//! * TRIALS / 2 switchovers: write pause and command time;
+//! * pgbench TPS through the read-write endpoint vs directly to the primary (ratio);
+//! * host CPU per probe with kept addon instances (one open connection) vs a fresh addon
+//!   instance per probe (a new connection each time), same clusters, same interval.
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn row(name: &str, v: &[f64], unit: &str) {
+    let mut v = v.to_vec();
+    println!(
+        "{name:<34} p50 {:>8.1} {unit}  p99 {:>8.1} {unit}  max {:>8.1} {unit}  (n={})",
+        pct(&mut v, 50.0),
+        pct(&mut v, 99.0),
+        pct(&mut v, 100.0),
+        v.len()
+    );
+}
+
+/// Event time of the first event after `after_ms` whose message contains `needle`.
+fn event_ms(h: &Host, name: &str, after_ms: i64, needle: &str) -> Option<i64> {
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["cluster", "events", name, "--limit", "200", "-o", "json"]))
+            .ok()?;
+    v.as_array()?
+        .iter()
+        .filter(|e| e["unix_ms"].as_i64().unwrap_or(0) >= after_ms)
+        .find(|e| e["message"].as_str().unwrap_or("").contains(needle))
+        .and_then(|e| e["unix_ms"].as_i64())
+}
+
+fn failovers(h: &Host, trials: usize) {
+    let name = "bench";
+    create_cluster(h, name, 3, "  mode: sync\n  sync-quorum: 1");
+    let (mut detect, mut promote, mut unavail, mut lost_n) = (vec![], vec![], vec![], vec![]);
+    for t in 0..trials {
+        let d = h.wait_healthy(name);
+        let term = d["term"].as_u64().unwrap_or(0);
+        let (old, pid, _) = primary_of(&d);
+        let w = Writer::start(rw_port(&d), &password(h, name));
+        std::thread::sleep(Duration::from_millis(400));
+        let kill_ms = now_ms();
+        let killed = Instant::now();
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = h.describe(name);
+            let moved = d["term"].as_u64().unwrap_or(0) > term;
+            if moved && w.acked().last().is_some_and(|(_, at)| *at > killed) {
+                break;
+            }
+            if Instant::now() > until {
+                eprintln!("trial {t}: no failover within 60 s; stopping");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let acked = w.finish();
+        let before = acked
+            .iter()
+            .rev()
+            .find(|(_, at)| *at <= killed)
+            .map(|x| x.1);
+        let after = acked.iter().find(|(_, at)| *at > killed).map(|x| x.1);
+        if let (Some(b), Some(a)) = (before, after) {
+            unavail.push((a - b).as_secs_f64() * 1000.0);
+        }
+        if let Some(e) = event_ms(h, name, kill_ms - 5, "failover requested") {
+            detect.push((e - kill_ms) as f64);
+        }
+        if let Some(e) = event_ms(h, name, kill_ms - 5, "promoted; writes go to it now") {
+            promote.push((e - kill_ms) as f64);
+        }
+        let l = lost(h, name, &acked);
+        lost_n.push(l.len() as f64);
+        eprintln!(
+            "trial {}/{trials}: {old} killed; {} commits, {} lost",
+            t + 1,
+            acked.len(),
+            l.len()
+        );
+    }
+    h.wait_healthy(name);
+    println!("\nfailover after kill -9 of the primary (sync mode, 3 x PostgreSQL 15):");
+    row("detection (kill -> failover start)", &detect, "ms");
+    row("promotion (kill -> promoted)", &promote, "ms");
+    row("write unavailability", &unavail, "ms");
+    row("acknowledged commits lost", &lost_n, "");
+
+    let (mut pause, mut took) = (vec![], vec![]);
+    for _ in 0..(trials / 2).max(1) {
+        let d = h.wait_healthy(name);
+        let (p, _, _) = primary_of(&d);
+        let to = ports(&d)
+            .into_iter()
+            .find(|(n, _, _)| *n != p)
+            .map(|(n, _, _)| n)
+            .unwrap_or_default();
+        let w = Writer::start(rw_port(&d), &password(h, name));
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let o = h.shoal(&["cluster", "switchover", name, "--to", &to]);
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+        let acked = w.finish();
+        if !o.status.success() {
+            eprintln!("switchover failed: {}", String::from_utf8_lossy(&o.stderr));
+            continue;
+        }
+        pause.push(longest_gap(&acked).as_secs_f64() * 1000.0);
+        let l = lost(h, name, &acked);
+        if !l.is_empty() {
+            eprintln!("switchover lost {} commits", l.len());
+        }
+    }
+    println!("\nswitchover under a writer:");
+    row("write pause", &pause, "ms");
+    row("command time", &took, "ms");
+}
+
+fn pgbench_tps(uri: &str) -> Option<f64> {
+    let o = Command::new("pgbench")
+        .args(["-n", "-T", "8", "-c", "4", "-j", "2", uri])
+        .output()
+        .ok()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    out.lines()
+        .find(|l| l.starts_with("tps ="))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+}
+
+fn pgbench(h: &Host) {
+    let name = "bench";
+    let d = h.wait_healthy(name);
+    let uri = h.uri(name);
+    let (_, _, port) = primary_of(&d);
+    let direct = instance_uri(&uri, port);
+    let o = Command::new("pgbench")
+        .args(["-i", "-q", "-s", "4", &direct])
+        .output()
+        .expect("pgbench (apt-get install postgresql-contrib or postgresql)");
+    if !o.status.success() {
+        eprintln!("pgbench -i failed: {}", String::from_utf8_lossy(&o.stderr));
+        return;
+    }
+    let (Some(proxied), Some(straight)) = (pgbench_tps(&uri), pgbench_tps(&direct)) else {
+        eprintln!("pgbench did not report tps");
+        return;
+    };
+    println!("\npgbench (4 clients, 8 s, TPC-B-like, sync mode):");
+    println!(
+        "read-write endpoint {proxied:>9.0} tps   direct to the primary {straight:>9.0} tps   ratio {:.2}x",
+        proxied / straight
+    );
+}
+
+/// CPU seconds used so far by process `pid` (user + system).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (indices 11 and 12 after the command name).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn probe_cost(ports: (u16, u16), extra: &str, label: &str) -> f64 {
+    let h = Host::start_configured(ports, extra);
+    for c in ["p1", "p2", "p3"] {
+        h.ok(&[
+            "cluster",
+            "create",
+            c,
+            "--engine",
+            "postgresql",
+            "--replicas",
+            "3",
+        ]);
+    }
+    for c in ["p1", "p2", "p3"] {
+        h.wait_healthy(c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = h.serve_pid();
+    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(15));
+    let (c1, secs) = (cpu_secs(pid), t0.elapsed().as_secs_f64());
+    // 9 instances probed every 300 ms (the test hosts' interval).
+    let probes = 9.0 * secs / 0.3;
+    let per_probe_us = (c1 - c0) * 1e6 / probes;
+    println!(
+        "{label:<44} {:>7.0} µs host CPU per probe ({:.0} µs per instance per second)",
+        per_probe_us,
+        per_probe_us / 0.3
+    );
+    per_probe_us
+}
+
+fn main() {
+    let trials: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
+    println!("HA benchmark: {trials} failover trials (pass a number to change)");
+    {
+        let h = Host::start((23000, 23099));
+        failovers(&h, trials);
+        pgbench(&h);
+    }
+    println!("\nprobe cost, 9 PostgreSQL instances probed every 300 ms:");
+    let kept = probe_cost(
+        (23100, 23199),
+        "",
+        "kept addon instance (one open connection)",
+    );
+    let fresh = probe_cost(
+        (23200, 23299),
+        "[runtime]\nlive_recycle_calls = 1\n",
+        "fresh addon instance (new connection each)",
+    );
+    println!("ratio fresh / kept: {:.1}x", fresh / kept);
+}

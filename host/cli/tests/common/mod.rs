@@ -1,0 +1,369 @@
+//! What the end-to-end tests share: a `shoal serve` of their own (home, port range) that
+//! kills everything it started when dropped, and `psql` helpers.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shoal_sdk::postgres::PgConn;
+use shoal_sdk::Endpoint;
+
+use shoal_tests::wasm;
+
+/// A `shoal serve` with its own home; kills it and everything it started when dropped.
+pub struct Host {
+    pub home: tempfile::TempDir,
+    serve: Option<Child>,
+    /// PATH of the daemon, when not the test's own.
+    path: Option<String>,
+}
+
+impl Host {
+    /// Start a host with the PostgreSQL addon whose instances take ports from `ports`.
+    pub fn start(ports: (u16, u16)) -> Host {
+        Host::start_with(ports, &["shoal_addon_postgresql.wasm"], None)
+    }
+
+    /// Start a host with the PostgreSQL addon and `extra` lines in its config.toml.
+    pub fn start_configured(ports: (u16, u16), extra: &str) -> Host {
+        Host::start_full(ports, &["shoal_addon_postgresql.wasm"], None, extra)
+    }
+
+    /// Start a host with `addons`, optionally with another `PATH`.
+    pub fn start_with(ports: (u16, u16), addons: &[&str], path: Option<&str>) -> Host {
+        Host::start_full(ports, addons, path, "")
+    }
+
+    fn start_full(ports: (u16, u16), addons: &[&str], path: Option<&str>, extra: &str) -> Host {
+        let home = tempfile::tempdir().expect("home");
+        std::fs::create_dir_all(home.path().join("addons")).unwrap();
+        for a in addons {
+            std::fs::copy(wasm(a), home.path().join("addons").join(a)).unwrap();
+        }
+        std::fs::write(
+            home.path().join("config.toml"),
+            format!(
+                "port_range = [{}, {}]\nprobe_interval_ms = 300\n{extra}\n",
+                ports.0, ports.1
+            ),
+        )
+        .unwrap();
+        let mut h = Host {
+            home,
+            serve: None,
+            path: path.map(str::to_string),
+        };
+        h.spawn_serve();
+        h
+    }
+
+    pub fn spawn_serve(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        if let Some(p) = &self.path {
+            cmd.env("PATH", p);
+        }
+        let child = cmd
+            .arg("serve")
+            .env("SHOAL_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start shoal serve");
+        self.serve = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if self.shoal(&["cluster", "engines"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("shoal serve did not come up");
+    }
+
+    /// Process id of the daemon.
+    pub fn serve_pid(&self) -> u32 {
+        self.serve.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL the daemon (its instances keep running).
+    pub fn kill_serve(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("SHOAL_HOME", self.home.path())
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Run and require success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(
+            o.status.success(),
+            "shoal {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn describe(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["cluster", "describe", name, "-o", "json"])).expect("json")
+    }
+
+    pub fn uri(&self, name: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["cluster", "connect", name, "-o", "json"])).unwrap();
+        v["uri"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until every instance of `name` is running and healthy.
+    pub fn wait_healthy(&self, name: &str) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = self.describe(name);
+            let all = d["instances"].as_array().unwrap();
+            if all
+                .iter()
+                .all(|i| i["state"] == "running" && i["health"] == "healthy")
+            {
+                return d;
+            }
+            assert!(Instant::now() < until, "not healthy: {d:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let clusters = self.home.path().join("clusters");
+        for c in std::fs::read_dir(clusters).into_iter().flatten().flatten() {
+            for i in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_to_string(i.path().join("server.pid")) {
+                    if let Some(p) = t.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_serve();
+        for pid in self.pids() {
+            // Engines lead their own process groups.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+pub fn psql(uri: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("psql")
+        .args([uri, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    }
+}
+
+pub fn instance_uri(primary_uri: &str, port: u64) -> String {
+    let (head, tail) = primary_uri.rsplit_once(':').unwrap();
+    let db = tail.split_once('/').map(|(_, d)| d).unwrap_or("postgres");
+    format!("{head}:{port}/{db}")
+}
+
+pub fn ports(d: &serde_json::Value) -> Vec<(String, u64, String)> {
+    d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["ports"]["client"].as_u64().unwrap(),
+                i["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Read `sql` on `uri` until it returns `want` (replication is asynchronous).
+pub fn eventually(uri: &str, sql: &str, want: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if psql(uri, sql).as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{uri}: {sql} never returned {want}: {:?}",
+            psql(uri, sql)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client committing `INSERT INTO w VALUES (n)` with n = 1, 2, … as fast as it can,
+/// reconnecting after errors; records every acknowledged n with its time.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(port: u16, password: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, pw) = (stop.clone(), acked.clone(), password.to_string());
+        let thread = std::thread::spawn(move || {
+            let ep = Endpoint {
+                host: "127.0.0.1".into(),
+                port,
+            };
+            let mut conn: Option<PgConn> = None;
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match PgConn::connect(
+                        &ep,
+                        "postgres",
+                        Some(&pw),
+                        "postgres",
+                        Duration::from_secs(2),
+                    ) {
+                        Ok(c) => conn.insert(c),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                    },
+                };
+                n += 1;
+                match c.query(&format!("INSERT INTO w VALUES ({n})")) {
+                    Ok(_) => a.lock().unwrap().push((n, Instant::now())),
+                    Err(_) => conn = None,
+                }
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn acked(&self) -> Vec<(u64, Instant)> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stop; returns every acknowledged (n, time).
+    pub fn finish(mut self) -> Vec<(u64, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.acked()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn password(h: &Host, name: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&h.ok(&["cluster", "connect", name, "-o", "json"])).unwrap();
+    v["password"].as_str().unwrap().to_string()
+}
+
+pub fn rw_port(d: &serde_json::Value) -> u16 {
+    d["read_write"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+pub fn primary_of(d: &serde_json::Value) -> (String, u32, u64) {
+    let p = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["role"] == "primary")
+        .expect("a primary");
+    (
+        p["name"].as_str().unwrap().to_string(),
+        p["pid"].as_u64().unwrap() as u32,
+        p["ports"]["client"].as_u64().unwrap(),
+    )
+}
+
+/// Acknowledged commits missing on the current primary.
+pub fn lost(h: &Host, name: &str, acked: &[(u64, Instant)]) -> Vec<u64> {
+    let rows = psql(&h.uri(name), "SELECT n FROM w").unwrap();
+    let present: std::collections::HashSet<u64> =
+        rows.lines().filter_map(|l| l.parse().ok()).collect();
+    acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !present.contains(n))
+        .collect()
+}
+
+/// Longest gap between consecutive acknowledged commits.
+pub fn longest_gap(acked: &[(u64, Instant)]) -> Duration {
+    acked
+        .windows(2)
+        .map(|p| p[1].1 - p[0].1)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Create `name` from a spec with `ha` lines (indented YAML under `ha:`), wait until it is
+/// healthy, and create the writer's table `w`.
+pub fn create_cluster(h: &Host, name: &str, replicas: u32, ha: &str) -> serde_json::Value {
+    let spec = h.home.path().join(format!("{name}.yaml"));
+    std::fs::write(
+        &spec,
+        format!("name: {name}\nengine: postgresql\nreplicas: {replicas}\nha:\n{ha}\n"),
+    )
+    .unwrap();
+    h.ok(&["cluster", "create", "-f", spec.to_str().unwrap()]);
+    let d = h.wait_healthy(name);
+    psql(&h.uri(name), "CREATE TABLE w (n bigint PRIMARY KEY)").unwrap();
+    d
+}

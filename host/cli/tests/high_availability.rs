@@ -1,0 +1,325 @@
+//! High availability end to end: a real `shoal serve` and real PostgreSQL 15 processes, a
+//! writer committing continuously through the stable read-write endpoint, and real faults
+//! (kill -9, SIGSTOP of the whole server). Checks: every acknowledged commit survives in
+//! synchronous mode, exactly one writable primary afterwards, the old primary returns as a
+//! replica, switchovers in both directions lose nothing, refusals change nothing. Timings are
+//! printed, never asserted.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+/// Wait until the store names a leader other than `old` and the writer has committed on it.
+fn wait_new_leader(
+    h: &Host,
+    name: &str,
+    old: &str,
+    w: &Writer,
+    since: Instant,
+) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = h.describe(name);
+        let moved = d["leader"].as_str().is_some_and(|l| l != old);
+        let wrote = w.acked().last().is_some_and(|(_, t)| *t > since);
+        if moved && wrote {
+            return d;
+        }
+        assert!(
+            Instant::now() < until,
+            "no new leader in 60 s: {d:#}\n{}",
+            h.ok(&["cluster", "events", name])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Exactly one instance accepts writes (every instance that answers is asked).
+fn assert_one_writable_primary(h: &Host, name: &str) {
+    let d = h.describe(name);
+    let uri = h.uri(name);
+    let mut writable = Vec::new();
+    for (inst, port, _) in ports(&d) {
+        if let Ok(r) = psql(
+            &instance_uri(&uri, port),
+            "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'",
+        ) {
+            if r == "t" {
+                writable.push(inst);
+            }
+        }
+    }
+    assert_eq!(writable.len(), 1, "writable primaries: {writable:?}\n{d:#}");
+}
+
+/// kill -9 of the primary's postmaster under a writer; returns the commits lost.
+fn kill_primary_under_load(h: &Host, name: &str) -> (Vec<u64>, Duration) {
+    let d = h.describe(name);
+    let (old, pid, old_port) = primary_of(&d);
+    let w = Writer::start(rw_port(&d), &password(h, name));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!w.acked().is_empty(), "the writer commits before the fault");
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let d = wait_new_leader(h, name, &old, &w, killed);
+    assert_eq!(d["term"], 2, "one election: {d:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = w.finish();
+    let gap = longest_gap(&acked);
+    let lost = lost(h, name, &acked);
+    eprintln!(
+        "{name}: {} commits acknowledged, {} lost, writes unavailable {gap:?} (kill -9 to first commit on {})",
+        acked.len(),
+        lost.len(),
+        d["leader"]
+    );
+    assert_one_writable_primary(h, name);
+    // The old primary comes back as a healthy replica of the new one, with the data.
+    let d = h.wait_healthy(name);
+    let back = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == old.as_str())
+        .unwrap();
+    assert_eq!(back["role"], "replica", "{d:#}");
+    let last = acked.last().unwrap().0;
+    eventually(
+        &instance_uri(&h.uri(name), old_port),
+        &format!("SELECT count(*) FROM w WHERE n = {last}"),
+        "1",
+    );
+    (lost, gap)
+}
+
+#[test]
+fn sync_mode_failover_after_kill_9_keeps_every_acknowledged_commit() {
+    let h = Host::start((22000, 22099));
+    create_cluster(&h, "sy", 3, "  mode: sync\n  sync-quorum: 1");
+    let standbys = psql(&h.uri("sy"), "SHOW synchronous_standby_names").unwrap();
+    assert!(standbys.starts_with("ANY 1 ("), "{standbys}");
+    let (lost, _) = kill_primary_under_load(&h, "sy");
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits lost in sync mode: {lost:?}"
+    );
+    let events = h.ok(&["cluster", "events", "sy"]);
+    for step in [
+        "fenced",
+        "elected leader in term 2",
+        "promoted",
+        "now follows",
+        "failover from",
+    ] {
+        assert!(events.contains(step), "no {step:?} event:\n{events}");
+    }
+}
+
+#[test]
+fn async_mode_failover_reports_its_loss_bound() {
+    let h = Host::start((22100, 22199));
+    create_cluster(&h, "as", 2, "  max-lag-on-failover: 1Mi");
+    let (lost, _) = kill_primary_under_load(&h, "as");
+    let events = h.ok(&["cluster", "events", "as"]);
+    assert!(
+        events.contains("bytes behind the old primary's last probe"),
+        "{events}"
+    );
+    eprintln!("async mode lost {} acknowledged commit(s)", lost.len());
+}
+
+#[test]
+fn switchover_both_ways_under_load_loses_nothing_and_bad_requests_change_nothing() {
+    let h = Host::start((22200, 22299));
+    let d = create_cluster(&h, "sw", 3, "  max-lag-on-failover: 256Ki");
+    h.ok(&["cluster", "create", "solo", "--engine", "postgresql"]);
+    let (p0, _, _) = primary_of(&d);
+    let names: Vec<String> = ports(&d).into_iter().map(|(n, _, _)| n).collect();
+    let other = names.iter().find(|n| **n != p0).unwrap().clone();
+
+    // Refusals: clear, exit 2, nothing changes.
+    for (args, want) in [
+        (vec!["switchover", "solo"], "single instance"),
+        (
+            vec!["switchover", "sw", "--to", "sw-9"],
+            "no instance \"sw-9\"",
+        ),
+        (
+            vec!["switchover", "sw", "--to", p0.as_str()],
+            "already the primary",
+        ),
+        (vec!["switchover", "nope"], "no cluster named"),
+        (vec!["rebuild", "sw", p0.as_str()], "is the primary"),
+    ] {
+        let mut a = vec!["cluster"];
+        a.extend(args.iter());
+        let o = h.shoal(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {err}");
+        assert!(err.contains(want), "{a:?}: {err}");
+    }
+    assert_eq!(h.describe("sw")["term"], 1, "refusals change nothing");
+
+    // Both directions under a writer.
+    let w = Writer::start(rw_port(&d), &password(&h, "sw"));
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    h.ok(&["cluster", "switchover", "sw", "--to", &other]);
+    eprintln!("switchover to {other}: {:?}", t.elapsed());
+    let d = h.describe("sw");
+    assert_eq!(d["leader"], other.as_str());
+    assert_eq!(d["term"], 2);
+    std::thread::sleep(Duration::from_millis(500));
+    h.wait_healthy("sw");
+    let t = Instant::now();
+    h.ok(&["cluster", "switchover", "sw", "--to", &p0]);
+    eprintln!("switchover back to {p0}: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = w.finish();
+    let lost = lost(&h, "sw", &acked);
+    eprintln!(
+        "switchovers: {} commits, {} lost, longest write pause {:?}",
+        acked.len(),
+        lost.len(),
+        longest_gap(&acked)
+    );
+    assert!(lost.is_empty(), "a switchover lost commits: {lost:?}");
+    assert_eq!(h.describe("sw")["term"], 3);
+    assert_one_writable_primary(&h, "sw");
+    let d = h.wait_healthy("sw");
+
+    // A lagging candidate is refused: freeze its WAL receiver, write past the limit.
+    let uri = h.uri("sw");
+    let lagger = ports(&d)
+        .into_iter()
+        .find(|(n, _, r)| *n != p0 && r == "replica")
+        .unwrap();
+    let receiver = psql(
+        &instance_uri(&uri, lagger.1),
+        "SELECT pid FROM pg_stat_wal_receiver",
+    )
+    .unwrap();
+    let rpid: i32 = receiver.parse().unwrap();
+    unsafe {
+        libc::kill(rpid, libc::SIGSTOP);
+    }
+    psql(
+        &uri,
+        "INSERT INTO w SELECT g FROM generate_series(1000000, 1030000) g",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let o = h.shoal(&["cluster", "switchover", "sw", "--to", &lagger.0]);
+    unsafe {
+        libc::kill(rpid, libc::SIGCONT);
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("behind"), "{err}");
+    assert_eq!(h.describe("sw")["leader"], p0.as_str());
+
+    // A forced rebuild of a replica brings it back healthy and caught up.
+    h.ok(&["cluster", "rebuild", "sw", &lagger.0]);
+    h.wait_healthy("sw");
+    eventually(
+        &instance_uri(&uri, lagger.1),
+        "SELECT count(*) FROM w WHERE n = 1030000",
+        "1",
+    );
+}
+
+#[test]
+fn a_hung_primary_is_fenced_and_failed_over_and_never_writes_again() {
+    let h = Host::start((22300, 22399));
+    let d = create_cluster(&h, "hung", 2, "  max-lag-on-failover: 16Mi");
+    let (old, pid, old_port) = primary_of(&d);
+    let w = Writer::start(rw_port(&d), &password(&h, "hung"));
+    std::thread::sleep(Duration::from_millis(500));
+    // Freeze the whole server, postmaster and every worker (each in a session of its own),
+    // as the cgroup freezer would: it holds its port and connections but answers nothing.
+    let frozen = server_processes(pid);
+    assert!(frozen.len() > 3, "{frozen:?}");
+    let stopped = Instant::now();
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p as i32, libc::SIGSTOP);
+        }
+    }
+    let d = wait_new_leader(&h, "hung", &old, &w, stopped);
+    eprintln!("hung primary: new leader after {:?}", stopped.elapsed());
+    let acked = w.finish();
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p as i32, libc::SIGCONT);
+        }
+    }
+    for p in &frozen {
+        assert!(!alive(*p), "process {p} of the fenced primary survived");
+    }
+    assert_eq!(d["term"], 2);
+    let events = h.ok(&["cluster", "events", "hung"]);
+    assert!(events.contains("consecutive probes failed"), "{events}");
+    // Whatever answers on the old port now is a read-only replica.
+    h.wait_healthy("hung");
+    let r = psql(
+        &instance_uri(&h.uri("hung"), old_port),
+        "INSERT INTO w VALUES (-1)",
+    );
+    assert!(r.is_err(), "the old primary accepted a write");
+    assert_one_writable_primary(&h, "hung");
+    eprintln!(
+        "hung primary: longest write pause {:?}",
+        longest_gap(&acked)
+    );
+}
+
+/// `pid` and its children (PostgreSQL's workers).
+fn server_processes(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn with_etcd_as_the_coordination_store_a_failover_elects_through_it() {
+    let etcd = shoal_tests::Etcd::start();
+    let h = Host::start_configured(
+        (22400, 22499),
+        &format!(
+            "[ha]\ndcs = \"etcd\"\netcd_endpoints = [\"{}\"]\n",
+            etcd.url
+        ),
+    );
+    let d = create_cluster(&h, "et", 2, "  max-lag-on-failover: 16Mi");
+    assert_eq!(d["term"], 1);
+    kill_primary_under_load(&h, "et");
+    // The term lives in etcd: read it back with etcdctl.
+    let o = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.url,
+            "get",
+            "/shoal/clusters/et/term",
+            "--print-value-only",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["term"], 2, "{v}");
+}

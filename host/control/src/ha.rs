@@ -1,0 +1,805 @@
+//! High availability, decided by the host for every engine alike; the engine-specific steps
+//! are addon hooks (probe, promote, demote, switchover, rebuild, set-sync).
+//!
+//! * **Failover** (operation `failover`): fence the old primary (kill its process group; in
+//!   local mode the host is its parent, so a dead one is known at once), pick the replica
+//!   with the highest change-log position (in `sync` mode only if enough replicas answered to
+//!   be sure it holds every acknowledged commit; in `async` mode only within
+//!   `max-lag-on-failover`), elect it in the coordination store (compare-and-set: the term
+//!   bump is the fencing token), promote it, re-point the stable endpoints and the other
+//!   replicas, then rebuild the old primary as a replica.
+//! * **Switchover**: demote the primary (read-only, follow the candidate), let the addon end
+//!   its sessions and wait for the candidate to catch up, stop it cleanly, elect and promote
+//!   the candidate, rebuild the old primary as a replica.
+//! * **Rebuild**: the addon's rewind plan, else a fresh copy with the run-spec's init.
+//!
+//! Every step is an event with its time since the fault was detected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_api::{ApiError, OpView, ReplicationMode};
+use shoal_dcs::{Coordinator, DcsError, Leader};
+use shoal_runtime::wit;
+
+use crate::controller::Controller;
+use crate::engines;
+use crate::quantity;
+use crate::secrets::{self, Credentials};
+use crate::store::{ClusterRow, Desired, InstanceRow};
+
+/// Instance state of a fenced former primary awaiting its rebuild.
+pub const FENCED: &str = "fenced";
+
+fn ttl(c: &Controller) -> Duration {
+    Duration::from_millis(c.cfg.ha.lease_ttl_ms)
+}
+
+fn rows(c: &Controller, name: &str) -> Result<(ClusterRow, Vec<InstanceRow>, Credentials), String> {
+    let cl = c
+        .db(|s| s.cluster(name))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("cluster {name} no longer exists"))?;
+    let all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
+    let cr = secrets::load(&c.home, name)
+        .map_err(|e| format!("cannot read the credentials of {name}: {e}"))?;
+    Ok((cl, all, cr))
+}
+
+fn since(t0: Instant) -> String {
+    format!("{} ms", t0.elapsed().as_millis())
+}
+
+// ----- submitting -----
+
+impl Controller {
+    /// Validate and queue a switchover of `name` to `to` (or the most caught-up replica).
+    pub async fn switchover(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<OpView, ApiError> {
+        let c = self
+            .db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        let all = self.db(|s| s.instances(name))?;
+        if all.len() < 2 {
+            return Err(ApiError::invalid(format!(
+                "cluster {name} has a single instance; a switchover needs a replica (scale it up first)"
+            )));
+        }
+        let primary = all
+            .iter()
+            .find(|i| i.role == "primary")
+            .ok_or_else(|| ApiError::conflict(format!("cluster {name} has no primary now")))?;
+        let candidate = match to {
+            Some(t) => all.iter().find(|i| i.name == t).ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+                ApiError::not_found(format!(
+                    "cluster {name} has no instance {t:?}; its instances: {}",
+                    names.join(", ")
+                ))
+            })?,
+            None => all
+                .iter()
+                .filter(|i| i.role != "primary" && i.health == "healthy")
+                .max_by_key(|i| i.position.unwrap_or(0))
+                .ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "cluster {name} has no healthy replica to switch to"
+                    ))
+                })?,
+        };
+        if candidate.name == primary.name {
+            return Err(ApiError::invalid(format!(
+                "{} is already the primary of {name}",
+                candidate.name
+            )));
+        }
+        check_candidate(&c, primary, candidate).map_err(ApiError::conflict)?;
+        self.submit(
+            name,
+            "switchover",
+            serde_json::json!({ "from": primary.name, "to": candidate.name }),
+        )
+    }
+
+    /// Validate and queue a rebuild of replica `instance`.
+    pub fn rebuild(self: &Arc<Self>, name: &str, instance: &str) -> Result<OpView, ApiError> {
+        self.db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        let all = self.db(|s| s.instances(name))?;
+        let i = all.iter().find(|i| i.name == instance).ok_or_else(|| {
+            ApiError::not_found(format!("cluster {name} has no instance {instance:?}"))
+        })?;
+        if i.role == "primary" {
+            return Err(ApiError::invalid(format!(
+                "{instance} is the primary of {name}; switch over first, then rebuild it"
+            )));
+        }
+        if !all
+            .iter()
+            .any(|p| p.role == "primary" && p.state == "running")
+        {
+            return Err(ApiError::conflict(format!(
+                "cluster {name} has no running primary to rebuild {instance} from"
+            )));
+        }
+        self.submit(name, "rebuild", serde_json::json!({ "instance": instance }))
+    }
+}
+
+/// Whether `candidate` may become the primary now: running, healthy, and (async mode) within
+/// `max-lag-on-failover` of the primary's last position.
+fn check_candidate(
+    c: &ClusterRow,
+    primary: &InstanceRow,
+    cand: &InstanceRow,
+) -> Result<(), String> {
+    if cand.state != "running" || cand.health != "healthy" {
+        return Err(format!(
+            "{} is not a healthy running replica (state {}, health {}: {})",
+            cand.name, cand.state, cand.health, cand.detail
+        ));
+    }
+    let max = quantity::parse_bytes("ha.max-lag-on-failover", &c.spec.ha.max_lag_on_failover)?;
+    let lag = lag_behind(primary, cand);
+    if lag > max {
+        return Err(format!(
+            "{} is {lag} bytes behind {} (more than max-lag-on-failover {})",
+            cand.name, primary.name, c.spec.ha.max_lag_on_failover
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes `cand` is behind `primary`, by their last probes.
+fn lag_behind(primary: &InstanceRow, cand: &InstanceRow) -> u64 {
+    match (primary.position, cand.position) {
+        (Some(p), Some(r)) => p.saturating_sub(r),
+        (Some(_), None) => u64::MAX,
+        _ => cand.lag_bytes.unwrap_or(0),
+    }
+}
+
+// ----- building blocks -----
+
+/// Kill `i`'s whole process group now (a hung or dead primary): it can never write again.
+pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
+    let mut how = String::from("process already gone");
+    if let Some(p) = i.process {
+        if p.is_running() {
+            let n = p.kill_tree();
+            how = format!(
+                "killed pid {} and its {} descendant(s)",
+                p.pid,
+                n.saturating_sub(1)
+            );
+            // Reaped, so nothing (a lock file check, a rewind) mistakes it for alive.
+            if !p.wait_exit(Duration::from_secs(10)).await {
+                how.push_str(" (still exiting after 10 s)");
+            }
+        }
+        let n = p.kill_leftovers();
+        if n > 0 {
+            how.push_str(&format!(", and {n} leftover process(es)"));
+        }
+    }
+    i.process = None;
+    i.state = FENCED.into();
+    i.health = "unhealthy".into();
+    c.save(i);
+    c.drop_live(&i.cluster, &i.name);
+    let _ = std::fs::remove_file(i.pid_file());
+    c.event(
+        &i.cluster,
+        Some(&i.name),
+        "warning",
+        format!("fenced ({why}): {how}"),
+    );
+}
+
+/// Set synchronous replication on every running instance when the cluster is in sync mode
+/// (replicas carry the setting too, so a promoted one enforces it from its first commit).
+pub(crate) async fn apply_sync(c: &Controller, cl: &ClusterRow, cr: &Credentials) {
+    if cl.spec.ha.mode != ReplicationMode::Sync {
+        return;
+    }
+    let Ok(addon) = c.addon(&cl.engine) else {
+        return;
+    };
+    let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+    let everyone: Vec<wit::Member> = all.iter().map(Controller::wit_member).collect();
+    for i in all.iter().filter(|i| i.state == "running") {
+        let standbys: Vec<wit::Member> = everyone
+            .iter()
+            .filter(|m| m.name != i.name)
+            .cloned()
+            .collect();
+        let r = addon
+            .call(&c.call_ctx(i, &all, false))
+            .set_sync(
+                &c.wit_instance(cl, i, cr, false),
+                &standbys,
+                cl.spec.ha.sync_quorum,
+            )
+            .await;
+        if let Err(e) = r {
+            c.event(
+                &cl.name,
+                Some(&i.name),
+                "error",
+                format!("cannot configure synchronous replication: {e}"),
+            );
+        }
+    }
+}
+
+/// Have the primary keep a slot (or the engine's equivalent) for every other member, and
+/// make every running replica follow it.
+async fn repoint(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    primary: &InstanceRow,
+    cr: &Credentials,
+    t0: Instant,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
+    let pm = Controller::wit_member(primary);
+    for r in all.iter().filter(|i| i.name != primary.name) {
+        let ctx = c.call_ctx(primary, &all, false);
+        match addon
+            .call(&ctx)
+            .member_join(
+                &c.wit_instance(cl, primary, cr, false),
+                &Controller::wit_member(r),
+                &Controller::members_of(primary, &all),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_unsupported() => {}
+            Err(e) => {
+                return Err(format!(
+                    "member-join of {} on {}: {e}",
+                    r.name, primary.name
+                ))
+            }
+        }
+        if r.state != "running" {
+            continue;
+        }
+        match addon
+            .call(&c.call_ctx(r, &all, true))
+            .demote(
+                &c.wit_instance(cl, r, cr, false),
+                Some(&pm),
+                &Controller::members_of(r, &all),
+            )
+            .await
+        {
+            Ok(()) => c.event(
+                &cl.name,
+                Some(&r.name),
+                "info",
+                format!("now follows {} (+{})", primary.name, since(t0)),
+            ),
+            Err(e) => {
+                c.event(
+                    &cl.name,
+                    Some(&r.name),
+                    "warning",
+                    format!("cannot re-point to {}: {e}; rebuilding it", primary.name),
+                );
+                if let Err(e) = c.rebuild(&cl.name, &r.name) {
+                    c.event(
+                        &cl.name,
+                        Some(&r.name),
+                        "error",
+                        format!("cannot rebuild it: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run `cmds` (from the addon) as the engine user with the engine's programs.
+async fn run_commands(
+    c: &Controller,
+    cl: &ClusterRow,
+    i: &InstanceRow,
+    cmds: &[wit::Command],
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let search = engines::binaries(&c.cfg, addon, &cl.version);
+    for cmd in cmds {
+        let spec = crate::node::process_spec(&search, cmd, i, c.engine_user)?;
+        spec.run(Duration::from_millis(c.cfg.init_timeout_ms))
+            .await
+            .map_err(|e| format!("{}: {e}", cmd.program))?;
+    }
+    Ok(())
+}
+
+/// Re-seed the stopped replica `i` from `primary` and start it: the addon's rewind plan
+/// first; if that fails or the instance will not come up on it, a fresh copy (the old data
+/// directory is kept aside as `data.before-rebuild`).
+async fn rebuild_from(
+    c: &Controller,
+    cl: &ClusterRow,
+    i: &mut InstanceRow,
+    primary: &InstanceRow,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    if i.process.is_some() {
+        c.stop_process(cl, i, cr).await?;
+    }
+    i.role = "replica".into();
+    i.state = "rebuilding".into();
+    c.save(i);
+    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
+    let mut rewound = false;
+    if !crate::node::is_empty(&i.data_dir()) {
+        let plan = addon
+            .call(&c.call_ctx(i, &all, false))
+            .rebuild(
+                &c.wit_instance(cl, i, cr, true),
+                &Controller::wit_member(primary),
+                &Controller::members_of(i, &all),
+            )
+            .await;
+        match plan {
+            Ok(cmds) if !cmds.is_empty() => match run_commands(c, cl, i, &cmds).await {
+                Ok(()) => {
+                    rewound = true;
+                    c.event(
+                        &cl.name,
+                        Some(&i.name),
+                        "info",
+                        format!("rewound onto {} in {}", primary.name, since(t0)),
+                    );
+                }
+                Err(e) => c.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "warning",
+                    format!("rewind failed, copying afresh instead: {e}"),
+                ),
+            },
+            Ok(_) => {}
+            Err(e) if e.is_unsupported() => {}
+            Err(e) => c.event(
+                &cl.name,
+                Some(&i.name),
+                "warning",
+                format!("rebuild plan failed, copying afresh instead: {e}"),
+            ),
+        }
+    }
+    if rewound {
+        match c.bring_up(cl, i, &all, cr).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                c.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "warning",
+                    format!("did not come up after the rewind, copying afresh: {e}"),
+                );
+                if i.process.is_some() {
+                    c.stop_process(cl, i, cr).await?;
+                }
+            }
+        }
+    }
+    set_aside(i)?;
+    i.state = "rebuilding".into();
+    c.save(i);
+    c.bring_up(cl, i, &all, cr).await?;
+    c.event(
+        &cl.name,
+        Some(&i.name),
+        "info",
+        format!("re-copied from {} in {}", primary.name, since(t0)),
+    );
+    Ok(())
+}
+
+/// Move the data directory aside (replacing an older one set aside) and leave an empty one.
+fn set_aside(i: &InstanceRow) -> Result<(), String> {
+    let data = i.data_dir();
+    let aside = i.dir.join("data.before-rebuild");
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).map_err(|e| format!("{}: {e}", aside.display()))?;
+    }
+    if data.exists() {
+        std::fs::rename(&data, &aside).map_err(|e| format!("{}: {e}", data.display()))?;
+    }
+    Ok(())
+}
+
+/// The leader record the store has, if it names `holder`; otherwise why not.
+async fn leader_named(c: &Controller, cluster: &str) -> Result<Option<Leader>, String> {
+    match c.dcs.leader(cluster).await {
+        Ok(l) => Ok(l.map(|(l, _)| l)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Elect `to` after `from` (compare-and-set on the leader record).
+async fn elect(c: &Controller, cluster: &str, from: &str, to: &str) -> Result<Leader, String> {
+    let current = leader_named(c, cluster).await?;
+    let expected = match &current {
+        Some(l) if l.holder == to => return Ok(l.clone()),
+        Some(l) if l.holder != from => {
+            return Err(format!(
+                "the coordination store names {} (term {}) as leader, not {from}; not acting",
+                l.holder, l.term
+            ))
+        }
+        other => other.clone(),
+    };
+    c.dcs
+        .elect(cluster, expected.as_ref(), to, ttl(c))
+        .await
+        .map_err(|e| match e {
+            DcsError::Conflict(m) => format!("lost the election race: {m}"),
+            e => e.to_string(),
+        })
+}
+
+async fn promote(
+    c: &Controller,
+    cl: &ClusterRow,
+    cand: &mut InstanceRow,
+    term: u64,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
+    let mut inst = c.wit_instance(cl, cand, cr, false);
+    inst.term = term;
+    addon
+        .call(&c.call_ctx(cand, &all, true))
+        .promote(&inst, term, &Controller::members_of(cand, &all))
+        .await
+        .map_err(|e| format!("promote {}: {e}", cand.name))
+}
+
+// ----- operations -----
+
+/// Fail over from `old` (detected at `detected_ms`, for `reason`). Idempotent: a host that
+/// restarts mid-failover runs it again and continues from what the store says.
+pub(crate) async fn failover(
+    c: &Arc<Controller>,
+    cluster: &str,
+    old: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let (cl, all, cr) = rows(c, cluster)?;
+    let Some(mut old_row) = all.iter().find(|i| i.name == old).cloned() else {
+        return Err(format!("{old} is no longer part of {cluster}"));
+    };
+    let leader = leader_named(c, cluster).await?;
+    let resumed = leader.as_ref().is_some_and(|l| l.holder != old);
+    if old_row.role != "primary" && !resumed {
+        c.event(
+            cluster,
+            Some(old),
+            "info",
+            "no longer the primary; nothing to fail over",
+        );
+        return Ok(());
+    }
+    if old_row.state != FENCED {
+        fence(c, &mut old_row, reason).await;
+    }
+    c.refresh_routes(cluster).await;
+
+    // The candidate: elected already (resumed), else the best replica that answers now.
+    let cand_name = match &leader {
+        Some(l) if resumed => {
+            c.event(
+                cluster,
+                Some(&l.holder),
+                "info",
+                format!(
+                    "resuming the failover: {} was elected in term {}",
+                    l.holder, l.term
+                ),
+            );
+            l.holder.clone()
+        }
+        _ => choose(c, &cl, &old_row, &all, &cr, t0)
+            .await
+            .inspect_err(|e| {
+                c.event(cluster, None, "error", format!("no failover: {e}"));
+            })?,
+    };
+    let Some(mut cand) = c
+        .db(|s| s.instances(cluster))
+        .map_err(|e| e.message)?
+        .into_iter()
+        .find(|i| i.name == cand_name)
+    else {
+        return Err(format!("candidate {cand_name} vanished"));
+    };
+    let new = elect(c, cluster, old, &cand.name).await?;
+    c.event(
+        cluster,
+        Some(&cand.name),
+        "info",
+        format!("elected leader in term {} (+{})", new.term, since(t0)),
+    );
+    old_row.role = "replica".into();
+    c.save(&old_row);
+    cand.role = "primary".into();
+    c.save(&cand);
+    promote(c, &cl, &mut cand, new.term, &cr).await?;
+    c.refresh_routes(cluster).await;
+    c.event(
+        cluster,
+        Some(&cand.name),
+        "info",
+        format!(
+            "promoted; writes go to it now (+{} after detection)",
+            since(t0)
+        ),
+    );
+    repoint(c, &cl, &cand, &cr, t0).await?;
+    apply_sync(c, &cl, &cr).await;
+    // The old primary comes back as a replica of the new one.
+    let mut old_row = c
+        .db(|s| s.instances(cluster))
+        .map_err(|e| e.message)?
+        .into_iter()
+        .find(|i| i.name == old)
+        .ok_or("the old primary vanished")?;
+    if old_row.desired == Desired::Running {
+        if let Err(e) = rebuild_from(c, &cl, &mut old_row, &cand, &cr).await {
+            old_row.state = "failed".into();
+            c.save(&old_row);
+            c.event(
+                cluster,
+                Some(old),
+                "error",
+                format!("could not rebuild as a replica: {e}; `shoal cluster rebuild {cluster} {old}` retries"),
+            );
+        }
+        apply_sync(c, &cl, &cr).await;
+    }
+    c.refresh_routes(cluster).await;
+    c.event(
+        cluster,
+        None,
+        "info",
+        format!("failover from {old} to {} done in {}", cand.name, since(t0)),
+    );
+    Ok(())
+}
+
+/// The replica to promote after `old` failed, by fresh probes.
+async fn choose(
+    c: &Controller,
+    cl: &ClusterRow,
+    old: &InstanceRow,
+    all: &[InstanceRow],
+    cr: &Credentials,
+    t0: Instant,
+) -> Result<String, String> {
+    let replicas: Vec<&InstanceRow> = all
+        .iter()
+        .filter(|i| i.name != old.name && i.desired == Desired::Running)
+        .collect();
+    if replicas.is_empty() {
+        return Err("the cluster has no replica".into());
+    }
+    let mut answered = Vec::new();
+    let mut why = Vec::new();
+    for r in &replicas {
+        let mut r = (*r).clone();
+        if !(r.state == "running" && r.process.is_some_and(|p| p.is_running())) {
+            why.push(format!("{} is {}", r.name, r.state));
+            continue;
+        }
+        match c.probe_once(cl, &mut r, all, cr).await {
+            Ok(rep) if rep.health != wit::Health::Unhealthy => {
+                c.save(&r);
+                answered.push(r);
+            }
+            Ok(rep) => why.push(format!("{} is unhealthy: {}", r.name, rep.detail)),
+            Err(e) => why.push(format!("{}: {e}", r.name)),
+        }
+    }
+    let best = answered
+        .iter()
+        .max_by_key(|r| (r.position.unwrap_or(0), std::cmp::Reverse(r.ordinal)))
+        .ok_or_else(|| format!("no replica answered ({})", why.join("; ")))?;
+    match cl.spec.ha.mode {
+        ReplicationMode::Sync => {
+            // An acknowledged commit is on `quorum` replicas; reaching n - quorum + 1 of them
+            // guarantees the most advanced one has it.
+            let need = replicas.len() + 1 - cl.spec.ha.sync_quorum.max(1) as usize;
+            if answered.len() < need {
+                return Err(format!(
+                    "sync mode: only {} of {} replicas answered, {need} needed to be sure no \
+                     acknowledged commit is lost ({})",
+                    answered.len(),
+                    replicas.len(),
+                    why.join("; ")
+                ));
+            }
+        }
+        ReplicationMode::Async => {
+            let max =
+                quantity::parse_bytes("ha.max-lag-on-failover", &cl.spec.ha.max_lag_on_failover)?;
+            let lag = lag_behind(old, best);
+            if lag > max {
+                return Err(format!(
+                    "the best replica {} is {lag} bytes behind the old primary's last known \
+                     position (max-lag-on-failover {})",
+                    best.name, cl.spec.ha.max_lag_on_failover
+                ));
+            }
+            c.event(
+                &cl.name,
+                Some(&best.name),
+                "info",
+                format!(
+                    "candidate: {} bytes behind the old primary's last probe (async mode: \
+                     commits after it may be lost) (+{})",
+                    lag,
+                    since(t0)
+                ),
+            );
+        }
+    }
+    Ok(best.name.clone())
+}
+
+/// Planned switchover from `from` to `to`.
+pub(crate) async fn switchover(
+    c: &Arc<Controller>,
+    cluster: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let (cl, all, cr) = rows(c, cluster)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let mut old = all
+        .iter()
+        .find(|i| i.name == from && i.role == "primary")
+        .cloned()
+        .ok_or_else(|| format!("{from} is no longer the primary; nothing switched"))?;
+    let mut cand = all
+        .iter()
+        .find(|i| i.name == to)
+        .cloned()
+        .ok_or_else(|| format!("{to} is no longer part of {cluster}"))?;
+    // Fresh look at both before touching anything.
+    c.probe_once(&cl, &mut old, &all, &cr).await?;
+    c.probe_once(&cl, &mut cand, &all, &cr).await?;
+    check_candidate(&cl, &old, &cand)?;
+    let cm = Controller::wit_member(&cand);
+    // 1. Fence the primary: read-only, following the candidate from its next start.
+    addon
+        .call(&c.call_ctx(&old, &all, true))
+        .demote(
+            &c.wit_instance(&cl, &old, &cr, false),
+            Some(&cm),
+            &Controller::members_of(&old, &all),
+        )
+        .await
+        .map_err(|e| format!("demote {from}: {e}"))?;
+    // 2. No new writes through the endpoint; sessions ended; candidate caught up.
+    let mut fenced = old.clone();
+    fenced.state = "switching".into();
+    c.save(&fenced);
+    c.refresh_routes(cluster).await;
+    if let Err(e) = addon
+        .call(&c.call_ctx(&old, &all, false))
+        .switchover(
+            &c.wit_instance(&cl, &old, &cr, false),
+            &cm,
+            &Controller::members_of(&old, &all),
+        )
+        .await
+    {
+        if !e.is_unsupported() {
+            fenced.state = "running".into();
+            c.save(&fenced);
+            // Lift the fence: the old primary stays the primary.
+            let _ = std::fs::remove_file(old.data_dir().join("standby.signal"));
+            let leader = leader_named(c, cluster).await.ok().flatten();
+            let term = leader.map(|l| l.term).unwrap_or(0);
+            let _ = promote(c, &cl, &mut old.clone(), term, &cr).await;
+            c.refresh_routes(cluster).await;
+            return Err(format!("switchover refused: {e}"));
+        }
+    }
+    c.event(
+        cluster,
+        Some(from),
+        "info",
+        format!("writes stopped, {to} caught up (+{})", since(t0)),
+    );
+    // 3. Stop the old primary cleanly (its last WAL reaches the candidate).
+    c.stop_process(&cl, &mut fenced, &cr).await?;
+    // 4. Elect and promote.
+    let new = elect(c, cluster, from, to).await?;
+    fenced.role = "replica".into();
+    fenced.state = FENCED.into();
+    c.save(&fenced);
+    cand.role = "primary".into();
+    c.save(&cand);
+    promote(c, &cl, &mut cand, new.term, &cr).await?;
+    c.refresh_routes(cluster).await;
+    c.event(
+        cluster,
+        Some(to),
+        "info",
+        format!(
+            "primary in term {}; writes were unavailable for {}",
+            new.term,
+            since(t0)
+        ),
+    );
+    repoint(c, &cl, &cand, &cr, t0).await?;
+    apply_sync(c, &cl, &cr).await;
+    rebuild_from(c, &cl, &mut fenced, &cand, &cr).await?;
+    apply_sync(c, &cl, &cr).await;
+    c.refresh_routes(cluster).await;
+    c.event(
+        cluster,
+        None,
+        "info",
+        format!("switchover from {from} to {to} done in {}", since(t0)),
+    );
+    Ok(())
+}
+
+/// Forced rebuild of a replica.
+pub(crate) async fn rebuild(
+    c: &Arc<Controller>,
+    cluster: &str,
+    instance: &str,
+) -> Result<(), String> {
+    let (cl, all, cr) = rows(c, cluster)?;
+    let primary = all
+        .iter()
+        .find(|i| i.role == "primary" && i.state == "running")
+        .cloned()
+        .ok_or_else(|| format!("cluster {cluster} has no running primary"))?;
+    let mut i = all
+        .iter()
+        .find(|i| i.name == instance)
+        .cloned()
+        .ok_or_else(|| format!("{instance} is no longer part of {cluster}"))?;
+    if i.role == "primary" {
+        return Err(format!("{instance} became the primary; not rebuilding it"));
+    }
+    c.refresh_routes(cluster).await;
+    rebuild_from(c, &cl, &mut i, &primary, &cr).await?;
+    // Its slot on the primary (member-join is idempotent).
+    repoint(c, &cl, &primary, &cr, Instant::now()).await?;
+    apply_sync(c, &cl, &cr).await;
+    c.refresh_routes(cluster).await;
+    Ok(())
+}
+
+/// Renew the leader lease of the healthy primary `holder`, electing it at term 1 the first
+/// time. A conflict (the store names another leader) is returned for reconciliation.
+pub(crate) async fn keep_leader(
+    c: &Controller,
+    cluster: &str,
+    holder: &str,
+) -> Result<Leader, DcsError> {
+    c.dcs.keep_leader(cluster, holder, ttl(c)).await
+}
