@@ -64,8 +64,8 @@ fn failovers(h: &Host, trials: usize) {
     for t in 0..trials {
         let d = h.wait_healthy(name);
         let term = d["term"].as_u64().unwrap_or(0);
-        let (old, pid, _) = primary_of(&d);
-        let w = Writer::start(rw_port(&d), &password(h, name));
+        let (old, pid, old_port) = primary_of(&d);
+        let w = Writer::start_at(rw_port(&d), &password(h, name), (t as u64 + 1) * 1_000_000);
         std::thread::sleep(Duration::from_millis(400));
         let kill_ms = now_ms();
         let killed = Instant::now();
@@ -86,15 +86,19 @@ fn failovers(h: &Host, trials: usize) {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(200));
-        let acked = w.finish();
-        let before = acked
-            .iter()
+        let (acked, servers) = w.finish_with_servers();
+        // Last commit the old primary acknowledged → first one the new primary did.
+        let on_old = |k: usize| servers.get(k).is_some_and(|p| u64::from(*p) == old_port);
+        let before = (0..acked.len())
             .rev()
-            .find(|(_, at)| *at <= killed)
-            .map(|x| x.1);
-        let after = acked.iter().find(|(_, at)| *at > killed).map(|x| x.1);
-        if let (Some(b), Some(a)) = (before, after) {
-            unavail.push((a - b).as_secs_f64() * 1000.0);
+            .find(|&k| on_old(k))
+            .map(|k| acked[k].1);
+        let after = (0..acked.len())
+            .find(|&k| !on_old(k) && acked[k].1 > killed)
+            .map(|k| acked[k].1);
+        match (before, after) {
+            (Some(b), Some(a)) => unavail.push((a - b).as_secs_f64() * 1000.0),
+            _ => eprintln!("trial {t}: no commit on one side of the failover"),
         }
         if let Some(e) = event_ms(h, name, kill_ms - 5, "failover requested") {
             detect.push((e - kill_ms) as f64);
@@ -119,7 +123,7 @@ fn failovers(h: &Host, trials: usize) {
     row("acknowledged commits lost", &lost_n, "");
 
     let (mut pause, mut took) = (vec![], vec![]);
-    for _ in 0..(trials / 2).max(1) {
+    for k in 0..(trials / 2).max(1) {
         let d = h.wait_healthy(name);
         let (p, _, _) = primary_of(&d);
         let to = ports(&d)
@@ -127,8 +131,15 @@ fn failovers(h: &Host, trials: usize) {
             .find(|(n, _, _)| *n != p)
             .map(|(n, _, _)| n)
             .unwrap_or_default();
-        let w = Writer::start(rw_port(&d), &password(h, name));
+        let w = Writer::start_at(
+            rw_port(&d),
+            &password(h, name),
+            (trials as u64 + k as u64 + 1) * 1_000_000,
+        );
         std::thread::sleep(Duration::from_millis(300));
+        if w.acked().is_empty() {
+            eprintln!("switchover trial: the writer has not committed yet");
+        }
         let t = Instant::now();
         let o = h.shoal(&["cluster", "switchover", name, "--to", &to]);
         took.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -235,21 +235,34 @@ pub fn eventually(uri: &str, sql: &str, want: &str) {
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// The server port that acknowledged each commit, in the same order.
+    servers: Arc<Mutex<Vec<u16>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     pub fn start(port: u16, password: &str) -> Writer {
+        Writer::start_at(port, password, 1)
+    }
+
+    /// A writer whose first value is `first` (several writers on one table must not collide).
+    pub fn start_at(port: u16, password: &str, first: u64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a, pw) = (stop.clone(), acked.clone(), password.to_string());
+        let servers = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, sp, pw) = (
+            stop.clone(),
+            acked.clone(),
+            servers.clone(),
+            password.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             let ep = Endpoint {
                 host: "127.0.0.1".into(),
                 port,
             };
             let mut conn: Option<PgConn> = None;
-            let mut n = 0u64;
+            let mut n = first - 1;
             while !s.load(Ordering::Relaxed) {
                 let c = match conn.as_mut() {
                     Some(c) => c,
@@ -268,8 +281,18 @@ impl Writer {
                     },
                 };
                 n += 1;
-                match c.query(&format!("INSERT INTO w VALUES ({n})")) {
-                    Ok(_) => a.lock().unwrap().push((n, Instant::now())),
+                match c.query(&format!(
+                    "INSERT INTO w VALUES ({n}) RETURNING inet_server_port()"
+                )) {
+                    Ok(rows) => {
+                        let port = rows
+                            .first()
+                            .and_then(|r| r.get(0))
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(0);
+                        a.lock().unwrap().push((n, Instant::now()));
+                        sp.lock().unwrap().push(port);
+                    }
                     Err(_) => conn = None,
                 }
             }
@@ -277,6 +300,7 @@ impl Writer {
         Writer {
             stop,
             acked,
+            servers,
             thread: Some(thread),
         }
     }
@@ -286,12 +310,18 @@ impl Writer {
     }
 
     /// Stop; returns every acknowledged (n, time).
-    pub fn finish(mut self) -> Vec<(u64, Instant)> {
+    pub fn finish(self) -> Vec<(u64, Instant)> {
+        self.finish_with_servers().0
+    }
+
+    /// Stop; returns every acknowledged (n, time) and the server port that acknowledged it.
+    pub fn finish_with_servers(mut self) -> (Vec<(u64, Instant)>, Vec<u16>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
-        self.acked()
+        let servers = self.servers.lock().unwrap().clone();
+        (self.acked(), servers)
     }
 }
 
