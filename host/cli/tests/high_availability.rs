@@ -323,3 +323,63 @@ fn with_etcd_as_the_coordination_store_a_failover_elects_through_it() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["term"], 2, "{v}");
 }
+
+/// `shoal serve` killed in the middle of a failover (paused there by a failpoint), then
+/// restarted: the failover is finished with the election already made, never a second one.
+fn host_killed_mid_failover(step: &str, wait_for: &str, ports: (u16, u16)) {
+    let mut h = Host::start(ports);
+    h.kill_serve();
+    h.failpoint = Some(format!("{step}:30000"));
+    h.spawn_serve();
+    let d = create_cluster(&h, "mid", 3, "  mode: sync");
+    let (old, pid, old_port) = primary_of(&d);
+    let uri = h.uri("mid");
+    psql(&uri, "INSERT INTO w VALUES (1)").unwrap();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !h.ok(&["cluster", "events", "mid"]).contains(wait_for) {
+        assert!(Instant::now() < until, "never reached {wait_for:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The host dies inside the failover; its successor runs without the failpoint.
+    h.kill_serve();
+    h.failpoint = None;
+    h.spawn_serve();
+    let until = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let d = h.describe("mid");
+        let done = d["last_op"]["kind"] == "failover" && d["last_op"]["state"] == "succeeded";
+        if done {
+            break d;
+        }
+        assert!(Instant::now() < until, "failover not finished: {d:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(d["term"], 2, "exactly one election: {d:#}");
+    assert_ne!(d["leader"], old.as_str());
+    let events = h.ok(&["cluster", "events", "mid"]);
+    assert!(events.contains("resumed as op"), "{events}");
+    assert_one_writable_primary(&h, "mid");
+    h.wait_healthy("mid");
+    eventually(
+        &instance_uri(&h.uri("mid"), old_port),
+        "SELECT count(*) FROM w WHERE n = 1",
+        "1",
+    );
+}
+
+#[test]
+fn a_host_killed_after_fencing_finishes_the_failover_on_restart() {
+    host_killed_mid_failover("failover-fenced", "fenced (", (22500, 22599));
+}
+
+#[test]
+fn a_host_killed_after_the_election_keeps_it_and_finishes() {
+    host_killed_mid_failover(
+        "failover-elected",
+        "elected leader in term 2",
+        (22600, 22699),
+    );
+}

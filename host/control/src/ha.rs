@@ -46,6 +46,22 @@ fn rows(c: &Controller, name: &str) -> Result<(ClusterRow, Vec<InstanceRow>, Cre
     Ok((cl, all, cr))
 }
 
+/// Test hook: with `SHOAL_FAILPOINT=NAME:MS` in the daemon's environment, pause MS
+/// milliseconds at the step called NAME, so a test can kill the host exactly there.
+async fn failpoint(name: &str) {
+    let Ok(v) = std::env::var("SHOAL_FAILPOINT") else {
+        return;
+    };
+    if let Some(ms) = v
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tracing::warn!("failpoint {name}: pausing {ms} ms");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 fn since(t0: Instant) -> String {
     format!("{} ms", t0.elapsed().as_millis())
 }
@@ -501,6 +517,7 @@ pub(crate) async fn failover(
         fence(c, &mut old_row, reason).await;
     }
     c.refresh_routes(cluster).await;
+    failpoint("failover-fenced").await;
 
     // The candidate: elected already (resumed), else the best replica that answers now.
     let cand_name = match &leader {
@@ -537,6 +554,7 @@ pub(crate) async fn failover(
         "info",
         format!("elected leader in term {} (+{})", new.term, since(t0)),
     );
+    failpoint("failover-elected").await;
     old_row.role = "replica".into();
     c.save(&old_row);
     cand.role = "primary".into();

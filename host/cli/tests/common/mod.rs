@@ -20,6 +20,8 @@ pub struct Host {
     serve: Option<Child>,
     /// PATH of the daemon, when not the test's own.
     path: Option<String>,
+    /// A failpoint for the next daemon started (`SHOAL_FAILPOINT`).
+    pub failpoint: Option<String>,
 }
 
 impl Host {
@@ -56,6 +58,7 @@ impl Host {
             home,
             serve: None,
             path: path.map(str::to_string),
+            failpoint: None,
         };
         h.spawn_serve();
         h
@@ -65,6 +68,9 @@ impl Host {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
         if let Some(p) = &self.path {
             cmd.env("PATH", p);
+        }
+        if let Some(f) = &self.failpoint {
+            cmd.env("SHOAL_FAILPOINT", f);
         }
         let child = cmd
             .arg("serve")
