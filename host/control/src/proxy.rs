@@ -36,7 +36,19 @@ struct Conn {
     cluster: String,
     kind: Kind,
     backend: SocketAddr,
+    /// The task waiting for a route and connecting.
     abort: AbortHandle,
+    /// Once relaying: both sockets, shut down to cut the connection.
+    sockets: Vec<std::net::TcpStream>,
+}
+
+impl Conn {
+    fn cut(&self) {
+        self.abort.abort();
+        for s in &self.sockets {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 struct ClusterProxy {
@@ -113,7 +125,7 @@ impl Proxy {
                 Kind::ReadOnly => routes.ro.contains(&c.backend),
             };
             if !keep {
-                c.abort.abort();
+                c.cut();
             }
             keep
         });
@@ -136,7 +148,7 @@ impl Proxy {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| {
                 if c.cluster == cluster {
-                    c.abort.abort();
+                    c.cut();
                     false
                 } else {
                     true
@@ -183,12 +195,13 @@ async fn accept_loop(
             }
             // A route may have changed while we connected; the registry entry now names the
             // backend, so set_routes cuts it if needed.
-            if let Ok(mut server) = TcpStream::connect(backend).await {
-                let _ = server.set_nodelay(true);
-                let mut client = client;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            let Ok(server) = TcpStream::connect(backend).await else {
+                conns2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                return;
+            };
+            if relay(client, server, id, &conns2).is_err() {
+                conns2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             }
-            conns2.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
         registry.insert(
             id,
@@ -198,10 +211,51 @@ async fn accept_loop(
                 // Until a backend is picked, no real address: a route change does not cut it.
                 backend: SocketAddr::from(([0, 0, 0, 0], 0)),
                 abort: task.abort_handle(),
+                sockets: Vec::new(),
             },
         );
         drop(registry);
     }
+}
+
+/// Relay bytes between `client` and `server` on two blocking threads (one per direction):
+/// for request/response protocols this costs fewer wake-ups than an event loop. The
+/// registry keeps clones of both sockets so a route change can shut them down; the last
+/// thread to finish removes the entry.
+fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    id: u64,
+    conns: &Arc<Mutex<HashMap<u64, Conn>>>,
+) -> std::io::Result<()> {
+    let client = client.into_std()?;
+    let server = server.into_std()?;
+    client.set_nonblocking(false)?;
+    server.set_nonblocking(false)?;
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    {
+        let mut map = conns.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = map.get_mut(&id) else {
+            return Ok(());
+        };
+        c.sockets = vec![client.try_clone()?, server.try_clone()?];
+    }
+    let left = Arc::new(AtomicU64::new(2));
+    for (mut from, mut to) in [(client.try_clone()?, server.try_clone()?), (server, client)] {
+        let (left, conns) = (left.clone(), conns.clone());
+        std::thread::Builder::new()
+            .name("shoal-proxy".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                }
+            })?;
+    }
+    Ok(())
 }
 
 /// A backend for a new connection, waiting up to [`ROUTE_WAIT`] for one to exist.
