@@ -118,6 +118,10 @@ pub fn adopt(c: &Arc<Controller>) -> usize {
     adopted
 }
 
+/// A probe unanswered this long (or a whole interval, if longer) counts as a miss at every
+/// tick until it ends.
+const OVERDUE: Duration = Duration::from_secs(1);
+
 /// Backoff state of one instance.
 struct Backoff {
     next: Instant,
@@ -134,7 +138,14 @@ struct Memory {
     renewed: HashMap<String, Instant>,
     /// Whether this host managed each cluster at the last look.
     managing: HashMap<String, bool>,
+    /// Probes in flight (they may outlive a tick), and when each started.
+    probes: tokio::task::JoinSet<(Probe, ProbeResult)>,
+    inflight: HashMap<(String, String), Instant>,
+    /// Which instance each probe task is for (to clean up after a task that panicked).
+    tasks: HashMap<tokio::task::Id, (String, String)>,
 }
+
+type ProbeResult = Option<Result<wit::RoleReport, String>>;
 
 /// A probe to run this tick.
 struct Probe {
@@ -323,20 +334,42 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
         }
         drop(guard);
     }
-    // Probe concurrently: one hung instance must not delay the others.
-    let mut set = tokio::task::JoinSet::new();
+    // Probe concurrently: one hung instance must not delay the others. A probe may outlive
+    // the tick; one still unanswered after OVERDUE (or a whole interval) counts as a miss at
+    // every tick until it ends (a frozen server is noticed without waiting for timeouts).
+    let interval = Duration::from_millis(c.cfg.probe_interval_ms);
+    // (probe, result, whether the probe is still running).
+    let mut results: Vec<(Probe, ProbeResult, bool)> = Vec::new();
+    while let Some(done) = mem.probes.try_join_next_with_id() {
+        finished(mem, done, &mut results);
+    }
     for p in probes {
+        let key = (p.cl.name.clone(), p.i.name.clone());
+        if let Some(started) = mem.inflight.get(&key) {
+            let waited = started.elapsed();
+            if waited >= interval.max(OVERDUE) {
+                let overdue = Some(Err(format!("no answer after {} ms", waited.as_millis())));
+                results.push((p, overdue, true));
+            }
+            continue;
+        }
+        mem.inflight.insert(key.clone(), Instant::now());
         let c = c.clone();
-        set.spawn(async move {
+        let task = mem.probes.spawn(async move {
             let r = probe_live(&c, &p.cl, p.i.clone(), &p.all, &p.creds).await;
             (p, r)
         });
+        mem.tasks.insert(task.id(), key);
     }
-    let mut results = Vec::new();
-    while let Some(Ok(r)) = set.join_next().await {
-        results.push(r);
+    // Most probes answer in milliseconds: take what arrives within most of an interval.
+    let deadline = tokio::time::Instant::now() + interval.mul_f64(0.8);
+    while !mem.probes.is_empty() {
+        match tokio::time::timeout_at(deadline, mem.probes.join_next_with_id()).await {
+            Ok(Some(done)) => finished(mem, done, &mut results),
+            Ok(None) | Err(_) => break,
+        }
     }
-    for (p, r) in results {
+    for (p, r, _) in results {
         judge(c, mem, &p, r, ttl).await;
     }
     for cl in c.db(|s| s.clusters()).unwrap_or_default() {
@@ -345,16 +378,28 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     refresh_cluster_states(c);
 }
 
+/// Book a finished probe task: forget it as in flight and keep its result.
+fn finished(
+    mem: &mut Memory,
+    done: Result<(tokio::task::Id, (Probe, ProbeResult)), tokio::task::JoinError>,
+    results: &mut Vec<(Probe, ProbeResult, bool)>,
+) {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    if let Some(key) = mem.tasks.remove(&id) {
+        mem.inflight.remove(&key);
+    }
+    if let Ok((_, (p, r))) = done {
+        results.push((p, r, false));
+    }
+}
+
 /// Act on one probe result: count misses of a primary and fail it over after too many;
 /// renew the healthy primary's leader lease; fence an instance whose claimed role contradicts
 /// the coordination store.
-async fn judge(
-    c: &Arc<Controller>,
-    mem: &mut Memory,
-    p: &Probe,
-    r: Option<Result<wit::RoleReport, String>>,
-    ttl: Duration,
-) {
+async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult, ttl: Duration) {
     let Some(r) = r else { return };
     let key = (p.cl.name.clone(), p.i.name.clone());
     let lock = c.lock(&p.cl.name);
