@@ -6,6 +6,8 @@
 //! * TRIALS × kill -9 of the primary (sync mode, 3 instances): detection (kill → failover
 //!   started), promotion (kill → promoted), write unavailability (last commit before the kill →
 //!   first after), acknowledged commits lost; p50 / p99 / max;
+//! * TRIALS / 4 frozen primaries (every process SIGSTOPped): time to a new leader, write
+//!   unavailability;
 //! * TRIALS / 2 switchovers: write pause and command time;
 //! * pgbench TPS through the read-write endpoint vs directly to the primary (ratio);
 //! * host CPU per probe with kept addon instances (one open connection) vs a fresh addon
@@ -155,6 +157,69 @@ fn failovers(h: &Host, trials: usize) {
             eprintln!("switchover lost {} commits", l.len());
         }
     }
+    // Frozen primaries: every process SIGSTOPped (what the cgroup freezer does).
+    let (mut frozen_leader, mut frozen_unavail) = (vec![], vec![]);
+    for k in 0..(trials / 4).max(1) {
+        let d = h.wait_healthy(name);
+        let term = d["term"].as_u64().unwrap_or(0);
+        let (_, pid, old_port) = primary_of(&d);
+        let w = Writer::start_at(
+            rw_port(&d),
+            &password(h, name),
+            (trials as u64 * 2 + k as u64 + 1) * 1_000_000,
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        let procs = server_processes(pid);
+        let stopped = Instant::now();
+        for p in &procs {
+            unsafe {
+                libc::kill(*p as i32, libc::SIGSTOP);
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(60);
+        while h.describe(name)["term"].as_u64().unwrap_or(0) <= term {
+            if Instant::now() > until {
+                eprintln!("frozen trial {k}: no failover within 60 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        frozen_leader.push(stopped.elapsed().as_secs_f64() * 1000.0);
+        let until = Instant::now() + Duration::from_secs(30);
+        while w.acked().last().is_none_or(|(_, at)| *at <= stopped) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for p in &procs {
+            unsafe {
+                libc::kill(*p as i32, libc::SIGCONT);
+            }
+        }
+        let (acked, servers) = w.finish_with_servers();
+        let on_old = |i: usize| servers.get(i).is_some_and(|p| u64::from(*p) == old_port);
+        let before = (0..acked.len())
+            .rev()
+            .find(|&i| on_old(i))
+            .map(|i| acked[i].1);
+        let after = (0..acked.len())
+            .find(|&i| !on_old(i) && acked[i].1 > stopped)
+            .map(|i| acked[i].1);
+        if let (Some(b), Some(a)) = (before, after) {
+            frozen_unavail.push((a - b).as_secs_f64() * 1000.0);
+        }
+        let l = lost(h, name, &acked);
+        if !l.is_empty() {
+            eprintln!("frozen trial {k}: {} commits lost", l.len());
+        }
+    }
+    println!("\nfrozen primary (all its processes SIGSTOPped; probes every 300 ms, 2 misses):");
+    row(
+        "freeze -> new leader elected+promoted",
+        &frozen_leader,
+        "ms",
+    );
+    row("write unavailability", &frozen_unavail, "ms");
+
     println!("\nswitchover under a writer:");
     row("write pause", &pause, "ms");
     row("command time", &took, "ms");

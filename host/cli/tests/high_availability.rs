@@ -277,24 +277,6 @@ fn a_hung_primary_is_fenced_and_failed_over_and_never_writes_again() {
     );
 }
 
-/// `pid` and its children (PostgreSQL's workers).
-fn server_processes(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn with_etcd_as_the_coordination_store_a_failover_elects_through_it() {
     let etcd = shoal_tests::Etcd::start();

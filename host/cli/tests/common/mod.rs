@@ -403,3 +403,21 @@ pub fn create_cluster(h: &Host, name: &str, replicas: u32, ha: &str) -> serde_js
     psql(&h.uri(name), "CREATE TABLE w (n bigint PRIMARY KEY)").unwrap();
     d
 }
+
+/// `pid` and its children (PostgreSQL's workers).
+pub fn server_processes(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(p);
+        }
+    }
+    out
+}
