@@ -734,7 +734,6 @@ pub(crate) async fn switchover(
             fenced.state = "running".into();
             c.save(&fenced);
             // Lift the fence: the old primary stays the primary.
-            let _ = std::fs::remove_file(old.data_dir().join("standby.signal"));
             let leader = leader_named(c, cluster).await.ok().flatten();
             let term = leader.map(|l| l.term).unwrap_or(0);
             let _ = promote(c, &cl, &mut old.clone(), term, &cr).await;

@@ -264,36 +264,16 @@ impl ProcessId {
     /// leader are touched, so a recycled group id can never take an unrelated process along.
     /// Returns how many were killed.
     pub fn kill_leftovers(&self) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
         let mut killed = 0;
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Some((pgrp, start)) = group_and_start(pid) else {
-                continue;
-            };
-            if pgrp == self.pid && start >= self.start_time && pid != self.pid {
-                if let Ok(p) = i32::try_from(pid) {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe {
-                        libc::kill(p, libc::SIGKILL);
-                    }
-                    killed += 1;
-                }
+        for p in processes() {
+            if p.pgrp == self.pid && p.start >= self.start_time && p.pid != self.pid {
+                kill(p.pid);
+                killed += 1;
             }
         }
         killed
     }
-}
 
-impl ProcessId {
     /// SIGKILL this process and every descendant (servers like PostgreSQL put their workers
     /// in sessions of their own, so the process group does not hold them all). Descendants
     /// are found before the leader dies (after that they are re-parented). Only processes
@@ -302,23 +282,10 @@ impl ProcessId {
         if !self.is_running() {
             return 0;
         }
-        let mut parent_of = Vec::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Some((ppid, start)) = parent_and_start(pid) {
-                    if start >= self.start_time {
-                        parent_of.push((pid, ppid));
-                    }
-                }
-            }
-        }
+        let parent_of: Vec<(u32, u32)> = processes()
+            .filter(|p| p.start >= self.start_time)
+            .map(|p| (p.pid, p.ppid))
+            .collect();
         let mut tree = vec![self.pid];
         let mut i = 0;
         while i < tree.len() {
@@ -327,31 +294,48 @@ impl ProcessId {
             i += 1;
         }
         for pid in &tree {
-            if let Ok(pid) = i32::try_from(*pid) {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
+            kill(*pid);
         }
         tree.len()
     }
 }
 
-/// Parent pid and start time of `pid` (fields 4 and 22 of /proc/PID/stat).
-fn parent_and_start(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+/// SIGKILL `pid`.
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
-/// Process group and start time of `pid` (fields 5 and 22 of /proc/PID/stat).
-fn group_and_start(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+/// What /proc/PID/stat says about one process.
+struct ProcStat {
+    pid: u32,
+    ppid: u32,
+    pgrp: u32,
+    start: u64,
+}
+
+/// Every process on the machine that could be read (fields 4, 5 and 22 of /proc/PID/stat).
+fn processes() -> impl Iterator<Item = ProcStat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(ProcStat {
+                pid,
+                ppid: fields.get(1)?.parse().ok()?,
+                pgrp: fields.get(2)?.parse().ok()?,
+                start: fields.get(19)?.parse().ok()?,
+            })
+        })
 }
 
 /// Collect the exit status of `pid` if it is our exited child; harmless otherwise.
