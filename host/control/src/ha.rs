@@ -439,7 +439,7 @@ fn set_aside(i: &InstanceRow) -> Result<(), String> {
     Ok(())
 }
 
-/// The leader record the store has, if it names `holder`; otherwise why not.
+/// The last elected leader of `cluster` in the coordination store (live lease or not).
 async fn leader_named(c: &Controller, cluster: &str) -> Result<Option<Leader>, String> {
     match c.dcs.leader(cluster).await {
         Ok(l) => Ok(l.map(|(l, _)| l)),
