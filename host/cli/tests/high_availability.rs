@@ -365,3 +365,50 @@ fn a_host_killed_after_the_election_keeps_it_and_finishes() {
         (22600, 22699),
     );
 }
+
+#[test]
+fn a_partitioned_primary_is_fenced_and_no_second_primary_appears() {
+    // The test's own network namespace: the firewall rules below touch nothing else.
+    private_network();
+    let h = Host::start((22700, 22799));
+    let d = create_cluster(&h, "part", 3, "  mode: sync");
+    let (old, pid, old_port) = primary_of(&d);
+    let w = Writer::start(rw_port(&d), &password(&h, "part"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!w.acked().is_empty(), "the writer commits before the fault");
+    // Cut the primary off the network: its process runs on, answering nobody.
+    let cut = Instant::now();
+    partition("-A", old_port);
+    let d = wait_new_leader(&h, "part", &old, &w, cut);
+    eprintln!("partitioned primary: new leader after {:?}", cut.elapsed());
+    assert!(!alive(pid), "the partitioned primary was not fenced");
+    // The partition heals; the old primary must come back as a replica, never a writer.
+    partition("-D", old_port);
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = w.finish();
+    assert_eq!(d["term"], 2, "one election: {d:#}");
+    let events = h.ok(&["cluster", "events", "part"]);
+    assert!(events.contains("consecutive probes failed"), "{events}");
+    let lost = lost(&h, "part", &acked);
+    eprintln!(
+        "partitioned primary: {} commits acknowledged, {} lost, longest write pause {:?}",
+        acked.len(),
+        lost.len(),
+        longest_gap(&acked)
+    );
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let d = h.wait_healthy("part");
+    let back = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == old.as_str())
+        .unwrap();
+    assert_eq!(back["role"], "replica", "{d:#}");
+    let r = psql(
+        &instance_uri(&h.uri("part"), old_port),
+        "INSERT INTO w VALUES (-1)",
+    );
+    assert!(r.is_err(), "the old primary accepted a write");
+    assert_one_writable_primary(&h, "part");
+}

@@ -421,3 +421,42 @@ pub fn server_processes(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// Move the calling thread, and every thread and process it starts afterwards, into a new
+/// network namespace of its own with loopback up, so that firewall rules the test adds touch
+/// nothing else on the machine; the namespace ends with the test's last process. Needs root.
+pub fn private_network() {
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        r,
+        0,
+        "unshare(CLONE_NEWNET) failed (this test needs root): {}",
+        std::io::Error::last_os_error()
+    );
+    let o = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output()
+        .expect("run ip (apt-get install iproute2)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Drop (`-A`) or stop dropping (`-D`) every TCP packet to or from local `port`: the server
+/// there is cut off from everyone — the host's probes, its replicas, the proxy.
+pub fn partition(op: &str, port: u64) {
+    for dir in ["--dport", "--sport"] {
+        let o = Command::new("iptables")
+            .args([
+                op,
+                "INPUT",
+                "-p",
+                "tcp",
+                dir,
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ])
+            .output()
+            .expect("run iptables (apt-get install iptables)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
