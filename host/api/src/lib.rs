@@ -13,6 +13,9 @@ use tokio::net::UnixStream;
 /// File name of the socket inside the Shoal home.
 pub const SOCKET: &str = "shoal.sock";
 
+/// Environment variable naming the socket of one particular daemon (overrides the home's).
+pub const SOCKET_ENV: &str = "SHOAL_SOCKET";
+
 /// What a user asks for when creating a cluster (also the `-f spec.yaml` format).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +246,9 @@ pub struct ServerInfo {
     pub resource_limits: String,
     /// The OS user engines run as.
     pub engine_user: String,
+    /// This host's name in the coordination store's manager leases.
+    #[serde(default)]
+    pub host_id: String,
 }
 
 /// A loaded engine.
@@ -358,6 +364,9 @@ pub struct ClusterView {
     /// The elected leader and its term (the fencing token), from the coordination store.
     pub leader: Option<String>,
     pub term: Option<u64>,
+    /// The Shoal host whose manager lease of this cluster is live: the one that acts on it.
+    #[serde(default)]
+    pub manager: Option<String>,
     /// Stable endpoints: read-write (always the primary) and read-only (the replicas).
     pub read_write: Option<String>,
     pub read_only: Option<String>,
@@ -429,9 +438,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to the daemon whose home is `home`.
+    /// Connect to the daemon whose home is `home` (its socket there), or to the one whose
+    /// socket `$SHOAL_SOCKET` names (a second host on a shared home listens on its own).
     pub async fn connect(home: &Path) -> Result<Client, ClientError> {
-        let path = home.join(SOCKET);
+        let path = match std::env::var_os(SOCKET_ENV) {
+            Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+            _ => home.join(SOCKET),
+        };
         let stream = UnixStream::connect(&path)
             .await
             .map_err(|source| ClientError::Connect {

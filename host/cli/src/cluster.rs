@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Addon files or directories to load (default: HOME/addons). Repeatable.
     #[arg(long = "addons", value_name = "PATH")]
     pub addons: Vec<PathBuf>,
+    /// This host's name in the coordination store (overrides `[ha] host_id`). Two hosts
+    /// sharing a home with etcd need different ones.
+    #[arg(long, value_name = "ID")]
+    pub host_id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,6 +188,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         shoal_control::HostConfig::load(&home, args.config.as_deref()).map_err(Failure::usage)?;
     if !args.addons.is_empty() {
         cfg.addons = args.addons.clone();
+    }
+    if let Some(id) = &args.host_id {
+        cfg.ha.host_id = Some(id.clone());
+        cfg.validate().map_err(Failure::usage)?;
     }
     shoal_control::serve(home, cfg)
         .await
@@ -518,6 +526,10 @@ fn describe_text(c: &ClusterView) -> String {
             (Some(l), Some(t)) => format!("{l} (term {t})"),
             _ => "-".into(),
         }
+    ));
+    s.push_str(&format!(
+        "Managed by:  {}\n",
+        c.manager.as_deref().unwrap_or("- (no live manager lease)")
     ));
     if let (Some(rw), Some(ro)) = (&c.read_write, &c.read_only) {
         s.push_str(&format!("Endpoints:   read-write {rw}, read-only {ro}\n"));

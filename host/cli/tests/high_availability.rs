@@ -54,6 +54,24 @@ fn assert_one_writable_primary(h: &Host, name: &str) {
     assert_eq!(writable.len(), 1, "writable primaries: {writable:?}\n{d:#}");
 }
 
+/// The old primary `old` is back as a healthy replica of the new one, with the writer's
+/// last acknowledged commit `last`.
+fn rejoined_as_replica(h: &Host, name: &str, old: &str, old_port: u64, last: u64) {
+    let d = h.wait_healthy(name);
+    let back = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == old)
+        .unwrap();
+    assert_eq!(back["role"], "replica", "{d:#}");
+    eventually(
+        &instance_uri(&h.uri(name), old_port),
+        &format!("SELECT count(*) FROM w WHERE n = {last}"),
+        "1",
+    );
+}
+
 /// kill -9 of the primary's postmaster under a writer; returns the commits lost.
 fn kill_primary_under_load(h: &Host, name: &str) -> (Vec<u64>, Duration) {
     let d = h.describe(name);
@@ -78,21 +96,7 @@ fn kill_primary_under_load(h: &Host, name: &str) -> (Vec<u64>, Duration) {
         d["leader"]
     );
     assert_one_writable_primary(h, name);
-    // The old primary comes back as a healthy replica of the new one, with the data.
-    let d = h.wait_healthy(name);
-    let back = d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == old.as_str())
-        .unwrap();
-    assert_eq!(back["role"], "replica", "{d:#}");
-    let last = acked.last().unwrap().0;
-    eventually(
-        &instance_uri(&h.uri(name), old_port),
-        &format!("SELECT count(*) FROM w WHERE n = {last}"),
-        "1",
-    );
+    rejoined_as_replica(h, name, &old, old_port, acked.last().unwrap().0);
     (lost, gap)
 }
 
@@ -397,18 +401,100 @@ fn a_partitioned_primary_is_fenced_and_no_second_primary_appears() {
         longest_gap(&acked)
     );
     assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
-    let d = h.wait_healthy("part");
-    let back = d["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == old.as_str())
-        .unwrap();
-    assert_eq!(back["role"], "replica", "{d:#}");
+    rejoined_as_replica(&h, "part", &old, old_port, acked.last().unwrap().0);
     let r = psql(
         &instance_uri(&h.uri("part"), old_port),
         "INSERT INTO w VALUES (-1)",
     );
     assert!(r.is_err(), "the old primary accepted a write");
     assert_one_writable_primary(&h, "part");
+}
+
+#[test]
+fn two_hosts_on_one_etcd_one_acts_and_the_other_takes_over_when_it_is_lost() {
+    let etcd = shoal_tests::Etcd::start();
+    let cfg = format!(
+        "[ha]\ndcs = \"etcd\"\netcd_endpoints = [\"{}\"]\nlease_ttl_ms = 3000\n",
+        etcd.url
+    );
+    let mut h = Host::start_as((22800, 22899), &cfg, "host-a");
+    let d = create_cluster(&h, "two", 3, "  mode: sync");
+    assert_eq!(d["manager"], "host-a", "{d:#}");
+    // A second host on the same home stands by: it reads the same state, changes nothing.
+    let b = h.spawn_peer("host-b");
+    let seen = b.describe("two");
+    assert_eq!(seen["manager"], "host-a");
+    assert_eq!(seen["leader"], d["leader"]);
+    let o = b.shoal(&["cluster", "switchover", "two"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("managed by host host-a"), "{err}");
+    // Only host-a acts: the second daemon with host-a's name is refused.
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["serve", "--host-id", "host-a"])
+        .env("SHOAL_HOME", h.home.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("needs its own --host-id"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Host A is lost with the primary it ran: its daemon and the server die together.
+    let (old, pid, old_port) = primary_of(&d);
+    let w = Writer::start(rw_port(&d), &password(&h, "two"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!w.acked().is_empty(), "the writer commits before the fault");
+    let lost_at = Instant::now();
+    h.kill_serve();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let d = b.describe("two");
+        let moved = d["leader"].as_str().is_some_and(|l| l != old);
+        let wrote = w.acked().last().is_some_and(|(_, t)| *t > lost_at);
+        if moved && wrote {
+            break d;
+        }
+        assert!(Instant::now() < until, "host-b never took over: {d:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "host lost: host-b manages, new leader {} writable after {:?}",
+        d["leader"],
+        lost_at.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let acked = w.finish();
+    assert_eq!(d["manager"], "host-b", "{d:#}");
+    assert_eq!(d["term"], 2, "one election: {d:#}");
+    // host-b took the home's socket over: plain commands reach it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !h.shoal(&["cluster", "engines"]).status.success() {
+        assert!(
+            Instant::now() < until,
+            "host-b never took over the home's socket"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = h.ok(&["cluster", "events", "two"]);
+    assert!(
+        events.contains("host host-b manages this cluster now"),
+        "{events}"
+    );
+    let lost = lost(&h, "two", &acked);
+    eprintln!(
+        "host lost: {} commits acknowledged, {} lost, longest write pause {:?}",
+        acked.len(),
+        lost.len(),
+        longest_gap(&acked)
+    );
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    assert_one_writable_primary(&h, "two");
+    rejoined_as_replica(&h, "two", &old, old_port, acked.last().unwrap().0);
+    drop(b);
 }

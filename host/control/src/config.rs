@@ -61,6 +61,31 @@ pub struct HaConfig {
     pub host_id: Option<String>,
 }
 
+impl HaConfig {
+    /// This host's name: the configured one, else the machine's hostname and the home.
+    pub fn host_id(&self, home: &std::path::Path) -> String {
+        self.host_id.clone().unwrap_or_else(|| {
+            let name = std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{name}:{}", home.display())
+        })
+    }
+}
+
+/// `s` with every character but ASCII letters, digits, `-`, `_` and `.` replaced by `_`.
+pub fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.') {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
@@ -132,6 +157,13 @@ impl HostConfig {
         }
         if self.ha.lease_ttl_ms < 1000 {
             return Err("ha.lease_ttl_ms must be at least 1000".into());
+        }
+        if let Some(id) = &self.ha.host_id {
+            if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+                return Err(format!(
+                    "ha.host_id {id:?} must be 1 to 200 printable characters"
+                ));
+            }
         }
         match self.ha.dcs.as_str() {
             "embedded" => {}

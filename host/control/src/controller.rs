@@ -48,6 +48,10 @@ pub struct Controller {
     pub(crate) wake: tokio::sync::Notify,
     /// Processes with an exit watcher.
     watched: Mutex<std::collections::HashSet<shoal_local::ProcessId>>,
+    /// Whether this host held each cluster's manager lease at the last look (absent: not
+    /// looked yet). Only the manager probes, restarts, fails over, runs operations and opens
+    /// the stable endpoints of a cluster.
+    managing: Mutex<HashMap<String, bool>>,
 }
 
 /// Resources of a cluster, parsed.
@@ -100,12 +104,7 @@ impl Controller {
                     .map_err(|e| e.to_string())?,
             ),
         };
-        let host_id = cfg.ha.host_id.clone().unwrap_or_else(|| {
-            let name = std::fs::read_to_string("/etc/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("{name}:{}", home.display())
-        });
+        let host_id = cfg.ha.host_id(&home);
         Ok(Arc::new(Controller {
             dcs,
             host_id,
@@ -126,6 +125,7 @@ impl Controller {
             limits,
             locks: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            managing: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -195,7 +195,61 @@ impl Controller {
             pid: std::process::id(),
             resource_limits: self.limits_text(),
             engine_user: self.engine_user_name.clone(),
+            host_id: self.host_id.clone(),
         }
+    }
+
+    /// Whether this host acts on `cluster`: it held the manager lease at the last look, or
+    /// nobody looked yet (a cluster this host just created).
+    pub(crate) fn manages(&self, cluster: &str) -> bool {
+        self.managing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// Take or renew the manager lease of `cluster`; returns whether this host holds it and
+    /// what it held before (None: never looked).
+    pub(crate) async fn take_management(&self, cluster: &str) -> (bool, Option<bool>) {
+        let ttl = std::time::Duration::from_millis(self.cfg.ha.lease_ttl_ms);
+        let now = self
+            .dcs
+            .manage(cluster, &self.host_id, ttl)
+            .await
+            .unwrap_or(false);
+        let before = self
+            .managing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster.to_string(), now);
+        (now, before)
+    }
+
+    /// Refuse a change to `cluster` unless this host manages it (taking the manager lease if
+    /// it is free): two hosts must never both act on one cluster.
+    pub async fn require_management(&self, cluster: &str) -> Result<(), ApiError> {
+        if self.db(|s| s.cluster(cluster))?.is_none() {
+            return Ok(()); // the request itself reports the unknown cluster
+        }
+        if self.manages(cluster) && self.take_management(cluster).await.0 {
+            return Ok(());
+        }
+        let holder = self.dcs.manager(cluster).await.ok().flatten();
+        Err(ApiError::conflict(match holder {
+            Some(h) => format!(
+                "cluster {cluster} is managed by host {h}, not by this one ({}); send the \
+                 request to that host (its socket, or SHOAL_SOCKET)",
+                self.host_id
+            ),
+            None => format!(
+                "this host ({}) does not manage cluster {cluster} and the coordination store \
+                 names no live manager ({}); try again in a few seconds",
+                self.host_id,
+                self.dcs.describe()
+            ),
+        }))
     }
 
     pub fn limits_text(&self) -> String {
@@ -585,6 +639,7 @@ impl Controller {
         let (rw, ro) = self.db(|s| s.endpoints(&c.name))?;
         // The coordination store may be unreachable (etcd down): describe still answers.
         let leader = self.dcs.leader(&c.name).await.ok().flatten();
+        let manager = self.dcs.manager(&c.name).await.ok().flatten();
         Ok(ClusterView {
             name: c.name.clone(),
             engine: c.engine.clone(),
@@ -601,6 +656,7 @@ impl Controller {
             ha: c.spec.ha.clone(),
             leader: leader.as_ref().map(|(l, _)| l.holder.clone()),
             term: leader.as_ref().map(|(l, _)| l.term),
+            manager,
             read_write: rw.map(|p| format!("127.0.0.1:{p}")),
             read_only: ro.map(|p| format!("127.0.0.1:{p}")),
         })
@@ -610,6 +666,11 @@ impl Controller {
     /// read-write port to the running instance the host holds as primary, the read-only port
     /// to healthy running replicas.
     pub(crate) async fn refresh_routes(&self, cluster: &str) {
+        // Only the managing host serves a cluster's endpoints.
+        if !self.manages(cluster) {
+            self.proxy.remove(cluster);
+            return;
+        }
         let Ok((Some(rw), Some(ro))) = self.db(|s| s.endpoints(cluster)) else {
             return;
         };

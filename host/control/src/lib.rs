@@ -32,25 +32,59 @@ pub use controller::Controller;
 
 /// Run the host: open everything, re-adopt running instances, serve the API and supervise
 /// until the process is stopped. Prints where it listens once ready.
+///
+/// With etcd as the coordination store a second host may share the home (its state store on
+/// shared storage): it listens on `<home>/hosts/<host id>.sock`, stands by while the first
+/// manages the clusters, takes over `<home>/shoal.sock` once that daemon is gone, and adopts
+/// each cluster whose manager lease lapses.
 pub async fn serve(home: std::path::PathBuf, cfg: HostConfig) -> Result<(), String> {
     std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-    let listener = server::bind(&home).await?;
+    let (listener, path) = match server::bind(&home.join(shoal_api::SOCKET)).await {
+        Ok(l) => (l, home.join(shoal_api::SOCKET)),
+        Err(server::BindError::Busy(other)) if cfg.ha.dcs == "etcd" => {
+            let id = cfg.ha.host_id(&home);
+            if other.host_id == id {
+                return Err(format!(
+                    "another shoal serve (pid {}) runs on {} as host {id:?}; a second host on \
+                     this home needs its own --host-id",
+                    other.pid,
+                    home.display()
+                ));
+            }
+            let dir = home.join("hosts");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let path = dir.join(format!("{}.sock", config::file_safe(&id)));
+            let l = server::bind(&path).await.map_err(|e| e.to_string())?;
+            (l, path)
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let c = Controller::open(home.clone(), cfg).await?;
-    let adopted = supervisor::adopt(&c);
+    let adopted = supervisor::adopt(&c).await;
     tracing::info!(
         home = %home.display(),
+        host = %c.host_id,
         engines = ?c.engines.names(),
         adopted,
         "shoal serve ready; resource limits {}",
         c.limits_text()
     );
     eprintln!(
-        "shoal serve: ready on {} (engines: {}; re-adopted {adopted} running instance(s); resource limits {})",
-        home.join(shoal_api::SOCKET).display(),
+        "shoal serve: host {} ready on {} (engines: {}; re-adopted {adopted} running instance(s); coordination: {}; resource limits {})",
+        c.host_id,
+        path.display(),
         c.engines.names().join(", "),
+        c.dcs.describe(),
         c.limits_text()
     );
     tokio::spawn(supervisor::run(c.clone()));
+    if path != home.join(shoal_api::SOCKET) {
+        tokio::spawn(server::take_over_socket(
+            c.clone(),
+            home.join(shoal_api::SOCKET),
+        ));
+    }
     server::serve(c, listener).await;
     Ok(())
 }

@@ -16,25 +16,92 @@ use crate::controller::Controller;
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 1 << 20;
 
-/// Bind the socket: refuse when another daemon answers on it, replace a stale one.
-pub async fn bind(home: &Path) -> Result<UnixListener, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = home.join(shoal_api::SOCKET);
-    if path.exists() {
-        if UnixStream::connect(&path).await.is_ok() {
-            return Err(format!(
-                "another shoal serve is running on {} (its home is in use)",
-                path.display()
-            ));
+/// Why a socket could not be bound.
+#[derive(Debug)]
+pub enum BindError {
+    /// Another daemon answers on it (what it says of itself).
+    Busy(shoal_api::ServerInfo),
+    Other(String),
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindError::Busy(other) => write!(
+                f,
+                "another shoal serve (pid {}, host {}) is running on {} (its home is in use)",
+                other.pid, other.host_id, other.home
+            ),
+            BindError::Other(e) => f.write_str(e),
         }
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove stale {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+}
+
+/// Bind the socket at `path`: refuse when another daemon answers on it, replace a stale one.
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            let info = ask_info(path)
+                .await
+                .unwrap_or_else(|| shoal_api::ServerInfo {
+                    version: "?".into(),
+                    home: path.display().to_string(),
+                    pid: 0,
+                    resource_limits: String::new(),
+                    engine_user: String::new(),
+                    host_id: "?".into(),
+                });
+            return Err(BindError::Busy(info));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            BindError::Other(format!("cannot remove stale {}: {e}", path.display()))
+        })?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| BindError::Other(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| BindError::Other(format!("cannot restrict {}: {e}", path.display())))?;
     Ok(listener)
+}
+
+/// What the daemon on `path` says of itself.
+async fn ask_info(path: &Path) -> Option<shoal_api::ServerInfo> {
+    let stream = UnixStream::connect(path).await.ok()?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(&Request::Ping).ok()?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    let mut reader = BufReader::new(r);
+    let read = reader.read_line(&mut answer);
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()?
+        .ok()?;
+    match serde_json::from_str::<Reply>(&answer).ok()? {
+        Reply::Ok(v) => serde_json::from_value(v).ok(),
+        _ => None,
+    }
+}
+
+/// A second host on a shared home: once the daemon on the home's socket is gone, take the
+/// socket over, so that plain `shoal` commands reach this host.
+pub async fn take_over_socket(c: Arc<Controller>, path: std::path::PathBuf) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if UnixStream::connect(&path).await.is_ok() {
+            continue;
+        }
+        match bind(&path).await {
+            Ok(l) => {
+                tracing::info!("host {} now answers on {}", c.host_id, path.display());
+                serve(c, l).await;
+                return;
+            }
+            Err(e) => tracing::debug!("cannot take over {}: {e}", path.display()),
+        }
+    }
 }
 
 /// Serve connections until the listener fails.
@@ -100,6 +167,17 @@ async fn handle(
     req: Request,
     w: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<serde_json::Value, ApiError> {
+    // A change to a cluster is made only by the host that manages it.
+    if let Request::Delete { name, .. }
+    | Request::Stop { name }
+    | Request::Start { name }
+    | Request::Restart { name }
+    | Request::Scale { name, .. }
+    | Request::Switchover { name, .. }
+    | Request::Rebuild { name, .. } = &req
+    {
+        c.require_management(name).await?;
+    }
     match req {
         Request::Ping => json(c.info()),
         Request::Engines => json(c.engine_views()),

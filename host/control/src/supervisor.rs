@@ -36,10 +36,43 @@ pub(crate) fn record_probe(i: &mut InstanceRow, r: &wit::RoleReport) {
     i.probed_ms = Some(now_ms());
 }
 
-/// Re-adopt running instances and settle interrupted operations. Returns how many instances
-/// were re-adopted.
-pub fn adopt(c: &Arc<Controller>) -> usize {
+/// At start: take the manager lease of every cluster it can, and re-adopt those clusters.
+/// Returns how many instances were re-adopted. A cluster another host manages is left to it
+/// (this host stands by and adopts it if that host's lease lapses).
+pub async fn adopt(c: &Arc<Controller>) -> usize {
+    let mut adopted = 0;
+    for cl in c.db(|s| s.clusters()).unwrap_or_default() {
+        let (managing, _) = c.take_management(&cl.name).await;
+        if managing {
+            adopted += adopt_cluster(c, &cl);
+        } else {
+            let holder = c.dcs.manager(&cl.name).await.ok().flatten();
+            c.event(
+                &cl.name,
+                None,
+                "info",
+                format!(
+                    "host {} stands by: {}",
+                    c.host_id,
+                    holder.map_or("no host manages this cluster".into(), |h| format!(
+                        "host {h} manages this cluster"
+                    ))
+                ),
+            );
+        }
+    }
+    adopted
+}
+
+/// Take over `cl` (at start, or from a host whose manager lease lapsed): settle the
+/// operations left unfinished, re-adopt instances whose processes still run (same pid and
+/// start time), and mark the others for a restart — or, for a dead primary with a live
+/// replica, for a failover. Returns how many instances were re-adopted.
+pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
     for op in c.db(|s| s.unfinished_ops()).unwrap_or_default() {
+        if op.cluster != cl.name {
+            continue;
+        }
         if op.kind == "failover" {
             // A failover must finish: run it again; it continues from what the coordination
             // store says (an elected candidate is kept, never a second election).
@@ -84,34 +117,49 @@ pub fn adopt(c: &Arc<Controller>) -> usize {
         );
     }
     let mut adopted = 0;
-    for cl in c.db(|s| s.clusters()).unwrap_or_default() {
-        for mut i in c.db(|s| s.instances(&cl.name)).unwrap_or_default() {
-            if i.desired != Desired::Running {
-                continue;
+    let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+    let replica_up = |me: &InstanceRow| {
+        all.iter().any(|r| {
+            r.name != me.name
+                && r.desired == Desired::Running
+                && r.process.is_some_and(|p| p.is_running())
+        })
+    };
+    for i in all.iter().filter(|i| i.desired == Desired::Running) {
+        let mut i = i.clone();
+        match i.process {
+            Some(p) if p.is_running() => {
+                adopted += 1;
+                i.state = "running".into();
+                c.save(&i);
+                c.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "info",
+                    format!("re-adopted running process (pid {})", p.pid),
+                );
             }
-            match i.process {
-                Some(p) if p.is_running() => {
-                    adopted += 1;
-                    i.state = "running".into();
-                    c.save(&i);
-                    c.event(
-                        &cl.name,
-                        Some(&i.name),
-                        "info",
-                        format!("re-adopted running process (pid {})", p.pid),
-                    );
-                }
-                _ if matches!(i.state.as_str(), ha::FENCED | "failed") => {}
-                _ => {
-                    i.state = "crashed".into();
-                    c.save(&i);
-                    c.event(
-                        &cl.name,
-                        Some(&i.name),
-                        "warning",
-                        "not running after the host restarted; starting it",
-                    );
-                }
+            _ if matches!(i.state.as_str(), ha::FENCED | "failed") => {}
+            // The supervisor's next tick fails it over, as for any primary found dead.
+            _ if i.role == "primary" && fails_over(cl, &all) && replica_up(&i) => {
+                i.state = "running".into();
+                c.save(&i);
+                c.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "warning",
+                    "the primary was not running when this host took over; failing over",
+                );
+            }
+            _ => {
+                i.state = "crashed".into();
+                c.save(&i);
+                c.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "warning",
+                    "not running when this host took over; starting it",
+                );
             }
         }
     }
@@ -136,8 +184,6 @@ struct Memory {
     misses: HashMap<(String, String), u32>,
     /// When each cluster's leader and manager leases were last renewed.
     renewed: HashMap<String, Instant>,
-    /// Whether this host managed each cluster at the last look.
-    managing: HashMap<String, bool>,
     /// Probes in flight (they may outlive a tick), and when each started.
     probes: tokio::task::JoinSet<(Probe, ProbeResult)>,
     inflight: HashMap<(String, String), Instant>,
@@ -202,6 +248,48 @@ fn start_failover(c: &Arc<Controller>, cl: &ClusterRow, i: &InstanceRow, reason:
 async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     let ttl = Duration::from_millis(c.cfg.ha.lease_ttl_ms);
     let clusters = c.db(|s| s.clusters()).unwrap_or_default();
+    // Leases first, apart from operations (a long one must not let the lease lapse).
+    for cl in &clusters {
+        // Only the host holding the manager lease acts on a cluster; a host whose lease
+        // lapsed stops acting, and one that takes a lapsed lease over adopts the cluster.
+        let renew = mem
+            .renewed
+            .get(&cl.name)
+            .is_none_or(|t| t.elapsed() >= ttl / 3);
+        if renew {
+            let (managing, before) = c.take_management(&cl.name).await;
+            mem.renewed.insert(cl.name.clone(), Instant::now());
+            if before != Some(managing) {
+                if managing {
+                    if before.is_some() {
+                        c.event(
+                            &cl.name,
+                            None,
+                            "info",
+                            format!("host {} manages this cluster now", c.host_id),
+                        );
+                        adopt_cluster(c, cl);
+                    }
+                } else {
+                    c.event(
+                        &cl.name,
+                        None,
+                        "warning",
+                        format!(
+                            "host {} no longer manages this cluster (another host does, or \
+                             the coordination store is unreachable)",
+                            c.host_id
+                        ),
+                    );
+                    c.proxy.remove(&cl.name);
+                    for i in c.db(|s| s.instances(&cl.name)).unwrap_or_default() {
+                        c.drop_live(&cl.name, &i.name);
+                        mem.misses.remove(&(cl.name.clone(), i.name.clone()));
+                    }
+                }
+            }
+        }
+    }
     let mut probes = Vec::new();
     for cl in clusters {
         // Skip clusters with an operation in progress: the operation owns them.
@@ -212,33 +300,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
         if c.db(|s| s.busy(&cl.name)).ok().flatten().is_some() {
             continue;
         }
-        // Only the host holding the manager lease acts on a cluster.
-        let renew = mem
-            .renewed
-            .get(&cl.name)
-            .is_none_or(|t| t.elapsed() >= ttl / 3);
-        if renew {
-            let managing = c
-                .dcs
-                .manage(&cl.name, &c.host_id, ttl)
-                .await
-                .unwrap_or(false);
-            mem.renewed.insert(cl.name.clone(), Instant::now());
-            let before = mem.managing.insert(cl.name.clone(), managing);
-            if before != Some(managing) && before.is_some() {
-                c.event(
-                    &cl.name,
-                    None,
-                    if managing { "info" } else { "warning" },
-                    if managing {
-                        format!("{} manages this cluster now", c.host_id)
-                    } else {
-                        format!("{} no longer manages this cluster (another host does, or the coordination store is unreachable)", c.host_id)
-                    },
-                );
-            }
-        }
-        if mem.managing.get(&cl.name) == Some(&false) {
+        if !c.manages(&cl.name) {
             continue;
         }
         let Ok(creds) = secrets::load(&c.home, &cl.name) else {

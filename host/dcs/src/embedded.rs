@@ -169,6 +169,18 @@ impl Coordinator for Embedded {
         })
     }
 
+    async fn manager(&self, cluster: &str) -> Result<Option<String>> {
+        let now = now_ms();
+        self.with(|c| {
+            c.query_row(
+                "SELECT owner FROM managers WHERE cluster = ?1 AND expires_ms > ?2",
+                params![cluster, now],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     async fn forget(&self, cluster: &str) -> Result<()> {
         self.with(|c| {
             c.execute("DELETE FROM leaders WHERE cluster = ?1", params![cluster])?;
@@ -212,8 +224,15 @@ mod tests {
         assert!(d.manage("pg", "host-a", short).await.unwrap());
         assert!(!d.manage("pg", "host-b", short).await.unwrap());
         assert!(d.manage("pg", "host-a", short).await.unwrap());
+        assert_eq!(d.manager("pg").await.unwrap().as_deref(), Some("host-a"));
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            d.manager("pg").await.unwrap(),
+            None,
+            "a lapsed lease names nobody"
+        );
         assert!(d.manage("pg", "host-b", short).await.unwrap());
+        assert_eq!(d.manager("pg").await.unwrap().as_deref(), Some("host-b"));
         assert!(!d.manage("pg", "host-a", short).await.unwrap());
     }
 }

@@ -319,6 +319,14 @@ impl Coordinator for Etcd {
         .await
     }
 
+    async fn manager(&self, cluster: &str) -> Result<Option<String>> {
+        // The key is bound to the manager's lease: it is gone once the lease lapses.
+        Ok(self
+            .get(&self.key(cluster, "manager"))
+            .await?
+            .map(|kv| kv.value))
+    }
+
     async fn forget(&self, cluster: &str) -> Result<()> {
         let start = format!("{}/{cluster}/", self.prefix);
         let end = format!("{}/{cluster}0", self.prefix);

@@ -66,6 +66,9 @@ pub trait Coordinator {
     /// holds it now; false when another host's lease is live.
     async fn manage(&self, cluster: &str, owner: &str, ttl: Duration) -> Result<bool>;
 
+    /// The host whose manager lease of `cluster` is live, if any.
+    async fn manager(&self, cluster: &str) -> Result<Option<String>>;
+
     /// Forget `cluster` (deleted).
     async fn forget(&self, cluster: &str) -> Result<()>;
 }
@@ -115,6 +118,12 @@ impl Coordinator for Dcs {
         match self {
             Dcs::Embedded(d) => d.manage(cluster, owner, ttl).await,
             Dcs::Etcd(d) => d.manage(cluster, owner, ttl).await,
+        }
+    }
+    async fn manager(&self, cluster: &str) -> Result<Option<String>> {
+        match self {
+            Dcs::Embedded(d) => d.manager(cluster).await,
+            Dcs::Etcd(d) => d.manager(cluster).await,
         }
     }
     async fn forget(&self, cluster: &str) -> Result<()> {

@@ -52,6 +52,7 @@ async fn two_hosts_on_one_etcd_never_elect_twice_and_one_manager_at_a_time() {
     assert!(a.manage("pg", "host-a", ttl).await.unwrap());
     assert!(!b.manage("pg", "host-b", ttl).await.unwrap());
     assert!(a.manage("pg", "host-a", ttl).await.unwrap());
+    assert_eq!(b.manager("pg").await.unwrap().as_deref(), Some("host-a"));
     let lapsed = Instant::now() + Duration::from_secs(10);
     loop {
         if b.manage("pg", "host-b", ttl).await.unwrap() {
@@ -61,6 +62,7 @@ async fn two_hosts_on_one_etcd_never_elect_twice_and_one_manager_at_a_time() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(!a.manage("pg", "host-a", ttl).await.unwrap());
+    assert_eq!(a.manager("pg").await.unwrap().as_deref(), Some("host-b"));
 
     a.forget("pg").await.unwrap();
     assert!(b.leader("pg").await.unwrap().is_none());

@@ -22,6 +22,8 @@ pub struct Host {
     path: Option<String>,
     /// A failpoint for the next daemon started (`SHOAL_FAILPOINT`).
     pub failpoint: Option<String>,
+    /// `--host-id` of the daemon.
+    host_id: Option<String>,
 }
 
 impl Host {
@@ -32,15 +34,32 @@ impl Host {
 
     /// Start a host with the PostgreSQL addon and `extra` lines in its config.toml.
     pub fn start_configured(ports: (u16, u16), extra: &str) -> Host {
-        Host::start_full(ports, &["shoal_addon_postgresql.wasm"], None, extra)
+        Host::start_full(ports, &["shoal_addon_postgresql.wasm"], None, extra, None)
+    }
+
+    /// As `start_configured`, for a daemon named `host_id` in the coordination store.
+    pub fn start_as(ports: (u16, u16), extra: &str, host_id: &str) -> Host {
+        Host::start_full(
+            ports,
+            &["shoal_addon_postgresql.wasm"],
+            None,
+            extra,
+            Some(host_id),
+        )
     }
 
     /// Start a host with `addons`, optionally with another `PATH`.
     pub fn start_with(ports: (u16, u16), addons: &[&str], path: Option<&str>) -> Host {
-        Host::start_full(ports, addons, path, "")
+        Host::start_full(ports, addons, path, "", None)
     }
 
-    fn start_full(ports: (u16, u16), addons: &[&str], path: Option<&str>, extra: &str) -> Host {
+    fn start_full(
+        ports: (u16, u16),
+        addons: &[&str],
+        path: Option<&str>,
+        extra: &str,
+        host_id: Option<&str>,
+    ) -> Host {
         let home = tempfile::tempdir().expect("home");
         std::fs::create_dir_all(home.path().join("addons")).unwrap();
         for a in addons {
@@ -59,6 +78,7 @@ impl Host {
             serve: None,
             path: path.map(str::to_string),
             failpoint: None,
+            host_id: host_id.map(str::to_string),
         };
         h.spawn_serve();
         h
@@ -72,8 +92,12 @@ impl Host {
         if let Some(f) = &self.failpoint {
             cmd.env("SHOAL_FAILPOINT", f);
         }
+        if let Some(id) = &self.host_id {
+            cmd.args(["serve", "--host-id", id]);
+        } else {
+            cmd.arg("serve");
+        }
         let child = cmd
-            .arg("serve")
             .env("SHOAL_HOME", self.home.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -164,6 +188,71 @@ impl Host {
             }
         }
         out
+    }
+}
+
+/// A second `shoal serve` on a host's home (with etcd as the coordination store), listening
+/// on its own socket; killed when dropped.
+pub struct Peer {
+    serve: Child,
+    pub socket: std::path::PathBuf,
+    home: std::path::PathBuf,
+}
+
+impl Host {
+    /// Start a second daemon named `host_id` on this home; returns once it answers.
+    pub fn spawn_peer(&self, host_id: &str) -> Peer {
+        let serve = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["serve", "--host-id", host_id])
+            .env("SHOAL_HOME", self.home.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the second shoal serve");
+        let p = Peer {
+            serve,
+            socket: self
+                .home
+                .path()
+                .join("hosts")
+                .join(format!("{host_id}.sock")),
+            home: self.home.path().to_path_buf(),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        while !p.shoal(&["cluster", "engines"]).status.success() {
+            assert!(
+                Instant::now() < until,
+                "the second shoal serve did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+}
+
+impl Peer {
+    /// Run `shoal` against this daemon's own socket.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("SHOAL_HOME", &self.home)
+            .env("SHOAL_SOCKET", &self.socket)
+            .output()
+            .expect("run shoal")
+    }
+
+    pub fn describe(&self, name: &str) -> serde_json::Value {
+        let o = self.shoal(&["cluster", "describe", name, "-o", "json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("json")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
     }
 }
 
