@@ -6,8 +6,11 @@
 //! * TRIALS × kill -9 of the primary (sync mode, 3 instances): detection (kill → failover
 //!   started), promotion (kill → promoted), write unavailability (last commit before the kill →
 //!   first after), acknowledged commits lost; p50 / p99 / max;
-//! * TRIALS / 4 frozen primaries (every process SIGSTOPped): time to a new leader, write
-//!   unavailability;
+//! * TRIALS / 4 frozen primaries (every process SIGSTOPped), TRIALS / 4 partitioned ones
+//!   (iptables DROP on the primary's port; the bench runs in a network namespace of its own):
+//!   time to a new leader, write unavailability, commits lost;
+//! * TRIALS / 4 losses of the acting host of two on one etcd (daemon and primary killed at
+//!   once): time until the other host elected and promoted a new leader;
 //! * TRIALS / 2 switchovers: write pause and command time;
 //! * pgbench TPS through the read-write endpoint vs directly to the primary (ratio);
 //! * host CPU per probe with kept addon instances (one open connection) vs a fresh addon
@@ -158,43 +161,122 @@ fn failovers(h: &Host, trials: usize) {
         }
     }
     // Frozen primaries: every process SIGSTOPped (what the cgroup freezer does).
-    let (mut frozen_leader, mut frozen_unavail) = (vec![], vec![]);
-    for k in 0..(trials / 4).max(1) {
-        let d = h.wait_healthy(name);
-        let term = d["term"].as_u64().unwrap_or(0);
-        let (_, pid, old_port) = primary_of(&d);
-        let w = Writer::start_at(
-            rw_port(&d),
-            &password(h, name),
-            (trials as u64 * 2 + k as u64 + 1) * 1_000_000,
-        );
-        std::thread::sleep(Duration::from_millis(400));
-        let procs = server_processes(pid);
-        let stopped = Instant::now();
-        for p in &procs {
-            unsafe {
-                libc::kill(*p as i32, libc::SIGSTOP);
-            }
+    let frozen = fault_trials(
+        "frozen",
+        (trials / 4).max(1),
+        (trials as u64 * 2 + 1) * 1_000_000,
+        &|| h.describe(name),
+        &|acked| lost(h, name, acked).len(),
+        &password(h, name),
+        &mut |d| {
+            let (_, pid, _) = primary_of(d);
+            let procs = server_processes(pid);
+            signal_all(&procs, libc::SIGSTOP);
+            Box::new(move || signal_all(&procs, libc::SIGCONT))
+        },
+    );
+    println!("\nfrozen primary (all its processes SIGSTOPped; probes every 300 ms, 2 misses):");
+    frozen.print("freeze");
+    // Partitioned primaries: every packet to or from its port dropped (this bench runs in a
+    // network namespace of its own).
+    let cut = fault_trials(
+        "partition",
+        (trials / 4).max(1),
+        (trials as u64 * 3 + 1) * 1_000_000,
+        &|| h.describe(name),
+        &|acked| lost(h, name, acked).len(),
+        &password(h, name),
+        &mut |d| {
+            let (_, _, port) = primary_of(d);
+            partition("-A", port);
+            Box::new(move || partition("-D", port))
+        },
+    );
+    println!("\npartitioned primary (iptables DROP both ways; probes every 300 ms, 2 misses):");
+    cut.print("partition");
+
+    println!("\nswitchover under a writer:");
+    row("write pause", &pause, "ms");
+    row("command time", &took, "ms");
+}
+
+fn signal_all(procs: &[u32], sig: i32) {
+    for p in procs {
+        unsafe {
+            libc::kill(*p as i32, sig);
         }
+    }
+}
+
+/// What repeated faults of one kind cost.
+#[derive(Default)]
+struct Faults {
+    /// Fault → a new leader elected and promoted.
+    leader: Vec<f64>,
+    /// Last commit acknowledged by the old primary → first by the new one.
+    unavail: Vec<f64>,
+    lost: Vec<f64>,
+}
+
+impl Faults {
+    fn print(&self, what: &str) {
+        row(&format!("{what} -> new leader elected+promoted"), &self.leader, "ms");
+        row("write unavailability", &self.unavail, "ms");
+        row("acknowledged commits lost", &self.lost, "");
+    }
+}
+
+/// `n` trials of one fault under a writer (values from `first`): `inject` breaks the primary
+/// `describe` shows and returns how to undo the fault once a new leader takes writes.
+#[allow(clippy::type_complexity)]
+fn fault_trials<'a>(
+    label: &str,
+    n: usize,
+    first: u64,
+    describe: &dyn Fn() -> serde_json::Value,
+    lost_of: &dyn Fn(&[(u64, Instant)]) -> usize,
+    password: &str,
+    inject: &mut dyn FnMut(&serde_json::Value) -> Box<dyn FnOnce() + 'a>,
+) -> Faults {
+    let mut out = Faults::default();
+    for k in 0..n {
         let until = Instant::now() + Duration::from_secs(60);
-        while h.describe(name)["term"].as_u64().unwrap_or(0) <= term {
+        let d = loop {
+            let d = describe();
+            let all = d["instances"].as_array().cloned().unwrap_or_default();
+            if all
+                .iter()
+                .all(|i| i["state"] == "running" && i["health"] == "healthy")
+            {
+                break d;
+            }
             if Instant::now() > until {
-                eprintln!("frozen trial {k}: no failover within 60 s");
+                eprintln!("{label} trial {k}: cluster not healthy within 60 s; stopping");
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let term = d["term"].as_u64().unwrap_or(0);
+        let (_, _, old_port) = primary_of(&d);
+        let w = Writer::start_at(rw_port(&d), password, first + k as u64 * 1_000_000);
+        std::thread::sleep(Duration::from_millis(400));
+        let at = Instant::now();
+        let undo = inject(&d);
+        let until = Instant::now() + Duration::from_secs(60);
+        while describe()["term"].as_u64().unwrap_or(0) <= term {
+            if Instant::now() > until {
+                eprintln!("{label} trial {k}: no failover within 60 s");
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        frozen_leader.push(stopped.elapsed().as_secs_f64() * 1000.0);
+        out.leader.push(at.elapsed().as_secs_f64() * 1000.0);
         let until = Instant::now() + Duration::from_secs(30);
-        while w.acked().last().is_none_or(|(_, at)| *at <= stopped) && Instant::now() < until {
+        while w.acked().last().is_none_or(|(_, t)| *t <= at) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(200));
-        for p in &procs {
-            unsafe {
-                libc::kill(*p as i32, libc::SIGCONT);
-            }
-        }
+        undo();
         let (acked, servers) = w.finish_with_servers();
         let on_old = |i: usize| servers.get(i).is_some_and(|p| u64::from(*p) == old_port);
         let before = (0..acked.len())
@@ -202,27 +284,92 @@ fn failovers(h: &Host, trials: usize) {
             .find(|&i| on_old(i))
             .map(|i| acked[i].1);
         let after = (0..acked.len())
-            .find(|&i| !on_old(i) && acked[i].1 > stopped)
+            .find(|&i| !on_old(i) && acked[i].1 > at)
             .map(|i| acked[i].1);
         if let (Some(b), Some(a)) = (before, after) {
-            frozen_unavail.push((a - b).as_secs_f64() * 1000.0);
+            out.unavail.push((a - b).as_secs_f64() * 1000.0);
         }
-        let l = lost(h, name, &acked);
-        if !l.is_empty() {
-            eprintln!("frozen trial {k}: {} commits lost", l.len());
-        }
+        let l = lost_of(&acked);
+        out.lost.push(l as f64);
+        eprintln!(
+            "{label} trial {}/{n}: {} commits, {l} lost",
+            k + 1,
+            acked.len()
+        );
     }
-    println!("\nfrozen primary (all its processes SIGSTOPped; probes every 300 ms, 2 misses):");
-    row(
-        "freeze -> new leader elected+promoted",
-        &frozen_leader,
-        "ms",
-    );
-    row("write unavailability", &frozen_unavail, "ms");
+    out
+}
 
-    println!("\nswitchover under a writer:");
-    row("write pause", &pause, "ms");
-    row("command time", &took, "ms");
+/// Two hosts on one etcd sharing the home: each trial loses the acting host together with
+/// the primary it ran (daemon and server killed at once); the other host must take over. The
+/// lost host comes back as the standby.
+fn host_losses(trials: usize) {
+    let etcd = shoal_tests::Etcd::start();
+    let cfg = format!(
+        "[ha]\ndcs = \"etcd\"\netcd_endpoints = [\"{}\"]\nlease_ttl_ms = 3000\n",
+        etcd.url
+    );
+    let h = std::cell::RefCell::new(Host::start_as((23300, 23399), &cfg, "host-a"));
+    let name = "hosts";
+    create_cluster(&h.borrow(), name, 3, "  mode: sync");
+    let b = std::cell::RefCell::new(Some(h.borrow().spawn_peer("host-b")));
+    let pw = password(&h.borrow(), name);
+    // Read through whichever daemon answers: the survivor takes the home's socket over.
+    let describe = || loop {
+        let o = h
+            .borrow()
+            .shoal(&["cluster", "describe", name, "-o", "json"]);
+        if o.status.success() {
+            if let Ok(v) = serde_json::from_slice(&o.stdout) {
+                return v;
+            }
+        }
+        if let Some(p) = b.borrow().as_ref() {
+            let o = p.shoal(&["cluster", "describe", name, "-o", "json"]);
+            if let Ok(v) = serde_json::from_slice(&o.stdout) {
+                return v;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lost_of = |acked: &[(u64, Instant)]| loop {
+        if h.borrow().shoal(&["cluster", "engines"]).status.success() {
+            return lost(&h.borrow(), name, acked).len();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let losses = fault_trials(
+        "host loss",
+        (trials / 4).max(1),
+        1_000_000,
+        &describe,
+        &lost_of,
+        &pw,
+        &mut |d| {
+            let (_, pid, _) = primary_of(d);
+            let acting = d["manager"].as_str().unwrap_or("").to_string();
+            if acting == "host-a" {
+                h.borrow_mut().kill_serve();
+            } else {
+                b.borrow_mut().take();
+            }
+            signal_all(&[pid], libc::SIGKILL);
+            let (h, b) = (&h, &b);
+            Box::new(move || {
+                // The lost host returns, as the standby.
+                if acting == "host-a" {
+                    h.borrow_mut().spawn_serve();
+                } else {
+                    let peer = h.borrow().spawn_peer("host-b");
+                    *b.borrow_mut() = Some(peer);
+                }
+            })
+        },
+    );
+    println!(
+        "\nloss of the acting host with its primary (two hosts on one etcd, lease 3 s, sync mode):"
+    );
+    losses.print("host loss");
 }
 
 fn pgbench_tps(uri: &str) -> Option<f64> {
@@ -310,12 +457,15 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(20);
+    // A network namespace of its own, for the partition trials' firewall rules.
+    private_network();
     println!("HA benchmark: {trials} failover trials (pass a number to change)");
     {
         let h = Host::start((23000, 23099));
         failovers(&h, trials);
         pgbench(&h);
     }
+    host_losses(trials);
     println!("\nprobe cost, 9 PostgreSQL instances probed every 300 ms:");
     let kept = probe_cost(
         (23100, 23199),
