@@ -9,6 +9,7 @@
 //! * TRIALS / 4 frozen primaries (every process SIGSTOPped), TRIALS / 4 partitioned ones
 //!   (iptables DROP on the primary's port; the bench runs in a network namespace of its own):
 //!   time to a new leader, write unavailability, commits lost;
+//! * TRIALS / 4 frozen primaries again with the default probe interval (1 s);
 //! * TRIALS / 4 losses of the acting host of two on one etcd (daemon and primary killed at
 //!   once): time until the other host elected and promoted a new leader;
 //! * TRIALS / 2 switchovers: write pause and command time;
@@ -168,12 +169,7 @@ fn failovers(h: &Host, trials: usize) {
         &|| h.describe(name),
         &|acked| lost(h, name, acked).len(),
         &password(h, name),
-        &mut |d| {
-            let (_, pid, _) = primary_of(d);
-            let procs = server_processes(pid);
-            signal_all(&procs, libc::SIGSTOP);
-            Box::new(move || signal_all(&procs, libc::SIGCONT))
-        },
+        &mut freeze,
     );
     println!("\nfrozen primary (all its processes SIGSTOPped; probes every 300 ms, 2 misses):");
     frozen.print("freeze");
@@ -200,6 +196,33 @@ fn failovers(h: &Host, trials: usize) {
     row("command time", &took, "ms");
 }
 
+/// Freeze every process of the primary `d` shows (as the cgroup freezer would); returns how
+/// to thaw them.
+fn freeze(d: &serde_json::Value) -> Box<dyn FnOnce()> {
+    let (_, pid, _) = primary_of(d);
+    let procs = server_processes(pid);
+    signal_all(&procs, libc::SIGSTOP);
+    Box::new(move || signal_all(&procs, libc::SIGCONT))
+}
+
+/// Frozen primaries with the default probe interval (1 s).
+fn frozen_at_default_interval(trials: usize) {
+    let h = Host::start_configured((23400, 23499), "probe_interval_ms = 1000\n");
+    let name = "dflt";
+    create_cluster(&h, name, 3, "  mode: sync");
+    let frozen = fault_trials(
+        "frozen, 1 s probes",
+        (trials / 4).max(1),
+        1_000_000,
+        &|| h.describe(name),
+        &|acked| lost(&h, name, acked).len(),
+        &password(&h, name),
+        &mut freeze,
+    );
+    println!("\nfrozen primary with the default probe interval (1 s, 2 misses):");
+    frozen.print("freeze");
+}
+
 fn signal_all(procs: &[u32], sig: i32) {
     for p in procs {
         unsafe {
@@ -220,7 +243,11 @@ struct Faults {
 
 impl Faults {
     fn print(&self, what: &str) {
-        row(&format!("{what} -> new leader elected+promoted"), &self.leader, "ms");
+        row(
+            &format!("{what} -> new leader elected+promoted"),
+            &self.leader,
+            "ms",
+        );
         row("write unavailability", &self.unavail, "ms");
         row("acknowledged commits lost", &self.lost, "");
     }
@@ -465,6 +492,7 @@ fn main() {
         failovers(&h, trials);
         pgbench(&h);
     }
+    frozen_at_default_interval(trials);
     host_losses(trials);
     println!("\nprobe cost, 9 PostgreSQL instances probed every 300 ms:");
     let kept = probe_cost(

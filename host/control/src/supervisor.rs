@@ -170,6 +170,9 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
 /// tick until it ends.
 const OVERDUE: Duration = Duration::from_secs(1);
 
+/// Longest tick while a primary is suspect (its last probe failed).
+const SUSPECT_TICK: Duration = Duration::from_millis(500);
+
 /// Backoff state of one instance.
 struct Backoff {
     next: Instant,
@@ -189,6 +192,32 @@ struct Memory {
     inflight: HashMap<(String, String), Instant>,
     /// Which instance each probe task is for (to clean up after a task that panicked).
     tasks: HashMap<tokio::task::Id, (String, String)>,
+    /// Primaries whose last probe failed: the supervisor ticks faster until they answer or
+    /// are failed over.
+    suspects: std::collections::HashSet<(String, String)>,
+}
+
+impl Memory {
+    /// How long to sleep before the next tick: the (jittered) interval, shorter while a
+    /// primary is suspect, and never past the moment an in-flight probe turns overdue.
+    fn next_tick(&self, interval: Duration, jittered: Duration) -> Duration {
+        let mut wait = jittered;
+        if !self.suspects.is_empty() {
+            wait = wait.min((interval / 2).min(SUSPECT_TICK));
+        }
+        let now = Instant::now();
+        let overdue = interval.max(OVERDUE);
+        if let Some(due) = self
+            .inflight
+            .values()
+            .map(|started| *started + overdue)
+            .filter(|due| *due > now)
+            .min()
+        {
+            wait = wait.min(due - now + Duration::from_millis(5));
+        }
+        wait
+    }
 }
 
 type ProbeResult = Option<Result<wit::RoleReport, String>>;
@@ -215,8 +244,9 @@ pub async fn run(c: Arc<Controller>) {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let jitter = 0.9 + f64::from(nanos % 1000) / 5000.0;
+        let wait = mem.next_tick(interval, interval.mul_f64(jitter));
         tokio::select! {
-            _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = c.wake.notified() => {}
         }
         tick(&c, &mut mem).await;
@@ -248,6 +278,8 @@ fn start_failover(c: &Arc<Controller>, cl: &ClusterRow, i: &InstanceRow, reason:
 async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     let ttl = Duration::from_millis(c.cfg.ha.lease_ttl_ms);
     let clusters = c.db(|s| s.clusters()).unwrap_or_default();
+    mem.suspects
+        .retain(|(name, _)| clusters.iter().any(|cl| &cl.name == name));
     // Leases first, apart from operations (a long one must not let the lease lapse).
     for cl in &clusters {
         // Only the host holding the manager lease acts on a cluster; a host whose lease
@@ -307,6 +339,12 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             continue;
         };
         let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+        for i in all
+            .iter()
+            .filter(|i| i.role != "primary" || i.state != "running")
+        {
+            mem.suspects.remove(&(cl.name.clone(), i.name.clone()));
+        }
         for i in all.iter().filter(|i| i.desired == Desired::Running) {
             let alive = i.process.is_some_and(|p| p.is_running());
             let key = (cl.name.clone(), i.name.clone());
@@ -405,6 +443,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     while let Some(done) = mem.probes.try_join_next_with_id() {
         finished(mem, done, &mut results);
     }
+    let mut fresh = std::collections::HashSet::new();
     for p in probes {
         let key = (p.cl.name.clone(), p.i.name.clone());
         if let Some(started) = mem.inflight.get(&key) {
@@ -421,13 +460,21 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             let r = probe_live(&c, &p.cl, p.i.clone(), &p.all, &p.creds).await;
             (p, r)
         });
+        fresh.insert(task.id());
         mem.tasks.insert(task.id(), key);
     }
-    // Most probes answer in milliseconds: take what arrives within most of an interval.
+    // Most probes answer in milliseconds: take what arrives within most of an interval, but
+    // wait only for this tick's probes (an older, hung one must not hold every tick up).
     let deadline = tokio::time::Instant::now() + interval.mul_f64(0.8);
-    while !mem.probes.is_empty() {
+    while !fresh.is_empty() {
         match tokio::time::timeout_at(deadline, mem.probes.join_next_with_id()).await {
-            Ok(Some(done)) => finished(mem, done, &mut results),
+            Ok(Some(done)) => {
+                match &done {
+                    Ok((id, _)) => fresh.remove(id),
+                    Err(e) => fresh.remove(&e.id()),
+                };
+                finished(mem, done, &mut results)
+            }
             Ok(None) | Err(_) => break,
         }
     }
@@ -482,11 +529,15 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
     };
     match r {
         Err(e) => {
-            let n = mem.misses.entry(key).or_insert(0);
+            if i.role == "primary" {
+                mem.suspects.insert(key.clone());
+            }
+            let n = mem.misses.entry(key.clone()).or_insert(0);
             *n += 1;
             let limit = c.cfg.ha.failover_after_probes;
             if i.role == "primary" && *n >= limit && fails_over(&p.cl, &p.all) {
                 *n = 0;
+                mem.suspects.remove(&key);
                 start_failover(
                     c,
                     &p.cl,
@@ -497,6 +548,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
         }
         Ok(rep) => {
             mem.misses.remove(&key);
+            mem.suspects.remove(&key);
             if i.role == "primary" {
                 let due = mem
                     .renewed

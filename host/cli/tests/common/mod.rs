@@ -68,8 +68,14 @@ impl Host {
         std::fs::write(
             home.path().join("config.toml"),
             format!(
-                "port_range = [{}, {}]\nprobe_interval_ms = 300\n{extra}\n",
-                ports.0, ports.1
+                "port_range = [{}, {}]\n{}{extra}\n",
+                ports.0,
+                ports.1,
+                if extra.contains("probe_interval_ms") {
+                    ""
+                } else {
+                    "probe_interval_ms = 300\n"
+                }
             ),
         )
         .unwrap();
