@@ -312,3 +312,64 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// An S3-compatible server (PyPI `moto[server]`, in memory) on a free loopback port with one
+/// bucket, `shoal-test`; killed when dropped.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]') must be installed: scripts/test.sh checks");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(30)),
+            "moto_server did not listen within 30 s"
+        );
+        let s = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            bucket: "shoal-test".into(),
+        };
+        // Create the bucket (moto takes an unsigned request).
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).expect("connect moto");
+        write!(
+            c,
+            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            s.bucket
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "create bucket: {answer}"
+        );
+        s
+    }
+
+    /// Stop the server now (a repository that becomes unreachable).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
