@@ -23,6 +23,8 @@ const IO_TIMEOUT: Duration = Duration::from_millis(1000);
 const LONG_TIMEOUT: Duration = Duration::from_secs(120);
 /// The superuser the addon manages.
 const SUPERUSER: &str = "postgres";
+/// Deadline of a backup or a restore.
+const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 
 struct Postgres {
     /// A connection kept between calls of a live instance: (address, connection).
@@ -173,9 +175,33 @@ impl Engine for Postgres {
                 name: "client".into(),
                 description: "PostgreSQL protocol (clients and replication).".into(),
             }],
-            backup_methods: vec![],
+            backup_methods: vec![
+                BackupMethod {
+                    name: "physical".into(),
+                    kind: BackupKind::Full,
+                    target_role: Some("replica".into()),
+                    point_in_time: false,
+                    description: "pg_basebackup of the whole cluster as one tar stream \
+                                  (-Ft -X fetch, fast checkpoint); restores to the same major \
+                                  version"
+                        .into(),
+                },
+                BackupMethod {
+                    name: "logical".into(),
+                    kind: BackupKind::Logical,
+                    target_role: Some("replica".into()),
+                    point_in_time: false,
+                    description: "pg_dumpall: SQL for every role (without passwords) and \
+                                  database; restores into a running server, also of a newer \
+                                  major version"
+                        .into(),
+                },
+            ],
             parameters: config::schema(),
-            capabilities: vec![],
+            capabilities: ["pg_basebackup", "pg_dumpall", "psql", "tar", "postgres"]
+                .into_iter()
+                .map(|p| Capability::Exec(p.into()))
+                .collect(),
             limits: vec![
                 HookLimit {
                     hook: Hook::Probe,
@@ -185,6 +211,17 @@ impl Engine for Postgres {
                 HookLimit {
                     hook: Hook::Promote,
                     timeout_ms: 90_000,
+                    memory_bytes: None,
+                },
+                // Backups and restores stream whole databases: hours, not seconds.
+                HookLimit {
+                    hook: Hook::Backup,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Restore,
+                    timeout_ms: BULK_TIMEOUT_MS,
                     memory_bytes: None,
                 },
             ],
@@ -652,6 +689,201 @@ impl Engine for Postgres {
                 value: format!("{conf}/pgpass"),
             }],
         }])
+    }
+
+    fn backup(
+        &mut self,
+        instance: &Instance,
+        method: &str,
+        _params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        let pw = password(instance)?;
+        let ep = &instance.endpoint;
+        // How much there is, for the host's progress display (an estimate: the stream is a
+        // tar or SQL of it).
+        let total = PgConn::connect(ep, SUPERUSER, Some(pw), "postgres", IO_TIMEOUT)
+            .and_then(|mut c| {
+                c.query("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
+            })
+            .ok()
+            .and_then(|rows| {
+                rows.first()
+                    .and_then(|r| r.get(0))
+                    .and_then(|v| v.parse().ok())
+            });
+        shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
+        let (program, args): (&str, Vec<String>) = match method {
+            "physical" => (
+                "pg_basebackup",
+                vec![
+                    "-D".into(),
+                    "-".into(),
+                    "-F".into(),
+                    "t".into(),
+                    "-X".into(),
+                    "fetch".into(),
+                    "-c".into(),
+                    "fast".into(),
+                    "-v".into(),
+                    "-l".into(),
+                    format!("shoal {}", instance.cluster),
+                ],
+            ),
+            // Without role passwords: the restored cluster keeps its own superuser password
+            // (the dump's would lock the restore out of its own server midway).
+            "logical" => (
+                "pg_dumpall",
+                vec![
+                    "--quote-all-identifiers".into(),
+                    "--no-role-passwords".into(),
+                ],
+            ),
+            other => {
+                return Err(HookError::invalid(format!(
+                    "unknown backup method {other:?}: the PostgreSQL addon has \"physical\" \
+                     and \"logical\""
+                )))
+            }
+        };
+        let out = Exec::new(program)
+            .args([
+                "-h",
+                &ep.host,
+                "-p",
+                &ep.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-w",
+            ])
+            .args(args)
+            .env("PGPASSWORD", pw)
+            .env("PGAPPNAME", "shoal-backup")
+            .run_into(into)?
+            .ok_or_failed(program)?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        // "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1"
+        let after = |marker: &str| {
+            log.lines().find_map(|l| {
+                l.split_once(marker)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
+        };
+        let start = after("write-ahead log start point:");
+        let end = after("write-ahead log end point:");
+        let mut labels = vec![("tool".to_string(), program.to_string())];
+        if let Some((_, tli)) = start.as_deref().and_then(|s| s.split_once(" on timeline ")) {
+            labels.push(("timeline".into(), tli.to_string()));
+        }
+        Ok(BackupInfo {
+            method: method.into(),
+            engine_version: instance.engine_version.clone(),
+            start_position: start.map(|s| s.split(' ').next().unwrap_or("").to_string()),
+            end_position: end,
+            labels,
+        })
+    }
+
+    fn restore(
+        &mut self,
+        instance: &Instance,
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+    ) -> HookResult<()> {
+        let pw = password(instance)?;
+        match info.method.as_str() {
+            "physical" => {
+                // Into the stopped, empty data directory; then, in single-user mode (no
+                // network), give the superuser this cluster's password and drop the
+                // settings that tied the copy to its old cluster.
+                let data = dir(&instance.data_dir, "data")?;
+                // A copy taken from a replica carries its standby.signal: the restored
+                // cluster starts as a primary.
+                Exec::new("tar")
+                    .args([
+                        "-x",
+                        "-f",
+                        "-",
+                        "-C",
+                        data,
+                        "--exclude=standby.signal",
+                        "--exclude=recovery.signal",
+                    ])
+                    .run_from(from)?
+                    .ok_or_failed("tar")?;
+                let sql = format!(
+                    "ALTER ROLE {SUPERUSER} PASSWORD {};\n\
+                     ALTER SYSTEM RESET synchronous_standby_names;\n\
+                     ALTER SYSTEM RESET primary_conninfo;\n\
+                     ALTER SYSTEM RESET primary_slot_name;\n",
+                    quote_literal(pw)
+                );
+                let out = Exec::new("postgres")
+                    .args([
+                        "--single",
+                        "-D",
+                        data,
+                        "-c",
+                        "listen_addresses=",
+                        "-c",
+                        "archive_mode=off",
+                        "postgres",
+                    ])
+                    .stdin(sql.into_bytes())
+                    .run_ok()?;
+                let said = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if let Some(l) = said.lines().find(|l| l.contains("ERROR:")) {
+                    return Err(HookError::Failed(format!(
+                        "adapting the restored data directory: {}",
+                        l.trim()
+                    )));
+                }
+                Ok(())
+            }
+            "logical" => {
+                // Into the running server: roles and databases that exist already (the
+                // superuser, `postgres`) are reported by psql and skipped.
+                let ep = &instance.endpoint;
+                let out = Exec::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-h",
+                        &ep.host,
+                        "-p",
+                        &ep.port.to_string(),
+                        "-U",
+                        SUPERUSER,
+                        "-w",
+                        "-d",
+                        "postgres",
+                        "-f",
+                        "-",
+                    ])
+                    .env("PGPASSWORD", pw)
+                    .run_from(from)?
+                    .ok_or_failed("psql")?;
+                let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+                    .map(str::to_string)
+                    .collect();
+                if let Some(first) = errors.first() {
+                    return Err(HookError::Failed(format!(
+                        "{} statement(s) of the dump failed, the first: {first}",
+                        errors.len()
+                    )));
+                }
+                Ok(())
+            }
+            other => Err(HookError::invalid(format!(
+                "cannot restore a backup made with method {other:?}"
+            ))),
+        }
     }
 
     fn set_sync(

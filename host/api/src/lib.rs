@@ -4,7 +4,7 @@
 //! requests that stream) and ends with exactly one [`Reply::Ok`] or [`Reply::Error`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -109,6 +109,174 @@ pub struct ResourceSpec {
     pub storage: Option<String>,
 }
 
+// ---- Backups -------------------------------------------------------------------------
+
+/// How to reach a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RepoSpec {
+    /// A directory on this machine (or a mounted network file system).
+    Fs { path: PathBuf },
+    /// An S3-compatible bucket.
+    S3 {
+        /// `http(s)://host:port` of an S3-compatible server; none: AWS S3 of `region`.
+        #[serde(default)]
+        endpoint: Option<String>,
+        bucket: String,
+        #[serde(default = "default_region")]
+        region: String,
+        /// Key prefix inside the bucket (a folder).
+        #[serde(default)]
+        prefix: Option<String>,
+        access_key_id: String,
+        secret_access_key: String,
+    },
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl RepoSpec {
+    /// Check the spec without touching the network or the disk.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            RepoSpec::Fs { path } => {
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "fs repository path {} must be absolute",
+                        path.display()
+                    ));
+                }
+            }
+            RepoSpec::S3 {
+                endpoint,
+                bucket,
+                region,
+                prefix,
+                access_key_id,
+                secret_access_key,
+            } => {
+                if let Some(e) = endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return Err(format!(
+                            "s3 endpoint {e:?} must start with http:// or https://"
+                        ));
+                    }
+                }
+                let ok_bucket = (3..=63).contains(&bucket.len())
+                    && bucket.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    });
+                if !ok_bucket {
+                    return Err(format!(
+                        "s3 bucket {bucket:?} must be 3 to 63 lowercase letters, digits, '-' or '.'"
+                    ));
+                }
+                if region.is_empty() {
+                    return Err("s3 region must not be empty".into());
+                }
+                if prefix.as_deref().is_some_and(|p| p.contains("..")) {
+                    return Err("s3 prefix must not contain '..'".into());
+                }
+                if access_key_id.is_empty() || secret_access_key.is_empty() {
+                    return Err("s3 needs an access key id and a secret access key".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where it is, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            RepoSpec::Fs { path } => format!("fs {}", path.display()),
+            RepoSpec::S3 {
+                endpoint,
+                bucket,
+                prefix,
+                ..
+            } => format!(
+                "s3 {}/{bucket}{}",
+                endpoint.as_deref().unwrap_or("aws"),
+                prefix
+                    .as_deref()
+                    .map(|p| format!("/{p}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// A backup repository as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoView {
+    pub name: String,
+    /// Where it is, without secrets.
+    pub location: String,
+    /// Backups go here when a request names no repository.
+    pub default: bool,
+    /// Backups recorded in it.
+    pub backups: u32,
+}
+
+/// What a repository check measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoCheckView {
+    pub name: String,
+    pub location: String,
+    pub write_ms: u64,
+    pub read_ms: u64,
+    pub delete_ms: u64,
+}
+
+/// One stored object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupObjectView {
+    pub key: String,
+    /// Bytes before compression.
+    pub size: u64,
+    /// Bytes stored (zstd).
+    pub stored_size: u64,
+    pub sha256: String,
+}
+
+/// A backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupView {
+    pub id: String,
+    pub cluster: String,
+    pub repo: String,
+    pub method: String,
+    /// The method's kind: full, logical, …
+    pub kind: String,
+    /// running, completed, failed, deleted.
+    pub state: String,
+    pub reason: Option<String>,
+    pub started_unix_ms: i64,
+    pub finished_unix_ms: Option<i64>,
+    pub engine: String,
+    pub engine_version: String,
+    pub addon_version: String,
+    pub addon_digest: String,
+    pub source_instance: String,
+    pub start_position: Option<String>,
+    pub end_position: Option<String>,
+    pub size: u64,
+    pub stored_size: u64,
+    pub objects: Vec<BackupObjectView>,
+}
+
+/// The result of verifying a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyView {
+    pub id: String,
+    /// Every object read whole, its checksum and its compression frames checked.
+    pub objects: Vec<BackupObjectView>,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
@@ -165,6 +333,47 @@ pub enum Request {
     /// final [`OpView`].
     Wait {
         op: i64,
+    },
+    /// Add a backup repository (`default`: the one backups go to unless told).
+    RepoAdd {
+        name: String,
+        spec: RepoSpec,
+        default: bool,
+    },
+    RepoList,
+    /// Write, read back and delete a probe object.
+    RepoCheck {
+        name: String,
+    },
+    /// Forget a repository that holds no backups.
+    RepoRemove {
+        name: String,
+    },
+    /// Back up a cluster; answers with the [`OpView`] of the backup operation.
+    BackupCreate {
+        cluster: String,
+        method: Option<String>,
+        repo: Option<String>,
+    },
+    BackupList {
+        cluster: Option<String>,
+    },
+    BackupDescribe {
+        id: String,
+    },
+    /// Delete a backup's objects and its record.
+    BackupDelete {
+        id: String,
+    },
+    /// Read every object of a backup and check it; answers with a [`VerifyView`].
+    BackupVerify {
+        id: String,
+    },
+    /// Create cluster `name` from backup `backup`; answers with the create [`OpView`].
+    Restore {
+        name: String,
+        backup: String,
+        replicas: Option<u32>,
     },
     /// Planned change of primary, to `to` or the best replica.
     Switchover {

@@ -3,7 +3,6 @@
 //! renamed into place, a multipart upload completed), so a failed backup leaves no partial
 //! object that looks finished.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,102 +15,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-/// How to reach a repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum RepoSpec {
-    /// A directory on this machine (or a mounted network file system).
-    Fs { path: PathBuf },
-    /// An S3-compatible bucket.
-    S3 {
-        /// `http(s)://host:port` of an S3-compatible server; none: AWS S3 of `region`.
-        #[serde(default)]
-        endpoint: Option<String>,
-        bucket: String,
-        #[serde(default = "default_region")]
-        region: String,
-        /// Key prefix inside the bucket (a folder).
-        #[serde(default)]
-        prefix: Option<String>,
-        access_key_id: String,
-        secret_access_key: String,
-    },
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-impl RepoSpec {
-    /// Check the spec without touching the network or the disk.
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            RepoSpec::Fs { path } => {
-                if !path.is_absolute() {
-                    return Err(format!(
-                        "fs repository path {} must be absolute",
-                        path.display()
-                    ));
-                }
-            }
-            RepoSpec::S3 {
-                endpoint,
-                bucket,
-                region,
-                prefix,
-                access_key_id,
-                secret_access_key,
-            } => {
-                if let Some(e) = endpoint {
-                    if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        return Err(format!(
-                            "s3 endpoint {e:?} must start with http:// or https://"
-                        ));
-                    }
-                }
-                let ok_bucket = (3..=63).contains(&bucket.len())
-                    && bucket.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
-                    });
-                if !ok_bucket {
-                    return Err(format!(
-                        "s3 bucket {bucket:?} must be 3 to 63 lowercase letters, digits, '-' or '.'"
-                    ));
-                }
-                if region.is_empty() {
-                    return Err("s3 region must not be empty".into());
-                }
-                if prefix.as_deref().is_some_and(|p| p.contains("..")) {
-                    return Err("s3 prefix must not contain '..'".into());
-                }
-                if access_key_id.is_empty() || secret_access_key.is_empty() {
-                    return Err("s3 needs an access key id and a secret access key".into());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Where it is, without secrets.
-    pub fn describe(&self) -> String {
-        match self {
-            RepoSpec::Fs { path } => format!("fs {}", path.display()),
-            RepoSpec::S3 {
-                endpoint,
-                bucket,
-                prefix,
-                ..
-            } => format!(
-                "s3 {}/{bucket}{}",
-                endpoint.as_deref().unwrap_or("aws"),
-                prefix
-                    .as_deref()
-                    .map(|p| format!("/{p}"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
-}
+pub use shoal_api::RepoSpec;
 
 /// Why a repository operation failed.
 #[derive(Debug, Clone, thiserror::Error)]

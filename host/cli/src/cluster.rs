@@ -105,6 +105,19 @@ pub enum ClusterCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Create a new cluster from a backup (its checksums verified before the database
+    /// starts), with the backed-up cluster's engine, version and settings.
+    Restore {
+        name: String,
+        /// Backup id (`shoal backup list`).
+        #[arg(long, value_name = "ID")]
+        from_backup: String,
+        /// Instances of the new cluster (default: as the backed-up cluster).
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Re-seed a replica from the primary: rewind it, or copy it afresh if that fails.
     Rebuild {
         name: String,
@@ -198,7 +211,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::usage)
 }
 
-fn api_failure(e: ClientError) -> Failure {
+pub(crate) fn api_failure(e: ClientError) -> Failure {
     match &e {
         ClientError::Api(a) => match a.kind {
             ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict => {
@@ -211,7 +224,7 @@ fn api_failure(e: ClientError) -> Failure {
     }
 }
 
-async fn client(home: &Option<PathBuf>) -> Result<shoal_api::Client, Failure> {
+pub(crate) async fn client(home: &Option<PathBuf>) -> Result<shoal_api::Client, Failure> {
     shoal_api::Client::connect(&home_or_default(home))
         .await
         .map_err(api_failure)
@@ -278,6 +291,23 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
         } => simple_op(&mut c, Request::Delete { name, purge }, no_wait).await,
         ClusterCommand::Switchover { name, to, no_wait } => {
             simple_op(&mut c, Request::Switchover { name, to }, no_wait).await
+        }
+        ClusterCommand::Restore {
+            name,
+            from_backup,
+            replicas,
+            no_wait,
+        } => {
+            simple_op(
+                &mut c,
+                Request::Restore {
+                    name,
+                    backup: from_backup,
+                    replicas,
+                },
+                no_wait,
+            )
+            .await
         }
         ClusterCommand::Rebuild {
             name,
@@ -404,13 +434,21 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
     Ok(spec)
 }
 
-async fn simple_op(c: &mut shoal_api::Client, req: Request, no_wait: bool) -> Result<(), Failure> {
+pub(crate) async fn simple_op(
+    c: &mut shoal_api::Client,
+    req: Request,
+    no_wait: bool,
+) -> Result<(), Failure> {
     let op: OpView = c.call_as(&req, |_| {}).await.map_err(api_failure)?;
     finish_op(c, op, no_wait).await
 }
 
 /// Wait for an operation, printing its events; exit code 1 when it fails.
-async fn finish_op(c: &mut shoal_api::Client, op: OpView, no_wait: bool) -> Result<(), Failure> {
+pub(crate) async fn finish_op(
+    c: &mut shoal_api::Client,
+    op: OpView,
+    no_wait: bool,
+) -> Result<(), Failure> {
     if no_wait {
         eprintln!(
             "shoal: {} of {} queued as operation {}",
@@ -437,7 +475,7 @@ async fn finish_op(c: &mut shoal_api::Client, op: OpView, no_wait: bool) -> Resu
     }
 }
 
-fn emit<T: serde::Serialize>(
+pub(crate) fn emit<T: serde::Serialize>(
     f: ReadFormat,
     v: &T,
     table: impl FnOnce() -> String,

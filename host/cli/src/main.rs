@@ -2,6 +2,7 @@
 //! runtime, and dispatches to the subcommands. Exit codes: 0 success, 1 a hook call failed,
 //! 2 bad usage, a bad file or a bad configuration.
 
+mod backup;
 mod call;
 mod cluster;
 mod inspect;
@@ -42,6 +43,10 @@ enum Command {
     Serve(cluster::ServeArgs),
     /// Create and manage clusters (talks to `shoal serve`).
     Cluster(cluster::ClusterArgs),
+    /// Backup repositories: a directory or an S3-compatible bucket.
+    BackupRepo(backup::RepoArgs),
+    /// Back up clusters, list, describe, verify and delete backups.
+    Backup(backup::BackupArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +101,8 @@ fn main() -> ExitCode {
             Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
             Command::Serve(args) => cluster::serve(args).await,
             Command::Cluster(args) => cluster::run(args).await,
+            Command::BackupRepo(args) => backup::repo(args).await,
+            Command::Backup(args) => backup::backup(args).await,
         }
     });
     match result {

@@ -481,6 +481,16 @@ impl Controller {
 
     /// Validate and queue the creation of a cluster.
     pub async fn create(self: &Arc<Self>, spec: ClusterSpec) -> Result<OpView, ApiError> {
+        self.create_with(spec, serde_json::json!({})).await
+    }
+
+    /// Validate and queue a create whose operation gets `op_params` (a restore names its
+    /// backup there).
+    pub(crate) async fn create_with(
+        self: &Arc<Self>,
+        spec: ClusterSpec,
+        op_params: serde_json::Value,
+    ) -> Result<OpView, ApiError> {
         let (version, _resources, params) = self.validate_spec(&spec).await?;
         let addon = self.addon(&spec.engine)?;
         if self.db(|s| s.cluster(&spec.name))?.is_some() {
@@ -531,7 +541,7 @@ impl Controller {
             state: "creating".into(),
             created_ms: now_ms(),
         };
-        let id = self.db(|s| s.insert_cluster(&row, &serde_json::json!({})))?;
+        let id = self.db(|s| s.insert_cluster(&row, &op_params))?;
         self.db(|s| s.reserve_endpoints(&spec.name, rw, ro))?;
         self.event(
             &spec.name,

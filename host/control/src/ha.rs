@@ -533,11 +533,24 @@ pub(crate) async fn failover(
             );
             l.holder.clone()
         }
-        _ => choose(c, &cl, &old_row, &all, &cr, t0)
-            .await
-            .inspect_err(|e| {
+        _ => match choose(c, &cl, &old_row, &all, &cr, t0).await {
+            Ok(name) => name,
+            Err(e) => {
+                // Nobody was elected: the old primary is still the leader of its term, so
+                // the safe way back is to restart it (the supervisor does, with backoff).
                 c.event(cluster, None, "error", format!("no failover: {e}"));
-            })?,
+                old_row.state = "crashed".into();
+                c.save(&old_row);
+                c.event(
+                    cluster,
+                    Some(old),
+                    "warning",
+                    "no replica can take over; the old primary, still the elected leader, \
+                     will be restarted",
+                );
+                return Err(e);
+            }
+        },
     };
     let Some(mut cand) = c
         .db(|s| s.instances(cluster))

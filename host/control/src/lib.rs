@@ -5,6 +5,7 @@
 //! * [`engines`]: the addons this host loaded, by engine name.
 //! * [`controller`]: validation, the per-cluster operation queue, the read views.
 //! * [`ops`]: create, scale, stop, start, restart, delete.
+//! * [`backups`]: backup repositories, the backup operation, verification, restores.
 //! * [`ha`]: failover, switchover, rebuild, synchronous replication; leases in `shoal-dcs`.
 //! * [`proxy`]: the stable read-write / read-only endpoints.
 //! * `node`: one instance: directories, config files, init, process, readiness.
@@ -14,6 +15,7 @@
 //! Engine knowledge comes only from addons; the local runtime (`shoal-local`) runs what their
 //! run-specs say.
 
+pub mod backups;
 pub mod config;
 pub mod controller;
 pub mod engines;

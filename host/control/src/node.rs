@@ -261,6 +261,11 @@ impl Controller {
 
     /// Bring `i` up: directories, config, init commands when its data directory is empty, the
     /// server process, and readiness. Updates and stores the row as it goes.
+    /// Create `i`'s directories, owned by the engine user.
+    pub(crate) fn prepare_dirs(&self, i: &InstanceRow) -> Result<(), String> {
+        ensure_dirs(i, self.engine_user)
+    }
+
     pub(crate) async fn bring_up(
         &self,
         c: &ClusterRow,

@@ -22,7 +22,18 @@ pub async fn run(c: Arc<Controller>, id: i64) {
         return;
     }
     let result = match op.kind.as_str() {
-        "create" => create(&c, &op.cluster).await,
+        "create" => {
+            let restore = c.db(|s| s.op_params(id)).ok().and_then(|p| {
+                p.get("restore")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            });
+            create(&c, &op.cluster, restore.as_deref()).await
+        }
+        "backup" => {
+            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
+            crate::backups::run_backup(&c, &op.cluster, &p).await
+        }
         "scale" => {
             let n = c
                 .db(|s| s.op_params(id))
@@ -177,7 +188,7 @@ async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Resul
     c.bring_up(cl, &mut row, &all, cr).await
 }
 
-async fn create(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+async fn create(c: &Arc<Controller>, name: &str, restore: Option<&str>) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let cr = Credentials {
@@ -191,8 +202,32 @@ async fn create(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     };
     secrets::save(&c.home, name, &cr).map_err(|e| format!("cannot store credentials: {e}"))?;
     let mut primary = add_instance(c, &cl, "primary")?;
+    let before_start = match restore {
+        Some(id) => crate::backups::restores_before_start(c, id)?,
+        None => false,
+    };
+    if let (Some(id), true) = (restore, before_start) {
+        // A physical copy goes into the empty data directory; the server then starts on it.
+        c.prepare_dirs(&primary)?;
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id).await {
+            // Never start anything on a failed restore (the supervisor skips failed
+            // instances).
+            primary.state = "failed".into();
+            c.save(&primary);
+            return Err(e);
+        }
+    }
     let all = instances(c, name)?;
     c.bring_up(&cl, &mut primary, &all, &cr).await?;
+    if let (Some(id), false) = (restore, before_start) {
+        // A logical dump goes into the running server.
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id).await {
+            let _ = c.stop_process(&cl, &mut primary, &cr).await;
+            primary.state = "failed".into();
+            c.save(&primary);
+            return Err(e);
+        }
+    }
     let all = instances(c, name)?;
     let ctx = c.call_ctx(&primary, &all, false);
     match addon

@@ -174,7 +174,8 @@ async fn handle(
     | Request::Restart { name }
     | Request::Scale { name, .. }
     | Request::Switchover { name, .. }
-    | Request::Rebuild { name, .. } = &req
+    | Request::Rebuild { name, .. }
+    | Request::BackupCreate { cluster: name, .. } = &req
     {
         c.require_management(name).await?;
     }
@@ -196,6 +197,28 @@ async fn handle(
         Request::Wait { op } => wait(c, op, w).await,
         Request::Switchover { name, to } => json(c.switchover(&name, to.as_deref()).await?),
         Request::Rebuild { name, instance } => json(c.rebuild(&name, &instance)?),
+        Request::RepoAdd {
+            name,
+            spec,
+            default,
+        } => json(c.repo_add(&name, spec, default).await?),
+        Request::RepoList => json(c.repo_list()?),
+        Request::RepoCheck { name } => json(c.repo_check(&name).await?),
+        Request::RepoRemove { name } => json(c.repo_remove(&name)?),
+        Request::BackupCreate {
+            cluster,
+            method,
+            repo,
+        } => json(c.backup_create(&cluster, method.as_deref(), repo.as_deref())?),
+        Request::BackupList { cluster } => json(c.backup_list(cluster.as_deref())?),
+        Request::BackupDescribe { id } => json(c.backup_describe(&id)?),
+        Request::BackupDelete { id } => json(c.backup_delete(&id).await?),
+        Request::BackupVerify { id } => json(c.backup_verify(&id).await?),
+        Request::Restore {
+            name,
+            backup,
+            replicas,
+        } => json(c.restore(&name, &backup, replicas).await?),
         Request::Logs {
             name,
             instance,

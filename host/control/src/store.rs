@@ -73,7 +73,43 @@ const MIGRATIONS: &[&str] = &[
     // 2: the engine term each probe reports (stable endpoints reserve ports under the
     // instance names "@rw" and "@ro").
     "ALTER TABLE instances ADD COLUMN term INTEGER;",
+    // 3: backups. The view holds what `describe` shows; the manifest is the one stored next
+    // to the backup's objects. `spec` is the cluster spec at backup time (for restores).
+    "CREATE TABLE backups (
+        id TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        view TEXT NOT NULL,
+        manifest TEXT,
+        spec TEXT NOT NULL
+     );
+     CREATE INDEX backups_cluster ON backups(cluster, started_ms);",
 ];
+
+/// A backup as stored.
+#[derive(Debug, Clone)]
+pub struct BackupRow {
+    pub view: shoal_api::BackupView,
+    /// Set once the backup completed.
+    pub manifest: Option<shoal_backup::Manifest>,
+    /// The cluster's spec when the backup was taken.
+    pub spec: ClusterSpec,
+}
+
+fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BackupRow>> {
+    let view: String = r.get(0)?;
+    let manifest: Option<String> = r.get(1)?;
+    let spec: String = r.get(2)?;
+    Ok((|| {
+        Ok(BackupRow {
+            view: serde_json::from_str(&view)?,
+            manifest: manifest.as_deref().map(serde_json::from_str).transpose()?,
+            spec: serde_json::from_str(&spec)?,
+        })
+    })())
+}
 
 /// Instance name under which a cluster's read-write endpoint port is reserved.
 pub const RW_ENDPOINT: &str = "@rw";
@@ -550,6 +586,58 @@ impl Store {
                     r.get(0)
                 })?;
         Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Record or update a backup.
+    pub fn put_backup(&self, b: &BackupRow) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO backups (id, cluster, repo, state, started_ms, view, manifest, spec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(id) DO UPDATE SET state = ?4, view = ?6, manifest = ?7",
+            params![
+                b.view.id,
+                b.view.cluster,
+                b.view.repo,
+                b.view.state,
+                b.view.started_unix_ms,
+                serde_json::to_string(&b.view)?,
+                b.manifest.as_ref().map(serde_json::to_string).transpose()?,
+                serde_json::to_string(&b.spec)?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A backup by id.
+    pub fn backup(&self, id: &str) -> Result<Option<BackupRow>> {
+        self.conn
+            .query_row(
+                "SELECT view, manifest, spec FROM backups WHERE id = ?1",
+                params![id],
+                backup_row,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// Backups, oldest first; of one cluster, or of every cluster.
+    pub fn backups(&self, cluster: Option<&str>) -> Result<Vec<BackupRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT view, manifest, spec FROM backups
+             WHERE ?1 IS NULL OR cluster = ?1 ORDER BY started_ms, id",
+        )?;
+        let rows = st.query_map(params![cluster], backup_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_backup(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM backups WHERE id = ?1", params![id])?;
+        Ok(())
     }
 
     pub fn last_op(&self, cluster: &str) -> Result<Option<OpView>> {

@@ -465,6 +465,7 @@ pub(crate) fn new_store(
         denials,
         sandbox: core.sandbox.clone(),
         run_as: ctx.run_as,
+        exec_dirs: ctx.exec_dirs.clone(),
         progress: crate::state::ProgressGate::new(ctx.progress.clone(), core.name.clone()),
         sink_error: None,
         exec_capture: cfg.exec_capture_bytes,

@@ -185,15 +185,22 @@ impl HostState {
         pipe: Pipe<'_>,
     ) -> Result<ExecOutput, ExecError> {
         let program = req.program.clone();
-        let path = match self.sandbox.exec.get(&program) {
-            Some(Some(path)) => path.clone(),
-            Some(None) => {
+        // A declared program the host grants for this call (its exec directories).
+        let declared = self.sandbox.exec.contains_key(&program)
+            || self.sandbox.exec_not_granted.contains(&program);
+        let host_granted = declared
+            .then(|| crate::sandbox::find_program(&program, &self.exec_dirs))
+            .flatten();
+        let path = match (self.sandbox.exec.get(&program), host_granted) {
+            (Some(Some(path)), _) => path.clone(),
+            (_, Some(path)) => path,
+            (Some(None), None) => {
                 return Err(ExecError::NotFound(format!(
                     "{program} is granted but no executable of that name was found in the \
                      operator's exec paths"
                 )))
             }
-            None => {
+            (None, None) => {
                 let why = if self.sandbox.exec_not_granted.contains(&program) {
                     "declared in the manifest but not granted by the operator"
                 } else {

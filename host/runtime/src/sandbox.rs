@@ -56,6 +56,10 @@ pub struct CallContext {
     pub run_as: Option<RunAs>,
     /// Receives `host.progress` reports; `None` logs them at debug level.
     pub progress: Option<ProgressFn>,
+    /// Directories the host grants for this call: a program the manifest declares as an
+    /// `exec` capability and the operator did not grant is looked up here (in local mode, the
+    /// engine version's own programs for backup and restore calls).
+    pub exec_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for CallContext {
             .field("preopens", &self.preopens)
             .field("run_as", &self.run_as)
             .field("progress", &self.progress.is_some())
+            .field("exec_dirs", &self.exec_dirs)
             .finish()
     }
 }

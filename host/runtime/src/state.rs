@@ -150,6 +150,8 @@ pub(crate) struct HostState {
     pub denials: Denials,
     pub sandbox: Arc<Sandbox>,
     pub run_as: Option<RunAs>,
+    /// Where this call's host-granted programs are looked up.
+    pub exec_dirs: Vec<std::path::PathBuf>,
     pub progress: ProgressGate,
     /// A stream failure the addon may have ignored; fails an otherwise successful call.
     pub sink_error: Option<String>,

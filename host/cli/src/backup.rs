@@ -1,0 +1,384 @@
+//! `shoal backup-repo …` and `shoal backup …`: backup repositories, backups, verification.
+//! Restores are `shoal cluster restore` (they create a cluster).
+
+use std::path::PathBuf;
+
+use shoal_api::{BackupView, OpView, RepoCheckView, RepoSpec, RepoView, Request, VerifyView};
+
+use crate::cluster::{api_failure, client, emit, finish_op, ReadFormat};
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct RepoArgs {
+    /// Shoal home of the daemon to talk to (default as for `shoal serve`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RepoCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RepoType {
+    Fs,
+    S3,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RepoCommand {
+    /// Add a repository; it is checked (a probe object written, read back and deleted)
+    /// before it is stored.
+    Add {
+        name: String,
+        #[arg(long = "type", value_enum)]
+        kind: RepoType,
+        /// fs: the directory (absolute).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// s3: http(s)://HOST:PORT of an S3-compatible server (default: AWS).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        #[arg(long)]
+        bucket: Option<String>,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// s3: key prefix (a folder in the bucket).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// s3: access key id (default: $AWS_ACCESS_KEY_ID).
+        #[arg(long, value_name = "ID")]
+        access_key_id: Option<String>,
+        /// s3: the secret is read from $AWS_SECRET_ACCESS_KEY (never from the command line).
+        #[arg(long)]
+        default: bool,
+    },
+    /// List repositories.
+    List {
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Write, read back and delete a probe object.
+    Check {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Forget a repository that holds no backups.
+    Remove { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// Shoal home of the daemon to talk to (default as for `shoal serve`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: BackupCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Back up a cluster and wait, showing progress.
+    Create {
+        cluster: String,
+        /// A method the engine's addon declares (`shoal addon inspect`); default: its full one.
+        #[arg(long)]
+        method: Option<String>,
+        /// Repository (default: the default one).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List backups, oldest first.
+    List {
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Show a backup: method, sizes, checksums, positions, times, addon version.
+    Describe {
+        id: String,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Read every object of a backup and check its size and checksum, without restoring.
+    Verify {
+        id: String,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+    /// Delete a backup's objects and its record.
+    Delete { id: String },
+}
+
+fn mib(b: u64) -> String {
+    if b < 1 << 20 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+    }
+}
+
+fn repo_spec(
+    kind: RepoType,
+    path: Option<PathBuf>,
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: String,
+    prefix: Option<String>,
+    access_key_id: Option<String>,
+) -> Result<RepoSpec, Failure> {
+    Ok(match kind {
+        RepoType::Fs => RepoSpec::Fs {
+            path: path.ok_or_else(|| Failure::usage("--type fs needs --path DIR"))?,
+        },
+        RepoType::S3 => RepoSpec::S3 {
+            endpoint,
+            bucket: bucket.ok_or_else(|| Failure::usage("--type s3 needs --bucket"))?,
+            region,
+            prefix,
+            access_key_id: access_key_id
+                .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok())
+                .ok_or_else(|| {
+                    Failure::usage("--type s3 needs --access-key-id or $AWS_ACCESS_KEY_ID")
+                })?,
+            secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
+                Failure::usage(
+                    "--type s3 reads the secret from $AWS_SECRET_ACCESS_KEY, which is not set",
+                )
+            })?,
+        },
+    })
+}
+
+fn check_table(v: &RepoCheckView) -> String {
+    format!(
+        "{} ({}) works: write {} ms, read {} ms, delete {} ms\n",
+        v.name, v.location, v.write_ms, v.read_ms, v.delete_ms
+    )
+}
+
+/// `shoal backup-repo …`.
+pub async fn repo(args: RepoArgs) -> Result<(), Failure> {
+    let mut c = client(&args.home).await?;
+    match args.command {
+        RepoCommand::Add {
+            name,
+            kind,
+            path,
+            endpoint,
+            bucket,
+            region,
+            prefix,
+            access_key_id,
+            default,
+        } => {
+            let spec = repo_spec(kind, path, endpoint, bucket, region, prefix, access_key_id)?;
+            let v: RepoCheckView = c
+                .call_as(
+                    &Request::RepoAdd {
+                        name,
+                        spec,
+                        default,
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            print!("added: {}", check_table(&v));
+            Ok(())
+        }
+        RepoCommand::List { output } => {
+            let v: Vec<RepoView> = c
+                .call_as(&Request::RepoList, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || {
+                let mut s = format!(
+                    "{:<20} {:<8} {:<8} {}\n",
+                    "NAME", "DEFAULT", "BACKUPS", "LOCATION"
+                );
+                for r in &v {
+                    s.push_str(&format!(
+                        "{:<20} {:<8} {:<8} {}\n",
+                        r.name,
+                        if r.default { "yes" } else { "" },
+                        r.backups,
+                        r.location
+                    ));
+                }
+                s
+            })
+        }
+        RepoCommand::Check { name, output } => {
+            let v: RepoCheckView = c
+                .call_as(&Request::RepoCheck { name }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || check_table(&v))
+        }
+        RepoCommand::Remove { name } => {
+            let v: RepoView = c
+                .call_as(&Request::RepoRemove { name }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            println!("removed repository {} ({})", v.name, v.location);
+            Ok(())
+        }
+    }
+}
+
+fn backup_table(v: &[BackupView]) -> String {
+    let mut s = format!(
+        "{:<46} {:<10} {:<9} {:<10} {:>11} {:>11}  {}\n",
+        "ID", "METHOD", "STATE", "REPO", "SIZE", "STORED", "SOURCE"
+    );
+    for b in v {
+        s.push_str(&format!(
+            "{:<46} {:<10} {:<9} {:<10} {:>11} {:>11}  {}\n",
+            b.id,
+            b.method,
+            b.state,
+            b.repo,
+            mib(b.size),
+            mib(b.stored_size),
+            b.source_instance
+        ));
+    }
+    s
+}
+
+fn describe_text(b: &BackupView) -> String {
+    let mut s = String::new();
+    let secs = |ms: i64| format!("{:.1} s after the Unix epoch", ms as f64 / 1000.0);
+    s.push_str(&format!("ID:          {}\n", b.id));
+    s.push_str(&format!(
+        "Cluster:     {} (from instance {})\n",
+        b.cluster, b.source_instance
+    ));
+    s.push_str(&format!("Method:      {} ({})\n", b.method, b.kind));
+    s.push_str(&format!(
+        "State:       {}{}\n",
+        b.state,
+        b.reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    ));
+    s.push_str(&format!("Repository:  {}\n", b.repo));
+    s.push_str(&format!(
+        "Engine:      {} {} (addon {} sha256:{})\n",
+        b.engine, b.engine_version, b.addon_version, b.addon_digest
+    ));
+    s.push_str(&format!("Started:     {}\n", secs(b.started_unix_ms)));
+    if let Some(f) = b.finished_unix_ms {
+        s.push_str(&format!(
+            "Finished:    {} ({:.1} s)\n",
+            secs(f),
+            (f - b.started_unix_ms) as f64 / 1000.0
+        ));
+    }
+    s.push_str(&format!(
+        "Positions:   start {}, end {}\n",
+        b.start_position.as_deref().unwrap_or("-"),
+        b.end_position.as_deref().unwrap_or("-")
+    ));
+    s.push_str(&format!(
+        "Size:        {} ({} stored, zstd)\n",
+        mib(b.size),
+        mib(b.stored_size)
+    ));
+    for o in &b.objects {
+        s.push_str(&format!(
+            "Object:      {}  {} stored  sha256 {}\n",
+            o.key,
+            mib(o.stored_size),
+            o.sha256
+        ));
+    }
+    s
+}
+
+/// `shoal backup …`.
+pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
+    let mut c = client(&args.home).await?;
+    match args.command {
+        BackupCommand::Create {
+            cluster,
+            method,
+            repo,
+            no_wait,
+        } => {
+            let op: OpView = c
+                .call_as(
+                    &Request::BackupCreate {
+                        cluster: cluster.clone(),
+                        method,
+                        repo,
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            finish_op(&mut c, op, no_wait).await?;
+            if !no_wait {
+                let all: Vec<BackupView> = c
+                    .call_as(
+                        &Request::BackupList {
+                            cluster: Some(cluster),
+                        },
+                        |_| {},
+                    )
+                    .await
+                    .map_err(api_failure)?;
+                if let Some(b) = all.last() {
+                    println!("{}", b.id);
+                }
+            }
+            Ok(())
+        }
+        BackupCommand::List { cluster, output } => {
+            let v: Vec<BackupView> = c
+                .call_as(&Request::BackupList { cluster }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || backup_table(&v))
+        }
+        BackupCommand::Describe { id, output } => {
+            let v: BackupView = c
+                .call_as(&Request::BackupDescribe { id }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || describe_text(&v))
+        }
+        BackupCommand::Verify { id, output } => {
+            let v: VerifyView = c
+                .call_as(&Request::BackupVerify { id }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || {
+                let mut s = String::new();
+                for o in &v.objects {
+                    s.push_str(&format!("ok  {}  sha256 {}\n", o.key, o.sha256));
+                }
+                s.push_str(&format!(
+                    "backup {} verified: {} object(s), {} in {:.1} s\n",
+                    v.id,
+                    v.objects.len(),
+                    mib(v.bytes),
+                    v.ms as f64 / 1000.0
+                ));
+                s
+            })
+        }
+        BackupCommand::Delete { id } => {
+            let v: BackupView = c
+                .call_as(&Request::BackupDelete { id }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            println!("deleted backup {} from repository {}", v.id, v.repo);
+            Ok(())
+        }
+    }
+}

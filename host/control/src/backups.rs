@@ -1,0 +1,813 @@
+//! Backups and restores in local mode: the repositories this host knows (their specs, with
+//! secrets, in `<home>/secrets/repos.json`, 0600), the backup operation (the addon's `backup`
+//! hook streams into an object of the repository through `shoal-backup`'s pipeline, with
+//! progress events), verification, deletion, and restoring a backup into a new cluster. The
+//! engine-specific part — what to run — is the addon's; this module only moves and checks
+//! bytes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shoal_api::{
+    ApiError, BackupObjectView, BackupView, OpView, RepoCheckView, RepoSpec, RepoView, VerifyView,
+};
+use shoal_backup::{Manifest, Repository, StoredObject};
+use shoal_runtime::wit::{self, BackupKind};
+use shoal_runtime::{CallContext, HostSink, HostSource};
+
+use crate::controller::Controller;
+use crate::secrets::Credentials;
+use crate::store::{now_ms, BackupRow, ClusterRow, Desired, InstanceRow};
+
+/// zstd level of backup objects: fast, as `zstd -1`.
+const ZSTD_LEVEL: i32 = 1;
+/// How often a running backup or restore reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// One configured repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RepoEntry {
+    spec: RepoSpec,
+    default: bool,
+}
+
+fn repos_path(home: &Path) -> PathBuf {
+    home.join("secrets").join("repos.json")
+}
+
+fn load_repos(home: &Path) -> Result<BTreeMap<String, RepoEntry>, ApiError> {
+    match std::fs::read(repos_path(home)) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            ApiError::internal(format!("{} is damaged: {e}", repos_path(home).display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot read {}: {e}",
+            repos_path(home).display()
+        ))),
+    }
+}
+
+fn save_repos(home: &Path, repos: &BTreeMap<String, RepoEntry>) -> Result<(), ApiError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fail = |e: std::io::Error| ApiError::internal(format!("cannot store repositories: {e}"));
+    let dir = home.join("secrets");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(fail)?;
+    let p = repos_path(home);
+    let tmp = p.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    let body = serde_json::to_vec_pretty(repos).map_err(|e| ApiError::internal(e.to_string()))?;
+    f.write_all(&body).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, &p).map_err(fail)
+}
+
+fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} name {name:?} must be 1 to 63 lowercase letters, digits or '-', not \
+             starting with '-'"
+        )))
+    }
+}
+
+fn repo_failed(e: shoal_backup::RepoError) -> ApiError {
+    match e {
+        shoal_backup::RepoError::Invalid(m) => ApiError::invalid(m),
+        shoal_backup::RepoError::NotFound(k) => {
+            ApiError::not_found(format!("object {k} is missing from the repository"))
+        }
+        other => ApiError::conflict(other.to_string()),
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+impl Controller {
+    /// The repository named `name`, opened.
+    fn repo(&self, name: &str) -> Result<Repository, ApiError> {
+        let repos = load_repos(&self.home)?;
+        let e = repos.get(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no backup repository named {name:?} (see `shoal backup-repo list`)"
+            ))
+        })?;
+        Repository::open(name, &e.spec).map_err(repo_failed)
+    }
+
+    /// The default repository's name.
+    fn default_repo(&self) -> Result<String, ApiError> {
+        let repos = load_repos(&self.home)?;
+        repos
+            .iter()
+            .find(|(_, e)| e.default)
+            .or_else(|| repos.iter().next())
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "no backup repository is configured; add one with `shoal backup-repo add`",
+                )
+            })
+    }
+
+    /// Add a repository after checking it works (a write, read and delete of a probe object).
+    pub async fn repo_add(
+        &self,
+        name: &str,
+        spec: RepoSpec,
+        default: bool,
+    ) -> Result<RepoCheckView, ApiError> {
+        valid_name("repository", name)?;
+        spec.validate().map_err(ApiError::invalid)?;
+        let mut repos = load_repos(&self.home)?;
+        if repos.contains_key(name) {
+            return Err(ApiError::conflict(format!(
+                "a backup repository named {name:?} exists already"
+            )));
+        }
+        let repo = Repository::open(name, &spec).map_err(repo_failed)?;
+        let check = repo.check().await.map_err(|e| {
+            ApiError::conflict(format!("the repository does not work, not added: {e}"))
+        })?;
+        let default = default || repos.is_empty();
+        if default {
+            for e in repos.values_mut() {
+                e.default = false;
+            }
+        }
+        repos.insert(name.to_string(), RepoEntry { spec, default });
+        save_repos(&self.home, &repos)?;
+        Ok(RepoCheckView {
+            name: name.to_string(),
+            location: repo.spec.describe(),
+            write_ms: check.write_ms,
+            read_ms: check.read_ms,
+            delete_ms: check.delete_ms,
+        })
+    }
+
+    pub fn repo_list(&self) -> Result<Vec<RepoView>, ApiError> {
+        let backups = self.db(|s| s.backups(None))?;
+        Ok(load_repos(&self.home)?
+            .into_iter()
+            .map(|(name, e)| RepoView {
+                backups: backups.iter().filter(|b| b.view.repo == name).count() as u32,
+                location: e.spec.describe(),
+                default: e.default,
+                name,
+            })
+            .collect())
+    }
+
+    pub async fn repo_check(&self, name: &str) -> Result<RepoCheckView, ApiError> {
+        let repo = self.repo(name)?;
+        let c = repo.check().await.map_err(repo_failed)?;
+        Ok(RepoCheckView {
+            name: name.to_string(),
+            location: repo.spec.describe(),
+            write_ms: c.write_ms,
+            read_ms: c.read_ms,
+            delete_ms: c.delete_ms,
+        })
+    }
+
+    /// Forget a repository (refused while backups are recorded in it).
+    pub fn repo_remove(&self, name: &str) -> Result<RepoView, ApiError> {
+        let mut repos = load_repos(&self.home)?;
+        let Some(e) = repos.get(name).cloned() else {
+            return Err(ApiError::not_found(format!(
+                "no backup repository named {name:?}"
+            )));
+        };
+        let n = self
+            .db(|s| s.backups(None))?
+            .iter()
+            .filter(|b| b.view.repo == name)
+            .count();
+        if n > 0 {
+            return Err(ApiError::conflict(format!(
+                "repository {name} holds {n} backup(s); delete them first"
+            )));
+        }
+        repos.remove(name);
+        if e.default {
+            if let Some(first) = repos.values_mut().next() {
+                first.default = true;
+            }
+        }
+        save_repos(&self.home, &repos)?;
+        Ok(RepoView {
+            name: name.to_string(),
+            location: e.spec.describe(),
+            default: e.default,
+            backups: 0,
+        })
+    }
+
+    /// Validate a backup request and queue it.
+    pub fn backup_create(
+        self: &Arc<Self>,
+        cluster: &str,
+        method: Option<&str>,
+        repo: Option<&str>,
+    ) -> Result<OpView, ApiError> {
+        let cl = self
+            .db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        let addon = self.addon(&cl.engine)?;
+        let methods = &addon.manifest().backup_methods;
+        if methods.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "the {} addon declares no backup method",
+                cl.engine
+            )));
+        }
+        let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+        let method = match method {
+            Some(m) => methods.iter().find(|x| x.name == m).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "unknown backup method {m:?} for {}; it has: {}",
+                    cl.engine,
+                    names.join(", ")
+                ))
+            })?,
+            None => methods
+                .iter()
+                .find(|m| m.kind == BackupKind::Full)
+                .unwrap_or(&methods[0]),
+        };
+        if method.kind == BackupKind::Continuous {
+            return Err(ApiError::invalid(format!(
+                "{} is a continuous method: it is archived all the time, not taken once",
+                method.name
+            )));
+        }
+        let repo = match repo {
+            Some(r) => r.to_string(),
+            None => self.default_repo()?,
+        };
+        self.repo(&repo)?;
+        self.submit(
+            cluster,
+            "backup",
+            serde_json::json!({ "method": method.name, "repo": repo }),
+        )
+    }
+
+    pub fn backup_list(&self, cluster: Option<&str>) -> Result<Vec<BackupView>, ApiError> {
+        Ok(self
+            .db(|s| s.backups(cluster))?
+            .into_iter()
+            .map(|b| b.view)
+            .collect())
+    }
+
+    fn backup_row(&self, id: &str) -> Result<BackupRow, ApiError> {
+        self.db(|s| s.backup(id))?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no backup with id {id:?} (see `shoal backup list`)"
+            ))
+        })
+    }
+
+    pub fn backup_describe(&self, id: &str) -> Result<BackupView, ApiError> {
+        Ok(self.backup_row(id)?.view)
+    }
+
+    /// Delete a backup's objects, then its record.
+    pub async fn backup_delete(&self, id: &str) -> Result<BackupView, ApiError> {
+        let b = self.backup_row(id)?;
+        if b.view.state == "running" {
+            return Err(ApiError::conflict(format!("backup {id} is still running")));
+        }
+        let repo = self.repo(&b.view.repo)?;
+        for o in &b.view.objects {
+            repo.delete(&o.key).await.map_err(repo_failed)?;
+        }
+        repo.delete(&Manifest::key(&b.view.cluster, id))
+            .await
+            .map_err(repo_failed)?;
+        self.db(|s| s.delete_backup(id))?;
+        self.event(
+            &b.view.cluster,
+            None,
+            "info",
+            format!("backup {id} deleted from repository {}", b.view.repo),
+        );
+        let mut v = b.view;
+        v.state = "deleted".into();
+        Ok(v)
+    }
+
+    /// Read every object of a backup whole and check its size, checksum and compression.
+    pub async fn backup_verify(&self, id: &str) -> Result<VerifyView, ApiError> {
+        let b = self.backup_row(id)?;
+        let Some(m) = b.manifest else {
+            return Err(ApiError::conflict(format!(
+                "backup {id} is {}, not completed: nothing to verify",
+                b.view.state
+            )));
+        };
+        let repo = self.repo(&b.view.repo)?;
+        let t = Instant::now();
+        // The manifest stored next to the objects must be the one recorded here.
+        let stored = repo
+            .get(&Manifest::key(&m.cluster, &m.id))
+            .await
+            .map_err(|e| ApiError::conflict(format!("backup {id}: {e}")))?;
+        let stored: Manifest = serde_json::from_slice(&stored).map_err(|e| {
+            ApiError::conflict(format!(
+                "backup {id}: manifest {} is damaged: {e}",
+                Manifest::key(&m.cluster, &m.id)
+            ))
+        })?;
+        if stored != m {
+            return Err(ApiError::conflict(format!(
+                "backup {id}: manifest {} differs from the one recorded at backup time",
+                Manifest::key(&m.cluster, &m.id)
+            )));
+        }
+        let mut bytes = 0;
+        for o in &m.objects {
+            bytes += shoal_backup::verify_object(&repo, o)
+                .await
+                .map_err(|e| ApiError::conflict(format!("backup {id}: {e}")))?;
+        }
+        Ok(VerifyView {
+            id: id.to_string(),
+            objects: m.objects.iter().map(object_view).collect(),
+            bytes,
+            ms: t.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Validate a restore and queue the creation of cluster `name` from backup `id`.
+    pub async fn restore(
+        self: &Arc<Self>,
+        name: &str,
+        id: &str,
+        replicas: Option<u32>,
+    ) -> Result<OpView, ApiError> {
+        let b = self.backup_row(id)?;
+        let Some(m) = &b.manifest else {
+            return Err(ApiError::conflict(format!(
+                "backup {id} is {}, not completed: it cannot be restored",
+                b.view.state
+            )));
+        };
+        let addon = self.addon(&m.engine)?;
+        let kind = addon
+            .manifest()
+            .backup_methods
+            .iter()
+            .find(|x| x.name == m.method)
+            .map(|x| x.kind);
+        if kind.is_none() {
+            return Err(ApiError::invalid(format!(
+                "the loaded {} addon has no backup method {:?} to restore this backup with",
+                m.engine, m.method
+            )));
+        }
+        self.repo(&b.view.repo)?;
+        let mut spec = b.spec.clone();
+        spec.name = name.to_string();
+        spec.version = Some(m.engine_version.clone());
+        if let Some(r) = replicas {
+            spec.replicas = r;
+        }
+        self.create_with(spec, serde_json::json!({ "restore": id }))
+            .await
+    }
+
+    /// The context of a backup or restore call on `i`: its ports, the engine user, the engine
+    /// version's programs and the system's, and progress into `progress`.
+    fn bulk_ctx(
+        &self,
+        cl: &ClusterRow,
+        i: &InstanceRow,
+        all: &[InstanceRow],
+        total: Arc<Mutex<Option<u64>>>,
+    ) -> Result<CallContext, String> {
+        let addon = self.addon(&cl.engine).map_err(|e| e.message)?;
+        let mut ctx = self.call_ctx(i, all, false);
+        let search = crate::engines::binaries(&self.cfg, addon, &cl.version);
+        ctx.exec_dirs = search.dirs.clone();
+        ctx.exec_dirs
+            .extend(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from));
+        ctx.progress = Some(Arc::new(move |p: &shoal_runtime::Progress| {
+            if p.total.is_some() {
+                *total.lock().unwrap_or_else(|e| e.into_inner()) = p.total;
+            }
+        }));
+        Ok(ctx)
+    }
+}
+
+fn object_view(o: &StoredObject) -> BackupObjectView {
+    BackupObjectView {
+        key: o.key.clone(),
+        size: o.size,
+        stored_size: o.stored_size,
+        sha256: o.sha256.clone(),
+    }
+}
+
+/// Report progress of a stream every [`PROGRESS_EVERY`] until `done` fires.
+fn progress_events(
+    c: &Arc<Controller>,
+    cluster: &str,
+    what: &'static str,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+    total: Arc<Mutex<Option<u64>>>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let c = c.clone();
+    let cluster = cluster.to_string();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                _ = &mut rx => return,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+            }
+            let done = bytes.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let rate = done as f64 / secs;
+            let total = *total.lock().unwrap_or_else(|p| p.into_inner());
+            let tail = match total {
+                Some(t) if t > done && rate > 0.0 => format!(
+                    " of about {} ({:.0}%), ETA {:.0} s",
+                    mib(t),
+                    done as f64 * 100.0 / t as f64,
+                    (t - done) as f64 / rate
+                ),
+                _ => String::new(),
+            };
+            c.event(
+                &cluster,
+                None,
+                "info",
+                format!(
+                    "{what}: {}{tail}, {:.0} MiB/s",
+                    mib(done),
+                    rate / (1 << 20) as f64
+                ),
+            );
+        }
+    });
+    tx
+}
+
+/// The instance a backup of `method` reads: a healthy running replica when the method
+/// prefers one (the least lagging), else the primary.
+fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Option<&'a InstanceRow> {
+    let running = |i: &&InstanceRow| {
+        i.desired == Desired::Running
+            && i.state == "running"
+            && i.process.is_some_and(|p| p.is_running())
+    };
+    if target_role == Some("replica") {
+        if let Some(r) = all
+            .iter()
+            .filter(running)
+            .filter(|i| i.role == "replica" && i.health == "healthy")
+            .min_by_key(|i| i.lag_bytes.unwrap_or(u64::MAX))
+        {
+            return Some(r);
+        }
+    }
+    all.iter().filter(running).find(|i| i.role == "primary")
+}
+
+/// The backup operation: stream the addon's backup of one instance into the repository.
+pub(crate) async fn run_backup(
+    c: &Arc<Controller>,
+    cluster: &str,
+    params: &serde_json::Value,
+) -> Result<(), String> {
+    let arg = |k: &str| {
+        params
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (method, repo_name) = (arg("method"), arg("repo"));
+    let cl = c
+        .db(|s| s.cluster(cluster))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("cluster {cluster} no longer exists"))?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let m = addon
+        .manifest()
+        .backup_methods
+        .iter()
+        .find(|x| x.name == method)
+        .cloned()
+        .ok_or_else(|| format!("the addon has no backup method {method:?}"))?;
+    let repo = c.repo(&repo_name).map_err(|e| e.message)?;
+    let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
+    let src = backup_source(&all, m.target_role.as_deref())
+        .ok_or("no running instance to back up")?
+        .clone();
+    let creds = crate::secrets::load(&c.home, cluster)
+        .map_err(|e| format!("cannot read the credentials of {cluster}: {e}"))?;
+    let started = now_ms();
+    let stamp = utc_stamp(started);
+    let id = format!("{cluster}-{stamp}-{method}");
+    let key = format!("{cluster}/{id}/data.zst");
+    let mut view = BackupView {
+        id: id.clone(),
+        cluster: cluster.to_string(),
+        repo: repo_name.clone(),
+        method: method.clone(),
+        kind: kind_name(m.kind).into(),
+        state: "running".into(),
+        reason: None,
+        started_unix_ms: started,
+        finished_unix_ms: None,
+        engine: cl.engine.clone(),
+        engine_version: cl.version.clone(),
+        addon_version: addon.manifest().addon_version.clone(),
+        addon_digest: addon.info().digest.clone(),
+        source_instance: src.name.clone(),
+        start_position: None,
+        end_position: None,
+        size: 0,
+        stored_size: 0,
+        objects: vec![],
+    };
+    let mut row = BackupRow {
+        view: view.clone(),
+        manifest: None,
+        spec: cl.spec.clone(),
+    };
+    c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
+    c.event(
+        cluster,
+        Some(&src.name),
+        "info",
+        format!(
+            "backup {id}: {method} of {} into repository {repo_name} ({})",
+            src.name,
+            repo.spec.describe()
+        ),
+    );
+    let (writer, pending) = shoal_backup::write_object(&repo, &key, ZSTD_LEVEL);
+    let total = Arc::new(Mutex::new(None));
+    let stop = progress_events(c, cluster, "backup", pending.raw_bytes(), total.clone());
+    let ctx = c.bulk_ctx(&cl, &src, &all, total)?;
+    let inst = c.wit_instance(&cl, &src, &creds, true);
+    let t = Instant::now();
+    let result = addon
+        .call(&ctx)
+        .backup(&inst, &method, &[], HostSink::new(writer))
+        .await;
+    let _ = stop.send(());
+    let fail = |reason: String, mut row: BackupRow| {
+        row.view.state = "failed".into();
+        row.view.reason = Some(reason.clone());
+        row.view.finished_unix_ms = Some(now_ms());
+        let _ = c.db(|s| s.put_backup(&row));
+        Err(format!("backup {id}: {reason}"))
+    };
+    let (info, sink) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            pending.abort().await;
+            return fail(e.to_string(), row);
+        }
+    };
+    drop(sink);
+    let obj = match pending.finish().await {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string(), row),
+    };
+    let finished = now_ms();
+    let manifest = Manifest {
+        format: shoal_backup::manifest::FORMAT,
+        id: id.clone(),
+        cluster: cluster.to_string(),
+        engine: cl.engine.clone(),
+        engine_version: info.engine_version.clone(),
+        addon_digest: view.addon_digest.clone(),
+        addon_version: view.addon_version.clone(),
+        method: method.clone(),
+        kind: view.kind.clone(),
+        source_instance: src.name.clone(),
+        started_unix_ms: started,
+        finished_unix_ms: finished,
+        start_position: info.start_position.clone(),
+        end_position: info.end_position.clone(),
+        labels: info.labels.clone(),
+        compression: "zstd".into(),
+        objects: vec![obj.clone()],
+    };
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    if let Err(e) = repo.put(&Manifest::key(cluster, &id), body.into()).await {
+        let _ = repo.delete(&obj.key).await;
+        return fail(format!("storing the manifest: {e}"), row);
+    }
+    let secs = t.elapsed().as_secs_f64().max(0.001);
+    view.state = "completed".into();
+    view.finished_unix_ms = Some(finished);
+    view.start_position = info.start_position;
+    view.end_position = info.end_position;
+    view.size = obj.size;
+    view.stored_size = obj.stored_size;
+    view.objects = vec![object_view(&obj)];
+    row.view = view;
+    row.manifest = Some(manifest);
+    c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
+    c.event(
+        cluster,
+        Some(&src.name),
+        "info",
+        format!(
+            "backup {id} completed: {} read, {} stored ({:.1}x), {:.0} MiB/s, sha256 {}",
+            mib(obj.size),
+            mib(obj.stored_size),
+            obj.size as f64 / obj.stored_size.max(1) as f64,
+            obj.size as f64 / secs / (1 << 20) as f64,
+            &obj.sha256[..16]
+        ),
+    );
+    Ok(())
+}
+
+fn kind_name(k: BackupKind) -> &'static str {
+    match k {
+        BackupKind::Full => "full",
+        BackupKind::Incremental => "incremental",
+        BackupKind::Differential => "differential",
+        BackupKind::Continuous => "continuous",
+        BackupKind::Logical => "logical",
+    }
+}
+
+/// `YYYYMMDDTHHMMSSmmmZ` of a Unix time in ms (UTC).
+fn utc_stamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}t{:02}{:02}{:02}{:03}z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// Whether backup `id` restores before the server first starts (a physical copy into the
+/// empty data directory) rather than into the running server (a logical dump).
+pub(crate) fn restores_before_start(c: &Controller, id: &str) -> Result<bool, String> {
+    let b = c
+        .db(|s| s.backup(id))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("backup {id} no longer exists"))?;
+    Ok(b.view.kind != "logical")
+}
+
+/// Restore backup `id` into instance `i` of the cluster being created: every object is read
+/// through its checksum; a damaged or missing one fails the restore naming it, and leaves the
+/// data directory empty (nothing starts on it).
+pub(crate) async fn restore_into(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    i: &InstanceRow,
+    creds: &Credentials,
+    id: &str,
+) -> Result<(), String> {
+    let b = c
+        .db(|s| s.backup(id))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("backup {id} no longer exists"))?;
+    let m = b
+        .manifest
+        .ok_or_else(|| format!("backup {id} is not completed"))?;
+    let repo = c.repo(&b.view.repo).map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let before_start = b.view.kind != "logical";
+    if !before_start {
+        // Into a running server: check everything before the first byte goes in.
+        for o in &m.objects {
+            shoal_backup::verify_object(&repo, o)
+                .await
+                .map_err(|e| format!("restore of backup {id} refused: {e}"))?;
+        }
+    }
+    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
+    let info = wit::BackupInfo {
+        method: m.method.clone(),
+        engine_version: m.engine_version.clone(),
+        start_position: m.start_position.clone(),
+        end_position: m.end_position.clone(),
+        labels: m.labels.clone(),
+    };
+    let t = Instant::now();
+    for o in &m.objects {
+        c.event(
+            &cl.name,
+            Some(&i.name),
+            "info",
+            format!(
+                "restoring {} ({}) of backup {id} from repository {}",
+                o.key,
+                mib(o.size),
+                b.view.repo
+            ),
+        );
+        let (reader, verdict) = shoal_backup::read_object(&repo, o)
+            .await
+            .map_err(|e| format!("restore of backup {id}: {e}"))?;
+        let total = Arc::new(Mutex::new(Some(o.size)));
+        let source = HostSource::new(reader);
+        let ctx = c.bulk_ctx(cl, i, &all, total)?;
+        let inst = c.wit_instance(cl, i, creds, true);
+        let result = addon.call(&ctx).restore(&inst, &info, source).await;
+        let checked = verdict.check().await;
+        let failure = match (result, checked) {
+            (_, Err(e)) => Some(format!("restore of backup {id} failed: {e}")),
+            (Err(e), Ok(_)) => Some(format!("restore of backup {id} failed: {e}")),
+            (Ok(_), Ok(_)) => None,
+        };
+        if let Some(f) = failure {
+            if before_start {
+                empty_dir(&i.data_dir());
+            }
+            return Err(f);
+        }
+    }
+    c.event(
+        &cl.name,
+        Some(&i.name),
+        "info",
+        format!(
+            "restored backup {id} ({}, every checksum verified) in {:.1} s",
+            mib(m.size()),
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(())
+}
+
+/// Remove everything inside `dir` (the directory itself stays, with its owner and mode).
+fn empty_dir(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let _ = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_and_sortable() {
+        assert_eq!(utc_stamp(0), "19700101t000000000z");
+        // 2026-11-24 05:30:00.123 UTC
+        assert_eq!(utc_stamp(1_795_498_200_123), "20261124t053000123z");
+        assert!(utc_stamp(1_795_498_200_123) < utc_stamp(1_795_498_260_000));
+    }
+}
