@@ -1,0 +1,373 @@
+//! Backups end to end: a real `shoal serve`, real PostgreSQL 15, a directory repository and
+//! an S3-compatible server (moto) on loopback. Physical and logical backups restore into new
+//! clusters holding exactly the source's data; a damaged object fails verification and the
+//! restore naming it, with nothing started; an unreachable repository fails the backup,
+//! leaving no usable backup; bad input changes nothing.
+
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+/// Row count and a checksum over every row of the test table.
+const CHECK: &str =
+    "SELECT count(*) || ':' || md5(string_agg(id || '=' || v, ',' ORDER BY id)) FROM t";
+
+fn fail(h: &Host, args: &[&str]) -> String {
+    let o = h.shoal(args);
+    assert!(!o.status.success(), "shoal {args:?} succeeded");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&h.ok(&a)).expect("json")
+}
+
+/// A loaded two-instance cluster; returns its checksum.
+fn loaded_cluster(h: &Host, name: &str) -> String {
+    h.ok(&[
+        "cluster",
+        "create",
+        name,
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    h.wait_healthy(name);
+    let uri = h.uri(name);
+    psql(
+        &uri,
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g",
+    )
+    .unwrap();
+    psql(&uri, "CREATE INDEX ON t (v)").unwrap();
+    psql(&uri, CHECK).unwrap()
+}
+
+/// Back `cluster` up; returns the backup's id.
+fn backup(h: &Host, cluster: &str, extra: &[&str]) -> String {
+    let mut args = vec!["backup", "create", cluster];
+    args.extend(extra);
+    let out = h.ok(&args);
+    out.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Restore `id` into a one-instance cluster `name`; returns its checksum.
+fn restored(h: &Host, id: &str, name: &str) -> String {
+    h.ok(&[
+        "cluster",
+        "restore",
+        name,
+        "--from-backup",
+        id,
+        "--replicas",
+        "1",
+    ]);
+    h.wait_healthy(name);
+    psql(&h.uri(name), CHECK).unwrap()
+}
+
+#[test]
+fn physical_and_logical_backups_to_both_repository_kinds_restore_the_same_data() {
+    let h = Host::start((23500, 23549));
+    let s3 = shoal_tests::S3Server::start();
+    let want = loaded_cluster(&h, "src");
+    assert!(want.starts_with("300000:"), "{want}");
+
+    let dir = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "backup-repo",
+            "add",
+            "s3",
+            "--type",
+            "s3",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &s3.bucket,
+            "--prefix",
+            "shoal",
+            "--access-key-id",
+            "test",
+        ])
+        .env("SHOAL_HOME", h.home.path())
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let repos = json(&h, &["backup-repo", "list"]);
+    assert_eq!(repos.as_array().unwrap().len(), 2);
+    assert_eq!(repos[0]["name"], "local");
+    assert_eq!(
+        repos[0]["default"], true,
+        "the first repository is the default"
+    );
+    let check = h.ok(&["backup-repo", "check", "s3"]);
+    assert!(check.contains("works"), "{check}");
+
+    // Physical into the default (directory) repository, taken from the replica.
+    let id = backup(&h, "src", &[]);
+    let b = json(&h, &["backup", "describe", &id]);
+    assert_eq!(b["state"], "completed", "{b:#}");
+    assert_eq!(b["method"], "physical");
+    assert_eq!(b["repo"], "local");
+    assert_eq!(
+        b["source_instance"], "src-1",
+        "a healthy replica is preferred"
+    );
+    assert!(
+        b["start_position"]
+            .as_str()
+            .is_some_and(|p| p.contains('/')),
+        "{b:#}"
+    );
+    assert!(b["stored_size"].as_u64().unwrap() < b["size"].as_u64().unwrap());
+    let sha = b["objects"][0]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha.len(), 64);
+    let key = b["objects"][0]["key"].as_str().unwrap().to_string();
+    assert!(dir.join(&key).is_file(), "{key}");
+    assert!(h.ok(&["backup", "verify", &id]).contains("verified"));
+    assert_eq!(restored(&h, &id, "from-local"), want);
+
+    // Physical into S3, and a logical one there too.
+    let id = backup(&h, "src", &["--repo", "s3"]);
+    assert_eq!(json(&h, &["backup", "describe", &id])["repo"], "s3");
+    assert_eq!(restored(&h, &id, "from-s3"), want);
+    let id = backup(&h, "src", &["--repo", "s3", "--method", "logical"]);
+    assert_eq!(json(&h, &["backup", "describe", &id])["kind"], "logical");
+    assert_eq!(restored(&h, &id, "from-dump"), want);
+
+    let all = json(&h, &["backup", "list", "--cluster", "src"]);
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    // Deleting removes the objects too.
+    let first = all[0]["id"].as_str().unwrap().to_string();
+    h.ok(&["backup", "delete", &first]);
+    assert!(!dir.join(&key).exists(), "{key} survived the delete");
+    assert!(fail(&h, &["backup", "describe", &first]).contains("no backup"));
+}
+
+#[test]
+fn a_damaged_or_missing_object_fails_verify_and_restore_by_name_and_nothing_starts() {
+    let h = Host::start((23550, 23589));
+    loaded_cluster(&h, "src");
+    let dir = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    let id = backup(&h, "src", &[]);
+    let key = json(&h, &["backup", "describe", &id])["objects"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // One flipped byte in the middle of the stored object.
+    let path = dir.join(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let err = fail(&h, &["backup", "verify", &id]);
+    assert!(err.contains(&key) && err.contains("damaged"), "{err}");
+    let err = fail(&h, &["cluster", "restore", "dst", "--from-backup", &id]);
+    assert!(err.contains(&key), "{err}");
+    let d = h.describe("dst");
+    assert_eq!(d["state"], "failed", "{d:#}");
+    for i in d["instances"].as_array().unwrap() {
+        assert!(i["pid"].is_null(), "an instance started: {d:#}");
+        let data = std::path::Path::new(i["data_dir"].as_str().unwrap());
+        assert!(
+            std::fs::read_dir(data)
+                .map(|mut e| e.next().is_none())
+                .unwrap_or(true),
+            "data left in {}",
+            data.display()
+        );
+    }
+    // The supervisor never starts it either.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(h.describe("dst")["instances"][0]["pid"].is_null());
+
+    // A missing object is named as well.
+    std::fs::remove_file(&path).unwrap();
+    let err = fail(&h, &["backup", "verify", &id]);
+    assert!(err.contains(&key) && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn an_unreachable_repository_fails_the_backup_and_leaves_no_usable_backup() {
+    let h = Host::start((23590, 23599));
+    h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
+    h.wait_healthy("src");
+    let mut s3 = shoal_tests::S3Server::start();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "backup-repo",
+            "add",
+            "s3",
+            "--type",
+            "s3",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &s3.bucket,
+            "--access-key-id",
+            "test",
+        ])
+        .env("SHOAL_HOME", h.home.path())
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    s3.kill();
+    let o = h.shoal(&["backup", "create", "src"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("repository s3"), "{err}");
+    let all = json(&h, &["backup", "list"]);
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["state"], "failed");
+    assert!(all[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    // A failed backup cannot be restored or verified.
+    let id = all[0]["id"].as_str().unwrap();
+    assert!(
+        fail(&h, &["cluster", "restore", "dst", "--from-backup", id]).contains("not completed")
+    );
+    assert!(fail(&h, &["backup", "verify", id]).contains("not completed"));
+    let err = fail(&h, &["backup-repo", "check", "s3"]);
+    assert!(err.contains("repository s3"), "{err}");
+}
+
+#[test]
+fn bad_backup_input_is_refused_clearly_and_changes_nothing() {
+    let h = Host::start((23600, 23619));
+    h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
+    h.wait_healthy("src");
+    // No repository yet.
+    assert!(fail(&h, &["backup", "create", "src"]).contains("backup-repo add"));
+    let dir = h.home.path().join("repo");
+    for (args, want) in [
+        (
+            vec![
+                "backup-repo",
+                "add",
+                "x",
+                "--type",
+                "fs",
+                "--path",
+                "relative",
+            ],
+            "absolute",
+        ),
+        (
+            vec![
+                "backup-repo",
+                "add",
+                "Bad/Name",
+                "--type",
+                "fs",
+                "--path",
+                "/tmp/x",
+            ],
+            "name",
+        ),
+        (vec!["backup-repo", "add", "x", "--type", "fs"], "--path"),
+        (
+            vec![
+                "backup-repo",
+                "add",
+                "x",
+                "--type",
+                "s3",
+                "--bucket",
+                "b-b-b",
+                "--access-key-id",
+                "a",
+            ],
+            "AWS_SECRET_ACCESS_KEY",
+        ),
+    ] {
+        let err = fail(&h, &args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(json(&h, &["backup-repo", "list"]), serde_json::json!([]));
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    for (args, want) in [
+        (vec!["backup", "create", "nope"], "no cluster named"),
+        (
+            vec!["backup", "create", "src", "--method", "snapshot"],
+            "unknown backup method",
+        ),
+        (
+            vec!["backup", "create", "src", "--repo", "elsewhere"],
+            "no backup repository named",
+        ),
+        (vec!["backup", "describe", "nope"], "no backup"),
+        (vec!["backup", "verify", "nope"], "no backup"),
+        (vec!["backup", "delete", "nope"], "no backup"),
+        (
+            vec!["cluster", "restore", "dst", "--from-backup", "nope"],
+            "no backup",
+        ),
+        (
+            vec![
+                "backup-repo",
+                "add",
+                "local",
+                "--type",
+                "fs",
+                "--path",
+                "/tmp/y",
+            ],
+            "exists already",
+        ),
+        (
+            vec!["backup-repo", "remove", "nope"],
+            "no backup repository",
+        ),
+    ] {
+        let o = h.shoal(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(json(&h, &["backup", "list"]), serde_json::json!([]));
+    // Restoring into a name in use changes nothing.
+    let id = backup(&h, "src", &[]);
+    let err = fail(&h, &["cluster", "restore", "src", "--from-backup", &id]);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(fail(&h, &["backup-repo", "remove", "local"]).contains("holds 1 backup"));
+    assert_eq!(json(&h, &["cluster", "list"]).as_array().unwrap().len(), 1);
+}
