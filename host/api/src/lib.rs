@@ -267,6 +267,24 @@ pub struct BackupView {
     pub objects: Vec<BackupObjectView>,
 }
 
+/// A backup schedule of one cluster and method, with its retention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub cluster: String,
+    pub method: String,
+    /// Repository (none: the default one when it fires).
+    pub repo: Option<String>,
+    /// Cron expression: 5 fields (minute hour day month weekday), or 6 with seconds first; UTC.
+    pub cron: String,
+    /// Completed backups of this cluster and method to keep (the newest).
+    pub keep: Option<u32>,
+    /// Delete completed backups older than this (`30d`, `12h`, `90m`, `45s`).
+    pub max_age: Option<String>,
+    /// When it fires next (Unix ms).
+    #[serde(default)]
+    pub next_unix_ms: i64,
+}
+
 /// The result of verifying a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyView {
@@ -368,6 +386,18 @@ pub enum Request {
     /// Read every object of a backup and check it; answers with a [`VerifyView`].
     BackupVerify {
         id: String,
+    },
+    /// Create or replace the schedule of (`schedule.cluster`, `schedule.method`).
+    ScheduleSet {
+        schedule: ScheduleView,
+    },
+    /// Remove a schedule.
+    ScheduleRemove {
+        cluster: String,
+        method: String,
+    },
+    ScheduleList {
+        cluster: Option<String>,
     },
     /// Create cluster `name` from backup `backup`; answers with the create [`OpView`].
     Restore {

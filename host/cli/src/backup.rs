@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use shoal_api::{BackupView, OpView, RepoCheckView, RepoSpec, RepoView, Request, VerifyView};
+use shoal_api::{
+    BackupView, OpView, RepoCheckView, RepoSpec, RepoView, Request, ScheduleView, VerifyView,
+};
 
 use crate::cluster::{api_failure, client, emit, finish_op, ReadFormat};
 use crate::Failure;
@@ -110,6 +112,42 @@ pub enum BackupCommand {
     },
     /// Delete a backup's objects and its record.
     Delete { id: String },
+    /// Back a cluster up on a cron schedule (UTC), with retention; or `--off`.
+    Schedule {
+        cluster: String,
+        /// 5 fields (minute hour day month weekday) or 6 (seconds first), e.g. '0 3 * * *'.
+        #[arg(long)]
+        cron: Option<String>,
+        /// Default: the engine's full method.
+        #[arg(long)]
+        method: Option<String>,
+        /// Default: the default repository when it fires.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Completed backups of this method to keep (the newest is always kept).
+        #[arg(long)]
+        keep: Option<u32>,
+        /// Delete completed backups older than this: 30d, 12h, 90m, 45s, 2w.
+        #[arg(long, value_name = "AGE")]
+        max_age: Option<String>,
+        /// Remove the schedule (of --method, default the full one).
+        #[arg(long, conflicts_with_all = ["cron", "repo", "keep", "max_age"])]
+        off: bool,
+    },
+    /// List backup schedules.
+    Schedules {
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn mib(b: u64) -> String {
@@ -369,6 +407,81 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                     mib(v.bytes),
                     v.ms as f64 / 1000.0
                 ));
+                s
+            })
+        }
+        BackupCommand::Schedule {
+            cluster,
+            cron,
+            method,
+            repo,
+            keep,
+            max_age,
+            off,
+        } => {
+            if off {
+                let _: serde_json::Value = c
+                    .call_as(
+                        &Request::ScheduleRemove {
+                            cluster: cluster.clone(),
+                            method: method.unwrap_or_default(),
+                        },
+                        |_| {},
+                    )
+                    .await
+                    .map_err(api_failure)?;
+                println!("backup schedule of {cluster} removed");
+                return Ok(());
+            }
+            let cron = cron.ok_or_else(|| Failure::usage("needs --cron EXPR (or --off)"))?;
+            let v: ScheduleView = c
+                .call_as(
+                    &Request::ScheduleSet {
+                        schedule: ScheduleView {
+                            cluster,
+                            method: method.unwrap_or_default(),
+                            repo,
+                            cron,
+                            keep,
+                            max_age,
+                            next_unix_ms: 0,
+                        },
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            println!(
+                "{} {} backups on '{}', next in {:.0} s",
+                v.cluster,
+                v.method,
+                v.cron,
+                (v.next_unix_ms - now_ms()).max(0) as f64 / 1000.0
+            );
+            Ok(())
+        }
+        BackupCommand::Schedules { cluster, output } => {
+            let v: Vec<ScheduleView> = c
+                .call_as(&Request::ScheduleList { cluster }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || {
+                let mut s = format!(
+                    "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {}\n",
+                    "CLUSTER", "METHOD", "CRON", "KEEP", "MAX-AGE", "REPO", "NEXT IN"
+                );
+                for x in &v {
+                    s.push_str(&format!(
+                        "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {:.0} s\n",
+                        x.cluster,
+                        x.method,
+                        x.cron,
+                        x.keep.map(|k| k.to_string()).unwrap_or("-".into()),
+                        x.max_age.as_deref().unwrap_or("-"),
+                        x.repo.as_deref().unwrap_or("(default)"),
+                        (x.next_unix_ms - now_ms()).max(0) as f64 / 1000.0
+                    ));
+                }
                 s
             })
         }

@@ -371,3 +371,112 @@ fn bad_backup_input_is_refused_clearly_and_changes_nothing() {
     assert!(fail(&h, &["backup-repo", "remove", "local"]).contains("holds 1 backup"));
     assert_eq!(json(&h, &["cluster", "list"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
+    let h = Host::start((23620, 23639));
+    h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
+    h.wait_healthy("src");
+    let dir = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    for (args, want) in [
+        (vec!["--cron", "not a cron at all"], "cron"),
+        (vec!["--cron", "* * *"], "5 fields"),
+        (vec!["--cron", "*/2 * * * * *", "--keep", "0"], "at least 1"),
+        (
+            vec!["--cron", "*/2 * * * * *", "--max-age", "3x"],
+            "max age",
+        ),
+        (
+            vec!["--cron", "*/2 * * * * *", "--method", "nope"],
+            "unknown backup method",
+        ),
+        (
+            vec!["--cron", "*/2 * * * * *", "--repo", "nope"],
+            "no backup repository",
+        ),
+        (vec![], "--cron"),
+    ] {
+        let mut a = vec!["backup", "schedule", "src"];
+        a.extend(args.iter());
+        let o = h.shoal(&a);
+        assert_eq!(o.status.code(), Some(2), "{a:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{a:?}: {err}");
+    }
+    assert!(
+        fail(&h, &["backup", "schedule", "nope", "--cron", "0 3 * * *"]).contains("no cluster")
+    );
+    assert_eq!(json(&h, &["backup", "schedules"]), serde_json::json!([]));
+
+    // Every 2 s, keeping the newest 2.
+    h.ok(&[
+        "backup",
+        "schedule",
+        "src",
+        "--cron",
+        "*/2 * * * * *",
+        "--keep",
+        "2",
+    ]);
+    let listed = json(&h, &["backup", "schedules"]);
+    assert_eq!(listed[0]["method"], "physical");
+    assert_eq!(listed[0]["keep"], 2);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = h.ok(&["cluster", "events", "src", "--limit", "500"]);
+        let fired = events.matches("scheduled physical backup").count();
+        let pruned = events.matches("retention: deleted backup").count();
+        if fired >= 4 && pruned >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "schedule did not fire: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.ok(&["backup", "schedule", "src", "--off"]);
+    // Let a backup already queued finish, then count.
+    std::thread::sleep(Duration::from_millis(1500));
+    let all = json(&h, &["backup", "list", "--cluster", "src"]);
+    let done: Vec<&serde_json::Value> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["state"] == "completed")
+        .collect();
+    assert_eq!(done.len(), 2, "{all:#}");
+    // Only the kept backups have objects left in the repository.
+    let mut manifests = Vec::new();
+    for e in std::fs::read_dir(dir.join("src")).unwrap().flatten() {
+        if e.path().join("manifest.json").exists() {
+            manifests.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    manifests.sort();
+    let mut kept: Vec<String> = done
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    kept.sort();
+    assert_eq!(manifests, kept);
+    let n = all.as_array().unwrap().len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        json(&h, &["backup", "list"]).as_array().unwrap().len(),
+        n,
+        "fired after --off"
+    );
+    assert!(
+        fail(&h, &["backup", "schedule", "src", "--off"]).contains("no physical backup schedule")
+    );
+}

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shoal_api::{
-    ApiError, BackupObjectView, BackupView, OpView, RepoCheckView, RepoSpec, RepoView, VerifyView,
+    ApiError, BackupObjectView, BackupView, OpView, RepoCheckView, RepoSpec, RepoView,
+    ScheduleView, VerifyView,
 };
 use shoal_backup::{Manifest, Repository, StoredObject};
 use shoal_runtime::wit::{self, BackupKind};
@@ -237,37 +238,7 @@ impl Controller {
         method: Option<&str>,
         repo: Option<&str>,
     ) -> Result<OpView, ApiError> {
-        let cl = self
-            .db(|s| s.cluster(cluster))?
-            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
-        let addon = self.addon(&cl.engine)?;
-        let methods = &addon.manifest().backup_methods;
-        if methods.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "the {} addon declares no backup method",
-                cl.engine
-            )));
-        }
-        let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
-        let method = match method {
-            Some(m) => methods.iter().find(|x| x.name == m).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "unknown backup method {m:?} for {}; it has: {}",
-                    cl.engine,
-                    names.join(", ")
-                ))
-            })?,
-            None => methods
-                .iter()
-                .find(|m| m.kind == BackupKind::Full)
-                .unwrap_or(&methods[0]),
-        };
-        if method.kind == BackupKind::Continuous {
-            return Err(ApiError::invalid(format!(
-                "{} is a continuous method: it is archived all the time, not taken once",
-                method.name
-            )));
-        }
+        let method = self.method_of(cluster, method)?;
         let repo = match repo {
             Some(r) => r.to_string(),
             None => self.default_repo()?,
@@ -405,6 +376,115 @@ impl Controller {
             .await
     }
 
+    /// The backup method `name` of `cluster`'s addon, or its full one when none is named.
+    fn method_of(&self, cluster: &str, name: Option<&str>) -> Result<wit::BackupMethod, ApiError> {
+        let cl = self
+            .db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        let addon = self.addon(&cl.engine)?;
+        let methods = &addon.manifest().backup_methods;
+        if methods.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "the {} addon declares no backup method",
+                cl.engine
+            )));
+        }
+        let m = match name {
+            Some(m) => methods.iter().find(|x| x.name == m).ok_or_else(|| {
+                let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+                ApiError::invalid(format!(
+                    "unknown backup method {m:?} for {}; it has: {}",
+                    cl.engine,
+                    names.join(", ")
+                ))
+            })?,
+            None => methods
+                .iter()
+                .find(|m| m.kind == BackupKind::Full)
+                .unwrap_or(&methods[0]),
+        };
+        if m.kind == BackupKind::Continuous {
+            return Err(ApiError::invalid(format!(
+                "{} is a continuous method: it is archived all the time, not taken once",
+                m.name
+            )));
+        }
+        Ok(m.clone())
+    }
+
+    /// Create or replace the schedule of a cluster and method.
+    pub fn schedule_set(&self, mut v: ScheduleView) -> Result<ScheduleView, ApiError> {
+        let m = self.method_of(
+            &v.cluster,
+            Some(v.method.as_str()).filter(|m| !m.is_empty()),
+        )?;
+        v.method = m.name;
+        match &v.repo {
+            Some(r) => {
+                self.repo(r)?;
+            }
+            None => {
+                self.default_repo()?;
+            }
+        }
+        if v.keep == Some(0) {
+            return Err(ApiError::invalid(
+                "--keep must be at least 1 (the newest backup is always kept)",
+            ));
+        }
+        if let Some(a) = &v.max_age {
+            parse_age(a)?;
+        }
+        let cron = parse_cron(&v.cron)?;
+        v.next_unix_ms = next_fire(&cron, &v.cron, now_ms())?;
+        self.db(|s| s.put_schedule(&v, v.next_unix_ms))?;
+        self.event(
+            &v.cluster,
+            None,
+            "info",
+            format!(
+                "backup schedule {} ({}): {}{}{}",
+                v.method,
+                v.repo.as_deref().unwrap_or("default repository"),
+                v.cron,
+                v.keep.map(|k| format!(", keep {k}")).unwrap_or_default(),
+                v.max_age
+                    .as_deref()
+                    .map(|a| format!(", max age {a}"))
+                    .unwrap_or_default()
+            ),
+        );
+        Ok(v)
+    }
+
+    pub fn schedule_remove(&self, cluster: &str, method: Option<&str>) -> Result<(), ApiError> {
+        let m = self.method_of(cluster, method)?;
+        if self.db(|s| s.delete_schedule(cluster, &m.name))? == 0 {
+            return Err(ApiError::not_found(format!(
+                "cluster {cluster} has no {} backup schedule",
+                m.name
+            )));
+        }
+        self.event(
+            cluster,
+            None,
+            "info",
+            format!("backup schedule {} removed", m.name),
+        );
+        Ok(())
+    }
+
+    pub fn schedule_list(&self, cluster: Option<&str>) -> Result<Vec<ScheduleView>, ApiError> {
+        Ok(self
+            .db(|s| s.schedules(cluster))?
+            .into_iter()
+            .map(|(mut v, next)| {
+                v.next_unix_ms = next;
+                v
+            })
+            .collect())
+    }
+
     /// The context of a backup or restore call on `i`: its ports, the engine user, the engine
     /// version's programs and the system's, and progress into `progress`.
     fn bulk_ctx(
@@ -427,6 +507,164 @@ impl Controller {
         }));
         Ok(ctx)
     }
+}
+
+/// Parse a cron expression: 5 fields (minute hour day month weekday) or 6 (seconds first).
+fn parse_cron(expr: &str) -> Result<croner::Cron, ApiError> {
+    let fields = expr.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
+        return Err(ApiError::invalid(format!(
+            "cron {expr:?} must have 5 fields (minute hour day month weekday) or 6 (seconds \
+             first)"
+        )));
+    }
+    let mut c = croner::Cron::new(expr);
+    if fields == 6 {
+        c.with_seconds_optional();
+    }
+    c.parse()
+        .map_err(|e| ApiError::invalid(format!("cron {expr:?}: {e}")))
+}
+
+/// When `cron` fires next after `after_ms` (UTC).
+fn next_fire(cron: &croner::Cron, expr: &str, after_ms: i64) -> Result<i64, ApiError> {
+    let after = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms)
+        .ok_or_else(|| ApiError::internal("the clock is out of range"))?;
+    cron.find_next_occurrence(&after, false)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| ApiError::invalid(format!("cron {expr:?} never fires: {e}")))
+}
+
+/// `30d`, `12h`, `90m`, `45s`, `2w` in ms.
+fn parse_age(s: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "max age {s:?} must be a number and a unit: s, m, h, d or w (e.g. 30d)"
+        ))
+    };
+    let (n, unit) = s.trim().split_at(s.trim().len().saturating_sub(1));
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(bad()),
+    };
+    if n <= 0 {
+        return Err(bad());
+    }
+    n.checked_mul(ms).ok_or_else(bad)
+}
+
+/// Queue the backups whose schedule is due, for clusters this host manages. A schedule whose
+/// previous backup is still queued or running skips this turn (backups never pile up).
+pub(crate) fn fire_schedules(c: &Arc<Controller>) {
+    let now = now_ms();
+    let Ok(all) = c.db(|s| s.schedules(None)) else {
+        return;
+    };
+    for (v, next) in all {
+        if next > now || !c.manages(&v.cluster) {
+            continue;
+        }
+        let following = parse_cron(&v.cron)
+            .and_then(|cron| next_fire(&cron, &v.cron, now))
+            .unwrap_or(now + 3_600_000);
+        let _ = c.db(|s| s.put_schedule(&v, following));
+        let pending = c
+            .db(|s| s.unfinished_ops())
+            .unwrap_or_default()
+            .into_iter()
+            .any(|op| op.cluster == v.cluster && op.kind == "backup");
+        if pending {
+            c.event(
+                &v.cluster,
+                None,
+                "warning",
+                format!(
+                    "scheduled {} backup skipped: the previous one is still running",
+                    v.method
+                ),
+            );
+            continue;
+        }
+        match c.backup_create(&v.cluster, Some(&v.method), v.repo.as_deref()) {
+            Ok(op) => c.event(
+                &v.cluster,
+                None,
+                "info",
+                format!(
+                    "scheduled {} backup ({}) queued as operation {}",
+                    v.method, v.cron, op.id
+                ),
+            ),
+            Err(e) => c.event(
+                &v.cluster,
+                None,
+                "error",
+                format!("scheduled {} backup not started: {}", v.method, e.message),
+            ),
+        }
+    }
+}
+
+/// After a completed backup: delete the completed backups of the same cluster and method
+/// that its schedule no longer keeps (beyond `keep`, or older than `max-age`). The newest
+/// completed backup is never deleted.
+async fn apply_retention(c: &Arc<Controller>, cluster: &str, method: &str) {
+    let Ok(schedules) = c.db(|s| s.schedules(Some(cluster))) else {
+        return;
+    };
+    let Some((v, _)) = schedules.into_iter().find(|(v, _)| v.method == method) else {
+        return;
+    };
+    let done: Vec<BackupView> = c
+        .backup_list(Some(cluster))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b.method == method)
+        .collect();
+    for (id, why) in expired(&done, &v, now_ms()) {
+        match c.backup_delete(&id).await {
+            Ok(_) => c.event(
+                cluster,
+                None,
+                "info",
+                format!("retention: deleted backup {id} ({why})"),
+            ),
+            Err(e) => c.event(
+                cluster,
+                None,
+                "warning",
+                format!("retention: cannot delete backup {id}: {}", e.message),
+            ),
+        }
+    }
+}
+
+/// Which completed backups schedule `v` no longer keeps at `now`, and why. The newest
+/// completed backup is always kept.
+fn expired(backups: &[BackupView], v: &ScheduleView, now: i64) -> Vec<(String, String)> {
+    let max_age = v.max_age.as_deref().and_then(|a| parse_age(a).ok());
+    let mut done: Vec<&BackupView> = backups.iter().filter(|b| b.state == "completed").collect();
+    done.sort_by_key(|b| std::cmp::Reverse(b.started_unix_ms));
+    let mut out = Vec::new();
+    for (n, b) in done.iter().enumerate().skip(1) {
+        if v.keep.is_some_and(|k| n >= k as usize) {
+            out.push((
+                b.id.clone(),
+                format!("beyond the newest {}", v.keep.unwrap_or(0)),
+            ));
+        } else if max_age.is_some_and(|a| now - b.started_unix_ms > a) {
+            out.push((
+                b.id.clone(),
+                format!("older than {}", v.max_age.as_deref().unwrap_or("")),
+            ));
+        }
+    }
+    out
 }
 
 fn object_view(o: &StoredObject) -> BackupObjectView {
@@ -658,6 +896,7 @@ pub(crate) async fn run_backup(
             &obj.sha256[..16]
         ),
     );
+    apply_retention(c, cluster, &method).await;
     Ok(())
 }
 
@@ -802,6 +1041,77 @@ fn empty_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn backup(id: &str, started: i64, state: &str) -> BackupView {
+        BackupView {
+            id: id.into(),
+            cluster: "c".into(),
+            repo: "r".into(),
+            method: "physical".into(),
+            kind: "full".into(),
+            state: state.into(),
+            reason: None,
+            started_unix_ms: started,
+            finished_unix_ms: None,
+            engine: "e".into(),
+            engine_version: "1".into(),
+            addon_version: "1".into(),
+            addon_digest: "d".into(),
+            source_instance: "c-0".into(),
+            start_position: None,
+            end_position: None,
+            size: 0,
+            stored_size: 0,
+            objects: vec![],
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_counts_only_completed_backups() {
+        let day = 86_400_000;
+        let all = vec![
+            backup("a", 0, "completed"),
+            backup("b", day, "completed"),
+            backup("c", 2 * day, "failed"),
+            backup("d", 3 * day, "completed"),
+            backup("e", 4 * day, "completed"),
+        ];
+        let mut v = ScheduleView {
+            cluster: "c".into(),
+            method: "physical".into(),
+            repo: None,
+            cron: "0 3 * * *".into(),
+            keep: Some(2),
+            max_age: None,
+            next_unix_ms: 0,
+        };
+        let ids = |x: Vec<(String, String)>| x.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(ids(expired(&all, &v, 5 * day)), ["b", "a"]);
+        v.keep = None;
+        v.max_age = Some("36h".into());
+        assert_eq!(ids(expired(&all, &v, 5 * day)), ["d", "b", "a"]);
+        // Everything old: the newest stays all the same.
+        assert_eq!(ids(expired(&all, &v, 50 * day)), ["d", "b", "a"]);
+        assert_eq!(ids(expired(&all[..1], &v, 50 * day)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cron_and_ages_parse_or_say_why() {
+        assert!(parse_cron("0 3 * * *").is_ok());
+        assert!(parse_cron("*/2 * * * * *").is_ok());
+        for bad in ["", "* * *", "61 * * * *", "a b c d e", "* * * * * * * *"] {
+            assert!(parse_cron(bad).is_err(), "{bad:?}");
+        }
+        let c = parse_cron("0 3 * * *").unwrap();
+        // 2026-11-24 05:30 UTC → next 2026-11-25 03:00 UTC.
+        let next = next_fire(&c, "0 3 * * *", 1_795_498_200_123).unwrap();
+        assert_eq!(utc_stamp(next), "20261125t030000000z");
+        assert_eq!(parse_age("30d").unwrap(), 30 * 86_400_000);
+        assert_eq!(parse_age("45s").unwrap(), 45_000);
+        for bad in ["", "30", "d", "-1d", "3x", "1.5h"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn stamps_are_utc_and_sortable() {

@@ -175,7 +175,8 @@ async fn handle(
     | Request::Scale { name, .. }
     | Request::Switchover { name, .. }
     | Request::Rebuild { name, .. }
-    | Request::BackupCreate { cluster: name, .. } = &req
+    | Request::BackupCreate { cluster: name, .. }
+    | Request::ScheduleRemove { cluster: name, .. } = &req
     {
         c.require_management(name).await?;
     }
@@ -219,6 +220,14 @@ async fn handle(
             backup,
             replicas,
         } => json(c.restore(&name, &backup, replicas).await?),
+        Request::ScheduleSet { schedule } => {
+            c.require_management(&schedule.cluster).await?;
+            json(c.schedule_set(schedule)?)
+        }
+        Request::ScheduleRemove { cluster, method } => {
+            json(c.schedule_remove(&cluster, Some(method.as_str()).filter(|m| !m.is_empty()))?)
+        }
+        Request::ScheduleList { cluster } => json(c.schedule_list(cluster.as_deref())?),
         Request::Logs {
             name,
             instance,

@@ -86,6 +86,14 @@ const MIGRATIONS: &[&str] = &[
         spec TEXT NOT NULL
      );
      CREATE INDEX backups_cluster ON backups(cluster, started_ms);",
+    // 4: backup schedules, one per cluster and method.
+    "CREATE TABLE schedules (
+        cluster TEXT NOT NULL,
+        method TEXT NOT NULL,
+        view TEXT NOT NULL,
+        next_ms INTEGER NOT NULL,
+        PRIMARY KEY (cluster, method)
+     );",
 ];
 
 /// A backup as stored.
@@ -632,6 +640,40 @@ impl Store {
             out.push(r??);
         }
         Ok(out)
+    }
+
+    /// Record or replace a schedule; `next_ms` is when it fires next.
+    pub fn put_schedule(&self, v: &shoal_api::ScheduleView, next_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO schedules (cluster, method, view, next_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(cluster, method) DO UPDATE SET view = ?3, next_ms = ?4",
+            params![v.cluster, v.method, serde_json::to_string(v)?, next_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Schedules with when each fires next; of one cluster, or of every cluster.
+    pub fn schedules(&self, cluster: Option<&str>) -> Result<Vec<(shoal_api::ScheduleView, i64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT view, next_ms FROM schedules WHERE ?1 IS NULL OR cluster = ?1
+             ORDER BY cluster, method",
+        )?;
+        let rows = st.query_map(params![cluster], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (v, next) = r?;
+            out.push((serde_json::from_str(&v)?, next));
+        }
+        Ok(out)
+    }
+
+    pub fn delete_schedule(&self, cluster: &str, method: &str) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM schedules WHERE cluster = ?1 AND method = ?2",
+            params![cluster, method],
+        )?)
     }
 
     pub fn delete_backup(&self, id: &str) -> Result<()> {

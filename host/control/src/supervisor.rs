@@ -485,6 +485,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
         c.refresh_routes(&cl.name).await;
     }
     refresh_cluster_states(c);
+    crate::backups::fire_schedules(c);
 }
 
 /// Book a finished probe task: forget it as in flight and keep its result.
