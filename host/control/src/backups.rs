@@ -6,8 +6,6 @@
 //! bytes.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -56,27 +54,9 @@ fn load_repos(home: &Path) -> Result<BTreeMap<String, RepoEntry>, ApiError> {
 }
 
 fn save_repos(home: &Path, repos: &BTreeMap<String, RepoEntry>) -> Result<(), ApiError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let fail = |e: std::io::Error| ApiError::internal(format!("cannot store repositories: {e}"));
-    let dir = home.join("secrets");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(fail)?;
-    let p = repos_path(home);
-    let tmp = p.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
     let body = serde_json::to_vec_pretty(repos).map_err(|e| ApiError::internal(e.to_string()))?;
-    f.write_all(&body).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, &p).map_err(fail)
+    crate::secrets::write_private(home, &repos_path(home), &body)
+        .map_err(|e| ApiError::internal(format!("cannot store repositories: {e}")))
 }
 
 fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {

@@ -39,12 +39,19 @@ pub fn generate_password() -> std::io::Result<String> {
 
 /// Store `creds` for `cluster` (0600).
 pub fn save(home: &Path, cluster: &str, creds: &Credentials) -> std::io::Result<()> {
-    let dir = home.join("secrets");
+    write_private(
+        home,
+        &path(home, cluster),
+        &serde_json::to_vec_pretty(creds).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Write `body` to `p` in `<home>/secrets` (0700): mode 0600, synced, renamed into place.
+pub fn write_private(home: &Path, p: &Path, body: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)?;
-    let p = path(home, cluster);
+        .create(home.join("secrets"))?;
     let tmp = p.with_extension("json.tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -52,9 +59,9 @@ pub fn save(home: &Path, cluster: &str, creds: &Credentials) -> std::io::Result<
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(creds).map_err(std::io::Error::other)?)?;
+    f.write_all(body)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &p)
+    std::fs::rename(&tmp, p)
 }
 
 /// The stored credentials of `cluster`.

@@ -116,6 +116,15 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
             format!("{} (op {}): {reason}", op.kind, op.id),
         );
     }
+    // A backup the previous host was taking never completed.
+    for mut b in c.db(|s| s.backups(Some(&cl.name))).unwrap_or_default() {
+        if b.view.state == "running" {
+            b.view.state = "failed".into();
+            b.view.reason = Some("the Shoal host stopped during this backup".into());
+            b.view.finished_unix_ms = Some(now_ms());
+            let _ = c.db(|s| s.put_backup(&b));
+        }
+    }
     let mut adopted = 0;
     let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
     let replica_up = |me: &InstanceRow| {
