@@ -54,6 +54,22 @@ fn password(instance: &Instance) -> HookResult<&str> {
         .ok_or_else(|| HookError::invalid("the host gave no credentials for the superuser"))
 }
 
+/// A PostgreSQL client program run on the host against `instance` as the superuser.
+fn client_exec(program: &str, instance: &Instance, password: &str) -> Exec {
+    let ep = &instance.endpoint;
+    Exec::new(program)
+        .args([
+            "-h",
+            &ep.host,
+            "-p",
+            &ep.port.to_string(),
+            "-U",
+            SUPERUSER,
+            "-w",
+        ])
+        .env("PGPASSWORD", password)
+}
+
 fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
     d.as_deref()
         .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
@@ -746,18 +762,8 @@ impl Engine for Postgres {
                 )))
             }
         };
-        let out = Exec::new(program)
-            .args([
-                "-h",
-                &ep.host,
-                "-p",
-                &ep.port.to_string(),
-                "-U",
-                SUPERUSER,
-                "-w",
-            ])
+        let out = client_exec(program, instance, pw)
             .args(args)
-            .env("PGPASSWORD", pw)
             .env("PGAPPNAME", "shoal-backup")
             .run_into(into)?
             .ok_or_failed(program)?;
@@ -847,24 +853,8 @@ impl Engine for Postgres {
             "logical" => {
                 // Into the running server: roles and databases that exist already (the
                 // superuser, `postgres`) are reported by psql and skipped.
-                let ep = &instance.endpoint;
-                let out = Exec::new("psql")
-                    .args([
-                        "-X",
-                        "-q",
-                        "-h",
-                        &ep.host,
-                        "-p",
-                        &ep.port.to_string(),
-                        "-U",
-                        SUPERUSER,
-                        "-w",
-                        "-d",
-                        "postgres",
-                        "-f",
-                        "-",
-                    ])
-                    .env("PGPASSWORD", pw)
+                let out = client_exec("psql", instance, pw)
+                    .args(["-X", "-q", "-d", "postgres", "-f", "-"])
                     .run_from(from)?
                     .ok_or_failed("psql")?;
                 let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)

@@ -111,8 +111,8 @@ pub struct ResourceSpec {
 
 // ---- Backups -------------------------------------------------------------------------
 
-/// How to reach a repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How to reach a repository. Its `Debug` form never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum RepoSpec {
     /// A directory on this machine (or a mounted network file system).
@@ -205,6 +205,12 @@ impl RepoSpec {
                     .unwrap_or_default()
             ),
         }
+    }
+}
+
+impl std::fmt::Debug for RepoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoSpec({})", self.describe())
     }
 }
 

@@ -19,6 +19,14 @@ fn fail(h: &Host, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `shoal args` is refused as bad input (exit code 2) with a message containing `want`.
+fn refused(h: &Host, args: &[&str], want: &str) {
+    let o = h.shoal(args);
+    assert_eq!(o.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
 fn json(h: &Host, args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.extend(["-o", "json"]);
@@ -345,10 +353,7 @@ fn bad_backup_input_is_refused_clearly_and_changes_nothing() {
             "no backup repository",
         ),
     ] {
-        let o = h.shoal(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(want), "{args:?}: {err}");
+        refused(&h, &args, want);
     }
     assert_eq!(json(&h, &["backup", "list"]), serde_json::json!([]));
     // Restoring into a name in use changes nothing.
@@ -394,10 +399,7 @@ fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
     ] {
         let mut a = vec!["backup", "schedule", "src"];
         a.extend(args.iter());
-        let o = h.shoal(&a);
-        assert_eq!(o.status.code(), Some(2), "{a:?}");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(want), "{a:?}: {err}");
+        refused(&h, &a, want);
     }
     assert!(
         fail(&h, &["backup", "schedule", "nope", "--cron", "0 3 * * *"]).contains("no cluster")
