@@ -154,16 +154,20 @@ pub trait Engine: 'static {
     }
 
     /// Restore `info` from `from` into the stopped, empty data directory of `instance`.
+    /// `recovery_follows`: `restore_to_time` comes next, so leave the data exactly as the
+    /// backup made it.
     fn restore(
         &mut self,
         instance: &Instance,
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
+        recovery_follows: bool,
     ) -> HookResult<()> {
         Err(HookError::Unsupported)
     }
 
-    /// Ship the next complete archive unit after `after` into `into`; `None` when there is none.
+    /// Ship the next complete archive unit into `into`; `after` is the unit the host stored
+    /// last (safe to forget). `None` when no complete unit is waiting.
     fn archive_continuous(
         &mut self,
         instance: &Instance,
@@ -173,7 +177,8 @@ pub trait Engine: 'static {
         Err(HookError::Unsupported)
     }
 
-    /// Configure replay of the staged archive in `archive_dir` up to `target`.
+    /// Replay the staged, verified archive in `archive_dir` (a host path) up to `target` on
+    /// top of a restore made with `recovery_follows`.
     fn restore_to_time(
         &mut self,
         instance: &Instance,

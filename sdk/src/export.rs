@@ -148,9 +148,10 @@ impl<P: Provider> backup::Guest for P {
         instance: Instance,
         info: backup::BackupInfo,
         from: &Source,
+        recovery_follows: bool,
     ) -> Result<(), HookError> {
         let mut reader = SourceReader::new(from);
-        P::with(|e| e.restore(&instance, &info, &mut reader))
+        P::with(|e| e.restore(&instance, &info, &mut reader, recovery_follows))
     }
 
     fn archive_continuous(

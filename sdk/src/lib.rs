@@ -44,6 +44,7 @@ pub mod net;
 pub mod params;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod time;
 
 pub use engine::{Engine, HookResult};
 

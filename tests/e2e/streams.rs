@@ -180,6 +180,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
                 left: total,
                 fail: false,
             }),
+            false,
         )
         .await
         .expect("restore");
@@ -195,6 +196,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
                 left: total - 1,
                 fail: false,
             }),
+            false,
         )
         .await
         .unwrap_err();
@@ -210,6 +212,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
                 left: 1 << 20,
                 fail: true,
             }),
+            false,
         )
         .await
         .unwrap_err();
@@ -232,6 +235,7 @@ async fn restore_through_guest_reads() {
                 left: total,
                 fail: false,
             }),
+            false,
         )
         .await
         .expect("restore");

@@ -79,6 +79,7 @@ pub fn instance(name: &str, addr: SocketAddr, extra_ports: &[(&str, u16)]) -> In
         ports,
         data_dir: None,
         config_dir: None,
+        archive_dir: None,
         role: None,
         term: 0,
         credentials: None,

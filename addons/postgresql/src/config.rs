@@ -101,6 +101,19 @@ pub fn schema() -> Vec<ParamSpec> {
             description: "When a commit is acknowledged.".into(),
         },
         ParamSpec {
+            name: "archive_timeout".into(),
+            type_: ParamType::DurationMs(IntRange {
+                min: 0,
+                max: 3_600_000,
+            }),
+            default_value: Some(Value::Integer(60_000)),
+            apply: ApplyMode::Dynamic,
+            description: "While the cluster is archived continuously, close and ship the \
+                          current WAL segment at least this often (0: only when full): the \
+                          most a point-in-time restore can miss of recent writes."
+                .into(),
+        },
+        ParamSpec {
             name: "statement_timeout".into(),
             type_: ParamType::DurationMs(IntRange {
                 min: 0,
@@ -152,6 +165,7 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
         ((memory - shared_buffers) / (max_connections * 3)).clamp(MIB, 256 * MIB),
     )?;
     let synchronous_commit = p.text("synchronous_commit")?;
+    let archive = archive_settings(instance, p)?;
     Ok(format!(
         "# Rendered by Shoal from the PostgreSQL addon for {name} ({memory_mib} MiB); \
          edits here are overwritten.\n\
@@ -178,7 +192,8 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
          log_destination = 'stderr'\n\
          log_line_prefix = '%m [%p] %q%u@%d '\n\
          log_timezone = 'UTC'\n\
-         timezone = 'UTC'\n",
+         timezone = 'UTC'\n\
+         {archive}",
         name = instance.name,
         memory_mib = memory / MIB,
         sb = kb(shared_buffers),
@@ -189,6 +204,33 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
         keep = p.int("wal_keep_size")? / MIB,
         st = p.int("statement_timeout")?,
         lmds = p.int("log_min_duration_statement")?,
+    ))
+}
+
+/// Continuous archiving: the server is always started with `archive_mode = on` (changing it
+/// needs a restart) and the command is switched by a reload. While the cluster is archived,
+/// every finished WAL segment (and timeline history file) is copied into the host's archive
+/// directory (`.part` first, then renamed, so the host never sees half a file); otherwise it
+/// is let go at once.
+fn archive_settings(instance: &Instance, p: &Lookup<'_>) -> HookResult<String> {
+    let Some(dir) = instance.archive_dir.as_deref() else {
+        return Ok("archive_mode = on\narchive_command = '/bin/true'\n".into());
+    };
+    if !dir.starts_with('/')
+        || dir
+            .chars()
+            .any(|c| matches!(c, '\'' | '%' | '"' | '\\' | '$' | '`') || c.is_control())
+    {
+        return Err(HookError::invalid(format!(
+            "archive directory {dir:?} must be an absolute path without quotes, '%', '$' or \
+             backslashes"
+        )));
+    }
+    Ok(format!(
+        "archive_mode = on\n\
+         archive_command = 'cp %p \"{dir}/%f.part\" && mv -f \"{dir}/%f.part\" \"{dir}/%f\"'\n\
+         archive_timeout = {}\n",
+        p.int("archive_timeout")? / 1000
     ))
 }
 

@@ -70,6 +70,97 @@ fn client_exec(program: &str, instance: &Instance, password: &str) -> Exec {
         .env("PGPASSWORD", password)
 }
 
+/// In single-user mode (no network) on a restored data directory, with `settings` as extra
+/// `-c` options: give the superuser this cluster's password and drop the settings that tied
+/// the copy to its old cluster. Recovery the settings ask for runs first; a target it cannot
+/// reach fails here with the server's own words.
+fn adopt_restored(data: &str, pw: &str, settings: &[String]) -> HookResult<()> {
+    let sql = format!(
+        "ALTER ROLE {SUPERUSER} PASSWORD {};\n\
+         ALTER SYSTEM RESET synchronous_standby_names;\n\
+         ALTER SYSTEM RESET primary_conninfo;\n\
+         ALTER SYSTEM RESET primary_slot_name;\n",
+        quote_literal(pw)
+    );
+    let mut args: Vec<String> = [
+        "--single",
+        "-D",
+        data,
+        "-c",
+        "listen_addresses=",
+        "-c",
+        "archive_mode=off",
+    ]
+    .map(String::from)
+    .to_vec();
+    for s in settings {
+        args.push("-c".into());
+        args.push(s.clone());
+    }
+    args.push("postgres".into());
+    let out = Exec::new("postgres")
+        .args(args)
+        .stdin(sql.into_bytes())
+        .run()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(l) = said
+        .lines()
+        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+    {
+        return Err(HookError::Failed(format!(
+            "the restored server did not come up: {}",
+            l.trim()
+        )));
+    }
+    out.ok_or_failed("postgres --single")?;
+    if let Some(l) = said.lines().find(|l| l.contains("ERROR:")) {
+        return Err(HookError::Failed(format!(
+            "adapting the restored data directory: {}",
+            l.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `name` is a finished file PostgreSQL's archive_command left (a WAL segment, a
+/// timeline history file, a backup history file or a partial segment) rather than work in
+/// progress.
+fn is_archive_file(name: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
+    match name.split_once('.') {
+        None => hex(name, 24),
+        Some((stem, "history")) => hex(stem, 8),
+        Some((stem, "partial")) => hex(stem, 24),
+        Some((stem, rest)) => {
+            hex(stem, 24) && rest.ends_with(".backup") && hex(&rest[..8.min(rest.len())], 8)
+        }
+    }
+}
+
+/// The WAL range of a 16 MiB segment file name ("000000010000000000000003" → 0/3000000 to
+/// 0/4000000).
+fn segment_positions(name: &str) -> Option<(String, String)> {
+    if name.len() != 24 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    let start = (log << 32) | (seg << 24);
+    let end = start + (1 << 24);
+    let lsn = |p: u64| format!("{:X}/{:X}", p >> 32, p & 0xFFFF_FFFF);
+    Some((lsn(start), lsn(end)))
+}
+
+/// A Unix time in ms as a PostgreSQL timestamp with time zone, UTC.
+fn pg_timestamp(ms: u64) -> String {
+    let t = shoal_sdk::time::Utc::from_unix_ms(i64::try_from(ms).unwrap_or(i64::MAX));
+    format!("{}+00", t.sql())
+}
+
 fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
     d.as_deref()
         .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
@@ -196,7 +287,7 @@ impl Engine for Postgres {
                     name: "physical".into(),
                     kind: BackupKind::Full,
                     target_role: Some("replica".into()),
-                    point_in_time: false,
+                    point_in_time: true,
                     description: "pg_basebackup of the whole cluster as one tar stream \
                                   (-Ft -X fetch, fast checkpoint); restores to the same major \
                                   version"
@@ -212,12 +303,30 @@ impl Engine for Postgres {
                                   major version"
                         .into(),
                 },
+                BackupMethod {
+                    name: "wal".into(),
+                    kind: BackupKind::Continuous,
+                    target_role: Some("primary".into()),
+                    point_in_time: false,
+                    description: "continuous WAL archiving (archive_command into the host's \
+                                  archive directory, shipped by the host): with a physical \
+                                  backup, restores to any moment since"
+                        .into(),
+                },
             ],
             parameters: config::schema(),
-            capabilities: ["pg_basebackup", "pg_dumpall", "psql", "tar", "postgres"]
-                .into_iter()
-                .map(|p| Capability::Exec(p.into()))
-                .collect(),
+            capabilities: [
+                "pg_basebackup",
+                "pg_dumpall",
+                "psql",
+                "tar",
+                "postgres",
+                "cat",
+                "touch",
+            ]
+            .into_iter()
+            .map(|p| Capability::Exec(p.into()))
+            .collect(),
             limits: vec![
                 HookLimit {
                     hook: Hook::Probe,
@@ -237,6 +346,11 @@ impl Engine for Postgres {
                 },
                 HookLimit {
                     hook: Hook::Restore,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::RestoreToTime,
                     timeout_ms: BULK_TIMEOUT_MS,
                     memory_bytes: None,
                 },
@@ -795,13 +909,16 @@ impl Engine for Postgres {
         instance: &Instance,
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
+        recovery_follows: bool,
     ) -> HookResult<()> {
         let pw = password(instance)?;
         match info.method.as_str() {
             "physical" => {
                 // Into the stopped, empty data directory; then, in single-user mode (no
                 // network), give the superuser this cluster's password and drop the
-                // settings that tied the copy to its old cluster.
+                // settings that tied the copy to its old cluster. Before a replay of the
+                // archive that step waits for `restore_to_time`: it writes WAL, which would
+                // fork the copy's history from the archive's.
                 let data = dir(&instance.data_dir, "data")?;
                 // A copy taken from a replica carries its standby.signal: the restored
                 // cluster starts as a primary.
@@ -817,38 +934,10 @@ impl Engine for Postgres {
                     ])
                     .run_from(from)?
                     .ok_or_failed("tar")?;
-                let sql = format!(
-                    "ALTER ROLE {SUPERUSER} PASSWORD {};\n\
-                     ALTER SYSTEM RESET synchronous_standby_names;\n\
-                     ALTER SYSTEM RESET primary_conninfo;\n\
-                     ALTER SYSTEM RESET primary_slot_name;\n",
-                    quote_literal(pw)
-                );
-                let out = Exec::new("postgres")
-                    .args([
-                        "--single",
-                        "-D",
-                        data,
-                        "-c",
-                        "listen_addresses=",
-                        "-c",
-                        "archive_mode=off",
-                        "postgres",
-                    ])
-                    .stdin(sql.into_bytes())
-                    .run_ok()?;
-                let said = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                if let Some(l) = said.lines().find(|l| l.contains("ERROR:")) {
-                    return Err(HookError::Failed(format!(
-                        "adapting the restored data directory: {}",
-                        l.trim()
-                    )));
+                if recovery_follows {
+                    return Ok(());
                 }
-                Ok(())
+                adopt_restored(data, pw, &[])
             }
             "logical" => {
                 // Into the running server: roles and databases that exist already (the
@@ -874,6 +963,90 @@ impl Engine for Postgres {
                 "cannot restore a backup made with method {other:?}"
             ))),
         }
+    }
+
+    fn archive_continuous(
+        &mut self,
+        instance: &Instance,
+        after: Option<&str>,
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<Option<ArchiveUnit>> {
+        let Some(dir) = instance.archive_dir.as_deref() else {
+            return Err(HookError::invalid(
+                "the host gave no archive directory: the cluster is not archived",
+            ));
+        };
+        // The unit the host stored last is safe in the repository: let it go.
+        if let Some(done) = after {
+            if is_archive_file(done) {
+                let _ = std::fs::remove_file(format!("{dir}/{done}"));
+            }
+        }
+        let mut waiting: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| HookError::failed(format!("cannot list {dir}: {e}")))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_archive_file(n))
+            .collect();
+        waiting.sort();
+        let Some(name) = waiting.into_iter().next() else {
+            return Ok(None);
+        };
+        Exec::new("cat")
+            .arg(format!("{dir}/{name}"))
+            .run_into(into)?
+            .ok_or_failed("cat")?;
+        let (start, end) = segment_positions(&name).unzip();
+        Ok(Some(ArchiveUnit {
+            name,
+            start_position: start,
+            end_position: end,
+            end_unix_ms: None,
+        }))
+    }
+
+    fn restore_to_time(
+        &mut self,
+        instance: &Instance,
+        _base: &BackupInfo,
+        target: &RecoveryTarget,
+        archive_dir: &str,
+    ) -> HookResult<()> {
+        let pw = password(instance)?;
+        let data = dir(&instance.data_dir, "data")?;
+        if archive_dir.contains('\'') || archive_dir.contains('%') {
+            return Err(HookError::invalid(format!(
+                "archive directory {archive_dir:?} may not contain quotes or '%'"
+            )));
+        }
+        let mut settings = vec![
+            format!("restore_command=cp '{archive_dir}/%f' '%p'"),
+            "recovery_target_action=promote".to_string(),
+            "recovery_target_timeline=latest".to_string(),
+            // The data directory's own postgresql.conf is initdb's, with smaller limits than
+            // the source ran with; a hot standby would refuse to replay under them.
+            "hot_standby=off".to_string(),
+        ];
+        match target {
+            RecoveryTarget::Latest => {}
+            RecoveryTarget::TimeUnixMs(ms) => {
+                settings.push(format!("recovery_target_time={}", pg_timestamp(*ms)));
+            }
+            RecoveryTarget::Position(lsn) => {
+                if !lsn.chars().all(|c| c.is_ascii_hexdigit() || c == '/') {
+                    return Err(HookError::invalid(format!(
+                        "{lsn:?} is not a WAL position (like 0/3000148)"
+                    )));
+                }
+                settings.push(format!("recovery_target_lsn={lsn}"));
+            }
+        }
+        // Archive recovery in single-user mode: replay to the target, promote (a new
+        // timeline), then take the same adopting statements as a plain restore.
+        Exec::new("touch")
+            .arg(format!("{data}/recovery.signal"))
+            .run_ok()?;
+        adopt_restored(data, pw, &settings)
     }
 
     fn set_sync(

@@ -286,9 +286,51 @@ pub struct ScheduleView {
     pub keep: Option<u32>,
     /// Delete completed backups older than this (`30d`, `12h`, `90m`, `45s`).
     pub max_age: Option<String>,
+    /// Keep every point in time of this last stretch restorable (`7d`): the backup a restore
+    /// to its oldest moment starts from is never deleted, whatever `keep` and `max_age` say.
+    #[serde(default)]
+    pub pitr_window: Option<String>,
     /// When it fires next (Unix ms).
     #[serde(default)]
     pub next_unix_ms: i64,
+}
+
+/// Continuous archiving of one cluster (WAL segments, binlog files) into a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveView {
+    pub cluster: String,
+    pub repo: String,
+    /// The addon's continuous backup method.
+    pub method: String,
+    /// Whether units are being shipped now (off: the stored ones are kept for restores).
+    pub enabled: bool,
+    /// When archiving was (last) switched on.
+    pub since_unix_ms: i64,
+    /// Units stored, their bytes before and after compression.
+    pub units: u64,
+    pub size: u64,
+    pub stored_size: u64,
+    pub first_unit: Option<String>,
+    pub last_unit: Option<String>,
+    /// When the newest unit was stored.
+    pub last_stored_unix_ms: Option<i64>,
+    /// The last shipping failure, until a unit ships again.
+    pub error: Option<String>,
+}
+
+/// One stored unit of a continuous archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveUnitView {
+    pub name: String,
+    /// The instance it was shipped from.
+    pub instance: String,
+    /// The repository holding it.
+    pub repo: String,
+    pub stored_unix_ms: i64,
+    pub start_position: Option<String>,
+    pub end_position: Option<String>,
+    pub end_unix_ms: Option<u64>,
+    pub object: BackupObjectView,
 }
 
 /// The result of verifying a backup.
@@ -393,6 +435,16 @@ pub enum Request {
     BackupVerify {
         id: String,
     },
+    /// Switch continuous archiving of a cluster on (into `repo`, else the default one) or
+    /// off; answers with the [`ArchiveView`].
+    ArchiveSet {
+        cluster: String,
+        repo: Option<String>,
+        on: bool,
+    },
+    ArchiveList {
+        cluster: Option<String>,
+    },
     /// Create or replace the schedule of (`schedule.cluster`, `schedule.method`).
     ScheduleSet {
         schedule: ScheduleView,
@@ -410,6 +462,9 @@ pub enum Request {
         name: String,
         backup: String,
         replicas: Option<u32>,
+        /// Replay the cluster's continuous archive on top of the backup up to this moment.
+        #[serde(default)]
+        to_unix_ms: Option<i64>,
     },
     /// Planned change of primary, to `to` or the best replica.
     Switchover {

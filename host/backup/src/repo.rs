@@ -210,6 +210,14 @@ impl Repository {
         }
     }
 
+    /// Move an object to `to`, replacing what is there (S3: a server-side copy, then delete).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), RepoError> {
+        self.store
+            .rename(&self.path(from), &self.path(to))
+            .await
+            .map_err(|e| self.map_err(from, e))
+    }
+
     /// Keys under `prefix` (relative to the repository), with their sizes.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepoError> {
         let base = self.path("");

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use shoal_api::{
-    BackupView, OpView, RepoCheckView, RepoSpec, RepoView, Request, ScheduleView, VerifyView,
+    ArchiveView, BackupView, OpView, RepoCheckView, RepoSpec, RepoView, Request, ScheduleView,
+    VerifyView,
 };
 
 use crate::cluster::{api_failure, client, emit, finish_op, ReadFormat};
@@ -130,9 +131,30 @@ pub enum BackupCommand {
         /// Delete completed backups older than this: 30d, 12h, 90m, 45s, 2w.
         #[arg(long, value_name = "AGE")]
         max_age: Option<String>,
+        /// Keep every moment of this last stretch restorable with --to-time (7d): the backup
+        /// a restore to its start needs is kept whatever --keep and --max-age say.
+        #[arg(long, value_name = "AGE")]
+        pitr_window: Option<String>,
         /// Remove the schedule (of --method, default the full one).
-        #[arg(long, conflicts_with_all = ["cron", "repo", "keep", "max_age"])]
+        #[arg(long, conflicts_with_all = ["cron", "repo", "keep", "max_age", "pitr_window"])]
         off: bool,
+    },
+    /// Archive a cluster continuously (WAL, binlogs) for point-in-time restores; or `--off`
+    /// (the units stored so far are kept).
+    Archive {
+        cluster: String,
+        /// Repository (default: the one it used, else the default one).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long, conflicts_with = "repo")]
+        off: bool,
+    },
+    /// List continuously archived clusters: units stored, sizes, newest unit, last error.
+    Archives {
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
     },
     /// List backup schedules.
     Schedules {
@@ -141,6 +163,40 @@ pub enum BackupCommand {
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
+}
+
+/// A moment as users write it: RFC 3339 ('2026-11-24T08:02:59Z', '…+02:00'), the same with a
+/// space for the 'T' or PostgreSQL's '+00' zone ('2026-11-24 08:02:59.540821+00'), or without
+/// a zone (UTC). Unix milliseconds.
+pub fn parse_time(s: &str) -> Result<i64, Failure> {
+    use chrono::{DateTime, NaiveDateTime};
+    let t = s.trim();
+    let mut iso = t.replacen(' ', "T", 1);
+    // A bare two-digit zone ("+00", "-05") as PostgreSQL prints it.
+    if let Some(p) = iso.rfind(['+', '-']).filter(|p| *p > 10) {
+        if iso.len() - p == 3 {
+            iso.push_str(":00");
+        }
+    }
+    if let Ok(d) = DateTime::parse_from_rfc3339(&iso) {
+        return Ok(d.timestamp_millis());
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(&iso, f) {
+            return Ok(n.and_utc().timestamp_millis());
+        }
+    }
+    Err(Failure::usage(format!(
+        "--to-time {s:?} is not a time: write it as 2026-11-24T08:02:59Z (RFC 3339), \
+         '2026-11-24 08:02:59.5+00', or without a zone for UTC"
+    )))
+}
+
+/// RFC 3339 UTC of Unix milliseconds.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))
 }
 
 fn now_ms() -> i64 {
@@ -289,7 +345,7 @@ fn backup_table(v: &[BackupView]) -> String {
 
 fn describe_text(b: &BackupView) -> String {
     let mut s = String::new();
-    let secs = |ms: i64| format!("{:.1} s after the Unix epoch", ms as f64 / 1000.0);
+    let secs = utc;
     s.push_str(&format!("ID:          {}\n", b.id));
     s.push_str(&format!(
         "Cluster:     {} (from instance {})\n",
@@ -417,6 +473,7 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
             repo,
             keep,
             max_age,
+            pitr_window,
             off,
         } => {
             if off {
@@ -444,6 +501,7 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                             cron,
                             keep,
                             max_age,
+                            pitr_window,
                             next_unix_ms: 0,
                         },
                     },
@@ -481,6 +539,63 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                         x.repo.as_deref().unwrap_or("(default)"),
                         (x.next_unix_ms - now_ms()).max(0) as f64 / 1000.0
                     ));
+                }
+                s
+            })
+        }
+        BackupCommand::Archive { cluster, repo, off } => {
+            let v: ArchiveView = c
+                .call_as(
+                    &Request::ArchiveSet {
+                        cluster,
+                        repo,
+                        on: !off,
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            if v.enabled {
+                println!(
+                    "{} is archived continuously ({}) into repository {} since {}",
+                    v.cluster,
+                    v.method,
+                    v.repo,
+                    utc(v.since_unix_ms)
+                );
+            } else {
+                println!(
+                    "archiving of {} is off; its {} stored unit(s) are kept",
+                    v.cluster, v.units
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::Archives { cluster, output } => {
+            let v: Vec<ArchiveView> = c
+                .call_as(&Request::ArchiveList { cluster }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || {
+                let mut s = format!(
+                    "{:<20} {:<4} {:<10} {:>6} {:>11} {:>11}  {:<26} {}\n",
+                    "CLUSTER", "ON", "REPO", "UNITS", "SIZE", "STORED", "NEWEST", "STORED AT"
+                );
+                for a in &v {
+                    s.push_str(&format!(
+                        "{:<20} {:<4} {:<10} {:>6} {:>11} {:>11}  {:<26} {}\n",
+                        a.cluster,
+                        if a.enabled { "yes" } else { "no" },
+                        a.repo,
+                        a.units,
+                        mib(a.size),
+                        mib(a.stored_size),
+                        a.last_unit.as_deref().unwrap_or("-"),
+                        a.last_stored_unix_ms.map(utc).unwrap_or("-".into())
+                    ));
+                    if let Some(e) = &a.error {
+                        s.push_str(&format!("  error: {e}\n"));
+                    }
                 }
                 s
             })

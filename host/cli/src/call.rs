@@ -333,7 +333,9 @@ async fn dispatch(
             let file = tokio::fs::File::open(path)
                 .await
                 .map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?;
-            let read = c.restore(instance, &info, HostSource::new(file)).await?;
+            let read = c
+                .restore(instance, &info, HostSource::new(file), false)
+                .await?;
             if let Some(size) = expected {
                 if read != size {
                     return Err(CallOrUsage::Call(CallError {
@@ -681,6 +683,7 @@ fn topology(
         ports,
         data_dir: args.data_dir.as_ref().map(|_| "/data".to_string()),
         config_dir: args.config_dir.as_ref().map(|_| "/config".to_string()),
+        archive_dir: None,
         role: args.role.clone(),
         term: args.term,
         credentials,

@@ -115,6 +115,10 @@ pub enum ClusterCommand {
         /// Instances of the new cluster (default: as the backed-up cluster).
         #[arg(long)]
         replicas: Option<u32>,
+        /// Replay the backed-up cluster's continuous archive up to this moment
+        /// ('2026-11-24T08:02:59Z', '2026-11-24 08:02:59.540+00'; no zone: UTC).
+        #[arg(long, value_name = "TIME")]
+        to_time: Option<String>,
         #[arg(long)]
         no_wait: bool,
     },
@@ -296,14 +300,20 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             name,
             from_backup,
             replicas,
+            to_time,
             no_wait,
         } => {
+            let to_unix_ms = to_time
+                .as_deref()
+                .map(crate::backup::parse_time)
+                .transpose()?;
             simple_op(
                 &mut c,
                 Request::Restore {
                     name,
                     backup: from_backup,
                     replicas,
+                    to_unix_ms,
                 },
                 no_wait,
             )

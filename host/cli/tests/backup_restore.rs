@@ -33,6 +33,21 @@ fn json(h: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&h.ok(&a)).expect("json")
 }
 
+/// Add directory repository `local` under the host's home; returns its directory.
+fn add_fs_repo(h: &Host) -> std::path::PathBuf {
+    let dir = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        dir.to_str().unwrap(),
+    ]);
+    dir
+}
+
 /// Add repository `s3` on the test's S3 server (the secret comes from the environment).
 fn add_s3_repo(h: &Host, s3: &shoal_tests::S3Server) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -110,16 +125,7 @@ fn physical_and_logical_backups_to_both_repository_kinds_restore_the_same_data()
     let want = loaded_cluster(&h, "src");
     assert!(want.starts_with("300000:"), "{want}");
 
-    let dir = h.home.path().join("repo");
-    h.ok(&[
-        "backup-repo",
-        "add",
-        "local",
-        "--type",
-        "fs",
-        "--path",
-        dir.to_str().unwrap(),
-    ]);
+    let dir = add_fs_repo(&h);
     add_s3_repo(&h, &s3);
     let repos = json(&h, &["backup-repo", "list"]);
     assert_eq!(repos.as_array().unwrap().len(), 2);
@@ -176,16 +182,7 @@ fn physical_and_logical_backups_to_both_repository_kinds_restore_the_same_data()
 fn a_damaged_or_missing_object_fails_verify_and_restore_by_name_and_nothing_starts() {
     let h = Host::start((23550, 23589));
     loaded_cluster(&h, "src");
-    let dir = h.home.path().join("repo");
-    h.ok(&[
-        "backup-repo",
-        "add",
-        "local",
-        "--type",
-        "fs",
-        "--path",
-        dir.to_str().unwrap(),
-    ]);
+    let dir = add_fs_repo(&h);
     let id = backup(&h, "src", &[]);
     let key = json(&h, &["backup", "describe", &id])["objects"][0]["key"]
         .as_str()
@@ -369,16 +366,7 @@ fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
     let h = Host::start((23620, 23639));
     h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
     h.wait_healthy("src");
-    let dir = h.home.path().join("repo");
-    h.ok(&[
-        "backup-repo",
-        "add",
-        "local",
-        "--type",
-        "fs",
-        "--path",
-        dir.to_str().unwrap(),
-    ]);
+    let dir = add_fs_repo(&h);
     for (args, want) in [
         (vec!["--cron", "not a cron at all"], "cron"),
         (vec!["--cron", "* * *"], "5 fields"),
@@ -468,4 +456,150 @@ fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
     assert!(
         fail(&h, &["backup", "schedule", "src", "--off"]).contains("no physical backup schedule")
     );
+}
+
+/// The moment of the server's clock, RFC 3339 UTC with microseconds.
+const NOW: &str = "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// Wait until the archive of `cluster` holds unit `name` (or a later one).
+fn wait_archived(h: &Host, cluster: &str, name: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let a = json(h, &["backup", "archives", "--cluster", cluster]);
+        if a[0]["last_unit"].as_str().is_some_and(|l| l >= name) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "unit {name} not archived: {a:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn point_in_time_restore_replays_the_archive_to_exactly_the_moment_asked() {
+    let h = Host::start((23640, 23699));
+    h.ok(&[
+        "cluster",
+        "create",
+        "src",
+        "--engine",
+        "postgresql",
+        "--replicas",
+        "2",
+    ]);
+    h.wait_healthy("src");
+    add_fs_repo(&h);
+    assert!(fail(&h, &["backup", "archive", "nope"]).contains("no cluster"));
+    assert!(h
+        .ok(&["backup", "archive", "src"])
+        .contains("archived continuously"));
+    let uri = h.uri("src");
+    psql(&uri, "CREATE TABLE t (id int PRIMARY KEY, v text)").unwrap();
+    let base = backup(&h, "src", &[]);
+    let logical = backup(&h, "src", &["--method", "logical"]);
+
+    // Rows before T, T, rows after T; then close the segment so it is shipped.
+    psql(
+        &uri,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let at_t = psql(&uri, CHECK).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = psql(&uri, NOW).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    psql(
+        &uri,
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1001, 2000) g",
+    )
+    .unwrap();
+    let seg = psql(&uri, "SELECT pg_walfile_name(pg_switch_wal())").unwrap();
+    wait_archived(&h, "src", &seg);
+
+    // Refused: a time before the backup, in the future, not a time; a logical base.
+    let before = psql(&uri, "SELECT '2000-01-01T00:00:00Z'").unwrap();
+    for (args, want) in [
+        (vec!["--from-backup", &base, "--to-time", &before], "before"),
+        (
+            vec!["--from-backup", &base, "--to-time", "2999-01-01T00:00:00Z"],
+            "in the future",
+        ),
+        (
+            vec!["--from-backup", &base, "--to-time", "yesterday"],
+            "not a time",
+        ),
+        (
+            vec!["--from-backup", &logical, "--to-time", &t],
+            "does not combine",
+        ),
+    ] {
+        let mut a = vec!["cluster", "restore", "bad"];
+        a.extend(args.iter().copied());
+        refused(&h, &a, want);
+    }
+    assert!(fail(&h, &["cluster", "describe", "bad"]).contains("no cluster"));
+
+    // To T: exactly the rows committed before it, and a writable primary.
+    h.ok(&[
+        "cluster",
+        "restore",
+        "pitr",
+        "--from-backup",
+        &base,
+        "--to-time",
+        &t,
+        "--replicas",
+        "1",
+    ]);
+    h.wait_healthy("pitr");
+    let pitr = h.uri("pitr");
+    assert_eq!(psql(&pitr, CHECK).unwrap(), at_t);
+    assert!(at_t.starts_with("1000:"), "{at_t}");
+    psql(&pitr, "INSERT INTO t VALUES (0, 'new')").unwrap();
+    let events = h.ok(&["cluster", "events", "pitr", "--limit", "100"]);
+    assert!(events.contains("archive unit(s)"), "{events}");
+
+    // A newer backup makes the older one and the units before it unneeded: deleting it
+    // deletes those units, and T is no longer reachable.
+    let units_before = json(&h, &["backup", "archives"])[0]["units"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5500));
+    let newer = backup(&h, "src", &[]);
+    h.ok(&["backup", "delete", &base]);
+    let a = json(&h, &["backup", "archives"]);
+    let units_after = a[0]["units"].as_u64().unwrap();
+    assert!(units_after < units_before, "{units_before} before: {a:#}");
+    refused(
+        &h,
+        &[
+            "cluster",
+            "restore",
+            "late",
+            "--from-backup",
+            &newer,
+            "--to-time",
+            &t,
+        ],
+        "before",
+    );
+
+    // Off: the stored units stay, and nothing more is shipped.
+    psql(&uri, "INSERT INTO t VALUES (4000, 'x')").unwrap();
+    let seg = psql(&uri, "SELECT pg_walfile_name(pg_switch_wal())").unwrap();
+    wait_archived(&h, "src", &seg);
+    let a = json(&h, &["backup", "archives"]);
+    let units_on = a[0]["units"].as_u64().unwrap();
+    assert!(units_on > units_after, "{a:#}");
+    assert!(h
+        .ok(&["backup", "archive", "src", "--off"])
+        .contains("kept"));
+    psql(&uri, "INSERT INTO t VALUES (5000, 'x')").unwrap();
+    psql(&uri, "SELECT pg_switch_wal()").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let a = json(&h, &["backup", "archives"]);
+    assert_eq!(a[0]["enabled"], false);
+    assert_eq!(a[0]["units"].as_u64().unwrap(), units_on, "{a:#}");
 }

@@ -86,13 +86,13 @@ fn repo_failed(e: shoal_backup::RepoError) -> ApiError {
     }
 }
 
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 impl Controller {
     /// The repository named `name`, opened.
-    fn repo(&self, name: &str) -> Result<Repository, ApiError> {
+    pub(crate) fn repo(&self, name: &str) -> Result<Repository, ApiError> {
         let repos = load_repos(&self.home)?;
         let e = repos.get(name).ok_or_else(|| {
             ApiError::not_found(format!(
@@ -103,7 +103,7 @@ impl Controller {
     }
 
     /// The default repository's name.
-    fn default_repo(&self) -> Result<String, ApiError> {
+    pub(crate) fn default_repo(&self) -> Result<String, ApiError> {
         let repos = load_repos(&self.home)?;
         repos
             .iter()
@@ -252,7 +252,7 @@ impl Controller {
     }
 
     /// Delete a backup's objects, then its record.
-    pub async fn backup_delete(&self, id: &str) -> Result<BackupView, ApiError> {
+    pub async fn backup_delete(self: &Arc<Self>, id: &str) -> Result<BackupView, ApiError> {
         let b = self.backup_row(id)?;
         if b.view.state == "running" {
             return Err(ApiError::conflict(format!("backup {id} is still running")));
@@ -271,6 +271,7 @@ impl Controller {
             "info",
             format!("backup {id} deleted from repository {}", b.view.repo),
         );
+        crate::archive::prune_units(self, &b.view.cluster).await;
         let mut v = b.view;
         v.state = "deleted".into();
         Ok(v)
@@ -318,12 +319,14 @@ impl Controller {
         })
     }
 
-    /// Validate a restore and queue the creation of cluster `name` from backup `id`.
+    /// Validate a restore and queue the creation of cluster `name` from backup `id` (and, with
+    /// `to_unix_ms`, the source cluster's archive replayed up to that moment).
     pub async fn restore(
         self: &Arc<Self>,
         name: &str,
         id: &str,
         replicas: Option<u32>,
+        to_unix_ms: Option<i64>,
     ) -> Result<OpView, ApiError> {
         let b = self.backup_row(id)?;
         let Some(m) = &b.manifest else {
@@ -333,17 +336,34 @@ impl Controller {
             )));
         };
         let addon = self.addon(&m.engine)?;
-        let kind = addon
+        let Some(method) = addon
             .manifest()
             .backup_methods
             .iter()
             .find(|x| x.name == m.method)
-            .map(|x| x.kind);
-        if kind.is_none() {
+        else {
             return Err(ApiError::invalid(format!(
                 "the loaded {} addon has no backup method {:?} to restore this backup with",
                 m.engine, m.method
             )));
+        };
+        if let Some(t) = to_unix_ms {
+            if !method.point_in_time {
+                return Err(ApiError::invalid(format!(
+                    "backup {id} was made with method {:?}, which does not combine with the \
+                     archive for a point-in-time restore; restore from a {} backup",
+                    m.method,
+                    addon
+                        .manifest()
+                        .backup_methods
+                        .iter()
+                        .filter(|x| x.point_in_time)
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )));
+            }
+            self.check_restore_time(&b.view, t)?;
         }
         self.repo(&b.view.repo)?;
         let mut spec = b.spec.clone();
@@ -352,8 +372,70 @@ impl Controller {
         if let Some(r) = replicas {
             spec.replicas = r;
         }
-        self.create_with(spec, serde_json::json!({ "restore": id }))
-            .await
+        self.create_with(
+            spec,
+            serde_json::json!({ "restore": id, "to_unix_ms": to_unix_ms }),
+        )
+        .await
+    }
+
+    /// Whether the archive of `b`'s cluster can carry a restore of `b` to `t`: after the
+    /// backup finished, not in the future, and not past what is archived.
+    fn check_restore_time(&self, b: &BackupView, t: i64) -> Result<(), ApiError> {
+        let cluster = &b.cluster;
+        let finished = b.finished_unix_ms.unwrap_or(b.started_unix_ms);
+        if t > now_ms() {
+            return Err(ApiError::invalid(format!(
+                "restore time {} is in the future",
+                rfc3339(t)
+            )));
+        }
+        if t < finished {
+            let earlier = self.backup_list(Some(cluster))?.into_iter().rfind(|x| {
+                x.state == "completed"
+                    && x.method == b.method
+                    && x.finished_unix_ms.is_some_and(|f| f <= t)
+            });
+            return Err(ApiError::invalid(match earlier {
+                Some(e) => format!(
+                    "restore time {} is before backup {} finished ({}): restore from backup {} \
+                     (finished {}) instead",
+                    rfc3339(t),
+                    b.id,
+                    rfc3339(finished),
+                    e.id,
+                    rfc3339(e.finished_unix_ms.unwrap_or(0))
+                ),
+                None => format!(
+                    "restore time {} is before the oldest backup of {cluster} that can reach it \
+                     ({} finished {}): nothing older is kept",
+                    rfc3339(t),
+                    b.id,
+                    rfc3339(finished)
+                ),
+            }));
+        }
+        let units = self.db(|s| s.units(cluster))?;
+        let last = units
+            .iter()
+            .filter(|u| u.stored_unix_ms >= b.started_unix_ms)
+            .map(|u| u.stored_unix_ms)
+            .max();
+        match last {
+            None => Err(ApiError::invalid(format!(
+                "cluster {cluster} has no archive stored since backup {} started: switch \
+                 archiving on (shoal backup archive {cluster}) before the backup, and restore \
+                 to a time after that",
+                b.id
+            ))),
+            Some(l) if t > l => Err(ApiError::invalid(format!(
+                "the archive of {cluster} reaches only to {} (its newest unit); restore time {} \
+                 is past it: pick an earlier time, or wait for the next unit",
+                rfc3339(l),
+                rfc3339(t)
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The backup method `name` of `cluster`'s addon, or its full one when none is named.
@@ -415,6 +497,9 @@ impl Controller {
         if let Some(a) = &v.max_age {
             parse_age(a)?;
         }
+        if let Some(w) = &v.pitr_window {
+            parse_age(w)?;
+        }
         let cron = parse_cron(&v.cron)?;
         v.next_unix_ms = next_fire(&cron, &v.cron, now_ms())?;
         self.db(|s| s.put_schedule(&v, v.next_unix_ms))?;
@@ -423,7 +508,7 @@ impl Controller {
             None,
             "info",
             format!(
-                "backup schedule {} ({}): {}{}{}",
+                "backup schedule {} ({}): {}{}{}{}",
                 v.method,
                 v.repo.as_deref().unwrap_or("default repository"),
                 v.cron,
@@ -431,6 +516,10 @@ impl Controller {
                 v.max_age
                     .as_deref()
                     .map(|a| format!(", max age {a}"))
+                    .unwrap_or_default(),
+                v.pitr_window
+                    .as_deref()
+                    .map(|w| format!(", point-in-time window {w}"))
                     .unwrap_or_default()
             ),
         );
@@ -467,7 +556,7 @@ impl Controller {
 
     /// The context of a backup or restore call on `i`: its ports, the engine user, the engine
     /// version's programs and the system's, and progress into `progress`.
-    fn bulk_ctx(
+    pub(crate) fn bulk_ctx(
         &self,
         cl: &ClusterRow,
         i: &InstanceRow,
@@ -625,13 +714,29 @@ async fn apply_retention(c: &Arc<Controller>, cluster: &str, method: &str) {
 }
 
 /// Which completed backups schedule `v` no longer keeps at `now`, and why. The newest
-/// completed backup is always kept.
+/// completed backup is always kept, and so is every backup a restore to a moment inside the
+/// point-in-time window needs (those that finished inside it, and the newest one that
+/// finished before it began).
 fn expired(backups: &[BackupView], v: &ScheduleView, now: i64) -> Vec<(String, String)> {
     let max_age = v.max_age.as_deref().and_then(|a| parse_age(a).ok());
     let mut done: Vec<&BackupView> = backups.iter().filter(|b| b.state == "completed").collect();
     done.sort_by_key(|b| std::cmp::Reverse(b.started_unix_ms));
+    let window_start = v
+        .pitr_window
+        .as_deref()
+        .and_then(|w| parse_age(w).ok())
+        .map(|w| now - w);
+    // The index of the oldest backup the window needs.
+    let needed_to = window_start.map(|start| {
+        done.iter()
+            .position(|b| b.finished_unix_ms.unwrap_or(b.started_unix_ms) <= start)
+            .unwrap_or(done.len())
+    });
     let mut out = Vec::new();
     for (n, b) in done.iter().enumerate().skip(1) {
+        if needed_to.is_some_and(|to| n <= to) {
+            continue;
+        }
         if v.keep.is_some_and(|k| n >= k as usize) {
             out.push((
                 b.id.clone(),
@@ -890,27 +995,26 @@ fn kind_name(k: BackupKind) -> &'static str {
     }
 }
 
+/// RFC 3339 UTC with milliseconds ("2026-11-24T08:02:59.540Z") of a Unix time in ms.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let s = utc_stamp(ms);
+    format!(
+        "{}-{}-{}T{}:{}:{}.{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15],
+        &s[15..18]
+    )
+}
+
 /// `YYYYMMDDTHHMMSSmmmZ` of a Unix time in ms (UTC).
 fn utc_stamp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}t{:02}{:02}{:02}{:03}z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y%m%dt%H%M%S%3fz").to_string())
+        .unwrap_or_else(|| format!("{ms}"))
 }
 
 /// Whether backup `id` restores before the server first starts (a physical copy into the
@@ -925,13 +1029,33 @@ pub(crate) fn restores_before_start(c: &Controller, id: &str) -> Result<bool, St
 
 /// Restore backup `id` into instance `i` of the cluster being created: every object is read
 /// through its checksum; a damaged or missing one fails the restore naming it, and leaves the
-/// data directory empty (nothing starts on it).
+/// data directory empty (nothing starts on it). With `to_unix_ms`, the source cluster's
+/// archive units are staged (each verified) and replayed up to that moment.
 pub(crate) async fn restore_into(
     c: &Arc<Controller>,
     cl: &ClusterRow,
     i: &InstanceRow,
     creds: &Credentials,
     id: &str,
+    to_unix_ms: Option<i64>,
+) -> Result<(), String> {
+    let staged = i.staged_archive_dir();
+    let result = restore_steps(c, cl, i, creds, id, to_unix_ms, &staged).await;
+    let _ = std::fs::remove_dir_all(&staged);
+    if result.is_err() && restores_before_start(c, id).unwrap_or(true) {
+        empty_dir(&i.data_dir());
+    }
+    result
+}
+
+async fn restore_steps(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    i: &InstanceRow,
+    creds: &Credentials,
+    id: &str,
+    to_unix_ms: Option<i64>,
+    staged: &Path,
 ) -> Result<(), String> {
     let b = c
         .db(|s| s.backup(id))
@@ -960,6 +1084,31 @@ pub(crate) async fn restore_into(
         labels: m.labels.clone(),
     };
     let t = Instant::now();
+    if let Some(to) = to_unix_ms {
+        // The archive first: a damaged unit fails the restore before the big copy.
+        let _ = std::fs::remove_dir_all(staged);
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(staged)
+            .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
+        let (n, bytes) =
+            crate::archive::stage_units(c, &b.view.cluster, b.view.started_unix_ms, staged)
+                .await
+                .map_err(|e| format!("restore of backup {id} to {} refused: {e}", rfc3339(to)))?;
+        shoal_local::users::chown(staged, c.engine_user).map_err(|e| e.to_string())?;
+        c.event(
+            &cl.name,
+            Some(&i.name),
+            "info",
+            format!(
+                "staged {n} archive unit(s) of {} ({}, every checksum verified) for a restore to {}",
+                b.view.cluster,
+                mib(bytes),
+                rfc3339(to)
+            ),
+        );
+    }
     for o in &m.objects {
         c.event(
             &cl.name,
@@ -979,19 +1128,36 @@ pub(crate) async fn restore_into(
         let source = HostSource::new(reader);
         let ctx = c.bulk_ctx(cl, i, &all, total)?;
         let inst = c.wit_instance(cl, i, creds, true);
-        let result = addon.call(&ctx).restore(&inst, &info, source).await;
+        let result = addon
+            .call(&ctx)
+            .restore(&inst, &info, source, to_unix_ms.is_some())
+            .await;
         let checked = verdict.check().await;
-        let failure = match (result, checked) {
-            (_, Err(e)) => Some(format!("restore of backup {id} failed: {e}")),
-            (Err(e), Ok(_)) => Some(format!("restore of backup {id} failed: {e}")),
-            (Ok(_), Ok(_)) => None,
-        };
-        if let Some(f) = failure {
-            if before_start {
-                empty_dir(&i.data_dir());
-            }
-            return Err(f);
+        match (result, checked) {
+            (_, Err(e)) => return Err(format!("restore of backup {id} failed: {e}")),
+            (Err(e), Ok(_)) => return Err(format!("restore of backup {id} failed: {e}")),
+            (Ok(_), Ok(_)) => {}
         }
+    }
+    if let Some(to) = to_unix_ms {
+        c.event(
+            &cl.name,
+            Some(&i.name),
+            "info",
+            format!("replaying the archive up to {}", rfc3339(to)),
+        );
+        let ctx = c.bulk_ctx(cl, i, &all, Default::default())?;
+        let inst = c.wit_instance(cl, i, creds, true);
+        addon
+            .call(&ctx)
+            .restore_to_time(
+                &inst,
+                &info,
+                &wit::RecoveryTarget::TimeUnixMs(to.max(0) as u64),
+                &staged.display().to_string(),
+            )
+            .await
+            .map_err(|e| format!("restore of backup {id} to {} failed: {e}", rfc3339(to)))?;
     }
     c.event(
         &cl.name,
@@ -1063,6 +1229,7 @@ mod tests {
             cron: "0 3 * * *".into(),
             keep: Some(2),
             max_age: None,
+            pitr_window: None,
             next_unix_ms: 0,
         };
         let ids = |x: Vec<(String, String)>| x.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
@@ -1073,6 +1240,34 @@ mod tests {
         // Everything old: the newest stays all the same.
         assert_eq!(ids(expired(&all, &v, 50 * day)), ["d", "b", "a"]);
         assert_eq!(ids(expired(&all[..1], &v, 50 * day)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_point_in_time_window_keeps_the_backup_its_oldest_moment_needs() {
+        let day = 86_400_000;
+        let all: Vec<BackupView> = (0..6)
+            .map(|n| backup(&format!("b{n}"), n * day, "completed"))
+            .collect();
+        let mut v = ScheduleView {
+            cluster: "c".into(),
+            method: "physical".into(),
+            repo: None,
+            cron: "0 3 * * *".into(),
+            keep: Some(1),
+            max_age: None,
+            pitr_window: Some("2d".into()),
+            next_unix_ms: 0,
+        };
+        let ids = |x: Vec<(String, String)>| x.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        // At day 5.5 the window starts at 3.5: b4 and b5 are inside it, b3 is the base of a
+        // restore to 3.5; b2, b1, b0 go, though --keep 1 alone would keep only b5.
+        assert_eq!(
+            ids(expired(&all, &v, 5 * day + day / 2)),
+            ["b2", "b1", "b0"]
+        );
+        // A window reaching before every backup keeps them all.
+        v.pitr_window = Some("30d".into());
+        assert_eq!(ids(expired(&all, &v, 5 * day)), Vec::<String>::new());
     }
 
     #[test]
@@ -1099,5 +1294,6 @@ mod tests {
         // 2026-11-24 05:30:00.123 UTC
         assert_eq!(utc_stamp(1_795_498_200_123), "20261124t053000123z");
         assert!(utc_stamp(1_795_498_200_123) < utc_stamp(1_795_498_260_000));
+        assert_eq!(rfc3339(1_795_498_200_123), "2026-11-24T05:30:00.123Z");
     }
 }

@@ -52,6 +52,12 @@ pub struct Controller {
     /// looked yet). Only the manager probes, restarts, fails over, runs operations and opens
     /// the stable endpoints of a cluster.
     managing: Mutex<HashMap<String, bool>>,
+    /// Clusters archived continuously now (their instances get an `archive-dir`).
+    pub(crate) archiving: Mutex<std::collections::HashSet<String>>,
+    /// Per (cluster, instance): the archive unit stored last, handed back as `after`.
+    pub(crate) archived_last: Mutex<HashMap<(String, String), String>>,
+    /// Set while an archiver pass runs.
+    pub(crate) archiver_busy: std::sync::atomic::AtomicBool,
 }
 
 /// Resources of a cluster, parsed.
@@ -74,6 +80,13 @@ impl Controller {
                 .map_err(|e| format!("cannot set permissions of {}: {e}", d.display()))?;
         }
         let store = Store::open(&home.join("state.db")).map_err(|e| e.to_string())?;
+        let archiving = store
+            .archives(None)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| a.enabled)
+            .map(|a| a.cluster)
+            .collect();
         let runtime = AddonRuntime::new(cfg.runtime.clone()).map_err(|e| e.to_string())?;
         let (engines, problems) = Engines::load(&runtime, &cfg.addons).await?;
         for p in &problems {
@@ -126,6 +139,9 @@ impl Controller {
             locks: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             managing: Mutex::new(HashMap::new()),
+            archiving: Mutex::new(archiving),
+            archived_last: Mutex::new(HashMap::new()),
+            archiver_busy: Default::default(),
         }))
     }
 
@@ -441,6 +457,7 @@ impl Controller {
                     .collect(),
                 data_dir: Some("/nonexistent/data".into()),
                 config_dir: Some("/nonexistent/config".into()),
+                archive_dir: None,
                 role: Some((*role).into()),
                 term: 0,
                 credentials: Some(wit::Credentials {

@@ -15,6 +15,7 @@
 //! Engine knowledge comes only from addons; the local runtime (`shoal-local`) runs what their
 //! run-specs say.
 
+pub mod archive;
 pub mod backups;
 pub mod config;
 pub mod controller;

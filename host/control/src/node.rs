@@ -21,6 +21,7 @@ fn ensure_dirs(i: &InstanceRow, user: Option<shoal_local::RunAs>) -> Result<(), 
         (i.dir.clone(), 0o755),
         (i.data_dir(), 0o700),
         (i.config_dir(), 0o700),
+        (i.archive_dir(), 0o700),
         (i.dir.join("log"), 0o755),
     ] {
         if !dir.exists() {
@@ -129,6 +130,8 @@ impl Controller {
             ports: wit_ports(i),
             data_dir: data,
             config_dir: config,
+            archive_dir: (process_paths && self.archived(&c.name))
+                .then(|| i.archive_dir().display().to_string()),
             role: Some(i.role.clone()),
             term: 0,
             credentials: Some(wit::Credentials {

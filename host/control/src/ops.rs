@@ -23,12 +23,10 @@ pub async fn run(c: Arc<Controller>, id: i64) {
     }
     let result = match op.kind.as_str() {
         "create" => {
-            let restore = c.db(|s| s.op_params(id)).ok().and_then(|p| {
-                p.get("restore")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            });
-            create(&c, &op.cluster, restore.as_deref()).await
+            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
+            let restore = p.get("restore").and_then(|v| v.as_str());
+            let to = p.get("to_unix_ms").and_then(|v| v.as_i64());
+            create(&c, &op.cluster, restore.map(|id| (id, to))).await
         }
         "backup" => {
             let p = c.db(|s| s.op_params(id)).unwrap_or_default();
@@ -188,7 +186,13 @@ async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Resul
     c.bring_up(cl, &mut row, &all, cr).await
 }
 
-async fn create(c: &Arc<Controller>, name: &str, restore: Option<&str>) -> Result<(), String> {
+/// Create cluster `name`; `restore`: from this backup (and up to this moment of its cluster's
+/// archive).
+async fn create(
+    c: &Arc<Controller>,
+    name: &str,
+    restore: Option<(&str, Option<i64>)>,
+) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let cr = Credentials {
@@ -203,13 +207,13 @@ async fn create(c: &Arc<Controller>, name: &str, restore: Option<&str>) -> Resul
     secrets::save(&c.home, name, &cr).map_err(|e| format!("cannot store credentials: {e}"))?;
     let mut primary = add_instance(c, &cl, "primary")?;
     let before_start = match restore {
-        Some(id) => crate::backups::restores_before_start(c, id)?,
+        Some((id, _)) => crate::backups::restores_before_start(c, id)?,
         None => false,
     };
-    if let (Some(id), true) = (restore, before_start) {
+    if let (Some((id, to)), true) = (restore, before_start) {
         // A physical copy goes into the empty data directory; the server then starts on it.
         c.prepare_dirs(&primary)?;
-        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id).await {
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, to).await {
             // Never start anything on a failed restore (the supervisor skips failed
             // instances).
             primary.state = "failed".into();
@@ -219,9 +223,9 @@ async fn create(c: &Arc<Controller>, name: &str, restore: Option<&str>) -> Resul
     }
     let all = instances(c, name)?;
     c.bring_up(&cl, &mut primary, &all, &cr).await?;
-    if let (Some(id), false) = (restore, before_start) {
+    if let (Some((id, _)), false) = (restore, before_start) {
         // A logical dump goes into the running server.
-        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id).await {
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, None).await {
             let _ = c.stop_process(&cl, &mut primary, &cr).await;
             primary.state = "failed".into();
             c.save(&primary);

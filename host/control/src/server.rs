@@ -219,7 +219,13 @@ async fn handle(
             name,
             backup,
             replicas,
-        } => json(c.restore(&name, &backup, replicas).await?),
+            to_unix_ms,
+        } => json(c.restore(&name, &backup, replicas, to_unix_ms).await?),
+        Request::ArchiveSet { cluster, repo, on } => {
+            c.require_management(&cluster).await?;
+            json(c.archive_set(&cluster, repo.as_deref(), on).await?)
+        }
+        Request::ArchiveList { cluster } => json(c.archive_list(cluster.as_deref())?),
         Request::ScheduleSet { schedule } => {
             c.require_management(&schedule.cluster).await?;
             json(c.schedule_set(schedule)?)

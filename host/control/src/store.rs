@@ -94,6 +94,20 @@ const MIGRATIONS: &[&str] = &[
         next_ms INTEGER NOT NULL,
         PRIMARY KEY (cluster, method)
      );",
+    // 5: continuous archiving: one row per archived cluster (its settings), one per stored
+    // unit (WAL segment, binlog file) with its checksum.
+    "CREATE TABLE archives (
+        cluster TEXT PRIMARY KEY,
+        view TEXT NOT NULL
+     );
+     CREATE TABLE archive_units (
+        cluster TEXT NOT NULL,
+        name TEXT NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        view TEXT NOT NULL,
+        PRIMARY KEY (cluster, name)
+     );
+     CREATE INDEX archive_units_time ON archive_units(cluster, stored_ms);",
 ];
 
 /// A backup as stored.
@@ -212,6 +226,14 @@ impl InstanceRow {
     }
     pub fn config_dir(&self) -> PathBuf {
         self.dir.join("config")
+    }
+    /// Where the engine leaves finished archive units for the host to ship.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.join("archive")
+    }
+    /// Where a point-in-time restore stages the archive units it replays.
+    pub fn staged_archive_dir(&self) -> PathBuf {
+        self.dir.join("restore-archive")
     }
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("log").join("server.log")
@@ -674,6 +696,62 @@ impl Store {
             "DELETE FROM schedules WHERE cluster = ?1 AND method = ?2",
             params![cluster, method],
         )?)
+    }
+
+    /// Record or replace the archiving settings of a cluster (the unit statistics in the view
+    /// are computed from the units when read).
+    pub fn put_archive(&self, v: &shoal_api::ArchiveView) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO archives (cluster, view) VALUES (?1, ?2)
+             ON CONFLICT(cluster) DO UPDATE SET view = ?2",
+            params![v.cluster, serde_json::to_string(v)?],
+        )?;
+        Ok(())
+    }
+
+    /// Archiving settings; of one cluster, or of every cluster.
+    pub fn archives(&self, cluster: Option<&str>) -> Result<Vec<shoal_api::ArchiveView>> {
+        self.views(
+            "SELECT view FROM archives WHERE ?1 IS NULL OR cluster = ?1 ORDER BY cluster",
+            cluster,
+        )
+    }
+
+    /// The JSON views a one-parameter query selects, decoded.
+    fn views<T: serde::de::DeserializeOwned>(&self, sql: &str, p: Option<&str>) -> Result<Vec<T>> {
+        let mut st = self.conn.prepare(sql)?;
+        let rows = st.query_map(params![p], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(serde_json::from_str(&r?)?);
+        }
+        Ok(out)
+    }
+
+    /// Record a stored archive unit (again: the newer copy wins).
+    pub fn put_unit(&self, cluster: &str, u: &shoal_api::ArchiveUnitView) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO archive_units (cluster, name, stored_ms, view) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(cluster, name) DO UPDATE SET stored_ms = ?3, view = ?4",
+            params![cluster, u.name, u.stored_unix_ms, serde_json::to_string(u)?],
+        )?;
+        Ok(())
+    }
+
+    /// A cluster's stored archive units, oldest first.
+    pub fn units(&self, cluster: &str) -> Result<Vec<shoal_api::ArchiveUnitView>> {
+        self.views(
+            "SELECT view FROM archive_units WHERE cluster = ?1 ORDER BY stored_ms, name",
+            Some(cluster),
+        )
+    }
+
+    pub fn delete_unit(&self, cluster: &str, name: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM archive_units WHERE cluster = ?1 AND name = ?2",
+            params![cluster, name],
+        )?;
+        Ok(())
     }
 
     pub fn delete_backup(&self, id: &str) -> Result<()> {

@@ -495,6 +495,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     }
     refresh_cluster_states(c);
     crate::backups::fire_schedules(c);
+    crate::archive::kick_archiver(c);
 }
 
 /// Book a finished probe task: forget it as in flight and keep its result.

@@ -319,13 +319,14 @@ impl<'a> Caller<'a> {
         instance: &Instance,
         info: &BackupInfo,
         source: HostSource,
+        recovery_follows: bool,
     ) -> Result<u64, CallError> {
         self.invoke(Hook::Restore, async |a, s| {
             let res = s.data_mut().table.push(source)?;
             let borrowed = Resource::new_borrow(res.rep());
             let out = a
                 .backup(&mut *s)?
-                .call_restore(&mut *s, instance, info, borrowed)
+                .call_restore(&mut *s, instance, info, borrowed, recovery_follows)
                 .await;
             let source = take(&mut s.data_mut().table, res)?;
             Ok(out?.map(|()| source.read))

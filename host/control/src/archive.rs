@@ -1,0 +1,508 @@
+//! Continuous archiving in local mode: which clusters are archived and into which repository,
+//! the archiver that ships every finished unit (WAL segment, binlog file) an engine leaves in
+//! its instance's archive directory into the repository through the addon's
+//! `archive-continuous` hook (compressed and checksummed like backups), the record of stored
+//! units, pruning the units no kept backup needs, and staging units for a point-in-time
+//! restore. What a unit is and how it is replayed is the addon's; this module moves and checks
+//! bytes.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shoal_api::{ApiError, ArchiveUnitView, ArchiveView, BackupObjectView};
+use shoal_backup::{Repository, StoredObject};
+use shoal_runtime::wit::{self, BackupKind};
+use shoal_runtime::HostSink;
+
+use crate::controller::Controller;
+use crate::secrets::Credentials;
+use crate::store::{now_ms, ClusterRow, InstanceRow};
+
+/// zstd level of archive units (as backups).
+const ZSTD_LEVEL: i32 = 1;
+/// Units shipped from one instance in one pass before the others get their turn.
+const UNITS_PER_PASS: usize = 64;
+/// Units stored this long before a backup started are older than anything it needs (slack
+/// for clocks of hosts sharing a home).
+const PRUNE_SLACK_MS: i64 = 5_000;
+
+/// Whether a unit name is safe as the last part of an object key and a file name.
+fn safe_unit_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Key of a stored unit.
+pub(crate) fn unit_key(cluster: &str, name: &str) -> String {
+    format!("{cluster}/wal/{name}.zst")
+}
+
+pub(crate) fn unit_object(u: &ArchiveUnitView) -> StoredObject {
+    StoredObject {
+        key: u.object.key.clone(),
+        size: u.object.size,
+        stored_size: u.object.stored_size,
+        sha256: u.object.sha256.clone(),
+    }
+}
+
+impl Controller {
+    /// Whether `cluster` is archived continuously now.
+    pub(crate) fn archived(&self, cluster: &str) -> bool {
+        self.archiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(cluster)
+    }
+
+    /// The continuous backup method of `engine`'s addon.
+    fn continuous_method(&self, engine: &str) -> Result<wit::BackupMethod, ApiError> {
+        let addon = self.addon(engine)?;
+        addon
+            .manifest()
+            .backup_methods
+            .iter()
+            .find(|m| m.kind == BackupKind::Continuous)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "the {engine} addon has no continuous backup method: its clusters cannot be \
+                     archived or restored to a point in time"
+                ))
+            })
+    }
+
+    /// Switch continuous archiving of `cluster` on (into `repo`, else the one it used, else
+    /// the default repository) or off. Running instances are reconfigured at once; the units
+    /// stored so far stay (restores need them).
+    pub async fn archive_set(
+        self: &Arc<Self>,
+        cluster: &str,
+        repo: Option<&str>,
+        on: bool,
+    ) -> Result<ArchiveView, ApiError> {
+        let cl = self
+            .db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        let method = self.continuous_method(&cl.engine)?;
+        let existing = self.db(|s| s.archives(Some(cluster)))?.into_iter().next();
+        let view = if on {
+            let repo_name = match (repo, &existing) {
+                (Some(r), _) => r.to_string(),
+                (None, Some(a)) => a.repo.clone(),
+                (None, None) => self.default_repo()?,
+            };
+            self.repo(&repo_name)?;
+            let since = match &existing {
+                Some(a) if a.enabled && a.repo == repo_name => a.since_unix_ms,
+                _ => now_ms(),
+            };
+            ArchiveView {
+                cluster: cluster.to_string(),
+                repo: repo_name,
+                method: method.name.clone(),
+                enabled: true,
+                since_unix_ms: since,
+                units: 0,
+                size: 0,
+                stored_size: 0,
+                first_unit: None,
+                last_unit: None,
+                last_stored_unix_ms: None,
+                error: None,
+            }
+        } else {
+            let Some(mut a) = existing else {
+                return Err(ApiError::conflict(format!(
+                    "cluster {cluster} is not archived continuously"
+                )));
+            };
+            a.enabled = false;
+            a.error = None;
+            a
+        };
+        self.db(|s| s.put_archive(&view))?;
+        {
+            let mut set = self.archiving.lock().unwrap_or_else(|p| p.into_inner());
+            if on {
+                set.insert(cluster.to_string());
+            } else {
+                set.remove(cluster);
+            }
+        }
+        self.event(
+            cluster,
+            None,
+            "info",
+            if on {
+                format!(
+                    "continuous archiving ({}) on, into repository {}",
+                    view.method, view.repo
+                )
+            } else {
+                "continuous archiving off (stored units are kept)".to_string()
+            },
+        );
+        self.reconfigure_running(&cl).await;
+        self.archive_list(Some(cluster))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("the archive settings vanished"))
+    }
+
+    /// Archiving settings with their unit statistics.
+    pub fn archive_list(&self, cluster: Option<&str>) -> Result<Vec<ArchiveView>, ApiError> {
+        let mut out = self.db(|s| s.archives(cluster))?;
+        for a in &mut out {
+            let units = self.db(|s| s.units(&a.cluster))?;
+            a.units = units.len() as u64;
+            a.size = units.iter().map(|u| u.object.size).sum();
+            a.stored_size = units.iter().map(|u| u.object.stored_size).sum();
+            a.first_unit = units.first().map(|u| u.name.clone());
+            a.last_unit = units.last().map(|u| u.name.clone());
+            a.last_stored_unix_ms = units.last().map(|u| u.stored_unix_ms);
+        }
+        Ok(out)
+    }
+
+    /// Render the config of every running instance of `cl` again and have the addon apply
+    /// it live (archiving settings are reloadable).
+    async fn reconfigure_running(&self, cl: &ClusterRow) {
+        let Ok(addon) = self.addon(&cl.engine) else {
+            return;
+        };
+        let Ok(creds) = crate::secrets::load(&self.home, &cl.name) else {
+            return;
+        };
+        let all = self.db(|s| s.instances(&cl.name)).unwrap_or_default();
+        for i in all.iter().filter(|i| i.state == "running") {
+            let r = match self.render(cl, i, &all, &creds).await {
+                Ok(()) => addon
+                    .call(&self.call_ctx(i, &all, false))
+                    .apply_dynamic(&self.wit_instance(cl, i, &creds, false), &[])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                self.event(
+                    &cl.name,
+                    Some(&i.name),
+                    "error",
+                    format!("cannot apply the archiving settings: {e}"),
+                );
+            }
+        }
+    }
+
+    /// Record an archiving failure on the cluster's settings (an event only when it changes).
+    fn archive_error(&self, a: &ArchiveView, error: Option<String>) {
+        if a.error == error {
+            return;
+        }
+        let mut v = a.clone();
+        v.error = error.clone();
+        let _ = self.db(|s| s.put_archive(&v));
+        match error {
+            Some(e) => self.event(&a.cluster, None, "error", format!("archiving: {e}")),
+            None => self.event(&a.cluster, None, "info", "archiving: shipping again"),
+        }
+    }
+}
+
+/// Start an archiver pass unless one is running or nothing is archived.
+pub(crate) fn kick_archiver(c: &Arc<Controller>) {
+    if c.archiving
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+        || c.archiver_busy.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    let c = c.clone();
+    tokio::spawn(async move {
+        archive_pass(&c).await;
+        c.archiver_busy.store(false, Ordering::Release);
+    });
+}
+
+/// Whether `dir` holds a file the engine may have finished (anything but work in progress
+/// is worth asking the addon about).
+fn has_waiting(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                !n.starts_with('.') && !n.ends_with(".part")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Ship what is waiting in the archive directories of the clusters this host manages.
+async fn archive_pass(c: &Arc<Controller>) {
+    let clusters: Vec<String> = c
+        .archiving
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    for cluster in clusters {
+        if !c.manages(&cluster) {
+            continue;
+        }
+        let (Ok(Some(cl)), Ok(Some(a))) = (
+            c.db(|s| s.cluster(&cluster)),
+            c.db(|s| s.archives(Some(&cluster)))
+                .map(|v| v.into_iter().next()),
+        ) else {
+            continue;
+        };
+        if !a.enabled {
+            continue;
+        }
+        let repo = match c.repo(&a.repo) {
+            Ok(r) => r,
+            Err(e) => {
+                c.archive_error(&a, Some(e.message));
+                continue;
+            }
+        };
+        let Ok(creds) = crate::secrets::load(&c.home, &cluster) else {
+            continue;
+        };
+        let all = c.db(|s| s.instances(&cluster)).unwrap_or_default();
+        let mut error = None;
+        let mut shipped = false;
+        for i in &all {
+            if !has_waiting(&i.archive_dir()) {
+                continue;
+            }
+            for _ in 0..UNITS_PER_PASS {
+                match ship_one(c, &cl, &a, &repo, i, &all, &creds).await {
+                    Ok(true) => shipped = true,
+                    Ok(false) => break,
+                    Err(e) => {
+                        error = Some(format!("{}: {e}", i.name));
+                        break;
+                    }
+                }
+            }
+        }
+        if error.is_some() || shipped {
+            c.archive_error(&a, error);
+        }
+    }
+}
+
+/// Ask the addon for the next unit of `i` and store it; whether one was shipped.
+async fn ship_one(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    a: &ArchiveView,
+    repo: &Repository,
+    i: &InstanceRow,
+    all: &[InstanceRow],
+    creds: &Credentials,
+) -> Result<bool, String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let slot = (cl.name.clone(), i.name.clone());
+    let after = c
+        .archived_last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&slot)
+        .cloned();
+    let incoming = format!("{}/wal/incoming-{}.zst", cl.name, i.name);
+    let (writer, pending) = shoal_backup::write_object(repo, &incoming, ZSTD_LEVEL);
+    let dir = i.archive_dir();
+    let mut ctx = c.bulk_ctx(cl, i, all, Default::default())?;
+    ctx = ctx.preopen(dir.clone(), dir.display().to_string(), true);
+    let inst = c.wit_instance(cl, i, creds, true);
+    let result = addon
+        .call(&ctx)
+        .archive_continuous(&inst, after.as_deref(), HostSink::new(writer))
+        .await;
+    let unit = match result {
+        Ok((Some(u), sink)) => {
+            drop(sink);
+            u
+        }
+        Ok((None, sink)) => {
+            drop(sink);
+            pending.abort().await;
+            return Ok(false);
+        }
+        Err(e) => {
+            pending.abort().await;
+            return Err(e.to_string());
+        }
+    };
+    if !safe_unit_name(&unit.name) {
+        pending.abort().await;
+        return Err(format!(
+            "the addon named an archive unit {:?}; names are letters, digits, '.', '_' and '-'",
+            unit.name
+        ));
+    }
+    let obj = pending.finish().await.map_err(|e| e.to_string())?;
+    let key = unit_key(&cl.name, &unit.name);
+    repo.rename(&obj.key, &key)
+        .await
+        .map_err(|e| e.to_string())?;
+    let view = ArchiveUnitView {
+        name: unit.name.clone(),
+        instance: i.name.clone(),
+        repo: a.repo.clone(),
+        stored_unix_ms: now_ms(),
+        start_position: unit.start_position,
+        end_position: unit.end_position,
+        end_unix_ms: unit.end_unix_ms,
+        object: BackupObjectView {
+            key,
+            size: obj.size,
+            stored_size: obj.stored_size,
+            sha256: obj.sha256,
+        },
+    };
+    c.db(|s| s.put_unit(&cl.name, &view))
+        .map_err(|e| e.message)?;
+    c.archived_last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(slot, unit.name);
+    Ok(true)
+}
+
+/// Delete the stored units of `cluster` older than every completed backup a point-in-time
+/// restore could start from (none such: nothing is deleted).
+pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str) {
+    let Ok(backups) = c.db(|s| s.backups(Some(cluster))) else {
+        return;
+    };
+    let Some(oldest) = backups
+        .iter()
+        .filter(|b| b.view.state == "completed" && b.view.kind != "logical")
+        .map(|b| b.view.started_unix_ms)
+        .min()
+    else {
+        return;
+    };
+    let Ok(units) = c.db(|s| s.units(cluster)) else {
+        return;
+    };
+    let old: Vec<&ArchiveUnitView> = units
+        .iter()
+        .filter(|u| u.stored_unix_ms < oldest - PRUNE_SLACK_MS)
+        .collect();
+    if old.is_empty() {
+        return;
+    }
+    let mut deleted = 0u64;
+    let mut bytes = 0u64;
+    for u in old {
+        let Ok(repo) = c.repo(&u.repo) else { continue };
+        match repo.delete(&u.object.key).await {
+            Ok(()) => {
+                let _ = c.db(|s| s.delete_unit(cluster, &u.name));
+                deleted += 1;
+                bytes += u.object.stored_size;
+            }
+            Err(e) => {
+                c.event(
+                    cluster,
+                    None,
+                    "warning",
+                    format!("retention: cannot delete archive unit {}: {e}", u.name),
+                );
+                break;
+            }
+        }
+    }
+    c.event(
+        cluster,
+        None,
+        "info",
+        format!(
+            "retention: deleted {deleted} archive unit(s) ({} stored) older than the oldest \
+             backup",
+            crate::backups::mib(bytes)
+        ),
+    );
+}
+
+/// Fetch the units a point-in-time restore of a backup that started at `from_ms` may replay
+/// into `dir`, each read through its checksum; the first damaged or missing one fails the
+/// restore, naming it. Returns how many units and bytes were staged.
+pub(crate) async fn stage_units(
+    c: &Arc<Controller>,
+    cluster: &str,
+    from_ms: i64,
+    dir: &Path,
+) -> Result<(usize, u64), String> {
+    let units = c.db(|s| s.units(cluster)).map_err(|e| e.message)?;
+    let mut count = 0;
+    let mut bytes = 0;
+    for u in units
+        .iter()
+        .filter(|u| u.stored_unix_ms >= from_ms - PRUNE_SLACK_MS)
+    {
+        let repo = c.repo(&u.repo).map_err(|e| e.message)?;
+        let (mut reader, verdict) = shoal_backup::read_object(&repo, &unit_object(u))
+            .await
+            .map_err(|e| format!("archive unit {}: {e}", u.name))?;
+        let path = dir.join(&u.name);
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let copied = tokio::io::copy(&mut reader, &mut file).await;
+        let size = verdict
+            .check()
+            .await
+            .map_err(|e| format!("archive unit {}: {e}", u.name))?;
+        copied.map_err(|e| format!("{}: {e}", path.display()))?;
+        if size != u.object.size {
+            return Err(format!(
+                "archive unit {} is damaged: it decompresses to {size} bytes, {} were stored",
+                u.name, u.object.size
+            ));
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        count += 1;
+        bytes += size;
+    }
+    Ok((count, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_are_plain_file_names() {
+        assert!(safe_unit_name("000000010000000000000003"));
+        assert!(safe_unit_name("00000002.history"));
+        assert!(safe_unit_name("000000010000000000000005.partial"));
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "x y",
+            "naïve",
+            &"0".repeat(129),
+        ] {
+            assert!(!safe_unit_name(bad), "{bad:?}");
+        }
+    }
+}
