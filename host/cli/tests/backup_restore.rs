@@ -223,7 +223,8 @@ fn a_damaged_or_missing_object_fails_verify_and_restore_by_name_and_nothing_star
 }
 
 #[test]
-fn an_unreachable_repository_fails_the_backup_and_leaves_no_usable_backup() {
+fn an_unreachable_or_full_repository_fails_the_backup_and_leaves_no_usable_backup() {
+    private_mounts();
     let h = Host::start((23590, 23599));
     h.ok(&["cluster", "create", "src", "--engine", "postgresql"]);
     h.wait_healthy("src");
@@ -252,6 +253,43 @@ fn an_unreachable_repository_fails_the_backup_and_leaves_no_usable_backup() {
     assert!(fail(&h, &["backup", "verify", id]).contains("not completed"));
     let err = fail(&h, &["backup-repo", "check", "s3"]);
     assert!(err.contains("repository s3"), "{err}");
+
+    // A repository whose disk fills up mid-backup: failed, and nothing of it left there.
+    let small = h.home.path().join("small");
+    small_disk(&small, "1m");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "small",
+        "--type",
+        "fs",
+        "--path",
+        small.to_str().unwrap(),
+    ]);
+    let o = h.shoal(&["backup", "create", "src", "--repo", "small"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("space"), "{err}");
+    let all = json(&h, &["backup", "list"]);
+    let states: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["failed", "failed"], "{all:#}");
+    let mut left = Vec::new();
+    let mut dirs = vec![small.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                left.push(e.path());
+            }
+        }
+    }
+    assert_eq!(left, Vec::<std::path::PathBuf>::new());
 }
 
 #[test]

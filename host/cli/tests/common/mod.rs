@@ -555,3 +555,33 @@ pub fn partition(op: &str, port: u64) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// Move the calling thread, and every process it starts afterwards, into a mount namespace
+/// of its own (mounts made there are private: nothing else on the machine sees them, and they
+/// end with the test's last process). Needs root.
+pub fn private_mounts() {
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+    assert_eq!(
+        r,
+        0,
+        "unshare(CLONE_NEWNS) failed (this test needs root): {}",
+        std::io::Error::last_os_error()
+    );
+    let o = Command::new("mount")
+        .args(["--make-rprivate", "/"])
+        .output()
+        .expect("run mount");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Mount a tmpfs of `size` ("1m") on `dir`: a disk that fills up. Call [`private_mounts`]
+/// first.
+pub fn small_disk(dir: &std::path::Path, size: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let o = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .expect("run mount");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
