@@ -8,7 +8,7 @@ use crate::host::{SinkWriter, SourceReader};
 use crate::lifecycle::{Account, Command, RunPlan};
 use crate::manifest::AddonManifest;
 use crate::telemetry::Sample;
-use crate::{Endpoint, File, HookError, Instance, Member, Param, Value};
+use crate::{Endpoint, File, HookError, Instance, Member, Param, Resources, Value};
 
 /// What every hook returns.
 pub type HookResult<T> = Result<T, HookError>;
@@ -203,9 +203,19 @@ pub trait Engine: 'static {
         crate::params::classify(&self.manifest().parameters, changes)
     }
 
-    /// Apply dynamic changes to the running `instance`. Idempotent.
+    /// Apply dynamic changes to the running `instance` and read them back. Idempotent.
     fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
         Err(HookError::Unsupported)
+    }
+
+    /// Every schema parameter's value for `resources` and the user's `params`. The default:
+    /// the user's values, else the schema's defaults ([`crate::params::effective`]); override
+    /// it when the addon derives values (from memory, from other parameters).
+    fn effective(&mut self, params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
+        Ok(crate::params::effective(
+            &self.manifest().parameters,
+            params,
+        ))
     }
 
     // ----- metrics -----

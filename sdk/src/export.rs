@@ -6,7 +6,7 @@ use crate::bindings::exports::shoal::addon::{backup, config, ha, lifecycle, meta
 use crate::bindings::shoal::addon::host::{Sink, Source};
 use crate::host::{SinkWriter, SourceReader};
 use crate::lifecycle::Command;
-use crate::{Engine, HookError, Instance, Member, Param};
+use crate::{Engine, HookError, Instance, Member, Param, Resources};
 
 /// Implemented by the type [`export_engine!`] defines; not for direct use.
 pub trait Provider {
@@ -189,6 +189,10 @@ impl<P: Provider> config::Guest for P {
         changes: Vec<config::ParamChange>,
     ) -> Result<(), HookError> {
         P::with(|e| e.apply_dynamic(&instance, &changes))
+    }
+
+    fn effective(params: Vec<Param>, resources: Resources) -> Result<Vec<Param>, HookError> {
+        P::with(|e| e.effective(&params, &resources))
     }
 }
 

@@ -89,6 +89,21 @@ pub fn classify(
         .collect()
 }
 
+/// Every parameter of `schema` that has a value: the one in `params`, else its default
+/// (parameters with neither are left out).
+pub fn effective(schema: &[ParamSpec], params: &[Param]) -> Vec<Param> {
+    let lookup = Lookup::new(schema, params);
+    schema
+        .iter()
+        .filter_map(|s| {
+            lookup.get(&s.name).map(|v| Param {
+                name: s.name.clone(),
+                value: v.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Effective parameter values: what the user set, else the schema default.
 pub struct Lookup<'a> {
     schema: &'a [ParamSpec],

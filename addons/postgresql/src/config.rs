@@ -7,6 +7,9 @@ use shoal_sdk::prelude::*;
 
 const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
+/// Settings a hot standby may not hold lower than its primary (it refuses to start).
+pub const STANDBY_MINIMUMS: &[&str] = &["max_connections", "max_wal_senders"];
+
 /// Memory assumed when the host sets none.
 const DEFAULT_MEMORY: i64 = 512 * MIB;
 
@@ -101,6 +104,15 @@ pub fn schema() -> Vec<ParamSpec> {
             description: "When a commit is acknowledged.".into(),
         },
         ParamSpec {
+            name: "locale".into(),
+            type_: ParamType::Choice(vec!["C".into(), "C.UTF-8".into()]),
+            default_value: Some(Value::Text("C".into())),
+            apply: ApplyMode::Immutable,
+            description: "Collation and character classes of the databases (initdb --locale); \
+                          fixed when the cluster is created."
+                .into(),
+        },
+        ParamSpec {
             name: "archive_timeout".into(),
             type_: ParamType::DurationMs(IntRange {
                 min: 0,
@@ -141,29 +153,60 @@ fn kb(bytes: i64) -> String {
     format!("{}kB", (bytes / 1024).max(64))
 }
 
+/// The memory settings: the user's values, else derived from the instance's memory.
+pub struct Sizes {
+    pub memory: i64,
+    pub shared_buffers: i64,
+    pub effective_cache_size: i64,
+    pub maintenance_work_mem: i64,
+    pub work_mem: i64,
+}
+
+impl Sizes {
+    pub fn of(resources: &Resources, p: &Lookup<'_>) -> HookResult<Sizes> {
+        let memory = match resources.memory_bytes {
+            0 => DEFAULT_MEMORY,
+            m => i64::try_from(m).unwrap_or(i64::MAX),
+        };
+        let derived = |name: &str, fallback: i64| -> HookResult<i64> {
+            match p.get(name) {
+                Some(_) => p.int(name),
+                None => Ok(fallback),
+            }
+        };
+        let max_connections = p.int("max_connections")?;
+        let shared_buffers = derived("shared_buffers", (memory / 4).clamp(16 * MIB, 8 * GIB))?;
+        Ok(Sizes {
+            memory,
+            shared_buffers,
+            effective_cache_size: derived("effective_cache_size", (memory * 3 / 4).max(16 * MIB))?,
+            maintenance_work_mem: derived(
+                "maintenance_work_mem",
+                (memory / 16).clamp(16 * MIB, 2 * GIB),
+            )?,
+            work_mem: derived(
+                "work_mem",
+                ((memory - shared_buffers) / (max_connections * 3)).clamp(MIB, 256 * MIB),
+            )?,
+        })
+    }
+
+    /// As parameters, by name.
+    pub fn params(&self) -> [(&'static str, i64); 4] {
+        [
+            ("shared_buffers", self.shared_buffers),
+            ("effective_cache_size", self.effective_cache_size),
+            ("maintenance_work_mem", self.maintenance_work_mem),
+            ("work_mem", self.work_mem),
+        ]
+    }
+}
+
 /// postgresql.conf for `instance` with the effective parameters `p`.
 pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String> {
-    let memory = match instance.resources.memory_bytes {
-        0 => DEFAULT_MEMORY,
-        m => i64::try_from(m).unwrap_or(i64::MAX),
-    };
-    let derived = |name: &str, fallback: i64| -> HookResult<i64> {
-        match p.get(name) {
-            Some(_) => p.int(name),
-            None => Ok(fallback),
-        }
-    };
+    let sizes = Sizes::of(&instance.resources, p)?;
+    let memory = sizes.memory;
     let max_connections = p.int("max_connections")?;
-    let shared_buffers = derived("shared_buffers", (memory / 4).clamp(16 * MIB, 8 * GIB))?;
-    let effective_cache = derived("effective_cache_size", (memory * 3 / 4).max(16 * MIB))?;
-    let maintenance = derived(
-        "maintenance_work_mem",
-        (memory / 16).clamp(16 * MIB, 2 * GIB),
-    )?;
-    let work_mem = derived(
-        "work_mem",
-        ((memory - shared_buffers) / (max_connections * 3)).clamp(MIB, 256 * MIB),
-    )?;
     let synchronous_commit = p.text("synchronous_commit")?;
     let archive = archive_settings(instance, p)?;
     Ok(format!(
@@ -196,15 +239,45 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
          {archive}",
         name = instance.name,
         memory_mib = memory / MIB,
-        sb = kb(shared_buffers),
-        ecs = kb(effective_cache),
-        wm = kb(work_mem),
-        mwm = kb(maintenance),
+        sb = kb(sizes.shared_buffers),
+        ecs = kb(sizes.effective_cache_size),
+        wm = kb(sizes.work_mem),
+        mwm = kb(sizes.maintenance_work_mem),
         senders = p.int("max_wal_senders")?,
         keep = p.int("wal_keep_size")? / MIB,
         st = p.int("statement_timeout")?,
         lmds = p.int("log_min_duration_statement")?,
     ))
+}
+
+/// Whether pg_settings' `setting` in `unit` is the value `want` the host asked for, as the
+/// rendered file spells it (sizes to the kB or the setting's unit, durations to the unit).
+pub fn setting_matches(want: &Value, setting: &str, unit: &str) -> bool {
+    match want {
+        Value::Boolean(b) => setting == if *b { "on" } else { "off" },
+        Value::Text(t) => setting == t,
+        Value::Float(f) => setting.parse::<f64>().is_ok_and(|s| (s - f).abs() < 1e-9),
+        Value::Integer(v) => {
+            let Ok(s) = setting.parse::<i64>() else {
+                return false;
+            };
+            let scale = match unit {
+                "" => return s == *v,
+                "B" => 1,
+                "kB" => 1024,
+                "8kB" => 8192,
+                "MB" => MIB,
+                "GB" => GIB,
+                "ms" => 1,
+                "s" => 1000,
+                "min" => 60_000,
+                _ => return false,
+            };
+            // Flooring to the kB when rendered, then to the unit by the server.
+            let tolerance = scale.max(if unit.ends_with('B') { 1024 } else { 1 });
+            (s == -1 && *v == -1) || (s.saturating_mul(scale) - v).abs() < tolerance
+        }
+    }
 }
 
 /// Continuous archiving: the server is always started with `archive_mode = on` (changing it

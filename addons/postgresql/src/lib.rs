@@ -367,8 +367,10 @@ impl Engine for Postgres {
         &mut self,
         instance: &Instance,
         members: &[Member],
-        _params: &[Param],
+        params: &[Param],
     ) -> HookResult<RunPlan> {
+        let schema = config::schema();
+        let p = Lookup::new(&schema, params);
         let data = dir(&instance.data_dir, "data")?;
         let conf = dir(&instance.config_dir, "config")?;
         let port = instance
@@ -438,7 +440,7 @@ impl Engine for Postgres {
                     "--auth-host=scram-sha-256".into(),
                     "--data-checksums".into(),
                     "--encoding=UTF8".into(),
-                    "--locale=C".into(),
+                    format!("--locale={}", p.text("locale")?),
                     "--no-instructions".into(),
                 ],
                 env: vec![],
@@ -1076,10 +1078,80 @@ impl Engine for Postgres {
         Ok(())
     }
 
-    fn apply_dynamic(&mut self, instance: &Instance, _changes: &[ParamChange]) -> HookResult<()> {
+    fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
         // The host has written the new postgresql.conf; a reload applies dynamic settings.
         self.exec(instance, "SELECT pg_reload_conf()")?;
-        Ok(())
+        // Read every set value back: the postmaster re-reads the file asynchronously, and
+        // refuses (keeping the old value) what it cannot take.
+        let wanted: Vec<(&str, &Value)> = changes
+            .iter()
+            .filter_map(|c| c.new_value.as_ref().map(|v| (c.name.as_str(), v)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = wanted.iter().map(|(n, _)| quote_literal(n)).collect();
+        let sql = format!(
+            "SELECT name, setting, coalesce(unit, ''), pending_restart FROM pg_settings \
+             WHERE name IN ({})",
+            names.join(", ")
+        );
+        let mut last = String::new();
+        for _ in 0..50 {
+            let rows = self.exec(instance, &sql)?;
+            let wrong: Vec<String> = wanted
+                .iter()
+                .filter_map(|(name, want)| {
+                    let row = rows.iter().find(|r| r.get(0) == Some(name))?;
+                    let (setting, unit) = (row.get(1).unwrap_or(""), row.get(2).unwrap_or(""));
+                    (!config::setting_matches(want, setting, unit) || row.get(3) == Some("t"))
+                        .then(|| format!("{name} is {setting}{unit}"))
+                })
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
+            }
+            last = wrong.join(", ");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(HookError::failed(format!(
+            "the server did not take the new values after a reload: {last} (its log says why)"
+        )))
+    }
+
+    fn classify(&mut self, changes: &[ParamChange]) -> HookResult<Vec<ClassifiedChange>> {
+        let mut out = shoal_sdk::params::classify(&config::schema(), changes)?;
+        // A hot standby refuses to start with these below its primary's values: a lowered
+        // one goes to the primary first (a raised one to the replicas first, as usual).
+        for c in &mut out {
+            let lowered = changes.iter().any(|ch| {
+                ch.name == c.name
+                    && match (&ch.old_value, &ch.new_value) {
+                        (Some(Value::Integer(o)), Some(Value::Integer(n))) => n < o,
+                        _ => true,
+                    }
+            });
+            if config::STANDBY_MINIMUMS.contains(&c.name.as_str()) && lowered {
+                c.effect = ChangeEffect::RestartPrimaryFirst;
+            }
+        }
+        Ok(out)
+    }
+
+    fn effective(&mut self, params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
+        let schema = config::schema();
+        let p = Lookup::new(&schema, params);
+        let sizes = config::Sizes::of(resources, &p)?;
+        let mut out = shoal_sdk::params::effective(&schema, params);
+        for (name, v) in sizes.params() {
+            if !out.iter().any(|x| x.name == name) {
+                out.push(Param {
+                    name: name.into(),
+                    value: Value::Integer(v),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {

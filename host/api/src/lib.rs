@@ -295,6 +295,68 @@ pub struct ScheduleView {
     pub next_unix_ms: i64,
 }
 
+/// One parameter of a cluster as `shoal cluster config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigParamView {
+    pub name: String,
+    /// The effective value as text (none: the engine's own default applies).
+    pub value: Option<String>,
+    /// `user` (set on the cluster), `default` (the addon's schema default) or `derived` (the
+    /// addon derives it from the resources or other parameters).
+    pub source: String,
+    /// `dynamic`, `restart` or `immutable`.
+    pub apply: String,
+    pub description: String,
+}
+
+/// The configuration of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub cluster: String,
+    /// Version in the cluster's configuration history.
+    pub version: u32,
+    pub resources: ResourceSpec,
+    pub params: Vec<ConfigParamView>,
+}
+
+/// One parameter changing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChangeView {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// `dynamic` (applied live) or `restart` (a rolling restart).
+    pub effect: String,
+}
+
+/// What a configuration change does; with the operation that does it unless a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigPlanView {
+    pub cluster: String,
+    pub changes: Vec<ConfigChangeView>,
+    /// Resources before and after (equal unless resized).
+    pub resources_from: ResourceSpec,
+    pub resources_to: ResourceSpec,
+    /// Whether the instances restart (one at a time, with a switchover for the primary).
+    pub restart: bool,
+    /// Whether the primary restarts first, in place (writes pause for its restart): a limit
+    /// replicas may not hold lower than their primary is being lowered.
+    #[serde(default)]
+    pub primary_first: bool,
+    pub op: Option<OpView>,
+}
+
+/// One version of a cluster's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersionView {
+    pub version: u32,
+    pub at_unix_ms: i64,
+    pub parameters: BTreeMap<String, String>,
+    pub resources: ResourceSpec,
+    /// What made it ("created", "set work_mem=16MB", "rollback to 2", "resize memory=2Gi").
+    pub reason: String,
+}
+
 /// Continuous archiving of one cluster (WAL segments, binlog files) into a repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveView {
@@ -434,6 +496,40 @@ pub enum Request {
     /// Read every object of a backup and check it; answers with a [`VerifyView`].
     BackupVerify {
         id: String,
+    },
+    /// The cluster's parameters: effective values, their source and apply class.
+    ConfigShow {
+        name: String,
+    },
+    /// Set and unset parameters in one validated, transactional change; answers with a
+    /// [`ConfigPlanView`] (with the operation unless `dry_run`).
+    ConfigSet {
+        name: String,
+        #[serde(default)]
+        set: BTreeMap<String, String>,
+        #[serde(default)]
+        unset: Vec<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    ConfigHistory {
+        name: String,
+    },
+    /// Go back to version `to` (default: the one before the current).
+    ConfigRollback {
+        name: String,
+        to: Option<u32>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Change the resources of every instance (a rolling restart; memory-derived settings
+    /// follow).
+    Resize {
+        name: String,
+        cpu: Option<String>,
+        memory: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Switch continuous archiving of a cluster on (into `repo`, else the default one) or
     /// off; answers with the [`ArchiveView`].

@@ -193,7 +193,7 @@ pub fn parse_time(s: &str) -> Result<i64, Failure> {
 }
 
 /// RFC 3339 UTC of Unix milliseconds.
-fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"))

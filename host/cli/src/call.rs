@@ -388,6 +388,7 @@ async fn dispatch(
         Hook::Validate => json(&c.validate(params).await?),
         Hook::Classify => json(&c.classify(&changes).await?),
         Hook::ApplyDynamic => json(&c.apply_dynamic(instance, &changes).await?),
+        Hook::Effective => json(&c.effective(params, instance.resources).await?),
         Hook::Metrics => json(&c.metrics(instance).await?),
     })
 }

@@ -78,14 +78,27 @@ pub enum ClusterCommand {
     Start(OpArgs),
     /// Rolling restart: replicas one at a time, then the primary.
     Restart(OpArgs),
-    /// Change the number of instances.
+    /// Change the number of instances (--replicas), or the CPU and memory of every instance
+    /// (--cpu, --memory: a rolling restart; memory-derived settings follow).
     Scale {
         name: String,
+        #[arg(long, conflicts_with_all = ["cpu", "memory"], required_unless_present_any = ["cpu", "memory"])]
+        replicas: Option<u32>,
+        /// CPU per instance ("500m", "2").
         #[arg(long)]
-        replicas: u32,
+        cpu: Option<String>,
+        /// Memory per instance ("512Mi", "2Gi").
+        #[arg(long)]
+        memory: Option<String>,
+        /// With --cpu/--memory: show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         no_wait: bool,
     },
+    /// Show or change a cluster's parameters: `config NAME`, `config set NAME k=v …`,
+    /// `config unset NAME k …`, `config history NAME`, `config rollback NAME [--to N]`.
+    Config(crate::config::ConfigArgs),
     /// Delete a cluster; its data stays unless --purge.
     Delete {
         name: String,
@@ -183,8 +196,8 @@ pub struct CreateArgs {
     /// Storage per instance ("10Gi").
     #[arg(long)]
     pub storage: Option<String>,
-    /// Engine parameter NAME=VALUE. Repeatable.
-    #[arg(long = "param", value_name = "NAME=VALUE")]
+    /// Engine parameter NAME=VALUE (`shoal addon inspect` lists them). Repeatable.
+    #[arg(long = "set", visible_alias = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
     /// A cluster spec (YAML or JSON); flags override its fields.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -285,9 +298,19 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
         }
         ClusterCommand::Scale {
             name,
-            replicas,
+            replicas: Some(replicas),
             no_wait,
+            ..
         } => simple_op(&mut c, Request::Scale { name, replicas }, no_wait).await,
+        ClusterCommand::Scale {
+            name,
+            replicas: None,
+            cpu,
+            memory,
+            dry_run,
+            no_wait,
+        } => crate::config::resize(&mut c, name, cpu, memory, dry_run, no_wait).await,
+        ClusterCommand::Config(a) => crate::config::run(&mut c, a).await,
         ClusterCommand::Delete {
             name,
             purge,

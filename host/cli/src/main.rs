@@ -5,6 +5,7 @@
 mod backup;
 mod call;
 mod cluster;
+mod config;
 mod inspect;
 mod output;
 mod runtime_opts;

@@ -19,20 +19,6 @@ fn fail(h: &Host, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `shoal args` is refused as bad input (exit code 2) with a message containing `want`.
-fn refused(h: &Host, args: &[&str], want: &str) {
-    let o = h.shoal(args);
-    assert_eq!(o.status.code(), Some(2), "{args:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(want), "{args:?}: {err}");
-}
-
-fn json(h: &Host, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&h.ok(&a)).expect("json")
-}
-
 /// Add directory repository `local` under the host's home; returns its directory.
 fn add_fs_repo(h: &Host) -> std::path::PathBuf {
     let dir = h.home.path().join("repo");
@@ -75,16 +61,7 @@ fn add_s3_repo(h: &Host, s3: &shoal_tests::S3Server) {
 
 /// A loaded two-instance cluster; returns its checksum.
 fn loaded_cluster(h: &Host, name: &str) -> String {
-    h.ok(&[
-        "cluster",
-        "create",
-        name,
-        "--engine",
-        "postgresql",
-        "--replicas",
-        "2",
-    ]);
-    h.wait_healthy(name);
+    create_pg(h, name, 2, &[]);
     let uri = h.uri(name);
     psql(
         &uri,
@@ -518,16 +495,7 @@ fn wait_archived(h: &Host, cluster: &str, name: &str) {
 #[test]
 fn point_in_time_restore_replays_the_archive_to_exactly_the_moment_asked() {
     let h = Host::start((23640, 23699));
-    h.ok(&[
-        "cluster",
-        "create",
-        "src",
-        "--engine",
-        "postgresql",
-        "--replicas",
-        "2",
-    ]);
-    h.wait_healthy("src");
+    create_pg(&h, "src", 2, &[]);
     add_fs_repo(&h);
     assert!(fail(&h, &["backup", "archive", "nope"]).contains("no cluster"));
     assert!(h

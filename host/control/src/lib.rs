@@ -25,6 +25,7 @@ mod node;
 pub mod ops;
 pub mod proxy;
 pub mod quantity;
+pub mod reconfigure;
 pub mod secrets;
 pub mod server;
 pub mod store;

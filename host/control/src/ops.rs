@@ -32,6 +32,10 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             let p = c.db(|s| s.op_params(id)).unwrap_or_default();
             crate::backups::run_backup(&c, &op.cluster, &p).await
         }
+        "reconfigure" => {
+            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
+            crate::reconfigure::run(&c, &op.cluster, &p).await
+        }
         "scale" => {
             let n = c
                 .db(|s| s.op_params(id))
@@ -76,9 +80,10 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
             // A failed HA operation leaves the cluster serving as well as it can; the
             // supervisor reports it degraded or running.
+            // A failed reconfigure has put the previous configuration back.
             if !matches!(
                 op.kind.as_str(),
-                "delete" | "failover" | "switchover" | "rebuild"
+                "delete" | "failover" | "switchover" | "rebuild" | "reconfigure"
             ) {
                 let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
             }

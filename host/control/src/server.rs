@@ -221,6 +221,30 @@ async fn handle(
             replicas,
             to_unix_ms,
         } => json(c.restore(&name, &backup, replicas, to_unix_ms).await?),
+        Request::ConfigShow { name } => json(c.config_show(&name).await?),
+        Request::ConfigSet {
+            name,
+            set,
+            unset,
+            dry_run,
+        } => {
+            c.require_management(&name).await?;
+            json(c.config_set(&name, set, unset, dry_run).await?)
+        }
+        Request::ConfigHistory { name } => json(c.config_history(&name)?),
+        Request::ConfigRollback { name, to, dry_run } => {
+            c.require_management(&name).await?;
+            json(c.config_rollback(&name, to, dry_run).await?)
+        }
+        Request::Resize {
+            name,
+            cpu,
+            memory,
+            dry_run,
+        } => {
+            c.require_management(&name).await?;
+            json(c.resize(&name, cpu, memory, dry_run).await?)
+        }
         Request::ArchiveSet { cluster, repo, on } => {
             c.require_management(&cluster).await?;
             json(c.archive_set(&cluster, repo.as_deref(), on).await?)

@@ -108,6 +108,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cluster, name)
      );
      CREATE INDEX archive_units_time ON archive_units(cluster, stored_ms);",
+    // 6: configuration history, one row per applied version of a cluster's parameters and
+    // resources.
+    "CREATE TABLE config_versions (
+        cluster TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        view TEXT NOT NULL,
+        PRIMARY KEY (cluster, version)
+     );",
 ];
 
 /// A backup as stored.
@@ -383,6 +391,10 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM ports WHERE cluster = ?1", params![name])?;
         tx.execute("DELETE FROM instances WHERE cluster = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM config_versions WHERE cluster = ?1",
+            params![name],
+        )?;
         tx.execute("DELETE FROM clusters WHERE name = ?1", params![name])?;
         tx.commit()?;
         Ok(())
@@ -742,6 +754,27 @@ impl Store {
     pub fn units(&self, cluster: &str) -> Result<Vec<shoal_api::ArchiveUnitView>> {
         self.views(
             "SELECT view FROM archive_units WHERE cluster = ?1 ORDER BY stored_ms, name",
+            Some(cluster),
+        )
+    }
+
+    /// Record a version of a cluster's configuration.
+    pub fn put_config_version(
+        &self,
+        cluster: &str,
+        v: &shoal_api::ConfigVersionView,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO config_versions (cluster, version, view) VALUES (?1, ?2, ?3)",
+            params![cluster, v.version, serde_json::to_string(v)?],
+        )?;
+        Ok(())
+    }
+
+    /// A cluster's configuration versions, oldest first.
+    pub fn config_versions(&self, cluster: &str) -> Result<Vec<shoal_api::ConfigVersionView>> {
+        self.views(
+            "SELECT view FROM config_versions WHERE cluster = ?1 ORDER BY version",
             Some(cluster),
         )
     }

@@ -19,8 +19,8 @@ use crate::state::{HostState, MemoryLimiter};
 use crate::streams::{HostSink, HostSource};
 use crate::wit::{
     Account, AddonManifest, ArchiveUnit, BackupInfo, ClassifiedChange, Command, File, Hook,
-    HookError, Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, RoleReport,
-    RunPlan, Sample,
+    HookError, Instance, Member, Param, ParamChange, ParamError, RecoveryTarget, Resources,
+    RoleReport, RunPlan, Sample,
 };
 
 /// Extra wall-clock time past the deadline before the async call is abandoned, so a guest that
@@ -397,6 +397,18 @@ impl<'a> Caller<'a> {
     ) -> Result<(), CallError> {
         self.invoke(Hook::ApplyDynamic, async |a, s| {
             a.config(s)?.call_apply_dynamic(s, instance, changes).await
+        })
+        .await
+    }
+
+    /// `config.effective`.
+    pub async fn effective(
+        &self,
+        params: &[Param],
+        resources: Resources,
+    ) -> Result<Vec<Param>, CallError> {
+        self.invoke(Hook::Effective, async |a, s| {
+            a.config(s)?.call_effective(s, params, resources).await
         })
         .await
     }

@@ -182,7 +182,12 @@ impl RuntimeConfig {
 /// Built-in deadlines per hook: short for reads the host makes often, long for data movement.
 pub fn default_timeout(hook: Hook) -> Duration {
     let secs = match hook {
-        Hook::Manifest | Hook::Validate | Hook::Classify | Hook::RunSpec | Hook::RenderConfig => 5,
+        Hook::Manifest
+        | Hook::Validate
+        | Hook::Classify
+        | Hook::Effective
+        | Hook::RunSpec
+        | Hook::RenderConfig => 5,
         Hook::Probe => 2,
         Hook::Metrics => 5,
         Hook::PostProvision

@@ -49,7 +49,7 @@ pub use shoal::addon::types::{
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 22] = [
+    pub const ALL: [Hook; 23] = [
         Hook::Manifest,
         Hook::RunSpec,
         Hook::RenderConfig,
@@ -71,6 +71,7 @@ impl Hook {
         Hook::Validate,
         Hook::Classify,
         Hook::ApplyDynamic,
+        Hook::Effective,
         Hook::Metrics,
     ];
 
@@ -98,6 +99,7 @@ impl Hook {
             Hook::Validate => "validate",
             Hook::Classify => "classify",
             Hook::ApplyDynamic => "apply-dynamic",
+            Hook::Effective => "effective",
             Hook::Metrics => "metrics",
         }
     }
@@ -127,7 +129,7 @@ impl Hook {
             Hook::Backup | Hook::Restore | Hook::ArchiveContinuous | Hook::RestoreToTime => {
                 "backup"
             }
-            Hook::Validate | Hook::Classify | Hook::ApplyDynamic => "config",
+            Hook::Validate | Hook::Classify | Hook::ApplyDynamic | Hook::Effective => "config",
             Hook::Metrics => "telemetry",
         }
     }

@@ -585,3 +585,36 @@ pub fn small_disk(dir: &std::path::Path, size: &str) {
         .expect("run mount");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `shoal args -o json`, parsed.
+pub fn json(h: &Host, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&h.ok(&a)).expect("json")
+}
+
+/// `shoal args` is refused as bad input (exit code 2) with a message containing `want`.
+pub fn refused(h: &Host, args: &[&str], want: &str) {
+    let o = h.shoal(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
+/// Create PostgreSQL cluster `name` with `replicas` instances (and `extra` flags) and wait
+/// until it is healthy; returns its description.
+pub fn create_pg(h: &Host, name: &str, replicas: u32, extra: &[&str]) -> serde_json::Value {
+    let n = replicas.to_string();
+    let mut args = vec![
+        "cluster",
+        "create",
+        name,
+        "--engine",
+        "postgresql",
+        "--replicas",
+        &n,
+    ];
+    args.extend(extra);
+    h.ok(&args);
+    h.wait_healthy(name)
+}
