@@ -214,6 +214,7 @@ mod tests {
                 default_value: Some(Value::Integer(2)),
                 apply: ApplyMode::Restart,
                 description: String::new(),
+                versions: vec![],
             },
             ParamSpec {
                 name: "mode".into(),
@@ -221,6 +222,7 @@ mod tests {
                 default_value: None,
                 apply: ApplyMode::Dynamic,
                 description: String::new(),
+                versions: vec![],
             },
             ParamSpec {
                 name: "locale".into(),
@@ -228,6 +230,7 @@ mod tests {
                 default_value: None,
                 apply: ApplyMode::Immutable,
                 description: String::new(),
+                versions: vec![],
             },
         ]
     }

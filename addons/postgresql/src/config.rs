@@ -27,6 +27,7 @@ fn size(
         default_value: default.map(Value::Integer),
         apply,
         description: description.into(),
+        versions: vec![],
     }
 }
 
@@ -42,6 +43,7 @@ pub fn schema() -> Vec<ParamSpec> {
             default_value: Some(Value::Integer(100)),
             apply: ApplyMode::Restart,
             description: "Most concurrent client connections.".into(),
+            versions: vec![],
         },
         size(
             "shared_buffers",
@@ -89,6 +91,7 @@ pub fn schema() -> Vec<ParamSpec> {
             default_value: Some(Value::Integer(20)),
             apply: ApplyMode::Restart,
             description: "Most replication connections.".into(),
+            versions: vec![],
         },
         ParamSpec {
             name: "synchronous_commit".into(),
@@ -102,6 +105,17 @@ pub fn schema() -> Vec<ParamSpec> {
             default_value: Some(Value::Text("on".into())),
             apply: ApplyMode::Dynamic,
             description: "When a commit is acknowledged.".into(),
+            versions: vec![],
+        },
+        ParamSpec {
+            name: "io_method".into(),
+            type_: ParamType::Choice(vec!["worker".into(), "sync".into()]),
+            default_value: None,
+            apply: ApplyMode::Restart,
+            description: "How asynchronous I/O is performed (PostgreSQL 18; unset: the \
+                          server's default, worker)."
+                .into(),
+            versions: vec!["18".into()],
         },
         ParamSpec {
             name: "locale".into(),
@@ -111,6 +125,7 @@ pub fn schema() -> Vec<ParamSpec> {
             description: "Collation and character classes of the databases (initdb --locale); \
                           fixed when the cluster is created."
                 .into(),
+            versions: vec![],
         },
         ParamSpec {
             name: "archive_timeout".into(),
@@ -124,6 +139,7 @@ pub fn schema() -> Vec<ParamSpec> {
                           current WAL segment at least this often (0: only when full): the \
                           most a point-in-time restore can miss of recent writes."
                 .into(),
+            versions: vec![],
         },
         ParamSpec {
             name: "statement_timeout".into(),
@@ -134,6 +150,7 @@ pub fn schema() -> Vec<ParamSpec> {
             default_value: Some(Value::Integer(0)),
             apply: ApplyMode::Dynamic,
             description: "Abort statements running longer (0: no limit).".into(),
+            versions: vec![],
         },
         ParamSpec {
             name: "log_min_duration_statement".into(),
@@ -144,6 +161,7 @@ pub fn schema() -> Vec<ParamSpec> {
             default_value: Some(Value::Integer(-1)),
             apply: ApplyMode::Dynamic,
             description: "Log statements running longer (-1: never).".into(),
+            versions: vec![],
         },
     ]
 }
@@ -208,7 +226,13 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
     let memory = sizes.memory;
     let max_connections = p.int("max_connections")?;
     let synchronous_commit = p.text("synchronous_commit")?;
-    let archive = archive_settings(instance, p)?;
+    // Settings that depend on the cluster's archiving and on the engine version.
+    let mut tail = archive_settings(instance, p)?;
+    if instance.engine_version == "18" {
+        if let Some(Value::Text(m)) = p.get("io_method") {
+            tail.push_str(&format!("io_method = '{m}'\n"));
+        }
+    }
     Ok(format!(
         "# Rendered by Shoal from the PostgreSQL addon for {name} ({memory_mib} MiB); \
          edits here are overwritten.\n\
@@ -236,7 +260,7 @@ pub fn postgresql_conf(instance: &Instance, p: &Lookup<'_>) -> HookResult<String
          log_line_prefix = '%m [%p] %q%u@%d '\n\
          log_timezone = 'UTC'\n\
          timezone = 'UTC'\n\
-         {archive}",
+         {tail}",
         name = instance.name,
         memory_mib = memory / MIB,
         sb = kb(sizes.shared_buffers),

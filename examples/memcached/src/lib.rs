@@ -148,6 +148,7 @@ impl Engine for Memcached {
                     default_value: Some(Value::Integer(64 << 20)),
                     apply: ApplyMode::Restart,
                     description: "Item memory (-m), rounded down to whole MiB.".into(),
+                    versions: vec![],
                 },
                 ParamSpec {
                     name: "max-connections".into(),
@@ -158,6 +159,7 @@ impl Engine for Memcached {
                     default_value: Some(Value::Integer(1024)),
                     apply: ApplyMode::Restart,
                     description: "Simultaneous client connections (-c).".into(),
+                    versions: vec![],
                 },
                 ParamSpec {
                     name: "threads".into(),
@@ -165,6 +167,7 @@ impl Engine for Memcached {
                     default_value: Some(Value::Integer(4)),
                     apply: ApplyMode::Restart,
                     description: "Worker threads (-t).".into(),
+                    versions: vec![],
                 },
             ],
             capabilities: vec![],

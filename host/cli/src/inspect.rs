@@ -249,9 +249,14 @@ fn render(v: &Inspection<'_>) -> String {
                 .as_ref()
                 .map(|d| format!(" default {}", value_text(d, &p.type_)))
                 .unwrap_or_default();
+            let only = if p.versions.is_empty() {
+                String::new()
+            } else {
+                format!(" (only {})", p.versions.join(", "))
+            };
             let _ = writeln!(
                 s,
-                "  {:<22} {}, {}{default}",
+                "  {:<22} {}, {}{default}{only}",
                 p.name,
                 word(p.apply),
                 type_text(&p.type_)

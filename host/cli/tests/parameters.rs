@@ -199,6 +199,7 @@ fn bad_parameter_input_is_refused_naming_it_and_vertical_scaling_rolls() {
         (vec!["set", "src", "max_connections=5"], "outside"),
         (vec!["set", "src", "work_mem=12XB"], "work_mem"),
         (vec!["set", "src", "locale=C.UTF-8"], "immutable"),
+        (vec!["set", "src", "io_method=sync"], "only in 18"),
         (
             vec!["set", "src", "synchronous_commit=maybe"],
             "synchronous_commit",
@@ -258,4 +259,30 @@ fn bad_parameter_input_is_refused_naming_it_and_vertical_scaling_rolls() {
     );
     let v = json(&h, &["cluster", "config", "src"]);
     assert_eq!(v["resources"]["memory"], "1Gi");
+    let names: Vec<&str> = v["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"io_method"),
+        "a PostgreSQL 18 parameter on 15: {names:?}"
+    );
+
+    // A parameter of one engine version only: PostgreSQL 18's io_method.
+    create_pg(
+        &h,
+        "new",
+        1,
+        &["--version", "18", "--set", "io_method=sync"],
+    );
+    assert_eq!(on_every_instance(&h, "new", "io_method"), ["sync"]);
+    assert_eq!(
+        shown(&h, "new", "io_method"),
+        ("sync".into(), "user".into())
+    );
+    h.ok(&["cluster", "config", "unset", "new", "io_method"]);
+    assert_eq!(on_every_instance(&h, "new", "io_method"), ["worker"]);
+    assert_eq!(shown(&h, "new", "io_method"), ("-".into(), "engine".into()));
 }

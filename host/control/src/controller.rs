@@ -380,7 +380,7 @@ impl Controller {
                 .map_err(ApiError::invalid)?
                 .unwrap_or(0),
         };
-        let params = self.typed_params(addon, &spec.parameters)?;
+        let params = self.typed_params(addon, &version, &spec.parameters)?;
         let errors = addon
             .call(&CallContext::default())
             .validate(&params)
@@ -403,6 +403,7 @@ impl Controller {
     pub(crate) fn typed_params(
         &self,
         addon: &LoadedAddon,
+        version: &str,
         given: &BTreeMap<String, String>,
     ) -> Result<Vec<Param>, ApiError> {
         let schema = &addon.manifest().parameters;
@@ -410,13 +411,24 @@ impl Controller {
             .iter()
             .map(|(name, text)| {
                 let spec = schema.iter().find(|s| &s.name == name).ok_or_else(|| {
-                    let known: Vec<&str> = schema.iter().map(|s| s.name.as_str()).collect();
+                    let known: Vec<&str> = schema
+                        .iter()
+                        .filter(|s| for_version(s, version))
+                        .map(|s| s.name.as_str())
+                        .collect();
                     ApiError::invalid(format!(
                         "{} has no parameter {name:?} (it has: {})",
                         addon.engine(),
                         known.join(", ")
                     ))
                 })?;
+                if !for_version(spec, version) {
+                    return Err(ApiError::invalid(format!(
+                        "parameter {name} does not exist in {} {version} (only in {})",
+                        addon.engine(),
+                        spec.versions.join(", ")
+                    )));
+                }
                 let value = shoal_runtime::params::parse_value(&spec.type_, text)
                     .map_err(|e| ApiError::invalid(format!("parameter {name}: {e}")))?;
                 Ok(Param {
@@ -821,4 +833,9 @@ pub fn instance_view(i: &InstanceRow) -> InstanceView {
         term: i.term,
         position: i.position,
     }
+}
+
+/// Whether parameter `s` exists in engine version `version`.
+pub(crate) fn for_version(s: &wit::ParamSpec, version: &str) -> bool {
+    s.versions.is_empty() || s.versions.iter().any(|v| v == version)
 }

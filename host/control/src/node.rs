@@ -197,7 +197,7 @@ impl Controller {
     /// Effective parameters of a cluster, typed.
     pub(crate) fn params_of(&self, c: &ClusterRow) -> Result<Vec<Param>, String> {
         let addon = self.addon(&c.engine).map_err(|e| e.message)?;
-        self.typed_params(addon, &c.spec.parameters)
+        self.typed_params(addon, &c.version, &c.spec.parameters)
             .map_err(|e| e.message)
     }
 

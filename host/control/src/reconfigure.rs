@@ -90,6 +90,7 @@ impl Controller {
             .manifest()
             .parameters
             .iter()
+            .filter(|s| crate::controller::for_version(s, &cl.version))
             .map(|s| {
                 let value = effective
                     .iter()

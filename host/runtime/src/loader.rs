@@ -325,6 +325,16 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
             crate::params::check_value(&p.type_, d)
                 .map_err(|e| format!("parameter {}: default {e}", p.name))?;
         }
+        if let Some(v) = p
+            .versions
+            .iter()
+            .find(|v| !m.versions.iter().any(|x| &x.version == *v))
+        {
+            return Err(format!(
+                "parameter {}: version {v:?} is not one of the addon's versions",
+                p.name
+            ));
+        }
         match &p.type_ {
             wit::ParamType::Integer(r)
             | wit::ParamType::SizeBytes(r)
