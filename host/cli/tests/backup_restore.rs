@@ -322,15 +322,7 @@ fn bad_backup_input_is_refused_clearly_and_changes_nothing() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     assert_eq!(json(&h, &["backup-repo", "list"]), serde_json::json!([]));
-    h.ok(&[
-        "backup-repo",
-        "add",
-        "local",
-        "--type",
-        "fs",
-        "--path",
-        dir.to_str().unwrap(),
-    ]);
+    assert_eq!(add_fs_repo(&h), dir);
     for (args, want) in [
         (vec!["backup", "create", "nope"], "no cluster named"),
         (

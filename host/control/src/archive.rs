@@ -39,7 +39,7 @@ fn safe_unit_name(name: &str) -> bool {
 
 /// Key of a stored unit.
 pub(crate) fn unit_key(cluster: &str, name: &str) -> String {
-    format!("{cluster}/wal/{name}.zst")
+    format!("{cluster}/archive/{name}.zst")
 }
 
 pub(crate) fn unit_object(u: &ArchiveUnitView) -> StoredObject {
@@ -321,7 +321,7 @@ async fn ship_one(
         .unwrap_or_else(|p| p.into_inner())
         .get(&slot)
         .cloned();
-    let incoming = format!("{}/wal/incoming-{}.zst", cl.name, i.name);
+    let incoming = format!("{}/archive/incoming-{}.zst", cl.name, i.name);
     let (writer, pending) = shoal_backup::write_object(repo, &incoming, ZSTD_LEVEL);
     let dir = i.archive_dir();
     let mut ctx = c.bulk_ctx(cl, i, all, Default::default())?;
