@@ -338,10 +338,23 @@ impl Engine for Redis {
                 );
                 let link_up = info.get("master_link_status") == Some("up");
                 let syncing = info.get("master_sync_in_progress") == Some("1");
+                // After a full sync with appendonly on, a replica rewrites its append-only
+                // file and ignores SIGTERM until that ends ("Writing initial AOF, can't
+                // exit"): it is not ready before that.
+                let rewriting = info.get("aof_enabled") == Some("1")
+                    && (info.get("aof_rewrite_in_progress") == Some("1")
+                        || info.get("aof_rewrite_scheduled") == Some("1"));
                 let (health, detail) = if loading {
                     (
                         Health::Starting,
                         format!("Redis {version}, replica loading its data"),
+                    )
+                } else if link_up && rewriting {
+                    (
+                        Health::Starting,
+                        format!(
+                            "Redis {version}, replica of {from}, rewriting its append-only file"
+                        ),
                     )
                 } else if link_up {
                     let io = info.int("master_last_io_seconds_ago").unwrap_or(-1);
