@@ -128,7 +128,7 @@ impl Engine for Redis {
                 version: "7.0".into(),
                 is_default: true,
                 binary_paths: vec!["/usr/bin".into()],
-                packages: vec!["redis-server (Debian: apt-get install redis-server)".into()],
+                packages: vec!["redis-server (Debian: apt-get install redis-server, which brings redis-tools: redis-cli, redis-check-rdb)".into()],
             }],
             topologies: vec![
                 Topology {
