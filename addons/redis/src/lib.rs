@@ -128,7 +128,9 @@ impl Engine for Redis {
                 version: "7.0".into(),
                 is_default: true,
                 binary_paths: vec!["/usr/bin".into()],
-                packages: vec!["redis-server (Debian: apt-get install redis-server, which brings redis-tools: redis-cli, redis-check-rdb)".into()],
+                packages: vec![
+                    "redis-server and redis-tools (Debian: apt-get install redis-server)".into(),
+                ],
             }],
             topologies: vec![
                 Topology {
@@ -767,8 +769,8 @@ impl Engine for Redis {
             ("connected_slaves", MetricKind::Gauge, "Replicas connected."),
             (
                 "master_repl_offset",
-                MetricKind::Counter,
-                "Replication offset.",
+                MetricKind::Gauge,
+                "Replication offset (bytes of the replication stream).",
             ),
         ];
         Ok(FIELDS
@@ -777,7 +779,14 @@ impl Engine for Redis {
                 info.get(name)
                     .and_then(|v| v.parse::<f64>().ok())
                     .map(|value| Sample {
-                        name: format!("redis_{name}"),
+                        // Prometheus style: counters end in _total.
+                        name: match kind {
+                            MetricKind::Counter => format!(
+                                "redis_{}_total",
+                                name.strip_prefix("total_").unwrap_or(name)
+                            ),
+                            MetricKind::Gauge => format!("redis_{name}"),
+                        },
                         kind: *kind,
                         value,
                         labels: vec![],
