@@ -313,6 +313,64 @@ mod tests {
         ));
     }
 
+    fn instance(role: &str) -> Instance {
+        Instance {
+            cluster: "c".into(),
+            component: "redis".into(),
+            name: "c-1".into(),
+            engine_version: "7.0".into(),
+            endpoint: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 7001,
+            },
+            ports: vec![NamedPort {
+                name: "client".into(),
+                port: 7001,
+            }],
+            data_dir: Some("/srv/c-1/data".into()),
+            config_dir: Some("/srv/c-1/config".into()),
+            archive_dir: None,
+            role: Some(role.into()),
+            term: 1,
+            credentials: None,
+            resources: Resources {
+                cpu_millis: 0,
+                memory_bytes: 1 << 30,
+                storage_bytes: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn renders_replicaof_only_for_a_replica_and_quotes_the_password() {
+        let primary = Member {
+            name: "c-0".into(),
+            endpoint: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 7000,
+            },
+            ports: vec![],
+            role: Some("primary".into()),
+            healthy: true,
+        };
+        let set = [Param {
+            name: "maxmemory-policy".into(),
+            value: Value::Text("allkeys-lru".into()),
+        }];
+        let conf = redis_conf(&instance("replica"), &[primary.clone()], &set, "p\"w").unwrap();
+        assert!(conf.contains("\nreplicaof 127.0.0.1 7000\n"), "{conf}");
+        assert!(conf.contains("requirepass \"p\\\"w\"\n"), "{conf}");
+        assert!(conf.contains("masterauth \"p\\\"w\"\n"), "{conf}");
+        assert!(conf.contains("\nport 7001\n"), "{conf}");
+        assert!(conf.contains("dir \"/srv/c-1/data\"\n"), "{conf}");
+        assert!(conf.contains("maxmemory-policy allkeys-lru\n"), "{conf}");
+        // Three quarters of 1 GiB, derived.
+        assert!(conf.contains("maxmemory 805306368\n"), "{conf}");
+        let conf = redis_conf(&instance("primary"), &[primary], &[], "pw").unwrap();
+        assert!(!conf.contains("replicaof"), "{conf}");
+        assert!(redis_conf(&instance("replica"), &[], &[], "pw").is_err());
+    }
+
     #[test]
     fn maxmemory_follows_memory() {
         let r = |m| Resources {
