@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shoal's test suite: build every addon to wasm, then run all host tests against real engine
-# processes (PostgreSQL 15 and 18, memcached, etcd) started on free loopback ports by the tests.
+# processes (PostgreSQL 15 and 18, memcached, Redis, etcd) started on free loopback ports by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,9 @@ missing=()
 command -v memcached >/dev/null || missing+=("memcached (apt-get install memcached)")
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=("PostgreSQL 15 (apt-get install postgresql)")
 command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client)")
+command -v redis-server >/dev/null || missing+=("redis-server (apt-get install redis-server)")
+command -v redis-cli >/dev/null || missing+=("redis-cli (apt-get install redis-tools)")
+command -v redis-check-rdb >/dev/null || missing+=("redis-check-rdb (apt-get install redis-tools)")
 command -v etcd >/dev/null || missing+=("etcd (apt-get install etcd-server)")
 command -v etcdctl >/dev/null || missing+=("etcdctl (apt-get install etcd-client)")
 command -v iptables >/dev/null || missing+=("iptables (apt-get install iptables)")

@@ -618,3 +618,82 @@ pub fn create_pg(h: &Host, name: &str, replicas: u32, extra: &[&str]) -> serde_j
     h.ok(&args);
     h.wait_healthy(name)
 }
+
+/// Start a host with the Redis addon whose instances take ports from `ports`.
+pub fn start_redis_host(ports: (u16, u16)) -> Host {
+    Host::start_with(ports, &["shoal_addon_redis.wasm"], None)
+}
+
+/// Run `redis-cli` against 127.0.0.1:`port` as the default user with `password`; its output
+/// (trimmed) or its error. Redis reports command errors on stdout with exit code 0, so a
+/// reply starting with an error word is an error too.
+pub fn redis_cli(port: u64, password: &str, args: &[&str]) -> Result<String, String> {
+    let o = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--user",
+            "default",
+        ])
+        .arg("--no-auth-warning")
+        .args(args)
+        .env("REDISCLI_AUTH", password)
+        .output()
+        .map_err(|e| format!("run redis-cli (apt-get install redis-tools): {e}"))?;
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let first = out.split_whitespace().next().unwrap_or("");
+    let is_error = [
+        "ERR",
+        "WRONGPASS",
+        "NOAUTH",
+        "READONLY",
+        "NOREPLICAS",
+        "LOADING",
+    ]
+    .contains(&first)
+        || out.starts_with("(error)");
+    if o.status.success() && !is_error {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))
+    }
+}
+
+/// Ask `redis-cli` on `port` until it answers `want` (replication is asynchronous).
+pub fn redis_eventually(port: u64, password: &str, args: &[&str], want: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = redis_cli(port, password, args);
+        if got.as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "127.0.0.1:{port}: redis-cli {args:?} never returned {want:?}: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Create Redis cluster `name` with `replicas` instances (and `extra` flags) and wait until
+/// it is healthy; returns its description.
+pub fn create_redis(h: &Host, name: &str, replicas: u32, extra: &[&str]) -> serde_json::Value {
+    let n = replicas.to_string();
+    let mut args = vec![
+        "cluster",
+        "create",
+        name,
+        "--engine",
+        "redis",
+        "--replicas",
+        &n,
+    ];
+    args.extend(extra);
+    h.ok(&args);
+    h.wait_healthy(name)
+}

@@ -1,0 +1,800 @@
+//! The Redis addon: how to run `redis-server` (every setting in a rendered `redis.conf` in the
+//! config directory, nothing in the data directory), asynchronous replication with
+//! `replicaof`, probes, promotion, fencing and switchover over RESP, RDB backups streamed by
+//! `redis-cli --rdb -`, restores into a stopped data directory, and parameters applied live
+//! with `CONFIG SET` and read back with `CONFIG GET`.
+//!
+//! The administrative account is Redis's `default` user with `requirepass` (the host's
+//! generated password); replicas authenticate to their primary with the same password
+//! (`masteruser default`, `masterauth`).
+
+use std::time::{Duration, Instant};
+
+use shoal_sdk::prelude::*;
+
+mod config;
+mod resp;
+
+use resp::{Conn, Info, Reply};
+
+/// Connect, read and write timeout of the probe and of short commands: a healthy server
+/// answers in microseconds, a frozen one must be noticed before the probe's 2 s deadline.
+const IO_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The administrative user (Redis's built-in `default` user, password by `requirepass`).
+const ADMIN_USER: &str = "default";
+/// Deadline of a backup or a restore.
+const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
+/// `min-replicas-to-write` while fenced: no write is ever accepted (NOREPLICAS).
+const FENCE: i64 = i32::MAX as i64;
+/// How long a fence also pauses writes (`CLIENT PAUSE … WRITE`): clients wait instead of
+/// failing, and expiry and eviction stop, so the replication offset holds still while a
+/// switchover waits for the candidate. The `min-replicas-to-write` fence outlives it.
+const PAUSE_MS: u64 = 60_000;
+/// How long a switchover waits for the candidate to reach the old primary's offset.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+struct Redis {
+    /// A connection kept between calls of a live instance (the probe loop).
+    conn: Option<Conn>,
+}
+
+fn password(instance: &Instance) -> HookResult<&str> {
+    instance
+        .credentials
+        .as_ref()
+        .map(|c| c.password.as_str())
+        .ok_or_else(|| HookError::invalid("the host gave no credentials for the default user"))
+}
+
+/// (user, password) to authenticate as on `instance`.
+fn auth(instance: &Instance) -> HookResult<(&str, &str)> {
+    let user = instance
+        .credentials
+        .as_ref()
+        .map(|c| c.username.as_str())
+        .filter(|u| !u.is_empty())
+        .unwrap_or(ADMIN_USER);
+    Ok((user, password(instance)?))
+}
+
+fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
+    d.as_deref()
+        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
+}
+
+/// A fresh connection to `endpoint` with the instance's credentials.
+fn connect_to(endpoint: &Endpoint, instance: &Instance) -> HookResult<Conn> {
+    Conn::connect(endpoint, Some(auth(instance)?), IO_TIMEOUT)
+}
+
+/// A short line for errors: the replication fields that matter.
+fn replication_summary(info: &Info) -> String {
+    [
+        "role",
+        "master_host",
+        "master_port",
+        "master_link_status",
+        "master_repl_offset",
+    ]
+    .iter()
+    .filter_map(|k| info.get(k).map(|v| format!("{k}={v}")))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+impl Redis {
+    /// A connection to `instance`, reusing the kept one when it still answers.
+    fn conn(&mut self, instance: &Instance) -> HookResult<&mut Conn> {
+        let addr = instance.address();
+        let reusable = match self.conn.as_mut() {
+            Some(c) if c.peer() == addr => c.call(&["PING"]).is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            self.conn = None;
+            self.conn = Some(connect_to(&instance.endpoint, instance)?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| HookError::failed("no connection"))
+    }
+
+    /// Run `f` on the connection to `instance`; a failure drops the kept connection.
+    fn with<T>(
+        &mut self,
+        instance: &Instance,
+        f: impl FnOnce(&mut Conn) -> HookResult<T>,
+    ) -> HookResult<T> {
+        let r = f(self.conn(instance)?);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+impl Engine for Redis {
+    fn new() -> Self {
+        Redis { conn: None }
+    }
+
+    fn manifest(&self) -> AddonManifest {
+        AddonManifest {
+            engine: "redis".into(),
+            display_name: "Redis".into(),
+            description: "Redis with asynchronous primary-replica replication.".into(),
+            addon_version: "0.1.0".into(),
+            versions: vec![EngineVersion {
+                version: "7.0".into(),
+                is_default: true,
+                binary_paths: vec!["/usr/bin".into()],
+                packages: vec![
+                    "redis-server and redis-tools (Debian: apt-get install redis-server)".into(),
+                ],
+            }],
+            topologies: vec![
+                Topology {
+                    kind: TopologyKind::Standalone,
+                    roles: vec!["primary".into()],
+                    min_members: 1,
+                    max_members: 1,
+                    description: "One server.".into(),
+                },
+                Topology {
+                    kind: TopologyKind::PrimaryReplica,
+                    roles: vec!["primary".into(), "replica".into()],
+                    min_members: 1,
+                    max_members: 16,
+                    description: "A primary and replicas following it with `replicaof` \
+                                  (asynchronous: a failover can lose the latest writes)."
+                        .into(),
+                },
+            ],
+            roles: vec![
+                RoleSpec {
+                    name: "primary".into(),
+                    writable: true,
+                    votes: false,
+                    exclusive: true,
+                    description: "Accepts writes; replicas follow it.".into(),
+                },
+                RoleSpec {
+                    name: "replica".into(),
+                    writable: false,
+                    votes: false,
+                    exclusive: false,
+                    description: "Read-only copy following the primary.".into(),
+                },
+            ],
+            ports: vec![PortSpec {
+                name: "client".into(),
+                description: "RESP (clients and replication).".into(),
+            }],
+            backup_methods: vec![BackupMethod {
+                name: "rdb".into(),
+                kind: BackupKind::Full,
+                target_role: Some("replica".into()),
+                point_in_time: false,
+                description: "An RDB snapshot streamed by `redis-cli --rdb -` (an rdb-only \
+                              sync from a replica, else the primary); restored as the new \
+                              primary's dump.rdb before its first start"
+                    .into(),
+            }],
+            parameters: config::schema(),
+            capabilities: ["redis-cli", "dd", "truncate", "redis-check-rdb"]
+                .into_iter()
+                .map(|p| Capability::Exec(p.into()))
+                .collect(),
+            limits: vec![
+                HookLimit {
+                    hook: Hook::Probe,
+                    timeout_ms: 2000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Backup,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Restore,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+            ],
+            client: Some(ClientInfo {
+                uri_template: "redis://{user}:{password}@{host}:{port}".into(),
+                shell: vec!["redis-cli".into(), "-u".into(), "{uri}".into()],
+            }),
+            admin_user: Some(ADMIN_USER.into()),
+        }
+    }
+
+    fn run_spec(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        _params: &[Param],
+    ) -> HookResult<RunPlan> {
+        let conf = dir(&instance.config_dir, "config")?;
+        dir(&instance.data_dir, "data")?;
+        Ok(RunPlan {
+            server: Command {
+                program: "redis-server".into(),
+                args: vec![format!("{conf}/redis.conf")],
+                env: vec![],
+            },
+            // Nothing to initialise: a primary starts empty (or from a restored dump.rdb),
+            // a replica gets its data from its primary by a full sync at its first start.
+            init: vec![],
+            readiness: Readiness::Probe,
+            // SIGTERM: Redis waits (shutdown-timeout, 10 s) for lagging replicas, then saves.
+            stop_signal: StopSignal::Term,
+            stop_timeout_ms: 60_000,
+            unprivileged: true,
+            image: Some(format!(
+                "docker.io/library/redis:{}",
+                instance.engine_version
+            )),
+        })
+    }
+
+    fn render_config(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<Vec<File>> {
+        let conf = config::redis_conf(instance, members, params, password(instance)?)?;
+        Ok(vec![File {
+            path: "redis.conf".into(),
+            contents: conf.into_bytes(),
+            // It holds the password.
+            mode: 0o600,
+        }])
+    }
+
+    fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        // The password comes from redis.conf; check that it works.
+        self.with(instance, |c| c.ok(&["PING"]))
+    }
+
+    fn pre_terminate(&mut self, _instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        Ok(())
+    }
+
+    fn member_join(
+        &mut self,
+        _instance: &Instance,
+        _joining: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // A Redis primary admits any replica that authenticates; nothing to prepare.
+        Ok(())
+    }
+
+    fn member_leave(
+        &mut self,
+        _instance: &Instance,
+        _leaving: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        Ok(())
+    }
+
+    fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        let replies = self.with(instance, |c| {
+            c.pipeline(&[
+                &["INFO", "server", "replication", "persistence"],
+                &["CONFIG", "GET", "min-replicas-to-write"],
+            ])
+        })?;
+        let peer = instance.address();
+        let info = match replies.first() {
+            Some(Reply::Error(e)) => return Err(resp::server_error(&peer, &["INFO"], e)),
+            Some(r) => Info::parse(&r.text().unwrap_or_default()),
+            None => return Err(HookError::failed("INFO: no reply")),
+        };
+        let fenced = match replies.get(1) {
+            Some(Reply::Array(Some(items))) => items
+                .get(1)
+                .and_then(Reply::text)
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|v| v >= FENCE),
+            _ => false,
+        };
+        let version = info.get("redis_version").unwrap_or("?").to_string();
+        let position = info
+            .int("master_repl_offset")
+            .map(|v| u64::try_from(v).unwrap_or(0));
+        let loading = info.get("loading") == Some("1");
+        match info.get("role") {
+            Some("master") => {
+                let replicas = info.int("connected_slaves").unwrap_or(0);
+                Ok(RoleReport {
+                    role: "primary".into(),
+                    writable: !fenced && !loading,
+                    term: None,
+                    lag_bytes: None,
+                    lag_ms: None,
+                    health: if loading {
+                        Health::Starting
+                    } else {
+                        Health::Healthy
+                    },
+                    position,
+                    detail: if fenced {
+                        format!("Redis {version}, primary fenced (writes refused)")
+                    } else if loading {
+                        format!("Redis {version}, primary loading its data")
+                    } else {
+                        format!("Redis {version}, primary with {replicas} replica(s)")
+                    },
+                })
+            }
+            Some("slave") => {
+                let from = format!(
+                    "{}:{}",
+                    info.get("master_host").unwrap_or("?"),
+                    info.get("master_port").unwrap_or("?")
+                );
+                let link_up = info.get("master_link_status") == Some("up");
+                let syncing = info.get("master_sync_in_progress") == Some("1");
+                // After a full sync with appendonly on, a replica rewrites its append-only
+                // file and ignores SIGTERM until that ends ("Writing initial AOF, can't
+                // exit"): it is not ready before that.
+                let rewriting = info.get("aof_enabled") == Some("1")
+                    && (info.get("aof_rewrite_in_progress") == Some("1")
+                        || info.get("aof_rewrite_scheduled") == Some("1"));
+                let (health, detail) = if loading {
+                    (
+                        Health::Starting,
+                        format!("Redis {version}, replica loading its data"),
+                    )
+                } else if link_up && rewriting {
+                    (
+                        Health::Starting,
+                        format!(
+                            "Redis {version}, replica of {from}, rewriting its append-only file"
+                        ),
+                    )
+                } else if link_up {
+                    let io = info.int("master_last_io_seconds_ago").unwrap_or(-1);
+                    (
+                        Health::Healthy,
+                        format!(
+                            "Redis {version}, replica of {from}, link up (last I/O {io} s ago)"
+                        ),
+                    )
+                } else if syncing {
+                    (
+                        Health::Starting,
+                        format!("Redis {version}, replica of {from}, full sync in progress"),
+                    )
+                } else {
+                    let down = info.int("master_link_down_since_seconds").unwrap_or(-1);
+                    (
+                        Health::Degraded,
+                        format!("Redis {version}, replica of {from}, link down (for {down} s)"),
+                    )
+                };
+                Ok(RoleReport {
+                    role: "replica".into(),
+                    writable: false,
+                    term: None,
+                    lag_bytes: None,
+                    lag_ms: None,
+                    health,
+                    position,
+                    detail,
+                })
+            }
+            other => Err(HookError::failed(format!(
+                "{peer}: INFO replication reports role {other:?}"
+            ))),
+        }
+    }
+
+    fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {
+        self.with(instance, |c| {
+            // Stop following (keeps the data and the replication history, so the other
+            // replicas can continue from it with a partial resync), then lift any fence.
+            c.ok(&["REPLICAOF", "NO", "ONE"])?;
+            c.ok(&["CONFIG", "SET", "min-replicas-to-write", "0"])?;
+            c.ok(&["CLIENT", "UNPAUSE"])?;
+            let info = c.info(&["replication"])?;
+            if info.get("role") != Some("master") {
+                return Err(HookError::retryable(format!(
+                    "{}: still not a primary after REPLICAOF NO ONE: {}",
+                    c.peer(),
+                    replication_summary(&info)
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn demote(
+        &mut self,
+        instance: &Instance,
+        new_primary: Option<&Member>,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let pw = password(instance)?.to_string();
+        self.with(instance, |c| {
+            let info = c.info(&["replication"])?;
+            if info.get("role") == Some("master") {
+                // A primary is fenced in place: every write is refused from now on
+                // (NOREPLICAS), and for a while writes wait instead (CLIENT PAUSE WRITE), which
+                // also stops expiry and eviction so its offset holds still. It does not follow
+                // `new_primary` now (that one may still be replicating from it): the host
+                // stops it and starts it again as a replica of the new primary.
+                c.ok(&["CONFIG", "SET", "min-replicas-to-write", &FENCE.to_string()])?;
+                c.ok(&["CLIENT", "PAUSE", &PAUSE_MS.to_string(), "WRITE"])?;
+                return Ok(());
+            }
+            // A replica (always read-only) follows the new primary: with the same
+            // replication history a partial resync, otherwise a full one.
+            if let Some(p) = new_primary {
+                c.ok(&["CONFIG", "SET", "masterauth", &pw])?;
+                let port = p.endpoint.port.to_string();
+                let same = info.get("master_host") == Some(p.endpoint.host.as_str())
+                    && info.get("master_port") == Some(port.as_str());
+                if !same {
+                    c.ok(&["REPLICAOF", &p.endpoint.host, &port])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn switchover(
+        &mut self,
+        instance: &Instance,
+        candidate: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // The host has fenced this primary (demote): no write is taken any more. Wait until
+        // the candidate has processed the whole replication stream up to here.
+        let (target, me) = self.with(instance, |c| {
+            let info = c.info(&["replication"])?;
+            if info.get("role") != Some("master") {
+                return Err(HookError::failed(format!(
+                    "{} is not a primary: {}",
+                    instance.name,
+                    replication_summary(&info)
+                )));
+            }
+            let target = info
+                .int("master_repl_offset")
+                .ok_or_else(|| HookError::failed("INFO replication has no master_repl_offset"))?;
+            Ok((target, instance.endpoint.clone()))
+        })?;
+        let mut cand = connect_to(&candidate.endpoint, instance)
+            .map_err(|e| e.context(format!("candidate {}", candidate.name)))?;
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            let info = cand
+                .info(&["replication"])
+                .map_err(|e| e.context(format!("candidate {}", candidate.name)))?;
+            let follows = info.get("role") == Some("slave")
+                && info.get("master_host") == Some(me.host.as_str())
+                && info.get("master_port") == Some(me.port.to_string().as_str());
+            if !follows {
+                return Err(HookError::failed(format!(
+                    "{} does not follow {}: {}",
+                    candidate.name,
+                    instance.name,
+                    replication_summary(&info)
+                )));
+            }
+            let offset = info.int("master_repl_offset").unwrap_or(-1);
+            if info.get("master_link_status") == Some("up") && offset >= target {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(HookError::retryable(format!(
+                    "{} is still {} bytes behind {} after {} s",
+                    candidate.name,
+                    target - offset,
+                    instance.name,
+                    CATCH_UP.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn rebuild(
+        &mut self,
+        _instance: &Instance,
+        _source: &Member,
+        _members: &[Member],
+    ) -> HookResult<Vec<Command>> {
+        // Nothing to rewind: the host moves the old data aside and starts the instance as a
+        // replica of `source` (its rendered replicaof), which loads a full copy by itself.
+        Ok(vec![])
+    }
+
+    fn set_sync(
+        &mut self,
+        _instance: &Instance,
+        standbys: &[Member],
+        quorum: u32,
+    ) -> HookResult<()> {
+        if standbys.is_empty() || quorum == 0 {
+            return Ok(());
+        }
+        // min-replicas-to-write only refuses writes while too few replicas are connected;
+        // it never waits for one to hold a write, so it is not synchronous replication.
+        Err(HookError::invalid(
+            "Redis has no synchronous replication: a write is acknowledged before any replica \
+             has it (WAIT is per client); run Redis clusters with ha.mode async",
+        ))
+    }
+
+    fn backup(
+        &mut self,
+        instance: &Instance,
+        method: &str,
+        _params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        if method != "rdb" {
+            return Err(HookError::invalid(format!(
+                "unknown backup method {method:?}: the Redis addon has \"rdb\""
+            )));
+        }
+        let (user, pw) = auth(instance)?;
+        let (offset, version, used) = {
+            let mut c = connect_to(&instance.endpoint, instance)?;
+            let info = c.info(&["server", "replication", "memory"])?;
+            (
+                info.get("master_repl_offset").map(str::to_string),
+                info.get("redis_version").unwrap_or("?").to_string(),
+                info.int("used_memory_dataset")
+                    .and_then(|v| u64::try_from(v).ok()),
+            )
+        };
+        shoal_sdk::host::progress(0, used, &format!("rdb backup of {}", instance.name));
+        let ep = &instance.endpoint;
+        // The password goes by environment, not on the command line (ps would show it).
+        let out = Exec::new("redis-cli")
+            .args([
+                "-h",
+                &ep.host,
+                "-p",
+                &ep.port.to_string(),
+                "--user",
+                user,
+                "--no-auth-warning",
+                "--rdb",
+                "-",
+            ])
+            .env("REDISCLI_AUTH", pw)
+            .run_into(into)?
+            .ok_or_failed("redis-cli --rdb")?;
+        // "Transfer finished with success after 189 bytes". With a diskless sync redis-cli
+        // also writes the 40-byte end mark to stdout (it can only cut it off a file); the
+        // restore keeps the first N bytes.
+        let log = String::from_utf8_lossy(&out.stderr);
+        let rdb_bytes = log
+            .lines()
+            .find_map(|l| l.split_once("Transfer finished with success after "))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                HookError::failed(format!(
+                    "redis-cli did not report a finished transfer: {}",
+                    log.trim()
+                ))
+            })?;
+        if rdb_bytes == 0 || out.streamed_bytes < rdb_bytes {
+            return Err(HookError::failed(format!(
+                "redis-cli reported {rdb_bytes} bytes of RDB but {} reached the backup",
+                out.streamed_bytes
+            )));
+        }
+        shoal_sdk::info!(
+            "rdb backup of {}: {rdb_bytes} bytes of RDB ({} streamed)",
+            instance.name,
+            out.streamed_bytes
+        );
+        Ok(BackupInfo {
+            method: method.into(),
+            engine_version: instance.engine_version.clone(),
+            start_position: offset,
+            end_position: None,
+            labels: vec![
+                ("tool".into(), "redis-cli --rdb".into()),
+                ("rdb-bytes".into(), rdb_bytes.to_string()),
+                ("redis-version".into(), version),
+            ],
+        })
+    }
+
+    fn restore(
+        &mut self,
+        instance: &Instance,
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+        _recovery_follows: bool,
+    ) -> HookResult<()> {
+        if info.method != "rdb" {
+            return Err(HookError::invalid(format!(
+                "cannot restore a backup made with method {:?}",
+                info.method
+            )));
+        }
+        let data = dir(&instance.data_dir, "data")?;
+        let dump = format!("{data}/dump.rdb");
+        Exec::new("dd")
+            .args([format!("of={dump}"), "bs=1M".into(), "status=none".into()])
+            .run_from(from)?
+            .ok_or_failed("dd")?;
+        // Keep exactly the RDB: a diskless sync's end mark follows it in the stream.
+        if let Some((_, n)) = info.labels.iter().find(|(k, _)| k == "rdb-bytes") {
+            let n: u64 = n
+                .parse()
+                .map_err(|_| HookError::invalid(format!("label rdb-bytes is {n:?}")))?;
+            Exec::new("truncate")
+                .args(["-s".to_string(), n.to_string(), dump.clone()])
+                .run_ok()?;
+        }
+        let magic = Exec::new("dd")
+            .args([format!("if={dump}"), "bs=5".into(), "count=1".into()])
+            .arg("status=none")
+            .run_ok()?;
+        if magic.stdout != b"REDIS" {
+            return Err(HookError::failed(format!(
+                "the backup is not an RDB file: it starts with {:?}, not \"REDIS\"",
+                String::from_utf8_lossy(&magic.stdout)
+            )));
+        }
+        let check = Exec::new("redis-check-rdb").arg(&dump).run()?;
+        if check.exit_code != Some(0) {
+            let said = check.stdout_text();
+            let last: Vec<&str> = said.lines().rev().take(3).collect();
+            return Err(HookError::failed(format!(
+                "redis-check-rdb finds the restored RDB damaged: {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+        // With appendonly on, Redis 7 loads the append-only file, not dump.rdb; an old-style
+        // appendonly.aof (an RDB is one, as its preamble) is taken over into appendonlydir at
+        // the first start. With appendonly off it is ignored.
+        Exec::new("dd")
+            .args([
+                format!("if={dump}"),
+                format!("of={data}/appendonly.aof"),
+                "bs=1M".into(),
+                "status=none".into(),
+            ])
+            .run_ok()?;
+        Ok(())
+    }
+
+    fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
+        Ok(config::validate(params))
+    }
+
+    fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
+        let schema = config::schema();
+        // Unset means the default (or the derived value) again.
+        let wanted: Vec<(String, Value)> = changes
+            .iter()
+            .map(|c| {
+                let v = match &c.new_value {
+                    Some(v) => Some(v.clone()),
+                    None => config::effective_value(
+                        &shoal_sdk::params::Lookup::new(&schema, &[]),
+                        &c.name,
+                        &instance.resources,
+                    ),
+                };
+                v.map(|v| (c.name.clone(), v))
+                    .ok_or_else(|| HookError::invalid(format!("{}: no value to apply", c.name)))
+            })
+            .collect::<HookResult<_>>()?;
+        self.with(instance, |c| {
+            for (name, value) in &wanted {
+                let text = config::redis_value(name, value);
+                c.call(&["CONFIG", "SET", name, &text]).map_err(|e| {
+                    HookError::failed(format!("Redis did not take {name}={text}: {e}"))
+                })?;
+            }
+            for (name, value) in &wanted {
+                let got = match c.call(&["CONFIG", "GET", name])? {
+                    Reply::Array(Some(items)) => items.get(1).and_then(Reply::text),
+                    _ => None,
+                };
+                let got = got.unwrap_or_default();
+                if !config::matches(name, value, &got) {
+                    return Err(HookError::failed(format!(
+                        "Redis did not take {name}: asked {}, it reports {got:?}",
+                        config::redis_value(name, value)
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn effective(&mut self, params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
+        Ok(config::effective(params, resources))
+    }
+
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        let info = self.with(instance, |c| {
+            c.info(&["clients", "memory", "stats", "replication"])
+        })?;
+        const FIELDS: &[(&str, MetricKind, &str)] = &[
+            (
+                "connected_clients",
+                MetricKind::Gauge,
+                "Client connections.",
+            ),
+            (
+                "used_memory",
+                MetricKind::Gauge,
+                "Bytes allocated by Redis.",
+            ),
+            ("maxmemory", MetricKind::Gauge, "Memory limit (0: none)."),
+            (
+                "total_connections_received",
+                MetricKind::Counter,
+                "Connections accepted.",
+            ),
+            (
+                "total_commands_processed",
+                MetricKind::Counter,
+                "Commands processed.",
+            ),
+            (
+                "keyspace_hits",
+                MetricKind::Counter,
+                "Lookups that found a key.",
+            ),
+            (
+                "keyspace_misses",
+                MetricKind::Counter,
+                "Lookups that found nothing.",
+            ),
+            ("expired_keys", MetricKind::Counter, "Keys expired."),
+            (
+                "evicted_keys",
+                MetricKind::Counter,
+                "Keys evicted at maxmemory.",
+            ),
+            ("connected_slaves", MetricKind::Gauge, "Replicas connected."),
+            (
+                "master_repl_offset",
+                MetricKind::Gauge,
+                "Replication offset (bytes of the replication stream).",
+            ),
+        ];
+        Ok(FIELDS
+            .iter()
+            .filter_map(|(name, kind, help)| {
+                info.get(name)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|value| Sample {
+                        // Prometheus style: counters end in _total.
+                        name: match kind {
+                            MetricKind::Counter => format!(
+                                "redis_{}_total",
+                                name.strip_prefix("total_").unwrap_or(name)
+                            ),
+                            MetricKind::Gauge => format!("redis_{name}"),
+                        },
+                        kind: *kind,
+                        value,
+                        labels: vec![],
+                        help: (*help).into(),
+                    })
+            })
+            .collect())
+    }
+}
+
+shoal_sdk::export_engine!(Redis);

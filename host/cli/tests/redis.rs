@@ -1,0 +1,282 @@
+//! The Redis addon end to end: a real `shoal serve`, real Redis 7.0 servers. A primary and
+//! two replicas replicate a write; a kill -9 of the primary fails over to a replica that
+//! holds the data and the old primary comes back as a replica; a switchover moves the
+//! primary role with nothing lost; an RDB backup restores into a new cluster with the same
+//! data; a dynamic parameter applies live (same processes), a static one rolls the cluster;
+//! bad input is refused naming the parameter, changing nothing.
+
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+/// (name, client port, role) of every instance, and the cluster's password.
+fn instances(h: &Host, name: &str) -> (Vec<(String, u64, String)>, String) {
+    (ports(&h.describe(name)), password(h, name))
+}
+
+/// Wait until `name` has a primary other than `old`, every instance running and healthy.
+fn wait_new_primary(h: &Host, name: &str, old: &str) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = h.describe(name);
+        let all = d["instances"].as_array().unwrap();
+        let primary = all.iter().find(|i| i["role"] == "primary");
+        let settled = all
+            .iter()
+            .all(|i| i["state"] == "running" && i["health"] == "healthy");
+        if settled && primary.is_some_and(|p| p["name"] != old) {
+            return d;
+        }
+        assert!(Instant::now() < until, "no new primary: {d:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `INFO replication`'s role on `port` ("master" or "slave").
+fn role(port: u64, pw: &str) -> String {
+    let info = redis_cli(port, pw, &["INFO", "replication"]).unwrap();
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("role:"))
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn replicas_follow_the_primary_and_a_killed_primary_fails_over_to_one_that_has_the_data() {
+    let h = start_redis_host((24100, 24124));
+    let d = create_redis(&h, "r", 3, &[]);
+    let (all, pw) = instances(&h, "r");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.iter().filter(|(_, _, r)| r == "primary").count(), 1);
+    let (primary, pid, pport) = primary_of(&d);
+
+    // A write through the read-write endpoint is readable on the primary and both replicas;
+    // replicas refuse writes.
+    let rw = rw_port(&d) as u64;
+    assert_eq!(redis_cli(rw, &pw, &["SET", "k", "v1"]).unwrap(), "OK");
+    for i in 1..=100 {
+        redis_cli(pport, &pw, &["SET", &format!("n:{i}"), &i.to_string()]).unwrap();
+    }
+    for (_, port, _) in &all {
+        redis_eventually(*port, &pw, &["GET", "k"], "v1");
+        redis_eventually(*port, &pw, &["DBSIZE"], "101");
+    }
+    let replica = all.iter().find(|(_, _, r)| r == "replica").unwrap();
+    let refused = redis_cli(replica.1, &pw, &["SET", "k", "no"]).unwrap_err();
+    assert!(refused.contains("READONLY"), "{refused}");
+    // The managed password is required.
+    assert!(redis_cli(pport, "wrong", &["PING"]).is_err());
+
+    // kill -9 of the primary: a replica is promoted and has every key; the old primary
+    // comes back as a replica of it.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let d = wait_new_primary(&h, "r", &primary);
+    let (new_primary, _, nport) = primary_of(&d);
+    assert_ne!(new_primary, primary);
+    assert_eq!(role(nport, &pw), "master");
+    assert_eq!(redis_cli(nport, &pw, &["GET", "k"]).unwrap(), "v1");
+    assert_eq!(redis_cli(nport, &pw, &["DBSIZE"]).unwrap(), "101");
+    let events = h.ok(&["cluster", "events", "r", "--limit", "50"]);
+    assert!(events.contains("failover"), "{events}");
+    // Writes go to the new primary and reach everyone, the old primary included.
+    let rw = rw_port(&d) as u64;
+    assert_eq!(redis_cli(rw, &pw, &["SET", "after", "yes"]).unwrap(), "OK");
+    for (name, port, _) in ports(&d) {
+        redis_eventually(port, &pw, &["GET", "after"], "yes");
+        if name == primary {
+            assert_eq!(role(port, &pw), "slave", "{name} came back as a replica");
+            redis_eventually(port, &pw, &["GET", "k"], "v1");
+        }
+    }
+}
+
+#[test]
+fn a_switchover_moves_the_primary_role_and_loses_nothing() {
+    let h = start_redis_host((24125, 24149));
+    let d = create_redis(&h, "s", 3, &[]);
+    let pw = password(&h, "s");
+    let (old, _, _) = primary_of(&d);
+    let rw = rw_port(&d) as u64;
+    for i in 1..=500 {
+        redis_cli(rw, &pw, &["SET", &format!("k:{i}"), &i.to_string()]).unwrap();
+    }
+    let target = ports(&d)
+        .into_iter()
+        .find(|(_, _, r)| r == "replica")
+        .unwrap()
+        .0;
+    h.ok(&["cluster", "switchover", "s", "--to", &target]);
+    let d = wait_new_primary(&h, "s", &old);
+    let (now, _, nport) = primary_of(&d);
+    assert_eq!(now, target);
+    assert_eq!(role(nport, &pw), "master");
+    for (_, port, _) in ports(&d) {
+        redis_eventually(port, &pw, &["DBSIZE"], "500");
+        redis_eventually(port, &pw, &["GET", "k:500"], "500");
+    }
+    // The old primary follows the new one and refuses writes.
+    let old_port = ports(&d).into_iter().find(|(n, _, _)| *n == old).unwrap().1;
+    assert_eq!(role(old_port, &pw), "slave");
+    assert!(redis_cli(old_port, &pw, &["SET", "x", "1"])
+        .unwrap_err()
+        .contains("READONLY"));
+    assert_eq!(
+        redis_cli(rw_port(&d) as u64, &pw, &["SET", "x", "1"]).unwrap(),
+        "OK"
+    );
+}
+
+#[test]
+fn an_rdb_backup_restores_into_a_new_cluster_with_the_same_data() {
+    let h = start_redis_host((24150, 24174));
+    let d = create_redis(&h, "src", 2, &[]);
+    let pw = password(&h, "src");
+    let rw = rw_port(&d) as u64;
+    for i in 1..=1000 {
+        redis_cli(rw, &pw, &["SET", &format!("k:{i}"), &format!("v{i}")]).unwrap();
+    }
+    redis_cli(rw, &pw, &["RPUSH", "list", "a", "b", "c"]).unwrap();
+    // The backup is taken from the replica: wait until it has everything.
+    for (_, port, _) in ports(&d) {
+        redis_eventually(port, &pw, &["DBSIZE"], "1001");
+    }
+    let repo = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        repo.to_str().unwrap(),
+    ]);
+    let out = h.ok(&["backup", "create", "src"]);
+    let id = out.lines().last().unwrap().trim().to_string();
+    let b = json(&h, &["backup", "describe", &id]);
+    assert_eq!(b["state"], "completed", "{b:#}");
+    assert_eq!(b["method"], "rdb");
+    assert_eq!(
+        b["source_instance"], "src-1",
+        "a healthy replica is preferred"
+    );
+    assert!(h.ok(&["backup", "verify", &id]).contains("verified"));
+
+    h.ok(&[
+        "cluster",
+        "restore",
+        "copy",
+        "--from-backup",
+        &id,
+        "--replicas",
+        "2",
+    ]);
+    let c = h.wait_healthy("copy");
+    let cpw = password(&h, "copy");
+    assert_ne!(cpw, pw, "the restored cluster has its own password");
+    for (_, port, _) in ports(&c) {
+        redis_eventually(port, &cpw, &["DBSIZE"], "1001");
+        redis_eventually(port, &cpw, &["GET", "k:1000"], "v1000");
+        redis_eventually(port, &cpw, &["LRANGE", "list", "0", "-1"], "a\nb\nc");
+    }
+    // The restored primary takes writes.
+    assert_eq!(
+        redis_cli(rw_port(&c) as u64, &cpw, &["SET", "new", "1"]).unwrap(),
+        "OK"
+    );
+}
+
+#[test]
+fn parameters_apply_live_or_by_a_rolling_restart_and_bad_input_is_refused() {
+    let h = start_redis_host((24175, 24199));
+    let d = create_redis(&h, "p", 3, &["--set", "maxmemory=64MB"]);
+    let pw = password(&h, "p");
+    let pids: Vec<u64> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    let config_get = |port: u64, name: &str| {
+        redis_cli(port, &pw, &["CONFIG", "GET", name])
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    for (_, port, _) in ports(&d) {
+        assert_eq!(config_get(port, "maxmemory"), (64u64 << 20).to_string());
+        assert_eq!(config_get(port, "maxmemory-policy"), "noeviction");
+    }
+
+    // Dynamic: CONFIG SET on every instance, the same processes.
+    h.ok(&[
+        "cluster",
+        "config",
+        "set",
+        "p",
+        "maxmemory-policy=allkeys-lru",
+    ]);
+    let d = h.wait_healthy("p");
+    for (_, port, _) in ports(&d) {
+        assert_eq!(config_get(port, "maxmemory-policy"), "allkeys-lru");
+    }
+    let after: Vec<u64> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, after, "a dynamic change restarts nothing");
+
+    // Static: a rolling restart (with a switchover) brings databases=32 everywhere.
+    redis_cli(rw_port(&d) as u64, &pw, &["SET", "kept", "yes"]).unwrap();
+    h.ok(&["cluster", "config", "set", "p", "databases=32"]);
+    let d = h.wait_healthy("p");
+    for (_, port, _) in ports(&d) {
+        assert_eq!(config_get(port, "databases"), "32");
+        redis_eventually(port, &pw, &["GET", "kept"], "yes");
+    }
+
+    // Bad input: refused with exit code 2 naming the parameter; nothing changes.
+    refused(&h, &["cluster", "config", "set", "p", "nope=1"], "nope");
+    refused(
+        &h,
+        &["cluster", "config", "set", "p", "databases=many"],
+        "databases",
+    );
+    refused(
+        &h,
+        &["cluster", "config", "set", "p", "maxmemory-policy=lru"],
+        "maxmemory-policy",
+    );
+    refused(
+        &h,
+        &["cluster", "config", "set", "p", "timeout=1500ms"],
+        "timeout",
+    );
+    refused(
+        &h,
+        &["cluster", "config", "set", "p", "appendonly=maybe"],
+        "appendonly",
+    );
+    let o = h.shoal(&[
+        "cluster",
+        "create",
+        "bad",
+        "--engine",
+        "redis",
+        "--set",
+        "io-threads=0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("io-threads"));
+    let d = h.describe("p");
+    for (_, port, _) in ports(&d) {
+        assert_eq!(config_get(port, "maxmemory-policy"), "allkeys-lru");
+        assert_eq!(config_get(port, "databases"), "32");
+    }
+}
