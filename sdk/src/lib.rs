@@ -60,8 +60,8 @@ pub use bindings::shoal::addon::types::{
 pub mod manifest {
     pub use crate::bindings::exports::shoal::addon::metadata::{
         AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, ClientInfo, EngineVersion,
-        FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology,
-        TopologyKind,
+        FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec,
+        SyncSupport, Topology, TopologyKind,
     };
 }
 

@@ -360,6 +360,7 @@ impl Engine for Postgres {
                 shell: vec!["psql".into(), "{uri}".into()],
             }),
             admin_user: Some("postgres".into()),
+            sync_replication: SyncSupport::Strict,
         }
     }
 

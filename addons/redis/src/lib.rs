@@ -207,6 +207,7 @@ impl Engine for Redis {
                 shell: vec!["redis-cli".into(), "-u".into(), "{uri}".into()],
             }),
             admin_user: Some(ADMIN_USER.into()),
+            sync_replication: SyncSupport::None,
         }
     }
 

@@ -188,6 +188,7 @@ impl Engine for Memcached {
                 shell: vec![],
             }),
             admin_user: None,
+            sync_replication: SyncSupport::None,
         }
     }
 

@@ -205,6 +205,7 @@ fn render(v: &Inspection<'_>) -> String {
             t.roles.join(", ")
         );
     }
+    let _ = writeln!(s, "sync repl    {}", word(m.sync_replication));
     for r in &m.roles {
         let mut flags = Vec::new();
         if r.writable {

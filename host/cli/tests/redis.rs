@@ -274,6 +274,23 @@ fn parameters_apply_live_or_by_a_rolling_restart_and_bad_input_is_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("io-threads"));
+    // Redis has no synchronous replication: its manifest says so and the host refuses
+    // ha.mode sync at create instead of failing later.
+    let spec = h.home.path().join("sync.yaml");
+    std::fs::write(
+        &spec,
+        "name: sy\nengine: redis\nreplicas: 3\nha:\n  mode: sync\n",
+    )
+    .unwrap();
+    refused(
+        &h,
+        &["cluster", "create", "-f", spec.to_str().unwrap()],
+        "no synchronous replication",
+    );
+    assert!(
+        !h.shoal(&["cluster", "describe", "sy"]).status.success(),
+        "a refused create left a cluster behind"
+    );
     let d = h.describe("p");
     for (_, port, _) in ports(&d) {
         assert_eq!(config_get(port, "maxmemory-policy"), "allkeys-lru");

@@ -323,6 +323,15 @@ impl Controller {
             }
         }
         let m = addon.manifest();
+        if spec.ha.mode == shoal_api::ReplicationMode::Sync
+            && m.sync_replication == wit::SyncSupport::None
+        {
+            return Err(ApiError::invalid(format!(
+                "ha.mode sync: {} has no synchronous replication (its addon declares \
+                 sync-replication none); use ha.mode async",
+                m.display_name
+            )));
+        }
         let version = match &spec.version {
             Some(v) => {
                 if !m.versions.iter().any(|x| &x.version == v) {

@@ -652,44 +652,53 @@ async fn choose(
         .iter()
         .max_by_key(|r| (r.position.unwrap_or(0), std::cmp::Reverse(r.ordinal)))
         .ok_or_else(|| format!("no replica answered ({})", why.join("; ")))?;
-    match cl.spec.ha.mode {
-        ReplicationMode::Sync => {
-            // An acknowledged commit is on `quorum` replicas; reaching n - quorum + 1 of them
-            // guarantees the most advanced one has it.
-            let need = replicas.len() + 1 - cl.spec.ha.sync_quorum.max(1) as usize;
-            if answered.len() < need {
-                return Err(format!(
-                    "sync mode: only {} of {} replicas answered, {need} needed to be sure no \
-                     acknowledged commit is lost ({})",
-                    answered.len(),
-                    replicas.len(),
-                    why.join("; ")
-                ));
-            }
+    let sync = cl.spec.ha.mode == ReplicationMode::Sync;
+    let may_fall_back = c
+        .addon(&cl.engine)
+        .map(|a| a.manifest().sync_replication == wit::SyncSupport::MayFallBack)
+        .unwrap_or(true);
+    if sync {
+        // An acknowledged commit is on `quorum` replicas; reaching n - quorum + 1 of them
+        // guarantees the most advanced one has it.
+        let need = replicas.len() + 1 - cl.spec.ha.sync_quorum.max(1) as usize;
+        if answered.len() < need {
+            return Err(format!(
+                "sync mode: only {} of {} replicas answered, {need} needed to be sure no \
+                 acknowledged commit is lost ({})",
+                answered.len(),
+                replicas.len(),
+                why.join("; ")
+            ));
         }
-        ReplicationMode::Async => {
-            let max =
-                quantity::parse_bytes("ha.max-lag-on-failover", &cl.spec.ha.max_lag_on_failover)?;
-            let lag = lag_behind(old, best);
-            if lag > max {
-                return Err(format!(
-                    "the best replica {} is {lag} bytes behind the old primary's last known \
-                     position (max-lag-on-failover {})",
-                    best.name, cl.spec.ha.max_lag_on_failover
-                ));
-            }
-            c.event(
-                &cl.name,
-                Some(&best.name),
-                "info",
-                format!(
-                    "candidate: {} bytes behind the old primary's last probe (async mode: \
-                     commits after it may be lost) (+{})",
-                    lag,
-                    since(t0)
-                ),
-            );
+    }
+    // Asynchronous replication, or synchronous replication that may have fallen back to
+    // asynchronous: no quorum guarantee, so the candidate is held to the lag limit.
+    if !sync || may_fall_back {
+        let max = quantity::parse_bytes("ha.max-lag-on-failover", &cl.spec.ha.max_lag_on_failover)?;
+        let lag = lag_behind(old, best);
+        if lag > max {
+            return Err(format!(
+                "the best replica {} is {lag} bytes behind the old primary's last known \
+                 position (max-lag-on-failover {})",
+                best.name, cl.spec.ha.max_lag_on_failover
+            ));
         }
+        c.event(
+            &cl.name,
+            Some(&best.name),
+            "info",
+            format!(
+                "candidate: {} bytes behind the old primary's last probe ({}: commits \
+                 after it may be lost) (+{})",
+                lag,
+                if sync {
+                    "synchronous replication may have fallen back to asynchronous"
+                } else {
+                    "async mode"
+                },
+                since(t0)
+            ),
+        );
     }
     Ok(best.name.clone())
 }

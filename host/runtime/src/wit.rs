@@ -38,8 +38,8 @@ pub use exports::shoal::addon::lifecycle::{
 };
 pub use exports::shoal::addon::metadata::{
     AddonManifest, ApplyMode, BackupKind, BackupMethod, Capability, ClientInfo, EngineVersion,
-    FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, Topology,
-    TopologyKind,
+    FloatRange, Hook, HookLimit, IntRange, ParamSpec, ParamType, PortSpec, RoleSpec, SyncSupport,
+    Topology, TopologyKind,
 };
 pub use exports::shoal::addon::telemetry::{Label, MetricKind, Sample};
 pub use shoal::addon::types::{
