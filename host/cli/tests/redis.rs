@@ -68,29 +68,85 @@ fn replicas_follow_the_primary_and_a_killed_primary_fails_over_to_one_that_has_t
     // The managed password is required.
     assert!(redis_cli(pport, "wrong", &["PING"]).is_err());
 
-    // kill -9 of the primary: a replica is promoted and has every key; the old primary
-    // comes back as a replica of it.
+    // kill -9 of the primary under a writer through the read-write endpoint: a replica is
+    // promoted and has every key; the old primary comes back as a replica of it.
+    let writer = Writer::redis(rw_port(&d), &pw);
+    wait_until(Duration::from_secs(10), "500 writes", || {
+        writer.acked().len() >= 500
+    });
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
     let d = wait_new_primary(&h, "r", &primary);
     let (new_primary, _, nport) = primary_of(&d);
     assert_ne!(new_primary, primary);
+    let new_port = nport as u16;
+    wait_until(
+        Duration::from_secs(20),
+        "200 writes on the new primary",
+        || writer_acked_by(&writer, new_port) >= 200,
+    );
+    let (acked, servers) = writer.finish_with_servers();
     assert_eq!(role(nport, &pw), "master");
     assert_eq!(redis_cli(nport, &pw, &["GET", "k"]).unwrap(), "v1");
-    assert_eq!(redis_cli(nport, &pw, &["DBSIZE"]).unwrap(), "101");
+    assert_eq!(redis_cli(nport, &pw, &["GET", "n:100"]).unwrap(), "100");
+    // Acknowledged-write accounting. Redis replication is asynchronous: writes the old
+    // primary acknowledged after its last replicated offset may be lost. Replication is
+    // ordered, so what is lost is a suffix of the old primary's acknowledgements; nothing the
+    // new primary acknowledged is lost.
+    let lost = lost_redis(new_port, &pw, &acked);
+    let old_acks: Vec<u64> = acked
+        .iter()
+        .zip(&servers)
+        .filter(|(_, s)| **s != new_port)
+        .map(|((n, _), _)| *n)
+        .collect();
+    let new_acks = acked.len() - old_acks.len();
+    assert!(new_acks >= 200, "writes resumed on the new primary");
+    for n in &lost {
+        assert!(
+            old_acks.contains(n),
+            "w:{n} was acknowledged by the new primary and is lost"
+        );
+    }
+    let kept = old_acks.len() - lost.len();
+    assert!(
+        old_acks[kept..].iter().all(|n| lost.contains(n)),
+        "the lost writes are not a suffix of the old primary's: {lost:?}"
+    );
+    eprintln!(
+        "kill -9 under a writer: {} writes acknowledged by the old primary, {} by the new one, \
+         {} acknowledged writes lost (asynchronous replication)",
+        old_acks.len(),
+        new_acks,
+        lost.len()
+    );
     let events = h.ok(&["cluster", "events", "r", "--limit", "50"]);
     assert!(events.contains("failover"), "{events}");
-    // Writes go to the new primary and reach everyone, the old primary included.
+    // Writes go to the new primary and reach everyone; the old primary is rebuilt as a
+    // replica by a full resync and holds exactly the new primary's data.
     let rw = rw_port(&d) as u64;
     assert_eq!(redis_cli(rw, &pw, &["SET", "after", "yes"]).unwrap(), "OK");
+    let size = redis_cli(nport, &pw, &["DBSIZE"]).unwrap();
     for (name, port, _) in ports(&d) {
         redis_eventually(port, &pw, &["GET", "after"], "yes");
+        redis_eventually(port, &pw, &["DBSIZE"], &size);
         if name == primary {
             assert_eq!(role(port, &pw), "slave", "{name} came back as a replica");
             redis_eventually(port, &pw, &["GET", "k"], "v1");
+            if let Some(n) = lost.first() {
+                assert_eq!(
+                    redis_cli(port, &pw, &["EXISTS", &format!("w:{n}")]).unwrap(),
+                    "0"
+                );
+            }
         }
     }
+}
+
+/// How many of `writer`'s writes so far the server on `port` acknowledged.
+fn writer_acked_by(writer: &Writer, port: u16) -> usize {
+    writer.servers().iter().filter(|s| **s == port).count()
 }
 
 #[test]
@@ -108,13 +164,36 @@ fn a_switchover_moves_the_primary_role_and_loses_nothing() {
         .find(|(_, _, r)| r == "replica")
         .unwrap()
         .0;
+    // Under a writer through the read-write endpoint: the switchover loses no acknowledged
+    // write (the old primary is fenced and the candidate catches up before it is promoted).
+    let writer = Writer::redis(rw_port(&d), &pw);
+    wait_until(Duration::from_secs(10), "500 writes", || {
+        writer.acked().len() >= 500
+    });
     h.ok(&["cluster", "switchover", "s", "--to", &target]);
     let d = wait_new_primary(&h, "s", &old);
     let (now, _, nport) = primary_of(&d);
     assert_eq!(now, target);
+    wait_until(
+        Duration::from_secs(20),
+        "200 writes on the new primary",
+        || writer_acked_by(&writer, nport as u16) >= 200,
+    );
+    let acked = writer.finish();
+    let lost = lost_redis(nport as u16, &pw, &acked);
+    assert!(
+        lost.is_empty(),
+        "switchover lost acknowledged writes {lost:?}"
+    );
+    eprintln!(
+        "switchover under a writer: {} writes, 0 lost, longest gap {:?}",
+        acked.len(),
+        longest_gap(&acked)
+    );
     assert_eq!(role(nport, &pw), "master");
+    let size = redis_cli(nport, &pw, &["DBSIZE"]).unwrap();
     for (_, port, _) in ports(&d) {
-        redis_eventually(port, &pw, &["DBSIZE"], "500");
+        redis_eventually(port, &pw, &["DBSIZE"], &size);
         redis_eventually(port, &pw, &["GET", "k:500"], "500");
     }
     // The old primary follows the new one and refuses writes.

@@ -316,6 +316,15 @@ pub fn ports(d: &serde_json::Value) -> Vec<(String, u64, String)> {
 }
 
 /// Read `sql` on `uri` until it returns `want` (replication is asynchronous).
+/// Wait until `f` holds, polling every 50 ms; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn eventually(uri: &str, sql: &str, want: &str) {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -331,8 +340,13 @@ pub fn eventually(uri: &str, sql: &str, want: &str) {
     }
 }
 
-/// A client committing `INSERT INTO w VALUES (n)` with n = 1, 2, … as fast as it can,
-/// reconnecting after errors; records every acknowledged n with its time.
+/// One client session of a [`Writer`]: commits value n and returns the server port that
+/// acknowledged it (0 when the engine cannot tell).
+pub type Commit = Box<dyn FnMut(u64) -> Result<u16, String> + Send>;
+
+/// A client committing n = 1, 2, … as fast as it can, reconnecting after errors; records
+/// every acknowledged n with its time. `Writer::start` writes `INSERT INTO w VALUES (n)` to
+/// PostgreSQL; `Writer::redis` writes `SET w:n 1`.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(u64, Instant)>>>,
@@ -346,35 +360,72 @@ impl Writer {
         Writer::start_at(port, password, 1)
     }
 
-    /// A writer whose first value is `first` (several writers on one table must not collide).
+    /// A PostgreSQL writer whose first value is `first` (several writers on one table must
+    /// not collide).
     pub fn start_at(port: u16, password: &str, first: u64) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let servers = Arc::new(Mutex::new(Vec::new()));
-        let (s, a, sp, pw) = (
-            stop.clone(),
-            acked.clone(),
-            servers.clone(),
-            password.to_string(),
-        );
-        let thread = std::thread::spawn(move || {
+        let pw = password.to_string();
+        Writer::start_with(first, move || {
             let ep = Endpoint {
                 host: "127.0.0.1".into(),
                 port,
             };
-            let mut conn: Option<PgConn> = None;
+            let mut c = PgConn::connect(
+                &ep,
+                "postgres",
+                Some(&pw),
+                "postgres",
+                Duration::from_secs(2),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Box::new(move |n: u64| -> Result<u16, String> {
+                let rows = c
+                    .query(&format!(
+                        "INSERT INTO w VALUES ({n}) RETURNING inet_server_port()"
+                    ))
+                    .map_err(|e| e.to_string())?;
+                Ok(rows
+                    .first()
+                    .and_then(|r| r.get(0))
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0))
+            }) as Commit)
+        })
+    }
+
+    /// A Redis writer: `SET w:n 1` through `port` as the `default` user.
+    pub fn redis(port: u16, password: &str) -> Writer {
+        let pw = password.to_string();
+        Writer::start_with(1, move || {
+            let mut c = RespConn::connect(port, &pw)?;
+            let server: u16 = c
+                .call(&["CONFIG", "GET", "port"])?
+                .get(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Ok(Box::new(move |n: u64| -> Result<u16, String> {
+                c.call(&["SET", &format!("w:{n}"), "1"])?;
+                Ok(server)
+            }) as Commit)
+        })
+    }
+
+    /// A writer whose sessions come from `connect`.
+    pub fn start_with(
+        first: u64,
+        mut connect: impl FnMut() -> Result<Commit, String> + Send + 'static,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let servers = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, sp) = (stop.clone(), acked.clone(), servers.clone());
+        let thread = std::thread::spawn(move || {
+            let mut session: Option<Commit> = None;
             let mut n = first - 1;
             while !s.load(Ordering::Relaxed) {
-                let c = match conn.as_mut() {
+                let commit = match session.as_mut() {
                     Some(c) => c,
-                    None => match PgConn::connect(
-                        &ep,
-                        "postgres",
-                        Some(&pw),
-                        "postgres",
-                        Duration::from_secs(2),
-                    ) {
-                        Ok(c) => conn.insert(c),
+                    None => match connect() {
+                        Ok(c) => session.insert(c),
                         Err(_) => {
                             std::thread::sleep(Duration::from_millis(5));
                             continue;
@@ -382,19 +433,12 @@ impl Writer {
                     },
                 };
                 n += 1;
-                match c.query(&format!(
-                    "INSERT INTO w VALUES ({n}) RETURNING inet_server_port()"
-                )) {
-                    Ok(rows) => {
-                        let port = rows
-                            .first()
-                            .and_then(|r| r.get(0))
-                            .and_then(|p| p.parse().ok())
-                            .unwrap_or(0);
+                match commit(n) {
+                    Ok(port) => {
                         a.lock().unwrap().push((n, Instant::now()));
                         sp.lock().unwrap().push(port);
                     }
-                    Err(_) => conn = None,
+                    Err(_) => session = None,
                 }
             }
         });
@@ -408,6 +452,11 @@ impl Writer {
 
     pub fn acked(&self) -> Vec<(u64, Instant)> {
         self.acked.lock().unwrap().clone()
+    }
+
+    /// The server port that acknowledged each commit so far.
+    pub fn servers(&self) -> Vec<u16> {
+        self.servers.lock().unwrap().clone()
     }
 
     /// Stop; returns every acknowledged (n, time).
@@ -473,6 +522,101 @@ pub fn lost(h: &Host, name: &str, acked: &[(u64, Instant)]) -> Vec<u64> {
         .map(|(n, _)| *n)
         .filter(|n| !present.contains(n))
         .collect()
+}
+
+/// Acknowledged `SET w:n` writes of a [`Writer::redis`] missing on Redis at `port`.
+pub fn lost_redis(port: u16, password: &str, acked: &[(u64, Instant)]) -> Vec<u64> {
+    let mut c = RespConn::connect(port, password).unwrap();
+    let present: std::collections::HashSet<u64> = c
+        .call(&["KEYS", "w:*"])
+        .unwrap()
+        .iter()
+        .filter_map(|k| k.strip_prefix("w:")?.parse().ok())
+        .collect();
+    acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !present.contains(n))
+        .collect()
+}
+
+/// A minimal RESP2 client for tests and benches (the addon's own client lives in the guest).
+pub struct RespConn {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl RespConn {
+    /// Connect to 127.0.0.1:`port` and `AUTH default password`.
+    pub fn connect(port: u16, password: &str) -> Result<RespConn, String> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut c = RespConn {
+            reader: std::io::BufReader::new(stream),
+            writer,
+        };
+        c.call(&["AUTH", "default", password])?;
+        Ok(c)
+    }
+
+    /// Send one command; the reply flattened to strings (an error reply is `Err`).
+    pub fn call(&mut self, args: &[&str]) -> Result<Vec<String>, String> {
+        use std::io::Write as _;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.writer
+            .write_all(req.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        self.read(&mut out)?;
+        Ok(out)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        use std::io::BufRead as _;
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => Ok(l.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn read(&mut self, out: &mut Vec<String>) -> Result<(), String> {
+        use std::io::Read as _;
+        let l = self.line()?;
+        let (kind, rest) = l.split_at(l.len().min(1));
+        match kind {
+            "+" | ":" => out.push(rest.to_string()),
+            "-" => return Err(rest.to_string()),
+            "$" => {
+                let n: i64 = rest.parse().map_err(|_| format!("bad reply {l:?}"))?;
+                if n >= 0 {
+                    let mut buf = vec![0; n as usize + 2];
+                    self.reader
+                        .read_exact(&mut buf)
+                        .map_err(|e| e.to_string())?;
+                    buf.truncate(n as usize);
+                    out.push(String::from_utf8_lossy(&buf).into_owned());
+                }
+            }
+            "*" => {
+                let n: i64 = rest.parse().map_err(|_| format!("bad reply {l:?}"))?;
+                for _ in 0..n.max(0) {
+                    self.read(out)?;
+                }
+            }
+            _ => return Err(format!("bad reply {l:?}")),
+        }
+        Ok(())
+    }
 }
 
 /// Longest gap between consecutive acknowledged commits.
