@@ -394,8 +394,13 @@ impl Writer {
 
     /// A Redis writer: `SET w:n 1` through `port` as the `default` user.
     pub fn redis(port: u16, password: &str) -> Writer {
+        Writer::redis_at(port, password, 1)
+    }
+
+    /// A Redis writer whose first value is `first`.
+    pub fn redis_at(port: u16, password: &str, first: u64) -> Writer {
         let pw = password.to_string();
-        Writer::start_with(1, move || {
+        Writer::start_with(first, move || {
             let mut c = RespConn::connect(port, &pw)?;
             let server: u16 = c
                 .call(&["CONFIG", "GET", "port"])?
