@@ -461,7 +461,7 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
     }
     if spec.engine.is_empty() {
         return Err(Failure::usage(
-            "say which engine: --engine postgresql (see `shoal cluster engines`)",
+            "say which engine: --engine NAME (`shoal cluster engines` lists the loaded addons)",
         ));
     }
     Ok(spec)
