@@ -113,6 +113,99 @@ impl Redis {
     }
 }
 
+/// How long an AOF backup waits for the rewrite that starts it.
+const REWRITE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `aof` backup: rewrite the append-only file, then stream `appendonlydir` (base,
+/// increments, manifest) as a tar. A write during the copy lands in the increment file and
+/// is either in the copy or not; a torn last command is cut off at load
+/// (`aof-load-truncated yes`, Redis's default).
+fn aof_backup(instance: &Instance, into: &mut SinkWriter<'_>) -> HookResult<BackupInfo> {
+    let data = dir(&instance.data_dir, "data")?;
+    let mut c = connect_to(&instance.endpoint, instance)?;
+    let info = c.info(&["server", "persistence", "replication"])?;
+    if info.int("aof_enabled") != Some(1) {
+        return Err(HookError::invalid(format!(
+            "method aof needs appendonly yes on {} (it is off); use method rdb, or \
+             `shoal cluster config set {} appendonly=true` first",
+            instance.name, instance.cluster
+        )));
+    }
+    let version = info.get("redis_version").unwrap_or("?").to_string();
+    let offset = info.get("master_repl_offset").map(str::to_string);
+    if let Err(e) = c.ok(&["BGREWRITEAOF"]) {
+        // One already running is as good; anything else is a failure.
+        if !e.to_string().contains("already in progress") {
+            return Err(e.context("BGREWRITEAOF"));
+        }
+    }
+    let until = Instant::now() + REWRITE_TIMEOUT;
+    loop {
+        let p = c.info(&["persistence"])?;
+        if p.int("aof_rewrite_in_progress") == Some(0) && p.int("aof_rewrite_scheduled") == Some(0)
+        {
+            if p.get("aof_last_bgrewrite_status") != Some("ok") {
+                return Err(HookError::failed(format!(
+                    "the AOF rewrite on {} failed (aof_last_bgrewrite_status {})",
+                    instance.name,
+                    p.get("aof_last_bgrewrite_status").unwrap_or("?")
+                )));
+            }
+            break;
+        }
+        if Instant::now() > until {
+            return Err(HookError::failed(format!(
+                "the AOF rewrite on {} did not finish in {} s",
+                instance.name,
+                REWRITE_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    shoal_sdk::host::progress(0, None, &format!("aof backup of {}", instance.name));
+    let out = Exec::new("tar")
+        .args(["-C", data, "-cf", "-", "appendonlydir"])
+        .run_into(into)?
+        .ok_or_failed("tar of appendonlydir")?;
+    shoal_sdk::info!(
+        "aof backup of {}: {} bytes of tar",
+        instance.name,
+        out.streamed_bytes
+    );
+    Ok(BackupInfo {
+        method: "aof".into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: offset,
+        end_position: None,
+        labels: vec![
+            ("tool".into(), "BGREWRITEAOF + tar appendonlydir".into()),
+            ("redis-version".into(), version),
+        ],
+    })
+}
+
+/// `aof` restore: unpack `appendonlydir` into the stopped data directory and check it with
+/// `redis-check-aof` before the server loads it. The restored cluster must run with
+/// appendonly yes (a restore copies the source's parameters, where it was on).
+fn aof_restore(instance: &Instance, from: &mut SourceReader<'_>) -> HookResult<()> {
+    let data = dir(&instance.data_dir, "data")?;
+    Exec::new("tar")
+        .args(["-C", data, "-xf", "-", "appendonlydir"])
+        .run_from(from)?
+        .ok_or_failed("tar -x of appendonlydir")?;
+    let manifest = format!("{data}/appendonlydir/appendonly.aof.manifest");
+    let check = Exec::new("redis-check-aof").arg(&manifest).run()?;
+    let said = check.stdout_text();
+    if check.exit_code != Some(0) || !said.contains("is valid") {
+        let last: Vec<&str> = said.lines().rev().take(3).collect();
+        return Err(HookError::failed(format!(
+            "redis-check-aof finds the restored append-only file damaged: {}",
+            last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    Ok(())
+}
+
 impl Engine for Redis {
     fn new() -> Self {
         Redis { conn: None }
@@ -170,21 +263,41 @@ impl Engine for Redis {
                 name: "client".into(),
                 description: "RESP (clients and replication).".into(),
             }],
-            backup_methods: vec![BackupMethod {
-                name: "rdb".into(),
-                kind: BackupKind::Full,
-                target_role: Some("replica".into()),
-                point_in_time: false,
-                description: "An RDB snapshot streamed by `redis-cli --rdb -` (an rdb-only \
+            backup_methods: vec![
+                BackupMethod {
+                    name: "rdb".into(),
+                    kind: BackupKind::Full,
+                    target_role: Some("replica".into()),
+                    point_in_time: false,
+                    description: "An RDB snapshot streamed by `redis-cli --rdb -` (an rdb-only \
                               sync from a replica, else the primary); restored as the new \
                               primary's dump.rdb before its first start"
-                    .into(),
-            }],
+                        .into(),
+                },
+                BackupMethod {
+                    name: "aof".into(),
+                    kind: BackupKind::Full,
+                    target_role: Some("replica".into()),
+                    point_in_time: false,
+                    description: "The append-only file (needs appendonly yes): a rewrite \
+                              (BGREWRITEAOF), then the base, increment and manifest files of \
+                              appendonlydir as a tar stream; restored into the new primary's \
+                              appendonlydir and checked with redis-check-aof"
+                        .into(),
+                },
+            ],
             parameters: config::schema(),
-            capabilities: ["redis-cli", "dd", "truncate", "redis-check-rdb"]
-                .into_iter()
-                .map(|p| Capability::Exec(p.into()))
-                .collect(),
+            capabilities: [
+                "redis-cli",
+                "dd",
+                "truncate",
+                "redis-check-rdb",
+                "tar",
+                "redis-check-aof",
+            ]
+            .into_iter()
+            .map(|p| Capability::Exec(p.into()))
+            .collect(),
             limits: vec![
                 HookLimit {
                     hook: Hook::Probe,
@@ -541,10 +654,14 @@ impl Engine for Redis {
         _params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        if method != "rdb" {
-            return Err(HookError::invalid(format!(
-                "unknown backup method {method:?}: the Redis addon has \"rdb\""
-            )));
+        match method {
+            "rdb" => {}
+            "aof" => return aof_backup(instance, into),
+            _ => {
+                return Err(HookError::invalid(format!(
+                    "unknown backup method {method:?}: the Redis addon has \"rdb\" and \"aof\""
+                )))
+            }
         }
         let (user, pw) = auth(instance)?;
         let (offset, version, used) = {
@@ -621,11 +738,14 @@ impl Engine for Redis {
         from: &mut SourceReader<'_>,
         _recovery_follows: bool,
     ) -> HookResult<()> {
-        if info.method != "rdb" {
-            return Err(HookError::invalid(format!(
-                "cannot restore a backup made with method {:?}",
-                info.method
-            )));
+        match info.method.as_str() {
+            "rdb" => {}
+            "aof" => return aof_restore(instance, from),
+            other => {
+                return Err(HookError::invalid(format!(
+                    "cannot restore a backup made with method {other:?}"
+                )))
+            }
         }
         let data = dir(&instance.data_dir, "data")?;
         let dump = format!("{data}/dump.rdb");

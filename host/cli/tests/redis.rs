@@ -209,7 +209,7 @@ fn a_switchover_moves_the_primary_role_and_loses_nothing() {
 }
 
 #[test]
-fn an_rdb_backup_restores_into_a_new_cluster_with_the_same_data() {
+fn rdb_and_aof_backups_restore_into_new_clusters_with_the_same_data() {
     let h = start_redis_host((24150, 24174));
     let d = create_redis(&h, "src", 2, &[]);
     let pw = password(&h, "src");
@@ -264,6 +264,37 @@ fn an_rdb_backup_restores_into_a_new_cluster_with_the_same_data() {
     assert_eq!(
         redis_cli(rw_port(&c) as u64, &cpw, &["SET", "new", "1"]).unwrap(),
         "OK"
+    );
+
+    // The aof method: a rewrite, then appendonlydir as a tar; the restore loads it.
+    redis_cli(rw, &pw, &["SET", "after-rdb", "yes"]).unwrap();
+    for (_, port, _) in ports(&d) {
+        redis_eventually(port, &pw, &["DBSIZE"], "1002");
+    }
+    let out = h.ok(&["backup", "create", "src", "--method", "aof"]);
+    let aof = out.lines().last().unwrap().trim().to_string();
+    let b = json(&h, &["backup", "describe", &aof]);
+    assert_eq!(b["state"], "completed", "{b:#}");
+    assert_eq!(b["method"], "aof");
+    h.ok(&["cluster", "restore", "fromaof", "--from-backup", &aof]);
+    let c = h.wait_healthy("fromaof");
+    let cpw = password(&h, "fromaof");
+    let (_, _, port) = primary_of(&c);
+    redis_eventually(port, &cpw, &["DBSIZE"], "1002");
+    redis_eventually(port, &cpw, &["GET", "after-rdb"], "yes");
+    redis_eventually(port, &cpw, &["LRANGE", "list", "0", "-1"], "a\nb\nc");
+
+    // With appendonly off there is no AOF to back up: refused, naming the way out.
+    h.ok(&["cluster", "config", "set", "copy", "appendonly=false"]);
+    let o = h.shoal(&["backup", "create", "copy", "--method", "aof"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("appendonly"), "{err}");
+    // A method the addon does not have is refused before anything runs.
+    refused(
+        &h,
+        &["backup", "create", "src", "--method", "snapshot"],
+        "snapshot",
     );
 }
 
