@@ -46,13 +46,25 @@ mod tests {
 
     #[test]
     fn skips_reserved_and_busy_ports_and_says_when_short() {
-        let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let p = busy.local_addr().unwrap().port();
+        // A port held busy here, followed by three that are free right now (other programs
+        // on this machine use ephemeral ports too: look until such a run is found).
+        let (busy, p) = (0..200)
+            .find_map(|_| {
+                let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+                let p = busy.local_addr().ok()?.port();
+                let free = (1..=3).all(|k| {
+                    p.checked_add(k)
+                        .is_some_and(|q| TcpListener::bind((Ipv4Addr::LOCALHOST, q)).is_ok())
+                });
+                free.then_some((busy, p))
+            })
+            .expect("a busy port followed by three free ones");
         let range = p..=p.saturating_add(3);
         let reserved: BTreeSet<u16> = [p.saturating_add(1)].into();
         let got = allocate(&range, &reserved, 2).unwrap();
         assert!(!got.contains(&p) && !got.contains(&(p + 1)), "{got:?}");
         let err = allocate(&range, &reserved, 3).unwrap_err().to_string();
         assert!(err.contains("need 3 free port(s)"), "{err}");
+        drop(busy);
     }
 }
