@@ -29,4 +29,4 @@ fi
 ./scripts/build-addons.sh
 # The workspace's default members: the host crates, the SDK (its logic tests run natively)
 # and the end-to-end tests. Guest crates are exercised through their .wasm builds.
-cargo test --release --features shoal-sdk/postgres "$@"
+cargo test --release --no-fail-fast --features shoal-sdk/postgres "$@"
