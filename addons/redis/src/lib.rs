@@ -604,6 +604,12 @@ impl Engine for Redis {
             }
             let offset = info.int("master_repl_offset").unwrap_or(-1);
             if info.get("master_link_status") == Some("up") && offset >= target {
+                // Lift the write pause; `min-replicas-to-write` keeps refusing writes. The
+                // host stops this primary next, and a paused Redis holds its shutdown until
+                // the replicas' periodic acknowledgement (up to 1 s): its request for an
+                // acknowledgement is itself a paused write.
+                self.with(instance, |c| c.ok(&["CLIENT", "UNPAUSE"]))
+                    .map_err(|e| e.context("CLIENT UNPAUSE after the candidate caught up"))?;
                 return Ok(());
             }
             if Instant::now() >= deadline {
