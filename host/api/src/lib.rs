@@ -445,6 +445,10 @@ pub enum Request {
         name: String,
         limit: u32,
     },
+    /// Read every running instance's metrics now (the addon's `metrics` hook).
+    Metrics {
+        name: String,
+    },
     /// The last `lines` lines of an instance's log (all instances when none), then new lines
     /// while `follow`.
     Logs {
@@ -777,6 +781,27 @@ pub struct EventView {
     /// info, warning, error.
     pub level: String,
     pub message: String,
+}
+
+/// The metrics of one instance, as its addon read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceMetrics {
+    pub instance: String,
+    pub role: String,
+    /// Samples; empty when `error` says why none could be read.
+    pub samples: Vec<MetricSample>,
+    pub error: Option<String>,
+}
+
+/// One metric sample in Prometheus form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub name: String,
+    /// gauge or counter.
+    pub kind: String,
+    pub value: f64,
+    pub labels: Vec<(String, String)>,
+    pub help: String,
 }
 
 /// A log line of an instance.

@@ -150,6 +150,16 @@ pub enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
+    /// Every running instance's metrics, read now through its addon.
+    Metrics {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+        /// Print the Prometheus text exposition format (labels `cluster` and `instance`
+        /// added), e.g. for a node-exporter textfile collector.
+        #[arg(long, conflicts_with = "output")]
+        prometheus: bool,
+    },
     /// Instance logs (all instances, or one).
     Logs {
         name: String,
@@ -358,6 +368,21 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                 .map_err(api_failure)?;
             emit(output, &v, || v.iter().map(event_line).collect())
         }
+        ClusterCommand::Metrics {
+            name,
+            output,
+            prometheus,
+        } => {
+            let v: Vec<shoal_api::InstanceMetrics> = c
+                .call_as(&Request::Metrics { name: name.clone() }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            if prometheus {
+                print!("{}", prometheus_text(&name, &v));
+                return Ok(());
+            }
+            emit(output, &v, || metrics_table(&v))
+        }
         ClusterCommand::Logs {
             name,
             instance,
@@ -525,6 +550,83 @@ fn time(ms: i64) -> String {
     let secs = ms / 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     format!("{h:02}:{m:02}:{s:02}.{:03}", ms % 1000)
+}
+
+fn metrics_table(v: &[shoal_api::InstanceMetrics]) -> String {
+    let mut s = format!(
+        "{:<16} {:<8} {:<52} {}\n",
+        "INSTANCE", "ROLE", "METRIC", "VALUE"
+    );
+    for i in v {
+        if let Some(e) = &i.error {
+            s.push_str(&format!(
+                "{:<16} {:<8} (no metrics: {e})\n",
+                i.instance, i.role
+            ));
+        }
+        for m in &i.samples {
+            s.push_str(&format!(
+                "{:<16} {:<8} {:<52} {}\n",
+                i.instance,
+                i.role,
+                format!("{}{}", m.name, label_set(&m.labels, &[])),
+                m.value
+            ));
+        }
+    }
+    s
+}
+
+/// `{a="1",b="2"}` (Prometheus escaping), or nothing without labels.
+fn label_set(labels: &[(String, String)], extra: &[(&str, &str)]) -> String {
+    let all: Vec<String> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(labels.iter().cloned())
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    if all.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", all.join(","))
+    }
+}
+
+/// The Prometheus text exposition format: one HELP/TYPE block per metric name, every
+/// instance's sample under it.
+fn prometheus_text(cluster: &str, v: &[shoal_api::InstanceMetrics]) -> String {
+    let mut by_name: BTreeMap<&str, Vec<(&shoal_api::InstanceMetrics, &shoal_api::MetricSample)>> =
+        BTreeMap::new();
+    for i in v {
+        for m in &i.samples {
+            by_name.entry(m.name.as_str()).or_default().push((i, m));
+        }
+    }
+    let mut s = String::new();
+    for (name, rows) in by_name {
+        if let Some((_, first)) = rows.first() {
+            s.push_str(&format!(
+                "# HELP {name} {}\n# TYPE {name} {}\n",
+                first.help.replace('\n', " "),
+                first.kind
+            ));
+        }
+        for (i, m) in rows {
+            let extra = [("cluster", cluster), ("instance", i.instance.as_str())];
+            s.push_str(&format!(
+                "{name}{} {}\n",
+                label_set(&m.labels, &extra),
+                m.value
+            ));
+        }
+    }
+    s
 }
 
 fn event_line(e: &EventView) -> String {

@@ -68,6 +68,31 @@ fn replicas_follow_the_primary_and_a_killed_primary_fails_over_to_one_that_has_t
     // The managed password is required.
     assert!(redis_cli(pport, "wrong", &["PING"]).is_err());
 
+    // Metrics of every instance, read now through the addon (the host knows no names).
+    let m = json(&h, &["cluster", "metrics", "r"]);
+    let of = |inst: &str, metric: &str| -> Option<f64> {
+        m.as_array()?
+            .iter()
+            .find(|i| i["instance"] == inst)?["samples"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == metric)?["value"]
+            .as_f64()
+    };
+    assert_eq!(of(&primary, "redis_connected_slaves"), Some(2.0), "{m:#}");
+    let prom = h.ok(&["cluster", "metrics", "r", "--prometheus"]);
+    assert!(
+        prom.contains("# TYPE redis_commands_processed_total counter"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(&format!(
+            "redis_connected_slaves{{cluster=\"r\",instance=\"{primary}\"}} 2"
+        )),
+        "{prom}"
+    );
+    assert!(!h.shoal(&["cluster", "metrics", "nope"]).status.success());
+
     // kill -9 of the primary under a writer through the read-write endpoint: a replica is
     // promoted and has every key; the old primary comes back as a replica of it.
     let writer = Writer::redis(rw_port(&d), &pw);

@@ -765,6 +765,57 @@ impl Controller {
             .collect())
     }
 
+    /// Every running instance's metrics, read now through the addon's `metrics` hook. An
+    /// instance whose addon call fails is listed with the error instead of samples.
+    pub async fn metrics(&self, name: &str) -> Result<Vec<shoal_api::InstanceMetrics>, ApiError> {
+        let cl = self
+            .db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        let all = self.db(|s| s.instances(name))?;
+        let cr = secrets::load(&self.home, name).map_err(|e| {
+            ApiError::internal(format!("cannot read the credentials of {name}: {e}"))
+        })?;
+        let addon = self.addon(&cl.engine)?;
+        let mut out = Vec::new();
+        for i in &all {
+            let mut row = shoal_api::InstanceMetrics {
+                instance: i.name.clone(),
+                role: i.role.clone(),
+                samples: Vec::new(),
+                error: None,
+            };
+            if i.state != "running" {
+                row.error = Some(format!("{} is {}", i.name, i.state));
+                out.push(row);
+                continue;
+            }
+            let r = addon
+                .call(&self.call_ctx(i, &all, false))
+                .metrics(&self.wit_instance(&cl, i, &cr, false))
+                .await;
+            match r {
+                Ok(samples) => {
+                    row.samples = samples
+                        .into_iter()
+                        .map(|s| shoal_api::MetricSample {
+                            name: s.name,
+                            kind: match s.kind {
+                                wit::MetricKind::Gauge => "gauge".into(),
+                                wit::MetricKind::Counter => "counter".into(),
+                            },
+                            value: s.value,
+                            labels: s.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+                            help: s.help,
+                        })
+                        .collect()
+                }
+                Err(e) => row.error = Some(e.to_string()),
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
     pub fn connect(&self, name: &str) -> Result<ConnectInfo, ApiError> {
         let c = self
             .db(|s| s.cluster(name))?

@@ -194,6 +194,7 @@ async fn handle(
         Request::List => json(c.list().await?),
         Request::Describe { name } => json(c.describe(&name).await?),
         Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),
+        Request::Metrics { name } => json(c.metrics(&name).await?),
         Request::Connect { name } => json(c.connect(&name)?),
         Request::Wait { op } => wait(c, op, w).await,
         Request::Switchover { name, to } => json(c.switchover(&name, to.as_deref()).await?),
