@@ -11,6 +11,8 @@ command -v psql >/dev/null || missing+=("psql (apt-get install postgresql-client
 command -v redis-server >/dev/null || missing+=("redis-server (apt-get install redis-server)")
 command -v redis-cli >/dev/null || missing+=("redis-cli (apt-get install redis-tools)")
 command -v redis-check-rdb >/dev/null || missing+=("redis-check-rdb (apt-get install redis-tools)")
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=("mariadbd (apt-get install mariadb-server)")
+command -v mariadb-backup >/dev/null || missing+=("mariadb-backup (apt-get install mariadb-backup)")
 command -v etcd >/dev/null || missing+=("etcd (apt-get install etcd-server)")
 command -v etcdctl >/dev/null || missing+=("etcdctl (apt-get install etcd-client)")
 command -v iptables >/dev/null || missing+=("iptables (apt-get install iptables)")
@@ -29,4 +31,4 @@ fi
 ./scripts/build-addons.sh
 # The workspace's default members: the host crates, the SDK (its logic tests run natively)
 # and the end-to-end tests. Guest crates are exercised through their .wasm builds.
-cargo test --release --no-fail-fast --features shoal-sdk/postgres "$@"
+cargo test --release --no-fail-fast --features shoal-sdk/postgres,shoal-sdk/mysql "$@"

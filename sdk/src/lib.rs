@@ -40,6 +40,8 @@ pub mod bindings {
 mod engine;
 mod export;
 pub mod host;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod net;
 pub mod params;
 #[cfg(feature = "postgres")]

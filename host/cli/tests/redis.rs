@@ -5,7 +5,7 @@
 //! data; a dynamic parameter applies live (same processes), a static one rolls the cluster;
 //! bad input is refused naming the parameter, changing nothing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::*;
@@ -13,24 +13,6 @@ use common::*;
 /// (name, client port, role) of every instance, and the cluster's password.
 fn instances(h: &Host, name: &str) -> (Vec<(String, u64, String)>, String) {
     (ports(&h.describe(name)), password(h, name))
-}
-
-/// Wait until `name` has a primary other than `old`, every instance running and healthy.
-fn wait_new_primary(h: &Host, name: &str, old: &str) -> serde_json::Value {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = h.describe(name);
-        let all = d["instances"].as_array().unwrap();
-        let primary = all.iter().find(|i| i["role"] == "primary");
-        let settled = all
-            .iter()
-            .all(|i| i["state"] == "running" && i["health"] == "healthy");
-        if settled && primary.is_some_and(|p| p["name"] != old) {
-            return d;
-        }
-        assert!(Instant::now() < until, "no new primary: {d:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `INFO replication`'s role on `port` ("master" or "slave").
@@ -70,15 +52,7 @@ fn replicas_follow_the_primary_and_a_killed_primary_fails_over_to_one_that_has_t
 
     // Metrics of every instance, read now through the addon (the host knows no names).
     let m = json(&h, &["cluster", "metrics", "r"]);
-    let of = |inst: &str, metric: &str| -> Option<f64> {
-        m.as_array()?
-            .iter()
-            .find(|i| i["instance"] == inst)?["samples"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == metric)?["value"]
-            .as_f64()
-    };
+    let of = |inst: &str, metric: &str| metric_of(&m, inst, metric);
     assert_eq!(of(&primary, "redis_connected_slaves"), Some(2.0), "{m:#}");
     let prom = h.ok(&["cluster", "metrics", "r", "--prometheus"]);
     assert!(
@@ -167,11 +141,6 @@ fn replicas_follow_the_primary_and_a_killed_primary_fails_over_to_one_that_has_t
             }
         }
     }
-}
-
-/// How many of `writer`'s writes so far the server on `port` acknowledged.
-fn writer_acked_by(writer: &Writer, port: u16) -> usize {
-    writer.servers().iter().filter(|s| **s == port).count()
 }
 
 #[test]

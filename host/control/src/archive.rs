@@ -21,6 +21,8 @@ use crate::store::{now_ms, ClusterRow, InstanceRow};
 
 /// zstd level of archive units (as backups).
 const ZSTD_LEVEL: i32 = 1;
+/// How often an instance with nothing visibly waiting is asked anyway (see [`poll_due`]).
+const POLL_EMPTY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Units shipped from one instance in one pass before the others get their turn.
 const UNITS_PER_PASS: usize = 64;
 /// Units stored this long before a backup started are older than anything it needs (slack
@@ -246,6 +248,37 @@ fn has_waiting(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Some engines keep finished units where the host cannot see them (in their data
+/// directory) and only the addon can tell: the running instance of the role the continuous
+/// method archives from is asked every [`POLL_EMPTY`] even when its archive directory is
+/// empty.
+fn poll_due(c: &Controller, cl: &ClusterRow, i: &InstanceRow) -> bool {
+    if i.state != "running" {
+        return false;
+    }
+    let Ok(addon) = c.addon(&cl.engine) else {
+        return false;
+    };
+    let archives_here = addon
+        .manifest()
+        .backup_methods
+        .iter()
+        .any(|m| m.kind == BackupKind::Continuous && m.target_role.as_deref() == Some(&i.role));
+    if !archives_here {
+        return false;
+    }
+    let mut asked = c.archive_asked.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (cl.name.clone(), i.name.clone());
+    let now = std::time::Instant::now();
+    match asked.get(&key) {
+        Some(t) if now.duration_since(*t) < POLL_EMPTY => false,
+        _ => {
+            asked.insert(key, now);
+            true
+        }
+    }
+}
+
 /// Ship what is waiting in the archive directories of the clusters this host manages.
 async fn archive_pass(c: &Arc<Controller>) {
     let clusters: Vec<String> = c
@@ -283,7 +316,7 @@ async fn archive_pass(c: &Arc<Controller>) {
         let mut error = None;
         let mut shipped = false;
         for i in &all {
-            if !has_waiting(&i.archive_dir()) {
+            if !has_waiting(&i.archive_dir()) && !poll_due(c, &cl, i) {
                 continue;
             }
             for _ in 0..UNITS_PER_PASS {

@@ -58,6 +58,8 @@ pub struct Controller {
     pub(crate) archived_last: Mutex<HashMap<(String, String), String>>,
     /// Set while an archiver pass runs.
     pub(crate) archiver_busy: std::sync::atomic::AtomicBool,
+    /// When the archiver last asked each (cluster, instance) with nothing visibly waiting.
+    pub(crate) archive_asked: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 /// Resources of a cluster, parsed.
@@ -142,6 +144,7 @@ impl Controller {
             archiving: Mutex::new(archiving),
             archived_last: Mutex::new(HashMap::new()),
             archiver_busy: Default::default(),
+            archive_asked: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -343,6 +343,9 @@ impl Controller {
         i.state = "running".into();
         self.save(i);
         self.event(&c.name, Some(&i.name), "info", "ready");
+        // A (re)started instance of a sync cluster gets the setting again: engines that
+        // keep it only in memory lose it at a restart.
+        crate::ha::apply_sync(self, c, creds).await;
         Ok(())
     }
 

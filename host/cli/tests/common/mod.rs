@@ -846,3 +846,144 @@ pub fn create_redis(h: &Host, name: &str, replicas: u32, extra: &[&str]) -> serd
     h.ok(&args);
     h.wait_healthy(name)
 }
+
+/// Start a host with the MariaDB addon whose instances take ports from `ports`.
+pub fn start_mariadb_host(ports: (u16, u16)) -> Host {
+    Host::start_with(ports, &["shoal_addon_mysql.wasm"], None)
+}
+
+/// A MariaDB session on 127.0.0.1:`port` as `root` with `password` (the SDK's client, run
+/// natively).
+pub fn mariadb(port: u64, password: &str) -> Result<shoal_sdk::mysql::MyConn, String> {
+    let ep = Endpoint {
+        host: "127.0.0.1".into(),
+        port: port as u16,
+    };
+    shoal_sdk::mysql::MyConn::connect(&ep, "root", password, Duration::from_secs(5))
+        .map_err(|e| e.to_string())
+}
+
+/// Run `sql` on 127.0.0.1:`port` as root; the rows, tab-separated, one per line (NULL as
+/// "NULL"), or the error.
+pub fn mariadb_sql(port: u64, password: &str, sql: &str) -> Result<String, String> {
+    let mut c = mariadb(port, password)?;
+    let r = c.query(sql).map_err(|e| e.to_string())?;
+    Ok(r.rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get(i).unwrap_or("NULL"))
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Run `sql` on `port` until it returns `want` (replication is asynchronous).
+pub fn mariadb_eventually(port: u64, password: &str, sql: &str, want: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = mariadb_sql(port, password, sql);
+        if got.as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "127.0.0.1:{port}: {sql} never returned {want:?}: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Create MariaDB cluster `name` with `replicas` instances (and `extra` flags), wait until it
+/// is healthy and create the writer's table `app.w`; returns its description.
+pub fn create_mariadb(h: &Host, name: &str, replicas: u32, extra: &[&str]) -> serde_json::Value {
+    let n = replicas.to_string();
+    let mut args = vec![
+        "cluster",
+        "create",
+        name,
+        "--engine",
+        "mariadb",
+        "--replicas",
+        &n,
+    ];
+    args.extend(extra);
+    h.ok(&args);
+    let d = h.wait_healthy(name);
+    let pw = password(h, name);
+    mariadb_sql(rw_port(&d) as u64, &pw, "CREATE DATABASE IF NOT EXISTS app").unwrap();
+    mariadb_sql(
+        rw_port(&d) as u64,
+        &pw,
+        "CREATE TABLE IF NOT EXISTS app.w (n BIGINT PRIMARY KEY)",
+    )
+    .unwrap();
+    d
+}
+
+impl Writer {
+    /// A MariaDB writer: `INSERT INTO app.w VALUES (n)` through `port` as root (autocommit:
+    /// each insert is acknowledged when it returns).
+    pub fn mariadb(port: u16, password: &str) -> Writer {
+        let pw = password.to_string();
+        Writer::start_with(1, move || {
+            let mut c = mariadb(port as u64, &pw)?;
+            let server: u16 = c
+                .query_value("SELECT @@port")
+                .map_err(|e| e.to_string())?
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Ok(Box::new(move |n: u64| -> Result<u16, String> {
+                c.execute(&format!("INSERT INTO app.w VALUES ({n})"))
+                    .map_err(|e| e.to_string())?;
+                Ok(server)
+            }) as Commit)
+        })
+    }
+}
+
+/// Acknowledged `app.w` inserts of a [`Writer::mariadb`] missing on the server at `port`.
+pub fn lost_mariadb(port: u16, password: &str, acked: &[(u64, Instant)]) -> Vec<u64> {
+    let rows = mariadb_sql(port as u64, password, "SELECT n FROM app.w").unwrap();
+    let present: std::collections::HashSet<u64> =
+        rows.lines().filter_map(|l| l.parse().ok()).collect();
+    acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !present.contains(n))
+        .collect()
+}
+
+/// Wait until `name` has a primary other than `old`, every instance running and healthy.
+pub fn wait_new_primary(h: &Host, name: &str, old: &str) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let d = h.describe(name);
+        let all = d["instances"].as_array().unwrap();
+        let primary = all.iter().find(|i| i["role"] == "primary");
+        let settled = all
+            .iter()
+            .all(|i| i["state"] == "running" && i["health"] == "healthy");
+        if settled && primary.is_some_and(|p| p["name"] != old) {
+            return d;
+        }
+        assert!(Instant::now() < until, "no new primary: {d:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many of `writer`'s writes so far the server on `port` acknowledged.
+pub fn writer_acked_by(writer: &Writer, port: u16) -> usize {
+    writer.servers().iter().filter(|s| **s == port).count()
+}
+
+/// The value of metric `metric` of instance `inst` in `shoal cluster metrics -o json`.
+pub fn metric_of(m: &serde_json::Value, inst: &str, metric: &str) -> Option<f64> {
+    m.as_array()?.iter().find(|i| i["instance"] == inst)?["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == metric)?["value"]
+        .as_f64()
+}

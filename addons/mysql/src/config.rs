@@ -1,0 +1,703 @@
+//! MariaDB's parameter schema, the values the addon derives from the instance's memory
+//! (`innodb_buffer_pool_size` half of it, `innodb_log_file_size` a quarter of the pool), how
+//! a value is written for MariaDB (option file, `SET GLOBAL`) and recognised when read back
+//! (`SELECT @@GLOBAL.x`), and the rendered files: `my.cnf` (every server setting, nothing
+//! in the data directory), `init.sql` (the managed accounts and, on a replica, whom it
+//! follows; run by the server at every start) and `client.cnf` (credentials of the
+//! addon's tools).
+
+use shoal_sdk::mysql::quote_literal;
+use shoal_sdk::params::Lookup;
+use shoal_sdk::prelude::*;
+
+const KIB: i64 = 1 << 10;
+const MIB: i64 = 1 << 20;
+const GIB: i64 = 1 << 30;
+const SECOND: i64 = 1000;
+const DAY: i64 = 24 * 3600 * SECOND;
+
+/// The account clients and applications use: every privilege but `READ_ONLY ADMIN`, so a
+/// read-only instance (a replica, a fenced primary) refuses its writes.
+pub const ADMIN_USER: &str = "root";
+/// The account the addon and replication use: every privilege, `READ_ONLY ADMIN` included
+/// (lifting `read_only` needs it). Same password as the admin account.
+pub const CONTROL_USER: &str = "shoal";
+/// Where a replica seeded from a `mariadb-backup` copy finds the GTID position of that copy
+/// (in the config directory, world-readable, so `LOAD_FILE` in `init.sql` can read it).
+pub const SEED_FILE: &str = "seed-position";
+
+fn spec(
+    name: &str,
+    type_: ParamType,
+    default: Option<Value>,
+    apply: ApplyMode,
+    description: &str,
+) -> ParamSpec {
+    ParamSpec {
+        name: name.into(),
+        type_,
+        default_value: default,
+        apply,
+        description: description.into(),
+        versions: vec![],
+    }
+}
+
+fn int(min: i64, max: i64) -> IntRange {
+    IntRange { min, max }
+}
+
+/// The parameters users may set. Sizes without a default are derived from memory.
+pub fn schema() -> Vec<ParamSpec> {
+    use ApplyMode::{Dynamic, Immutable, Restart};
+    use ParamType::{Boolean, Choice, DurationMs, Integer, SizeBytes};
+    let i = |v: i64| Some(Value::Integer(v));
+    vec![
+        spec(
+            "max_connections",
+            Integer(int(10, 100_000)),
+            i(200),
+            Dynamic,
+            "Most concurrent client connections.",
+        ),
+        spec(
+            "wait_timeout",
+            DurationMs(int(SECOND, 365 * DAY)),
+            i(8 * 3600 * SECOND),
+            Dynamic,
+            "Close a client connection idle this long (whole seconds).",
+        ),
+        spec(
+            "max_allowed_packet",
+            SizeBytes(int(KIB, GIB)),
+            i(64 * MIB),
+            Dynamic,
+            "Largest packet or row a client may send or receive (a multiple of 1 KiB).",
+        ),
+        spec(
+            "long_query_time",
+            DurationMs(int(0, 3600 * SECOND)),
+            i(10 * SECOND),
+            Dynamic,
+            "Statements slower than this go to the slow query log.",
+        ),
+        spec(
+            "slow_query_log",
+            Boolean,
+            Some(Value::Boolean(false)),
+            Dynamic,
+            "Log statements slower than long_query_time.",
+        ),
+        spec(
+            "innodb_flush_log_at_trx_commit",
+            Integer(int(0, 2)),
+            i(1),
+            Dynamic,
+            "1: every commit is flushed to disk (durable); 2: written, flushed once a second; \
+             0: neither (a crash loses up to a second of commits).",
+        ),
+        spec(
+            "sync_binlog",
+            Integer(int(0, 4_294_967_295)),
+            i(1),
+            Dynamic,
+            "Flush the binary log to disk every N commits (1: every commit, durable; 0: the \
+             OS decides).",
+        ),
+        spec(
+            "binlog_expire_logs_seconds",
+            DurationMs(int(0, 99 * DAY)),
+            i(7 * DAY),
+            Dynamic,
+            "Delete binary logs older than this (whole seconds; 0: never). Replicas and the \
+             archiver need them until they have read them.",
+        ),
+        spec(
+            "rpl_semi_sync_master_timeout",
+            DurationMs(int(0, 3600 * SECOND)),
+            i(10 * SECOND),
+            Dynamic,
+            "ha.mode sync: how long a commit waits for a replica's acknowledgement before \
+             the primary falls back to asynchronous replication.",
+        ),
+        spec(
+            "table_open_cache",
+            Integer(int(10, 1_048_576)),
+            i(2000),
+            Dynamic,
+            "Open tables cached for all threads (limited by the open-files limit).",
+        ),
+        spec(
+            "tmp_table_size",
+            SizeBytes(int(16 * KIB, 64 * GIB)),
+            i(32 * MIB),
+            Dynamic,
+            "Largest in-memory internal temporary table.",
+        ),
+        spec(
+            "max_heap_table_size",
+            SizeBytes(int(16 * KIB, 64 * GIB)),
+            i(32 * MIB),
+            Dynamic,
+            "Largest MEMORY table a user may create (a multiple of 1 KiB).",
+        ),
+        spec(
+            "innodb_io_capacity",
+            Integer(int(100, 4_294_967_295)),
+            i(200),
+            Dynamic,
+            "I/O operations per second InnoDB's background work may use.",
+        ),
+        spec(
+            "innodb_buffer_pool_size",
+            SizeBytes(int(32 * MIB, 4096 * GIB)),
+            None,
+            Restart,
+            "InnoDB's cache of data and indexes; default half the instance memory \
+             (128 MiB when the instance has no memory limit).",
+        ),
+        spec(
+            "innodb_log_file_size",
+            SizeBytes(int(32 * MIB, 512 * GIB)),
+            None,
+            Restart,
+            "Size of the redo log; default a quarter of the buffer pool, between 32 MiB and \
+             2 GiB.",
+        ),
+        spec(
+            "innodb_log_buffer_size",
+            SizeBytes(int(2 * MIB, 2 * GIB)),
+            i(16 * MIB),
+            Restart,
+            "Buffer for redo log writes (a multiple of 4 KiB).",
+        ),
+        spec(
+            "performance_schema",
+            Boolean,
+            Some(Value::Boolean(false)),
+            Restart,
+            "The Performance Schema's instrumentation (costs memory and some CPU).",
+        ),
+        spec(
+            "thread_handling",
+            Choice(vec![
+                "one-thread-per-connection".into(),
+                "pool-of-threads".into(),
+            ]),
+            Some(Value::Text("one-thread-per-connection".into())),
+            Restart,
+            "A thread per client connection, or a thread pool.",
+        ),
+        spec(
+            "lower_case_table_names",
+            Integer(int(0, 1)),
+            i(0),
+            Immutable,
+            "1: table and database names are stored in lowercase and compared \
+             case-insensitively; fixed when the cluster is created.",
+        ),
+        spec(
+            "innodb_page_size",
+            Choice(vec![
+                "4k".into(),
+                "8k".into(),
+                "16k".into(),
+                "32k".into(),
+                "64k".into(),
+            ]),
+            Some(Value::Text("16k".into())),
+            Immutable,
+            "InnoDB page size; fixed when the cluster is created.",
+        ),
+    ]
+}
+
+/// Memory-derived sizes of an instance.
+pub struct Sizes {
+    pub buffer_pool: i64,
+    pub log_file: i64,
+}
+
+impl Sizes {
+    /// The derived sizes for `resources`, with the user's choices taking precedence.
+    pub fn of(resources: &Resources, p: &Lookup<'_>) -> HookResult<Sizes> {
+        let memory = i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX);
+        let buffer_pool = match p.get("innodb_buffer_pool_size") {
+            Some(_) => p.int("innodb_buffer_pool_size")?,
+            None if memory <= 0 => 128 * MIB,
+            None => (memory / 2 / MIB * MIB).max(32 * MIB),
+        };
+        let log_file = match p.get("innodb_log_file_size") {
+            Some(_) => p.int("innodb_log_file_size")?,
+            None => (buffer_pool / 4 / MIB * MIB).clamp(32 * MIB, 2 * GIB),
+        };
+        Ok(Sizes {
+            buffer_pool,
+            log_file,
+        })
+    }
+}
+
+/// The effective value of `name` for an instance with `resources`: the user's, the schema
+/// default, or what the addon derives.
+pub fn effective_value(
+    p: &Lookup<'_>,
+    name: &str,
+    resources: &Resources,
+) -> HookResult<Option<Value>> {
+    if let Some(v) = p.get(name) {
+        return Ok(Some(v.clone()));
+    }
+    let sizes = Sizes::of(resources, p)?;
+    Ok(match name {
+        "innodb_buffer_pool_size" => Some(Value::Integer(sizes.buffer_pool)),
+        "innodb_log_file_size" => Some(Value::Integer(sizes.log_file)),
+        _ => None,
+    })
+}
+
+/// Every parameter of the schema with its effective value.
+pub fn effective(params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
+    let schema = schema();
+    let p = Lookup::new(&schema, params);
+    let mut out = Vec::new();
+    for s in &schema {
+        if let Some(value) = effective_value(&p, &s.name, resources)? {
+            out.push(Param {
+                name: s.name.clone(),
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rules the schema cannot say: whole seconds where MariaDB counts seconds, multiples where
+/// it rounds (a value it would silently change is refused instead).
+pub fn validate(params: &[Param]) -> Vec<ParamError> {
+    let mut errors = shoal_sdk::params::validate(&schema(), params);
+    for p in params {
+        let Value::Integer(v) = p.value else { continue };
+        let problem = match p.name.as_str() {
+            "wait_timeout" | "binlog_expire_logs_seconds" if v % SECOND != 0 => Some(format!(
+                "{v} ms is not a whole number of seconds (MariaDB counts seconds)"
+            )),
+            "max_allowed_packet" | "max_heap_table_size" if v % KIB != 0 => {
+                Some(format!("{v} bytes is not a multiple of 1 KiB"))
+            }
+            "innodb_log_buffer_size" | "innodb_log_file_size" if v % (4 * KIB) != 0 => {
+                Some(format!("{v} bytes is not a multiple of 4 KiB"))
+            }
+            "innodb_buffer_pool_size" if v % MIB != 0 => {
+                Some(format!("{v} bytes is not a whole number of MiB"))
+            }
+            _ => None,
+        };
+        if let Some(message) = problem {
+            errors.push(ParamError {
+                name: p.name.clone(),
+                message,
+            });
+        }
+    }
+    errors
+}
+
+/// `value` of parameter `name` as MariaDB takes it in an option file and in `SET GLOBAL`.
+pub fn server_value(name: &str, value: &Value) -> String {
+    match (name, value) {
+        ("wait_timeout" | "binlog_expire_logs_seconds", Value::Integer(ms)) => {
+            (ms / SECOND).to_string()
+        }
+        ("long_query_time", Value::Integer(ms)) => format!("{:.3}", *ms as f64 / 1000.0),
+        ("innodb_page_size", Value::Text(t)) => t.to_uppercase(),
+        (_, Value::Boolean(b)) => if *b { "ON" } else { "OFF" }.to_string(),
+        (_, v) => v.to_string(),
+    }
+}
+
+/// `value` as an SQL expression for `SET GLOBAL name = …`.
+pub fn sql_value(name: &str, value: &Value) -> String {
+    match value {
+        Value::Text(_) => quote_literal(&server_value(name, value)),
+        _ => server_value(name, value),
+    }
+}
+
+/// Whether `got` (from `SELECT @@GLOBAL.name`) is `want`.
+pub fn matches(name: &str, want: &Value, got: &str) -> bool {
+    let got = got.trim();
+    match (name, want) {
+        ("long_query_time", Value::Integer(ms)) => got
+            .parse::<f64>()
+            .is_ok_and(|s| (s * 1000.0 - *ms as f64).abs() < 0.5),
+        (_, Value::Boolean(b)) => {
+            let on = matches!(got.to_ascii_uppercase().as_str(), "1" | "ON" | "YES");
+            on == *b
+        }
+        _ => server_value(name, want).eq_ignore_ascii_case(got),
+    }
+}
+
+/// The server id of instance `name`: 1 + the ordinal at the end of its name ("db-2" → 3),
+/// else a stable hash of the name. Unique within a cluster, whose names differ by ordinal.
+pub fn server_id(name: &str) -> u32 {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    match digits.parse::<u32>() {
+        Ok(n) if n < 1_000_000 => n + 1,
+        _ => {
+            // FNV-1a, kept away from the ordinal range.
+            let mut h: u32 = 0x811c_9dc5;
+            for b in name.bytes() {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            1_000_000 + h % 1_000_000_000
+        }
+    }
+}
+
+/// The primary a replica follows.
+pub fn primary_of(members: &[Member]) -> Option<&Member> {
+    members
+        .iter()
+        .find(|m| m.role.as_deref() == Some("primary"))
+}
+
+fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
+    d.as_deref()
+        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
+}
+
+/// A path as an option-file value: refused if it holds characters an option file cannot
+/// carry plainly.
+fn option_path(p: &str) -> HookResult<&str> {
+    if p.chars()
+        .any(|c| c.is_control() || c == '"' || c == '\'' || c == '\\' || c == '#')
+    {
+        return Err(HookError::invalid(format!(
+            "path {p:?} holds a character MariaDB's option files cannot carry"
+        )));
+    }
+    Ok(p)
+}
+
+/// `my.cnf` for `instance`: its own address, port, directories and server id, GTID
+/// replication with the binary log in the data directory, `read_only` unless it is the
+/// primary, `init.sql` run at every start, and the parameters.
+pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
+    let schema = schema();
+    let p = Lookup::new(&schema, params);
+    let data = option_path(dir(&instance.data_dir, "data")?)?;
+    let conf = option_path(dir(&instance.config_dir, "config")?)?;
+    let port = instance
+        .port("client")
+        .ok_or_else(|| HookError::invalid("no port named \"client\" was allocated"))?;
+    let primary = instance.role.as_deref() == Some("primary");
+    let mut s = format!(
+        "# Rendered by Shoal for {cluster}/{name}; rewritten before every start, do not edit.\n\
+         [mariadbd]\n\
+         datadir={data}\n\
+         port={port}\n\
+         bind-address={host}\n\
+         socket={conf}/mariadbd.sock\n\
+         pid-file={conf}/mariadbd.pid\n\
+         # Errors go to stderr, which the host keeps as the server's log.\n\
+         log-warnings=2\n\
+         skip-name-resolve\n\
+         server-id={server_id}\n\
+         # GTID replication: every instance writes a binary log (replicas too, so any of\n\
+         # them can become the primary), in strict order.\n\
+         log-bin=mysql-bin\n\
+         log-bin-index=mysql-bin.index\n\
+         relay-log=relay-bin\n\
+         relay-log-index=relay-bin.index\n\
+         binlog-format=ROW\n\
+         log-slave-updates=ON\n\
+         gtid-strict-mode=ON\n\
+         gtid-domain-id=0\n\
+         # Replication starts from init.sql, which names the current primary.\n\
+         skip-slave-start\n\
+         slave-net-timeout=10\n\
+         rpl-semi-sync-master-wait-point=AFTER_SYNC\n\
+         # Only the replica's seed position is read with LOAD_FILE.\n\
+         secure-file-priv={conf}\n\
+         init-file={conf}/init.sql\n\
+         # Fenced unless this is the primary; the root account cannot write while it is on.\n\
+         read-only={read_only}\n\
+         character-set-server=utf8mb4\n\
+         collation-server=utf8mb4_general_ci\n",
+        cluster = instance.cluster,
+        name = instance.name,
+        host = instance.endpoint.host,
+        server_id = server_id(&instance.name),
+        read_only = if primary { "OFF" } else { "ON" },
+    );
+    for spec in &schema {
+        if let Some(v) = effective_value(&p, &spec.name, &instance.resources)? {
+            s.push_str(&format!(
+                "{}={}\n",
+                spec.name.replace('_', "-"),
+                server_value(&spec.name, &v)
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// `client.cnf`: the control account's credentials for `mariadb-backup` (option files keep
+/// the password off command lines).
+pub fn client_cnf(password: &str) -> HookResult<String> {
+    if password.contains(['\n', '\r', '"', '\\']) {
+        return Err(HookError::invalid(
+            "the managed password holds a character an option file cannot carry",
+        ));
+    }
+    Ok(format!(
+        "# Rendered by Shoal: the addon's account, for mariadb-backup.\n\
+         [client]\nuser={CONTROL_USER}\npassword=\"{password}\"\n"
+    ))
+}
+
+/// `init.sql`, run by the server at every start before it takes connections: the managed
+/// accounts with the cluster's password (not written to the binary log, so no instance
+/// ever has a transaction of its own that the others lack), and on a replica the
+/// replication source: the current primary, from the seed position of a fresh copy, else
+/// from where it stopped.
+pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> HookResult<String> {
+    let conf = option_path(dir(&instance.config_dir, "config")?)?;
+    let pw = quote_literal(password);
+    let mut s = format!(
+        "-- Rendered by Shoal; run by the server at every start. One statement per line.\n\
+         SET SESSION sql_log_bin = 0;\n\
+         DELETE FROM mysql.global_priv WHERE User = '' OR (User = '{ADMIN_USER}' AND Host NOT IN ('localhost', '%'));\n\
+         FLUSH PRIVILEGES;\n\
+         CREATE USER IF NOT EXISTS '{ADMIN_USER}'@'%' IDENTIFIED BY {pw};\n\
+         ALTER USER '{ADMIN_USER}'@'%' IDENTIFIED BY {pw};\n\
+         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n\
+         REVOKE READ_ONLY ADMIN ON *.* FROM '{ADMIN_USER}'@'%';\n\
+         ALTER USER IF EXISTS '{ADMIN_USER}'@'localhost' IDENTIFIED BY {pw};\n\
+         CREATE USER IF NOT EXISTS '{CONTROL_USER}'@'%' IDENTIFIED BY {pw};\n\
+         ALTER USER '{CONTROL_USER}'@'%' IDENTIFIED BY {pw};\n\
+         GRANT ALL PRIVILEGES ON *.* TO '{CONTROL_USER}'@'%' WITH GRANT OPTION;\n"
+    );
+    if instance.role.as_deref() == Some("primary") {
+        // A primary follows nobody (a copy taken from a replica may carry its settings).
+        s.push_str("STOP SLAVE;\nRESET SLAVE ALL;\n");
+        return Ok(s);
+    }
+    let primary = primary_of(members).ok_or_else(|| {
+        HookError::invalid("a replica needs a member with role \"primary\" to follow")
+    })?;
+    s.push_str(&format!(
+        "STOP SLAVE;\n\
+         SET @shoal_seed = (SELECT TRIM(TRAILING '\\n' FROM SUBSTRING_INDEX(LOAD_FILE('{conf}/{SEED_FILE}'), '\\t', -1)));\n\
+         SET GLOBAL gtid_slave_pos = IF(@@GLOBAL.gtid_binlog_pos = '' AND @shoal_seed REGEXP '^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$', @shoal_seed, @@GLOBAL.gtid_slave_pos);\n\
+         {change};\n\
+         START SLAVE;\n",
+        change = change_master(&primary.endpoint, password),
+    ));
+    Ok(s)
+}
+
+/// `CHANGE MASTER TO` the primary at `endpoint` by GTID (the replica's applied position).
+pub fn change_master(endpoint: &Endpoint, password: &str) -> String {
+    format!(
+        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='{CONTROL_USER}', \
+         MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+         MASTER_HEARTBEAT_PERIOD=1",
+        quote_literal(&endpoint.host),
+        endpoint.port,
+        quote_literal(password)
+    )
+}
+
+/// The sum of the sequence numbers of a GTID position ("0-1-57,1-2-3" → 60): a number that
+/// only grows as transactions are applied, comparable between the instances of a cluster.
+pub fn gtid_sequence(pos: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for gtid in pos.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let seq: u64 = gtid.rsplit('-').next()?.parse().ok()?;
+        if gtid.split('-').count() != 3 {
+            return None;
+        }
+        total = total.saturating_add(seq);
+        any = true;
+    }
+    if any {
+        Some(total)
+    } else if pos.trim().is_empty() {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(role: &str) -> Instance {
+        Instance {
+            cluster: "c".into(),
+            component: "mariadb".into(),
+            name: "c-1".into(),
+            engine_version: "10.11".into(),
+            endpoint: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 7001,
+            },
+            ports: vec![NamedPort {
+                name: "client".into(),
+                port: 7001,
+            }],
+            data_dir: Some("/srv/c-1/data".into()),
+            config_dir: Some("/srv/c-1/config".into()),
+            archive_dir: None,
+            role: Some(role.into()),
+            term: 1,
+            credentials: None,
+            resources: Resources {
+                cpu_millis: 0,
+                memory_bytes: 1 << 30,
+                storage_bytes: 0,
+            },
+        }
+    }
+
+    fn primary() -> Member {
+        Member {
+            name: "c-0".into(),
+            endpoint: Endpoint {
+                host: "127.0.0.1".into(),
+                port: 7000,
+            },
+            ports: vec![],
+            role: Some("primary".into()),
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn my_cnf_fences_replicas_and_derives_memory() {
+        let set = [Param {
+            name: "max_connections".into(),
+            value: Value::Integer(300),
+        }];
+        let conf = my_cnf(&instance("replica"), &set).unwrap();
+        assert!(conf.contains("\nread-only=ON\n"), "{conf}");
+        assert!(conf.contains("\nport=7001\n"), "{conf}");
+        assert!(conf.contains("\nserver-id=2\n"), "{conf}");
+        assert!(conf.contains("\nmax-connections=300\n"), "{conf}");
+        // Half of 1 GiB, and a quarter of that for the redo log.
+        assert!(
+            conf.contains("\ninnodb-buffer-pool-size=536870912\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("\ninnodb-log-file-size=134217728\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("\nwait-timeout=28800\n"), "{conf}");
+        assert!(conf.contains("\nlong-query-time=10.000\n"), "{conf}");
+        assert!(conf.contains("\nperformance-schema=OFF\n"), "{conf}");
+        let conf = my_cnf(&instance("primary"), &[]).unwrap();
+        assert!(conf.contains("\nread-only=OFF\n"), "{conf}");
+    }
+
+    #[test]
+    fn init_sql_sets_accounts_and_the_replication_source() {
+        let sql = init_sql(&instance("replica"), &[primary()], "p'w").unwrap();
+        assert!(sql.contains("IDENTIFIED BY 'p\\'w'"), "{sql}");
+        assert!(sql.contains("SET SESSION sql_log_bin = 0;"), "{sql}");
+        assert!(
+            sql.contains("MASTER_HOST='127.0.0.1', MASTER_PORT=7000"),
+            "{sql}"
+        );
+        assert!(sql.contains("LOAD_FILE('/srv/c-1/config/seed-position')"));
+        assert!(sql.trim_end().ends_with("START SLAVE;"), "{sql}");
+        let sql = init_sql(&instance("primary"), &[primary()], "pw").unwrap();
+        assert!(sql.contains("RESET SLAVE ALL;"), "{sql}");
+        assert!(!sql.contains("CHANGE MASTER"), "{sql}");
+        assert!(init_sql(&instance("replica"), &[], "pw").is_err());
+        // One statement per line: init files are read line by line.
+        for line in init_sql(&instance("replica"), &[primary()], "pw")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("--"))
+        {
+            assert!(line.ends_with(';'), "{line}");
+        }
+    }
+
+    #[test]
+    fn values_as_mariadb_writes_and_reads_them() {
+        assert_eq!(server_value("wait_timeout", &Value::Integer(30_000)), "30");
+        assert_eq!(
+            server_value("long_query_time", &Value::Integer(250)),
+            "0.250"
+        );
+        assert!(matches("long_query_time", &Value::Integer(250), "0.250000"));
+        assert!(matches("slow_query_log", &Value::Boolean(true), "1"));
+        assert!(!matches("slow_query_log", &Value::Boolean(true), "0"));
+        assert!(matches("max_connections", &Value::Integer(300), "300"));
+        assert_eq!(
+            sql_value("thread_handling", &Value::Text("pool-of-threads".into())),
+            "'pool-of-threads'"
+        );
+    }
+
+    #[test]
+    fn validation_refuses_values_mariadb_would_round() {
+        let e = validate(&[
+            Param {
+                name: "wait_timeout".into(),
+                value: Value::Integer(1500),
+            },
+            Param {
+                name: "max_allowed_packet".into(),
+                value: Value::Integer(1_000_000),
+            },
+        ]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(validate(&[Param {
+            name: "wait_timeout".into(),
+            value: Value::Integer(60_000),
+        }])
+        .is_empty());
+    }
+
+    #[test]
+    fn server_ids_and_gtid_sequences() {
+        assert_eq!(server_id("db-0"), 1);
+        assert_eq!(server_id("db-12"), 13);
+        assert!(server_id("solo") > 1_000_000);
+        assert_eq!(gtid_sequence("0-1-57"), Some(57));
+        assert_eq!(gtid_sequence("0-1-57,1-2-3"), Some(60));
+        assert_eq!(gtid_sequence(""), Some(0));
+        assert_eq!(gtid_sequence("junk"), None);
+    }
+
+    #[test]
+    fn memory_derivation() {
+        let schema = schema();
+        let p = Lookup::new(&schema, &[]);
+        let r = |m| Resources {
+            cpu_millis: 0,
+            memory_bytes: m,
+            storage_bytes: 0,
+        };
+        assert_eq!(Sizes::of(&r(0), &p).unwrap().buffer_pool, 128 * MIB);
+        assert_eq!(Sizes::of(&r(0), &p).unwrap().log_file, 32 * MIB);
+        assert_eq!(Sizes::of(&r(4 << 30), &p).unwrap().buffer_pool, 2 * GIB);
+        assert_eq!(Sizes::of(&r(4 << 30), &p).unwrap().log_file, 512 * MIB);
+    }
+}

@@ -1,0 +1,1264 @@
+//! The MariaDB addon (MySQL protocol): how to run `mariadbd` (every setting in a rendered
+//! `my.cnf` in the config directory, the managed accounts and the replication source in an
+//! `init.sql` the server runs at every start), replicas seeded by `mariadb-backup` from the
+//! primary and following it by GTID, probes, promotion, fencing (`read_only`) and switchover
+//! over the MySQL protocol (the SDK's client), semi-synchronous replication for `ha.mode:
+//! sync`, physical (`mariadb-backup --stream`) and logical (`mariadb-dump`) backups, binary
+//! log archiving and point-in-time restore, and parameters applied live with `SET GLOBAL`
+//! and read back.
+//!
+//! Accounts: `root` is the administrative account clients get; it has every privilege but
+//! `READ_ONLY ADMIN`, so a fenced primary or a replica refuses its writes. `shoal` (same
+//! password) is the addon's own account and the replication account; it alone lifts
+//! `read_only`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use shoal_sdk::mysql::{quote_literal, MyConn, QueryResult};
+use shoal_sdk::prelude::*;
+
+mod archive;
+mod config;
+
+use config::{ADMIN_USER, CONTROL_USER, SEED_FILE};
+
+/// Connect, read and write timeout of the probe and of short statements: a healthy server
+/// answers in milliseconds, a frozen one must be noticed before the probe's 2 s deadline.
+const IO_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Deadline of a backup or a restore.
+const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
+/// How long a promotion waits for the replica to apply what it received.
+const APPLY_WAIT_S: u64 = 60;
+/// How long a switchover waits for the candidate to apply everything the old primary wrote.
+const CATCH_UP_S: u64 = 30;
+/// The MariaDB version this addon runs.
+const VERSION: &str = "10.11";
+
+struct MariaDb {
+    /// A connection kept between calls of a live instance (the probe loop).
+    conn: Option<MyConn>,
+}
+
+fn password(instance: &Instance) -> HookResult<&str> {
+    instance
+        .credentials
+        .as_ref()
+        .map(|c| c.password.as_str())
+        .ok_or_else(|| HookError::invalid("the host gave no credentials for the root account"))
+}
+
+fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
+    d.as_deref()
+        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
+}
+
+/// A fresh connection to `endpoint` as the control account.
+fn connect_to(endpoint: &Endpoint, instance: &Instance, timeout: Duration) -> HookResult<MyConn> {
+    MyConn::connect(endpoint, CONTROL_USER, password(instance)?, timeout)
+        .map_err(|e| HookError::from(e).context(format!("connect {endpoint}")))
+}
+
+/// Run `sql` on `c`, naming the statement's first words and the server in an error.
+fn run(c: &mut MyConn, sql: &str) -> HookResult<QueryResult> {
+    c.query(sql).map_err(|e| {
+        let what: String = sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        HookError::from(e).context(format!("{} {what}", c.peer()))
+    })
+}
+
+/// What `SHOW SLAVE STATUS` says, when replication is configured.
+struct SlaveStatus {
+    host: String,
+    port: u16,
+    io_running: String,
+    sql_running: String,
+    io_pos: String,
+    seconds_behind: Option<u64>,
+    last_io_error: String,
+    last_sql_error: String,
+}
+
+fn slave_status(c: &mut MyConn) -> HookResult<Option<SlaveStatus>> {
+    let r = run(c, "SHOW SLAVE STATUS")?;
+    if r.rows.is_empty() {
+        return Ok(None);
+    }
+    let get = |name: &str| r.first(name).unwrap_or("").to_string();
+    let host = get("Master_Host");
+    if host.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SlaveStatus {
+        port: get("Master_Port").parse().unwrap_or(0),
+        host,
+        io_running: get("Slave_IO_Running"),
+        sql_running: get("Slave_SQL_Running"),
+        io_pos: get("Gtid_IO_Pos"),
+        seconds_behind: r
+            .first("Seconds_Behind_Master")
+            .and_then(|v| v.parse().ok()),
+        last_io_error: get("Last_IO_Error"),
+        last_sql_error: get("Last_SQL_Error"),
+    }))
+}
+
+/// The text of `SELECT expr` (NULL as empty).
+fn value(c: &mut MyConn, expr: &str) -> HookResult<String> {
+    Ok(run(c, &format!("SELECT {expr}"))?
+        .rows
+        .first()
+        .and_then(|r| r.get(0))
+        .unwrap_or("")
+        .to_string())
+}
+
+/// Wait until `c` has applied GTID position `pos`; false when `seconds` passed first.
+fn wait_applied(c: &mut MyConn, pos: &str, seconds: u64) -> HookResult<bool> {
+    if pos.is_empty() {
+        return Ok(true);
+    }
+    c.set_timeout(Duration::from_secs(seconds + 10))
+        .map_err(HookError::from)?;
+    let r = value(
+        c,
+        &format!("MASTER_GTID_WAIT({}, {seconds})", quote_literal(pos)),
+    );
+    c.set_timeout(IO_TIMEOUT).map_err(HookError::from)?;
+    Ok(r? == "0")
+}
+
+impl MariaDb {
+    /// A connection to `instance`, reusing the kept one when it still answers.
+    fn conn(&mut self, instance: &Instance) -> HookResult<&mut MyConn> {
+        let addr = instance.address();
+        let reusable = match self.conn.as_mut() {
+            Some(c) if c.peer() == addr => c.ping().is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            self.conn = None;
+            self.conn = Some(connect_to(&instance.endpoint, instance, IO_TIMEOUT)?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| HookError::failed("no connection"))
+    }
+
+    /// Run `f` on the connection to `instance`; a failure drops the kept connection.
+    fn with<T>(
+        &mut self,
+        instance: &Instance,
+        f: impl FnOnce(&mut MyConn) -> HookResult<T>,
+    ) -> HookResult<T> {
+        let r = f(self.conn(instance)?);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+/// `CREATE USER … ; GRANT …` for an account of `role`.
+fn account_sql(account: &Account) -> HookResult<Vec<String>> {
+    let user = &account.credentials.username;
+    if user.is_empty() || user.chars().count() > 80 {
+        return Err(HookError::invalid("account names are 1-80 characters"));
+    }
+    if user == CONTROL_USER {
+        return Err(HookError::invalid(format!(
+            "{CONTROL_USER:?} is the addon's own account"
+        )));
+    }
+    let who = format!("{}@'%'", quote_literal(user));
+    let pw = quote_literal(&account.credentials.password);
+    let privileges = match account.role {
+        AccountRole::Superuser => "ALL PRIVILEGES",
+        AccountRole::ReadWrite => {
+            "SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY \
+             TABLES, LOCK TABLES, EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER \
+             ROUTINE, EVENT, TRIGGER"
+        }
+        AccountRole::ReadOnly => "SELECT, SHOW VIEW",
+        AccountRole::Replication => "REPLICATION SLAVE, BINLOG MONITOR",
+        AccountRole::Monitor => "PROCESS, BINLOG MONITOR, SLAVE MONITOR",
+    };
+    let mut sql = vec![
+        format!("CREATE USER IF NOT EXISTS {who} IDENTIFIED BY {pw}"),
+        format!("ALTER USER {who} IDENTIFIED BY {pw}"),
+        format!("REVOKE ALL PRIVILEGES, GRANT OPTION FROM {who}"),
+        format!(
+            "GRANT {privileges} ON *.* TO {who}{}",
+            if matches!(account.role, AccountRole::Superuser) {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            }
+        ),
+    ];
+    if matches!(account.role, AccountRole::Superuser) {
+        // Like root: a read-only instance refuses its writes too.
+        sql.push(format!("REVOKE READ_ONLY ADMIN ON *.* FROM {who}"));
+    }
+    Ok(sql)
+}
+
+/// SQL recreating every account but the managed ones and MariaDB's own (`CREATE USER IF
+/// NOT EXISTS` with the password hash, then its grants), for a logical backup.
+fn accounts_sql(c: &mut MyConn) -> HookResult<String> {
+    let users = run(
+        c,
+        &format!(
+            "SELECT User, Host FROM mysql.user WHERE User NOT IN ('', '{ADMIN_USER}', \
+             '{CONTROL_USER}', 'mariadb.sys') AND is_role = 'N' ORDER BY User, Host"
+        ),
+    )?;
+    let mut out = String::from("\n-- Accounts (Shoal: all but root, shoal and mariadb.sys).\n");
+    for row in &users.rows {
+        let (Some(user), Some(host)) = (row.get(0), row.get(1)) else {
+            continue;
+        };
+        let who = format!("{}@{}", quote_literal(user), quote_literal(host));
+        let create = run(c, &format!("SHOW CREATE USER {who}"))?;
+        if let Some(stmt) = create.rows.first().and_then(|r| r.get(0)) {
+            let stmt = stmt.replacen("CREATE USER ", "CREATE USER IF NOT EXISTS ", 1);
+            out.push_str(&format!("{stmt};\n"));
+        }
+        for g in run(c, &format!("SHOW GRANTS FOR {who}"))?.rows {
+            if let Some(grant) = g.get(0) {
+                out.push_str(&format!("{grant};\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `GTID of the last change` a `mariadb-backup` log reports ("…, GTID of the last
+/// change '0-1-57'").
+fn backup_gtid(log: &str) -> Option<String> {
+    log.lines().find_map(|l| {
+        let rest = l.split("GTID of the last change '").nth(1)?;
+        rest.split('\'').next().map(str::to_string)
+    })
+}
+
+impl Engine for MariaDb {
+    fn new() -> Self {
+        MariaDb { conn: None }
+    }
+
+    fn manifest(&self) -> AddonManifest {
+        AddonManifest {
+            engine: "mariadb".into(),
+            display_name: "MariaDB".into(),
+            description: "MariaDB with GTID replication (asynchronous, or semi-synchronous in \
+                          ha.mode sync)."
+                .into(),
+            addon_version: "0.1.0".into(),
+            versions: vec![EngineVersion {
+                version: VERSION.into(),
+                is_default: true,
+                binary_paths: vec!["/usr/sbin".into(), "/usr/bin".into()],
+                packages: vec![
+                    "mariadb-server, mariadb-client and mariadb-backup (Debian: apt-get install \
+                     mariadb-server mariadb-backup)"
+                        .into(),
+                ],
+            }],
+            topologies: vec![
+                Topology {
+                    kind: TopologyKind::Standalone,
+                    roles: vec!["primary".into()],
+                    min_members: 1,
+                    max_members: 1,
+                    description: "One server.".into(),
+                },
+                Topology {
+                    kind: TopologyKind::PrimaryReplica,
+                    roles: vec!["primary".into(), "replica".into()],
+                    min_members: 1,
+                    max_members: 16,
+                    description: "A primary and read-only replicas, seeded by mariadb-backup \
+                                  and following it by GTID."
+                        .into(),
+                },
+            ],
+            roles: vec![
+                RoleSpec {
+                    name: "primary".into(),
+                    writable: true,
+                    votes: false,
+                    exclusive: true,
+                    description: "Accepts writes; replicas follow its binary log.".into(),
+                },
+                RoleSpec {
+                    name: "replica".into(),
+                    writable: false,
+                    votes: false,
+                    exclusive: false,
+                    description: "Read-only copy applying the primary's binary log.".into(),
+                },
+            ],
+            ports: vec![PortSpec {
+                name: "client".into(),
+                description: "MySQL protocol (clients and replication).".into(),
+            }],
+            backup_methods: vec![
+                BackupMethod {
+                    name: "physical".into(),
+                    kind: BackupKind::Full,
+                    target_role: Some("replica".into()),
+                    point_in_time: true,
+                    description: "mariadb-backup --stream=xbstream of the whole server (hot, \
+                                  InnoDB-consistent); restored with mbstream and \
+                                  mariadb-backup --prepare to the same major version"
+                        .into(),
+                },
+                BackupMethod {
+                    name: "logical".into(),
+                    kind: BackupKind::Logical,
+                    target_role: Some("replica".into()),
+                    point_in_time: false,
+                    description: "mariadb-dump --single-transaction of every user database \
+                                  (routines, events, triggers) and the accounts other than \
+                                  root; restored into a running server"
+                        .into(),
+                },
+                BackupMethod {
+                    name: "binlog".into(),
+                    kind: BackupKind::Continuous,
+                    target_role: Some("primary".into()),
+                    point_in_time: false,
+                    description: "continuous archiving of the primary's binary logs (rotated \
+                                  at least every minute while they hold transactions): with a \
+                                  physical backup, restores to any second since"
+                        .into(),
+                },
+            ],
+            parameters: config::schema(),
+            capabilities: [
+                "mariadb-backup",
+                "mbstream",
+                "mariadb-dump",
+                "mariadb",
+                "mariadb-binlog",
+                "cat",
+                "ls",
+                "sh",
+            ]
+            .into_iter()
+            .map(|p| Capability::Exec(p.into()))
+            .collect(),
+            limits: vec![
+                HookLimit {
+                    hook: Hook::Probe,
+                    timeout_ms: 2000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Promote,
+                    timeout_ms: (APPLY_WAIT_S + 30) * 1000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Switchover,
+                    timeout_ms: (CATCH_UP_S + 30) * 1000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Backup,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Restore,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::ArchiveContinuous,
+                    timeout_ms: 3600 * 1000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::RestoreToTime,
+                    timeout_ms: BULK_TIMEOUT_MS,
+                    memory_bytes: None,
+                },
+            ],
+            client: Some(ClientInfo {
+                uri_template: "mysql://{user}:{password}@{host}:{port}/".into(),
+                shell: vec![
+                    "mariadb".into(),
+                    "--host={host}".into(),
+                    "--port={port}".into(),
+                    "--user={user}".into(),
+                    "--password={password}".into(),
+                ],
+            }),
+            admin_user: Some(ADMIN_USER.into()),
+            sync_replication: SyncSupport::MayFallBack,
+        }
+    }
+
+    fn run_spec(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        _params: &[Param],
+    ) -> HookResult<RunPlan> {
+        let data = dir(&instance.data_dir, "data")?;
+        let conf = dir(&instance.config_dir, "config")?;
+        let defaults = format!("--defaults-file={conf}/my.cnf");
+        let init = if instance.role.as_deref() == Some("replica") {
+            // A copy of the primary (read from its data directory, which this host can
+            // read), made consistent, and the GTID position it is consistent at, where
+            // init.sql's LOAD_FILE finds it.
+            let primary = config::primary_of(members).ok_or_else(|| {
+                HookError::invalid("a replica needs a member with role \"primary\" to copy from")
+            })?;
+            let client = format!("--defaults-file={conf}/client.cnf");
+            vec![
+                Command {
+                    program: "mariadb-backup".into(),
+                    args: vec![
+                        client.clone(),
+                        "--backup".into(),
+                        format!("--host={}", primary.endpoint.host),
+                        format!("--port={}", primary.endpoint.port),
+                        format!("--target-dir={data}"),
+                        "--parallel=2".into(),
+                    ],
+                    env: vec![],
+                },
+                Command {
+                    program: "mariadb-backup".into(),
+                    args: vec![client, "--prepare".into(), format!("--target-dir={data}")],
+                    env: vec![],
+                },
+                Command {
+                    program: "install".into(),
+                    args: vec![
+                        "-m".into(),
+                        "0644".into(),
+                        format!("{data}/xtrabackup_binlog_info"),
+                        format!("{conf}/{SEED_FILE}"),
+                    ],
+                    env: vec![],
+                },
+            ]
+        } else {
+            vec![Command {
+                program: "mariadb-install-db".into(),
+                args: vec![
+                    defaults.clone(),
+                    "--auth-root-authentication-method=normal".into(),
+                    "--skip-test-db".into(),
+                ],
+                // Its own scratch space: several installs at once in a shared /tmp
+                // collide ("Unknown table 'mysql.tmp_user_sys'").
+                env: vec![EnvVar {
+                    name: "TMPDIR".into(),
+                    value: conf.to_string(),
+                }],
+            }]
+        };
+        Ok(RunPlan {
+            server: Command {
+                program: "mariadbd".into(),
+                args: vec![defaults],
+                env: vec![],
+            },
+            init,
+            readiness: Readiness::Probe,
+            // SIGTERM: a clean shutdown (InnoDB flushes, the binary log is closed).
+            stop_signal: StopSignal::Term,
+            stop_timeout_ms: 120_000,
+            unprivileged: true,
+            image: Some(format!(
+                "docker.io/library/mariadb:{}",
+                instance.engine_version
+            )),
+        })
+    }
+
+    fn render_config(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<Vec<File>> {
+        let pw = password(instance)?;
+        Ok(vec![
+            File {
+                path: "my.cnf".into(),
+                contents: config::my_cnf(instance, params)?.into_bytes(),
+                mode: 0o644,
+            },
+            File {
+                path: "init.sql".into(),
+                contents: config::init_sql(instance, members, pw)?.into_bytes(),
+                // It holds the password.
+                mode: 0o600,
+            },
+            File {
+                path: "client.cnf".into(),
+                contents: config::client_cnf(pw)?.into_bytes(),
+                mode: 0o600,
+            },
+        ])
+    }
+
+    fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        // init.sql made the accounts; check that the administrative one works with the
+        // managed password over TCP.
+        let mut c = MyConn::connect(
+            &instance.endpoint,
+            ADMIN_USER,
+            password(instance)?,
+            IO_TIMEOUT,
+        )
+        .map_err(|e| HookError::from(e).context(format!("connect as {ADMIN_USER}")))?;
+        run(&mut c, "SELECT 1")?;
+        Ok(())
+    }
+
+    fn pre_terminate(&mut self, _instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        Ok(())
+    }
+
+    fn member_join(
+        &mut self,
+        _instance: &Instance,
+        _joining: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // The replica copies the primary with the control account every instance has
+        // (init.sql); nothing to prepare on the primary.
+        Ok(())
+    }
+
+    fn member_leave(
+        &mut self,
+        _instance: &Instance,
+        _leaving: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        Ok(())
+    }
+
+    fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
+        let sql = account_sql(account)?;
+        self.with(instance, |c| {
+            for s in &sql {
+                run(c, s)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        let (vars, slave) = self.with(instance, |c| {
+            let vars = run(
+                c,
+                "SELECT @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_current_pos, \
+                 @@version, @@GLOBAL.rpl_semi_sync_master_enabled, \
+                 (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                  WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_STATUS')",
+            )?;
+            Ok((vars, slave_status(c)?))
+        })?;
+        let row = vars
+            .rows
+            .first()
+            .ok_or_else(|| HookError::failed("the probe query returned no row"))?;
+        let read_only = row.get(0) == Some("1");
+        let binlog_pos = row.get(1).unwrap_or("");
+        let current_pos = row.get(2).unwrap_or("");
+        let version = row.get(3).unwrap_or("?");
+        let semi_sync = row.get(4) == Some("1");
+        let semi_sync_on = row.get(5).is_some_and(|v| v.eq_ignore_ascii_case("ON"));
+        if let Some(s) = slave {
+            let from = format!("{}:{}", s.host, s.port);
+            let received = if s.io_pos.is_empty() {
+                current_pos
+            } else {
+                &s.io_pos
+            };
+            let position = config::gtid_sequence(received)
+                .max(config::gtid_sequence(current_pos))
+                .or(config::gtid_sequence(current_pos));
+            let (health, detail) = if s.io_running == "Yes" && s.sql_running == "Yes" {
+                (
+                    Health::Healthy,
+                    format!(
+                        "MariaDB {version}, replica of {from} at {}, {} s behind",
+                        if current_pos.is_empty() {
+                            "-"
+                        } else {
+                            current_pos
+                        },
+                        s.seconds_behind
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "?".into())
+                    ),
+                )
+            } else if s.sql_running != "Yes" && !s.last_sql_error.is_empty() {
+                (
+                    Health::Degraded,
+                    format!(
+                        "MariaDB {version}, replica of {from}: applying stopped: {}",
+                        s.last_sql_error
+                    ),
+                )
+            } else if !s.last_io_error.is_empty() && s.io_running != "Yes" {
+                (
+                    Health::Degraded,
+                    format!(
+                        "MariaDB {version}, replica of {from}: receiving stopped: {}",
+                        s.last_io_error
+                    ),
+                )
+            } else if s.io_running == "Connecting" {
+                (
+                    Health::Starting,
+                    format!("MariaDB {version}, replica connecting to {from}"),
+                )
+            } else {
+                (
+                    Health::Degraded,
+                    format!(
+                        "MariaDB {version}, replica of {from}: receiving {}, applying {}",
+                        s.io_running, s.sql_running
+                    ),
+                )
+            };
+            return Ok(RoleReport {
+                role: "replica".into(),
+                writable: false,
+                term: None,
+                lag_bytes: None,
+                lag_ms: s.seconds_behind.map(|v| v.saturating_mul(1000)),
+                health,
+                position,
+                detail,
+            });
+        }
+        let position = config::gtid_sequence(binlog_pos);
+        if read_only && instance.role.as_deref() == Some("replica") {
+            // A replica whose init.sql has not named its source yet (or whose
+            // replication settings were reset).
+            return Ok(RoleReport {
+                role: "replica".into(),
+                writable: false,
+                term: None,
+                lag_bytes: None,
+                lag_ms: None,
+                health: Health::Starting,
+                position: config::gtid_sequence(current_pos),
+                detail: format!("MariaDB {version}, read-only, not following a primary yet"),
+            });
+        }
+        let (health, detail) = if read_only {
+            (
+                Health::Healthy,
+                format!("MariaDB {version}, primary fenced read-only"),
+            )
+        } else if semi_sync && !semi_sync_on {
+            (
+                Health::Degraded,
+                format!(
+                    "MariaDB {version}, primary at {binlog_pos}: semi-synchronous replication \
+                     fell back to asynchronous (no replica acknowledged in time)"
+                ),
+            )
+        } else {
+            (
+                Health::Healthy,
+                format!(
+                    "MariaDB {version}, primary at {}{}",
+                    if binlog_pos.is_empty() {
+                        "-"
+                    } else {
+                        binlog_pos
+                    },
+                    if semi_sync { ", semi-synchronous" } else { "" }
+                ),
+            )
+        };
+        Ok(RoleReport {
+            role: "primary".into(),
+            writable: !read_only,
+            term: None,
+            lag_bytes: None,
+            lag_ms: None,
+            health,
+            position,
+            detail,
+        })
+    }
+
+    fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {
+        self.with(instance, |c| {
+            if let Some(s) = slave_status(c)? {
+                // Stop receiving, apply everything received, then forget the source.
+                run(c, "STOP SLAVE IO_THREAD")?;
+                let received = slave_status(c)?.map(|s| s.io_pos).unwrap_or(s.io_pos);
+                if s.sql_running == "Yes" && !wait_applied(c, &received, APPLY_WAIT_S)? {
+                    return Err(HookError::retryable(format!(
+                        "{} has not applied what it received ({received}) within {APPLY_WAIT_S} s",
+                        instance.name
+                    )));
+                }
+                run(c, "STOP SLAVE")?;
+                run(c, "RESET SLAVE ALL")?;
+            }
+            run(c, "SET GLOBAL read_only = OFF")?;
+            if value(c, "@@GLOBAL.read_only")? != "0" {
+                return Err(HookError::retryable(format!(
+                    "{} is still read-only after SET GLOBAL read_only = OFF",
+                    instance.name
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn demote(
+        &mut self,
+        instance: &Instance,
+        new_primary: Option<&Member>,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let pw = password(instance)?.to_string();
+        self.with(instance, |c| {
+            // Fence first: from here on only the replication applier (and the addon's own
+            // account) can write.
+            run(c, "SET GLOBAL read_only = ON")?;
+            let Some(s) = slave_status(c)? else {
+                // A primary is fenced in place and does not follow `new_primary` now (that
+                // one may still be replicating from it): the host stops it and re-seeds
+                // it as a replica of the new primary.
+                return Ok(());
+            };
+            if let Some(p) = new_primary {
+                let same = s.host == p.endpoint.host && s.port == p.endpoint.port;
+                if !same || s.io_running == "No" || s.sql_running == "No" {
+                    run(c, "STOP SLAVE")?;
+                    run(c, &config::change_master(&p.endpoint, &pw))?;
+                    run(c, "START SLAVE")?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn switchover(
+        &mut self,
+        instance: &Instance,
+        candidate: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        // The host has fenced this primary (read_only): no write is taken any more. Wait
+        // until the candidate has applied everything it wrote.
+        let target = self.with(instance, |c| {
+            if slave_status(c)?.is_some() {
+                return Err(HookError::failed(format!(
+                    "{} is not a primary (it follows another server)",
+                    instance.name
+                )));
+            }
+            value(c, "@@GLOBAL.gtid_binlog_pos")
+        })?;
+        let mut cand = connect_to(&candidate.endpoint, instance, IO_TIMEOUT)
+            .map_err(|e| e.context(format!("candidate {}", candidate.name)))?;
+        let s = slave_status(&mut cand)?.ok_or_else(|| {
+            HookError::failed(format!("{} does not follow any primary", candidate.name))
+        })?;
+        if s.host != instance.endpoint.host || s.port != instance.endpoint.port {
+            return Err(HookError::failed(format!(
+                "{} follows {}:{}, not {}",
+                candidate.name, s.host, s.port, instance.name
+            )));
+        }
+        if !wait_applied(&mut cand, &target, CATCH_UP_S)? {
+            let at = value(&mut cand, "@@GLOBAL.gtid_current_pos").unwrap_or_default();
+            return Err(HookError::retryable(format!(
+                "{} has applied {at}, not yet {target}, after {CATCH_UP_S} s",
+                candidate.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn rebuild(
+        &mut self,
+        _instance: &Instance,
+        _source: &Member,
+        _members: &[Member],
+    ) -> HookResult<Vec<Command>> {
+        // No rewind: a former primary may hold transactions the new one never received
+        // (GTIDs that diverged), so the host sets its data aside and seeds a fresh copy
+        // with mariadb-backup (run-spec's init), which follows the new primary from the
+        // copy's exact GTID position.
+        Ok(vec![])
+    }
+
+    fn set_sync(
+        &mut self,
+        instance: &Instance,
+        standbys: &[Member],
+        quorum: u32,
+    ) -> HookResult<()> {
+        let on = !standbys.is_empty() && quorum > 0;
+        if quorum > 1 {
+            return Err(HookError::invalid(format!(
+                "MariaDB's semi-synchronous replication waits for one replica's \
+                 acknowledgement; sync-quorum {quorum} cannot be kept (use 1)"
+            )));
+        }
+        let flag = if on { "ON" } else { "OFF" };
+        self.with(instance, |c| {
+            run(
+                c,
+                &format!("SET GLOBAL rpl_semi_sync_master_enabled = {flag}"),
+            )?;
+            let was = value(c, "@@GLOBAL.rpl_semi_sync_slave_enabled")? == "1";
+            run(
+                c,
+                &format!("SET GLOBAL rpl_semi_sync_slave_enabled = {flag}"),
+            )?;
+            // A replica acknowledges from the next start of its receiving thread.
+            if was != on {
+                if let Some(s) = slave_status(c)? {
+                    if s.io_running != "No" {
+                        run(c, "STOP SLAVE IO_THREAD")?;
+                        run(c, "START SLAVE IO_THREAD")?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn backup(
+        &mut self,
+        instance: &Instance,
+        method: &str,
+        _params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        let pw = password(instance)?;
+        let ep = &instance.endpoint;
+        let (version, total, gtid) = {
+            let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
+            let version = value(&mut c, "@@version")?;
+            let total = value(
+                &mut c,
+                "SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES",
+            )?
+            .parse::<u64>()
+            .ok();
+            let gtid = value(&mut c, "@@GLOBAL.gtid_current_pos")?;
+            (version, total, gtid)
+        };
+        shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
+        let connection = [
+            format!("--host={}", ep.host),
+            format!("--port={}", ep.port),
+            format!("--user={CONTROL_USER}"),
+        ];
+        match method {
+            "physical" => {
+                let out = Exec::new("mariadb-backup")
+                    .arg("--no-defaults")
+                    .args(["--backup", "--stream=xbstream", "--parallel=2"])
+                    .args(connection)
+                    // Its temporary files (none for InnoDB-only data) go next to the others.
+                    .arg("--target-dir=/tmp")
+                    .env("MYSQL_PWD", pw)
+                    .run_into(into)?
+                    .ok_or_failed("mariadb-backup")?;
+                let log = String::from_utf8_lossy(&out.stderr);
+                if !log.contains("completed OK!") {
+                    return Err(HookError::failed(format!(
+                        "mariadb-backup did not report success: {}",
+                        log.lines().last().unwrap_or("")
+                    )));
+                }
+                let at = backup_gtid(&log).unwrap_or(gtid);
+                Ok(BackupInfo {
+                    method: method.into(),
+                    engine_version: instance.engine_version.clone(),
+                    start_position: Some(at.clone()),
+                    end_position: Some(at),
+                    labels: vec![
+                        ("tool".into(), "mariadb-backup --stream=xbstream".into()),
+                        ("mariadb-version".into(), version),
+                    ],
+                })
+            }
+            "logical" => {
+                // Every database but the system ones, then the accounts other than the
+                // managed ones (the restored cluster keeps its own root and control
+                // accounts and password).
+                let accounts = {
+                    let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
+                    accounts_sql(&mut c)?
+                };
+                Exec::new("mariadb-dump")
+                    .arg("--no-defaults")
+                    .args(connection)
+                    .args([
+                        "--single-transaction",
+                        "--all-databases",
+                        "--ignore-database=mysql",
+                        "--ignore-database=sys",
+                        "--routines",
+                        "--events",
+                        "--triggers",
+                        "--hex-blob",
+                        "--default-character-set=utf8mb4",
+                    ])
+                    .env("MYSQL_PWD", pw)
+                    .run_into(into)?
+                    .ok_or_failed("mariadb-dump")?;
+                into.write_all(accounts.as_bytes())
+                    .map_err(|e| HookError::failed(format!("writing the accounts: {e}")))?;
+                Ok(BackupInfo {
+                    method: method.into(),
+                    engine_version: instance.engine_version.clone(),
+                    start_position: Some(gtid.clone()),
+                    end_position: Some(gtid),
+                    labels: vec![
+                        ("tool".into(), "mariadb-dump".into()),
+                        ("mariadb-version".into(), version),
+                    ],
+                })
+            }
+            other => Err(HookError::invalid(format!(
+                "unknown backup method {other:?}: the MariaDB addon has \"physical\" and \
+                 \"logical\""
+            ))),
+        }
+    }
+
+    fn restore(
+        &mut self,
+        instance: &Instance,
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+        _recovery_follows: bool,
+    ) -> HookResult<()> {
+        match info.method.as_str() {
+            "physical" => {
+                // Into the stopped, empty data directory; --prepare makes it consistent.
+                // The new cluster's accounts and passwords come from its init.sql at the
+                // first start; a point-in-time replay (restore-to-time) goes on top.
+                let data = dir(&instance.data_dir, "data")?;
+                Exec::new("mbstream")
+                    .args(["-x", "-C", data])
+                    .run_from(from)?
+                    .ok_or_failed("mbstream -x")?;
+                let out = Exec::new("mariadb-backup")
+                    .args(["--no-defaults", "--prepare"])
+                    .arg(format!("--target-dir={data}"))
+                    .run()?
+                    .ok_or_failed("mariadb-backup --prepare")?;
+                let log = String::from_utf8_lossy(&out.stderr);
+                if !log.contains("completed OK!") {
+                    return Err(HookError::failed(format!(
+                        "mariadb-backup --prepare did not report success: {}",
+                        log.lines().last().unwrap_or("")
+                    )));
+                }
+                Ok(())
+            }
+            "logical" => {
+                let pw = password(instance)?;
+                let ep = &instance.endpoint;
+                Exec::new("mariadb")
+                    .args([
+                        "--no-defaults",
+                        &format!("--host={}", ep.host),
+                        &format!("--port={}", ep.port),
+                        &format!("--user={CONTROL_USER}"),
+                        "--binary-mode",
+                        "--default-character-set=utf8mb4",
+                    ])
+                    .env("MYSQL_PWD", pw)
+                    .run_from(from)?
+                    .ok_or_failed("mariadb (loading the dump)")?;
+                Ok(())
+            }
+            other => Err(HookError::invalid(format!(
+                "cannot restore a backup made with method {other:?}"
+            ))),
+        }
+    }
+
+    fn archive_continuous(
+        &mut self,
+        instance: &Instance,
+        after: Option<&str>,
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<Option<ArchiveUnit>> {
+        if instance.role.as_deref() != Some("primary") {
+            // The archive follows the primary's binary log.
+            return Ok(None);
+        }
+        let mut c = connect_to(&instance.endpoint, instance, IO_TIMEOUT)?;
+        archive::ship_next(&mut c, instance, after, into)
+    }
+
+    fn restore_to_time(
+        &mut self,
+        instance: &Instance,
+        base: &BackupInfo,
+        target: &RecoveryTarget,
+        archive_dir: &str,
+    ) -> HookResult<()> {
+        archive::replay(instance, base, target, archive_dir)
+    }
+
+    fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
+        Ok(config::validate(params))
+    }
+
+    fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
+        let schema = config::schema();
+        // Unset means the default (or the derived value) again.
+        let mut wanted: Vec<(String, Value)> = Vec::new();
+        for c in changes {
+            let v = match &c.new_value {
+                Some(v) => Some(v.clone()),
+                None => config::effective_value(
+                    &shoal_sdk::params::Lookup::new(&schema, &[]),
+                    &c.name,
+                    &instance.resources,
+                )?,
+            };
+            let v =
+                v.ok_or_else(|| HookError::invalid(format!("{}: no value to apply", c.name)))?;
+            wanted.push((c.name.clone(), v));
+        }
+        self.with(instance, |c| {
+            for (name, value) in &wanted {
+                let sql = format!("SET GLOBAL {name} = {}", config::sql_value(name, value));
+                c.query(&sql).map_err(|e| {
+                    HookError::failed(format!(
+                        "MariaDB did not take {name}={}: {e}",
+                        config::server_value(name, value)
+                    ))
+                })?;
+            }
+            for (name, value) in &wanted {
+                let got = value_of(c, name)?;
+                if !config::matches(name, value, &got) {
+                    return Err(HookError::failed(format!(
+                        "MariaDB did not take {name}: asked {}, it reports {got:?}",
+                        config::server_value(name, value)
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn effective(&mut self, params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
+        config::effective(params, resources)
+    }
+
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        let (status, slave) = self.with(instance, |c| {
+            let status = run(c, "SHOW GLOBAL STATUS")?;
+            Ok((status, slave_status(c)?))
+        })?;
+        let get = |name: &str| -> Option<f64> {
+            status
+                .rows
+                .iter()
+                .find(|r| r.get(0).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+                .and_then(|r| r.get(1))
+                .and_then(|v| match v {
+                    "ON" => Some(1.0),
+                    "OFF" => Some(0.0),
+                    v => v.parse().ok(),
+                })
+        };
+        const FIELDS: &[(&str, &str, MetricKind, &str)] = &[
+            (
+                "Threads_connected",
+                "mariadb_threads_connected",
+                MetricKind::Gauge,
+                "Open client connections.",
+            ),
+            (
+                "Threads_running",
+                "mariadb_threads_running",
+                MetricKind::Gauge,
+                "Connections running a statement now.",
+            ),
+            (
+                "Questions",
+                "mariadb_questions_total",
+                MetricKind::Counter,
+                "Statements clients sent.",
+            ),
+            (
+                "Com_commit",
+                "mariadb_commits_total",
+                MetricKind::Counter,
+                "Explicit commits.",
+            ),
+            (
+                "Slow_queries",
+                "mariadb_slow_queries_total",
+                MetricKind::Counter,
+                "Statements slower than long_query_time.",
+            ),
+            (
+                "Aborted_connects",
+                "mariadb_aborted_connects_total",
+                MetricKind::Counter,
+                "Failed connection attempts.",
+            ),
+            (
+                "Innodb_buffer_pool_read_requests",
+                "mariadb_innodb_buffer_pool_read_requests_total",
+                MetricKind::Counter,
+                "Logical reads from the buffer pool.",
+            ),
+            (
+                "Innodb_buffer_pool_reads",
+                "mariadb_innodb_buffer_pool_reads_total",
+                MetricKind::Counter,
+                "Reads the buffer pool could not serve (went to disk).",
+            ),
+            (
+                "Innodb_row_lock_waits",
+                "mariadb_innodb_row_lock_waits_total",
+                MetricKind::Counter,
+                "Row lock waits.",
+            ),
+            (
+                "Binlog_bytes_written",
+                "mariadb_binlog_bytes_written_total",
+                MetricKind::Counter,
+                "Bytes written to the binary log.",
+            ),
+            (
+                "Rpl_semi_sync_master_status",
+                "mariadb_semi_sync_active",
+                MetricKind::Gauge,
+                "1 while semi-synchronous replication is active on this primary; 0 when \
+                 off or fallen back to asynchronous.",
+            ),
+            (
+                "Rpl_semi_sync_master_clients",
+                "mariadb_semi_sync_replicas",
+                MetricKind::Gauge,
+                "Replicas acknowledging semi-synchronously.",
+            ),
+            (
+                "Rpl_semi_sync_master_no_times",
+                "mariadb_semi_sync_fallbacks_total",
+                MetricKind::Counter,
+                "Times the primary fell back to asynchronous replication.",
+            ),
+            (
+                "Rpl_semi_sync_master_no_tx",
+                "mariadb_semi_sync_unacknowledged_commits_total",
+                MetricKind::Counter,
+                "Commits acknowledged to clients without a replica's acknowledgement.",
+            ),
+        ];
+        let mut out: Vec<Sample> = FIELDS
+            .iter()
+            .filter_map(|(status_name, name, kind, help)| {
+                get(status_name).map(|value| Sample {
+                    name: (*name).into(),
+                    kind: *kind,
+                    value,
+                    labels: vec![],
+                    help: (*help).into(),
+                })
+            })
+            .collect();
+        if let Some(s) = slave {
+            out.push(Sample {
+                name: "mariadb_replica_running".into(),
+                kind: MetricKind::Gauge,
+                value: if s.io_running == "Yes" && s.sql_running == "Yes" {
+                    1.0
+                } else {
+                    0.0
+                },
+                labels: vec![],
+                help: "1 while the replica receives and applies the primary's binary log.".into(),
+            });
+            if let Some(lag) = s.seconds_behind {
+                out.push(Sample {
+                    name: "mariadb_replica_lag_seconds".into(),
+                    kind: MetricKind::Gauge,
+                    value: lag as f64,
+                    labels: vec![],
+                    help: "Seconds_Behind_Master: how far the applied changes are behind.".into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `@@GLOBAL.name` as text.
+fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {
+    if !name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(HookError::invalid(format!(
+            "{name:?} is not a variable name"
+        )));
+    }
+    value(c, &format!("@@GLOBAL.{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_gtid_from_a_mariadb_backup_log() {
+        let log = "[00] 2026-12-02 21:33:23 MySQL binlog position: filename \
+                   'mysql-bin.000001', position '1465', GTID of the last change '0-1-6'\n";
+        assert_eq!(backup_gtid(log).as_deref(), Some("0-1-6"));
+        assert_eq!(backup_gtid("nothing"), None);
+    }
+
+    #[test]
+    fn accounts_get_their_role_and_never_the_control_name() {
+        let acct = |user: &str, role| Account {
+            credentials: Credentials {
+                username: user.into(),
+                password: "p'w".into(),
+            },
+            role,
+        };
+        let sql = account_sql(&acct("app", AccountRole::ReadOnly)).unwrap();
+        assert!(
+            sql[0].contains("'app'@'%' IDENTIFIED BY 'p\\'w'"),
+            "{sql:?}"
+        );
+        assert!(
+            sql[3].starts_with("GRANT SELECT, SHOW VIEW ON *.*"),
+            "{sql:?}"
+        );
+        let sql = account_sql(&acct("admin2", AccountRole::Superuser)).unwrap();
+        assert!(sql.last().unwrap().contains("REVOKE READ_ONLY ADMIN"));
+        assert!(account_sql(&acct(CONTROL_USER, AccountRole::ReadOnly)).is_err());
+        assert!(account_sql(&acct("", AccountRole::ReadOnly)).is_err());
+    }
+}
+
+shoal_sdk::export_engine!(MariaDb);
