@@ -2,8 +2,8 @@
 //! asserts timings). The same measurements as the `ha` and `backup` benches, through the same
 //! host code, so the figures compare across engines:
 //!
-//! `cargo bench -p shoal-cli --bench engines --features shoal-sdk/postgres -- [ENGINE] [TRIALS] [MIB]`
-//! (ENGINE `redis` or `all`, default all; 10 failover trials; about 512 MiB of data)
+//! `cargo bench -p shoal-cli --bench engines --features shoal-sdk/postgres,shoal-sdk/mysql -- [ENGINE] [TRIALS] [MIB]`
+//! (ENGINE `redis`, `mariadb` or `all`, default all; 10 failover trials; about 512 MiB of data)
 //!
 //! * TRIALS × kill -9 of the primary of a 3-instance cluster under a writer through the
 //!   read-write endpoint: detection (kill → failover requested), promotion (kill → promoted),
@@ -31,6 +31,8 @@ struct EngineBench {
     wasm: &'static str,
     /// Extra `cluster create` flags of every cluster.
     create: &'static [&'static str],
+    /// Prepare a new cluster's primary at `port` for the writer (its table).
+    prepare: fn(port: u16, password: &str),
     /// A writer through `port` whose first value is `first`.
     writer: fn(port: u16, password: &str, first: u64) -> Writer,
     /// How many of `acked` are missing on the server at `port`.
@@ -48,6 +50,7 @@ const REDIS: EngineBench = EngineBench {
     label: "Redis 7.0",
     wasm: "shoal_addon_redis.wasm",
     create: &["--memory", "2Gi"],
+    prepare: |_, _| {},
     writer: Writer::redis_at,
     lost: |port, pw, acked| lost_redis(port, pw, acked).len(),
     load: |port, pw, mib| {
@@ -76,6 +79,55 @@ const REDIS: EngineBench = EngineBench {
         )
     },
     raw_label: "redis-cli --rdb -",
+};
+
+const MARIADB: EngineBench = EngineBench {
+    engine: "mariadb",
+    label: "MariaDB 10.11",
+    wasm: "shoal_addon_mysql.wasm",
+    create: &["--memory", "2Gi"],
+    prepare: |port, pw| {
+        for sql in [
+            "CREATE DATABASE IF NOT EXISTS app",
+            "CREATE TABLE IF NOT EXISTS app.w (n BIGINT PRIMARY KEY)",
+        ] {
+            mariadb_sql(u64::from(port), pw, sql).expect("prepare the writer's table");
+        }
+    },
+    writer: Writer::mariadb_at,
+    lost: |port, pw, acked| lost_mariadb(port, pw, acked).len(),
+    load: |port, pw, mib| {
+        // Rows of about 1 KiB (an InnoDB table of about `mib` MiB of data), in batches.
+        let port = u64::from(port);
+        mariadb_sql(
+            port,
+            pw,
+            "CREATE TABLE IF NOT EXISTS app.big (id BIGINT PRIMARY KEY, v VARBINARY(1100))",
+        )
+        .expect("create app.big");
+        let rows = mib * 1024;
+        let mut from = 1;
+        while from <= rows {
+            let to = (from + 49_999).min(rows);
+            mariadb_sql(
+                port,
+                pw,
+                &format!(
+                    "INSERT INTO app.big SELECT seq, RANDOM_BYTES(1000) FROM app.seq_{from}_to_{to}"
+                ),
+            )
+            .expect("load app.big");
+            from = to + 1;
+        }
+    },
+    raw_dump: |port, pw| {
+        format!(
+            "MYSQL_PWD={pw} mariadb-backup --no-defaults --backup --stream=xbstream \
+             --parallel=2 --host=127.0.0.1 --port={port} --user=shoal --target-dir=/tmp \
+             2>/dev/null"
+        )
+    },
+    raw_label: "mariadb-backup --stream",
 };
 
 fn now_ms() -> i64 {
@@ -155,6 +207,7 @@ fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
     args.extend(e.create);
     h.ok(&args);
     let pw = password(&h, name);
+    (e.prepare)(rw_port(&settled(&h, name)), &pw);
     let (mut detect, mut promote, mut unavail, mut lost_n) = (vec![], vec![], vec![], vec![]);
     for t in 0..trials {
         let d = settled(&h, name);
@@ -288,6 +341,7 @@ fn backups(e: &EngineBench, ports: (u16, u16), mib: u64, rounds: usize) {
     let d = settled(&h, name);
     let pw = password(&h, name);
     let (_, _, port) = primary_of(&d);
+    (e.prepare)(port as u16, &pw);
     let t = Instant::now();
     (e.load)(port as u16, &pw, mib);
     eprintln!("{}: loaded in {:.1} s", e.engine, t.elapsed().as_secs_f64());
@@ -393,12 +447,12 @@ fn main() {
     let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let trials = numbers.first().copied().unwrap_or(10) as usize;
     let mib = numbers.get(1).copied().unwrap_or(512);
-    let engines: Vec<&EngineBench> = [&REDIS]
+    let engines: Vec<&EngineBench> = [&REDIS, &MARIADB]
         .into_iter()
         .filter(|e| which == "all" || which == e.engine)
         .collect();
     if engines.is_empty() {
-        eprintln!("unknown engine {which:?}: redis or all");
+        eprintln!("unknown engine {which:?}: redis, mariadb or all");
         std::process::exit(2);
     }
     println!("engines benchmark: {trials} failover trials, {mib} MiB backups");

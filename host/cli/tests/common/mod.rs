@@ -927,8 +927,13 @@ impl Writer {
     /// A MariaDB writer: `INSERT INTO app.w VALUES (n)` through `port` as root (autocommit:
     /// each insert is acknowledged when it returns).
     pub fn mariadb(port: u16, password: &str) -> Writer {
+        Writer::mariadb_at(port, password, 1)
+    }
+
+    /// A MariaDB writer whose first value is `first`.
+    pub fn mariadb_at(port: u16, password: &str, first: u64) -> Writer {
         let pw = password.to_string();
-        Writer::start_with(1, move || {
+        Writer::start_with(first, move || {
             let mut c = mariadb(port as u64, &pw)?;
             let server: u16 = c
                 .query_value("SELECT @@port")
