@@ -409,8 +409,9 @@ pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
          bind-address={host}\n\
          socket={conf}/mariadbd.sock\n\
          pid-file={conf}/mariadbd.pid\n\
-         # Errors go to stderr, which the host keeps as the server's log.\n\
-         log-warnings=2\n\
+         # Errors go to stderr, which the host keeps as the server's log; probes that end\n\
+         # without a goodbye are not worth a line each.\n\
+         log-warnings=1\n\
          skip-name-resolve\n\
          server-id={server_id}\n\
          # GTID replication: every instance writes a binary log (replicas too, so any of\n\
@@ -466,7 +467,8 @@ pub fn client_cnf(password: &str) -> HookResult<String> {
     ))
 }
 
-/// `init.sql`, run by the server at every start before it takes connections: the managed
+/// `init.sql`, run by the server at every start before it takes connections (a failing
+/// statement ends it: every statement here must succeed on any instance): the managed
 /// accounts with the cluster's password (not written to the binary log, so no instance
 /// ever has a transaction of its own that the others lack), and on a replica the
 /// replication source: the current primary, from the seed position of a fresh copy, else
@@ -499,7 +501,7 @@ pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> Hook
     s.push_str(&format!(
         "STOP SLAVE;\n\
          SET @shoal_seed = (SELECT TRIM(TRAILING '\\n' FROM SUBSTRING_INDEX(LOAD_FILE('{conf}/{SEED_FILE}'), '\\t', -1)));\n\
-         SET GLOBAL gtid_slave_pos = IF(@@GLOBAL.gtid_binlog_pos = '' AND @shoal_seed REGEXP '^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$', @shoal_seed, @@GLOBAL.gtid_slave_pos);\n\
+         EXECUTE IMMEDIATE IF(@@GLOBAL.gtid_binlog_pos = '' AND @shoal_seed REGEXP '^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$', CONCAT('SET GLOBAL gtid_slave_pos = ', QUOTE(@shoal_seed)), 'DO 0');\n\
          {change};\n\
          START SLAVE;\n",
         change = change_master(&primary.endpoint, password),
@@ -507,11 +509,14 @@ pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> Hook
     Ok(s)
 }
 
-/// `CHANGE MASTER TO` the primary at `endpoint` by GTID (the replica's applied position).
+/// `CHANGE MASTER TO` the primary at `endpoint` by GTID, from `gtid_current_pos`: what the
+/// instance applied as a replica or wrote as a primary (a rejoining former primary); every
+/// instance logs what it applies (`log-slave-updates`) and never writes on its own as a
+/// replica, so the two agree on a replica.
 pub fn change_master(endpoint: &Endpoint, password: &str) -> String {
     format!(
         "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='{CONTROL_USER}', \
-         MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+         MASTER_PASSWORD={}, MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=1, \
          MASTER_HEARTBEAT_PERIOD=1",
         quote_literal(&endpoint.host),
         endpoint.port,

@@ -506,6 +506,11 @@ impl Engine for MariaDb {
                 contents: config::client_cnf(pw)?.into_bytes(),
                 mode: 0o600,
             },
+            File {
+                path: REJOIN_SCRIPT.into(),
+                contents: REJOIN_CHECK.as_bytes().to_vec(),
+                mode: 0o644,
+            },
         ])
     }
 
@@ -793,15 +798,29 @@ impl Engine for MariaDb {
 
     fn rebuild(
         &mut self,
-        _instance: &Instance,
-        _source: &Member,
+        instance: &Instance,
+        source: &Member,
         _members: &[Member],
     ) -> HookResult<Vec<Command>> {
-        // No rewind: a former primary may hold transactions the new one never received
-        // (GTIDs that diverged), so the host sets its data aside and seeds a fresh copy
-        // with mariadb-backup (run-spec's init), which follows the new primary from the
-        // copy's exact GTID position.
-        Ok(vec![])
+        // Rejoin in place when the instance's history is a prefix of the source's: its
+        // last transaction (from its own binary log) is in the source's GTID state. Then it
+        // starts as a replica and continues from its gtid_current_pos (init.sql). When the
+        // GTIDs diverged (a former primary with transactions the new one never received),
+        // the check fails and the host sets the data aside and seeds a fresh copy with
+        // mariadb-backup (run-spec's init).
+        let data = dir(&instance.data_dir, "data")?;
+        let conf = dir(&instance.config_dir, "config")?;
+        Ok(vec![Command {
+            program: "sh".into(),
+            args: vec![
+                format!("{conf}/{REJOIN_SCRIPT}"),
+                data.into(),
+                conf.into(),
+                source.endpoint.host.clone(),
+                source.endpoint.port.to_string(),
+            ],
+            env: vec![],
+        }])
     }
 
     fn set_sync(
@@ -1210,6 +1229,44 @@ impl Engine for MariaDb {
         Ok(out)
     }
 }
+
+/// The rejoin check's file in the config directory (rendered with the config, run by `sh`).
+const REJOIN_SCRIPT: &str = "rejoin-check.sh";
+
+/// Whether a stopped instance can rejoin the source at `host:port` in place: exit 0 when the
+/// last transaction in its binary log (a `GTID` event of the newest file that has one, else
+/// the newest file's starting GTID list) is in the source's `gtid_binlog_state` (the same
+/// domain and server with a sequence at least as high: in strict mode the source then has
+/// everything the instance has); otherwise it says why on stderr and exits 1. Arguments: the
+/// data directory, the config directory, the source's host and port.
+const REJOIN_CHECK: &str = r#"# Rendered by Shoal: can this stopped instance rejoin its new primary in place?
+set -u
+PATH=/usr/sbin:/usr/bin:/bin
+data=$1 conf=$2 host=$3 port=$4
+idx="$data/mysql-bin.index"
+[ -s "$idx" ] || { echo "no binary log to rejoin from" >&2; exit 1; }
+last=""
+for f in $(tac "$idx"); do
+  out=$(mariadb-binlog --no-defaults "$data/${f#./}" 2>/dev/null)
+  last=$(printf '%s\n' "$out" | sed -n 's/.*[[:space:]]GTID \([0-9]*-[0-9]*-[0-9]*\).*/\1/p' | tail -n 1)
+  [ -n "$last" ] && break
+  list=$(printf '%s\n' "$out" | sed -n 's/.*Gtid list \[\(.*\)\].*/\1/p' | head -n 1)
+  if [ -n "$list" ]; then
+    last=$(printf '%s\n' "$list" | tr ',' '\n' | sort -t- -k3,3n | tail -n 1)
+    break
+  fi
+done
+[ -n "$last" ] || { echo "its binary log holds no transaction" >&2; exit 1; }
+state=$(mariadb --defaults-file="$conf/client.cnf" --host="$host" --port="$port" -N -B   -e "SELECT @@GLOBAL.gtid_binlog_state") || { echo "cannot read the source's GTID state" >&2; exit 1; }
+d=${last%%-*}; rest=${last#*-}; s=${rest%%-*}; n=${rest#*-}
+have=$(printf '%s\n' "$state" | tr ',' '\n' | awk -F- -v d="$d" -v s="$s" '$1 == d && $2 == s { print $3 }')
+if [ -n "$have" ] && [ "$have" -ge "$n" ]; then
+  echo "its last transaction $last is in the source's history ($state): rejoining" >&2
+  exit 0
+fi
+echo "diverged: its last transaction $last is not in the source's history ($state)" >&2
+exit 1
+"#;
 
 /// `@@GLOBAL.name` as text.
 fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {

@@ -184,9 +184,13 @@ fn a_switchover_moves_the_primary_role_and_loses_nothing() {
     for (_, port, _) in ports(&d) {
         mariadb_eventually(port, &pw, "SELECT COUNT(*) FROM app.w", &count);
     }
-    // The old primary follows the new one and refuses writes.
+    // The old primary follows the new one and refuses writes. Its history is a prefix of
+    // the new primary's, so it rejoined in place instead of being copied again.
     assert_eq!(follows(oport, &pw), Some(nport));
     refuses_writes(oport, &pw);
+    let events = h.ok(&["cluster", "events", "s", "--limit", "40"]);
+    assert!(events.contains(&format!("rewound onto {now}")), "{events}");
+    assert!(!events.contains("re-copied"), "{events}");
     // Refused, changing nothing: to the primary itself, to an unknown instance.
     refused(&h, &["cluster", "switchover", "s", "--to", &now], "already");
     let o = h.shoal(&["cluster", "switchover", "s", "--to", "s-9"]);
@@ -569,4 +573,64 @@ fn semi_synchronous_replication_reports_its_fallback_to_asynchronous() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(said.contains("sync-quorum"), "{said}");
+}
+
+#[test]
+fn a_former_primary_whose_gtids_diverged_is_copied_afresh() {
+    let h = start_mariadb_host((24325, 24349));
+    let d = create_mariadb(&h, "dv", 3, &[]);
+    let pw = password(&h, "dv");
+    let (old, pid, oport) = primary_of(&d);
+    let rw = rw_port(&d) as u64;
+    mariadb_sql(rw, &pw, "INSERT INTO app.w VALUES (1), (2)").unwrap();
+    for (_, port, _) in ports(&d) {
+        mariadb_eventually(port, &pw, "SELECT COUNT(*) FROM app.w", "2");
+    }
+    // The replicas stop receiving; the primary commits three more; then it dies. Whichever
+    // replica is promoted lacks them: the old primary's history diverged from the new one.
+    for (_, port, role) in ports(&d) {
+        if role == "replica" {
+            mariadb_sql(port, &pw, "STOP SLAVE").unwrap();
+        }
+    }
+    mariadb_sql(oport, &pw, "INSERT INTO app.w VALUES (3), (4), (5)").unwrap();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let d = wait_new_primary(&h, "dv", &old);
+    let (_, _, nport) = primary_of(&d);
+    // The async loss is exactly what the replicas never received.
+    assert_eq!(
+        mariadb_sql(nport, &pw, "SELECT GROUP_CONCAT(n ORDER BY n) FROM app.w").unwrap(),
+        "1,2"
+    );
+    let events = json(&h, &["cluster", "events", "dv", "--limit", "60"]);
+    let said = |needle: &str| {
+        events.as_array().unwrap().iter().any(|e| {
+            e["instance"] == old.as_str() && e["message"].as_str().unwrap_or("").contains(needle)
+        })
+    };
+    assert!(said("diverged"), "{events:#}");
+    assert!(said("re-copied from"), "{events:#}");
+    // The copy follows the new primary and holds its data, not the lost rows.
+    mariadb_sql(rw_port(&d) as u64, &pw, "INSERT INTO app.w VALUES (6)").unwrap();
+    mariadb_eventually(
+        oport,
+        &pw,
+        "SELECT GROUP_CONCAT(n ORDER BY n) FROM app.w",
+        "1,2,6",
+    );
+    assert_eq!(follows(oport, &pw), Some(nport));
+    // Its diverged data directory is kept aside for manual recovery.
+    let aside = h
+        .home
+        .path()
+        .join("clusters/dv")
+        .join(&old)
+        .join("data.before-rebuild");
+    assert!(
+        aside.join("mysql-bin.index").exists(),
+        "{}",
+        aside.display()
+    );
 }
