@@ -29,6 +29,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 ./scripts/build-addons.sh
+# The addons' own unit tests (rendered configs, parsers), natively.
+addon_packages=()
+for manifest in addons/*/Cargo.toml; do
+    addon_packages+=(-p "$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -n 1)")
+done
+cargo test --release "${addon_packages[@]}"
 # The workspace's default members: the host crates, the SDK (its logic tests run natively)
 # and the end-to-end tests. Guest crates are exercised through their .wasm builds.
 cargo test --release --no-fail-fast --features shoal-sdk/postgres,shoal-sdk/mysql "$@"

@@ -1284,6 +1284,7 @@ fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_sdk::Credentials;
 
     #[test]
     fn reads_the_gtid_from_a_mariadb_backup_log() {

@@ -480,6 +480,19 @@ fn parameters_apply_live_or_by_a_rolling_restart_and_bad_input_is_refused() {
         ],
         "innodb_page_size",
     );
+    refused(
+        &h,
+        &[
+            "cluster",
+            "create",
+            "bad",
+            "--engine",
+            "mariadb",
+            "--version",
+            "11.4",
+        ],
+        "11.4",
+    );
     let o = h.shoal(&[
         "cluster",
         "create",
