@@ -32,7 +32,11 @@ else
 fi
 export SHOAL_HOME="$home"
 mkdir -p "$home/addons"
-install -m 0644 target/wasm32-wasip2/release/shoal_addon_postgresql.wasm "$home/addons/postgresql.wasm"
+# Every engine addon (PostgreSQL, Redis, MariaDB): creating a cluster of another engine
+# needs only its packages (the error names them).
+for engine in postgresql redis mysql; do
+    install -m 0644 "target/wasm32-wasip2/release/shoal_addon_$engine.wasm" "$home/addons/$engine.wasm"
+done
 
 if "$shoal" cluster engines >/dev/null 2>&1; then
     say "shoal serve is already running for $home"
