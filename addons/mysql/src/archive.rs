@@ -42,6 +42,10 @@ const CURSOR: &str = ".mariadb-archive-cursor";
 struct Cursor {
     /// The last binary log file the host stored.
     shipped: Option<String>,
+    /// The GTID position that file starts at: a file of the same name with another start
+    /// is another history (the data directory was copied afresh and numbers its binary
+    /// logs from 1 again).
+    shipped_start: String,
     /// When the newest file was last rotated (Unix ms).
     rotated_ms: u64,
 }
@@ -52,6 +56,7 @@ impl Cursor {
         for line in text.lines() {
             match line.split_once('=') {
                 Some(("shipped", v)) if !v.is_empty() => c.shipped = Some(v.to_string()),
+                Some(("shipped_start", v)) => c.shipped_start = v.to_string(),
                 Some(("rotated_ms", v)) => c.rotated_ms = v.parse().unwrap_or(0),
                 _ => {}
             }
@@ -61,8 +66,9 @@ impl Cursor {
 
     fn render(&self) -> String {
         format!(
-            "shipped={}\nrotated_ms={}\n",
+            "shipped={}\nshipped_start={}\nrotated_ms={}\n",
             self.shipped.as_deref().unwrap_or(""),
+            self.shipped_start,
             self.rotated_ms
         )
     }
@@ -78,23 +84,52 @@ fn now_ms() -> u64 {
 /// A unit's name parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct UnitName {
+    /// GTID sequence (summed over domains) at the file's start and end: the sort key.
     first: u64,
     last: u64,
+    /// The exact GTID positions at the file's start and end ("0-1-57"; "" when none):
+    /// units join into a history only where one ends exactly where the next starts.
+    start: String,
+    end: String,
     instance: String,
     binlog: String,
+}
+
+/// A GTID position as a unit-name part: "," (several domains) as "x", empty as "none".
+fn encode_gtids(pos: &str) -> String {
+    if pos.is_empty() {
+        "none".into()
+    } else {
+        pos.replace(',', "x")
+    }
+}
+
+fn decode_gtids(part: &str) -> Option<String> {
+    if part == "none" {
+        return Some(String::new());
+    }
+    let pos = part.replace('x', ",");
+    config::gtid_sequence(&pos).map(|_| pos)
 }
 
 impl UnitName {
     fn render(&self) -> String {
         format!(
-            "{:020}-{:020}.{}.{}",
-            self.first, self.last, self.instance, self.binlog
+            "{:020}-{:020}.{}_{}.{}.{}",
+            self.first,
+            self.last,
+            encode_gtids(&self.start),
+            encode_gtids(&self.end),
+            self.instance,
+            self.binlog
         )
     }
 
     fn parse(name: &str) -> Option<UnitName> {
         let (range, rest) = name.split_once('.')?;
         let (first, last) = range.split_once('-')?;
+        let (gtids, rest) = rest.split_once('.')?;
+        let (start, end) = gtids.split_once('_')?;
         // The binlog file name is "<base>.<6 digits>"; the instance name sits before it.
         let (head, number) = rest.rsplit_once('.')?;
         let (instance, base) = head.rsplit_once('.')?;
@@ -104,6 +139,8 @@ impl UnitName {
         Some(UnitName {
             first: first.parse().ok()?,
             last: last.parse().ok()?,
+            start: decode_gtids(start)?,
+            end: decode_gtids(end)?,
             instance: instance.to_string(),
             binlog: format!("{base}.{number}"),
         })
@@ -130,17 +167,6 @@ pub fn ship_next(
     })?;
     let cursor_path = format!("{archive}/{CURSOR}");
     let mut cursor = Cursor::parse(&std::fs::read_to_string(&cursor_path).unwrap_or_default());
-    // The unit the host stored last (from this instance) is safe: move the cursor past it.
-    if let Some(stored) = after.and_then(UnitName::parse) {
-        if stored.instance == instance.name
-            && cursor
-                .shipped
-                .as_deref()
-                .is_none_or(|s| s < stored.binlog.as_str())
-        {
-            cursor.shipped = Some(stored.binlog);
-        }
-    }
     let logs = binary_logs(c)?;
     let Some((newest, _)) = logs.last().cloned() else {
         return Err(HookError::failed(format!(
@@ -149,11 +175,44 @@ pub fn ship_next(
         )));
     };
     let now = now_ms();
+    // The unit the host stored last (from this instance, of this history) is safe: move the
+    // cursor past it.
+    if let Some(stored) = after.and_then(UnitName::parse) {
+        let newer = cursor
+            .shipped
+            .as_deref()
+            .is_none_or(|s| s < stored.binlog.as_str());
+        if stored.instance == instance.name
+            && newer
+            && logs.iter().any(|(n, _)| *n == stored.binlog)
+            && gtid_at(c, &stored.binlog, 4)? == stored.start
+        {
+            cursor.shipped = Some(stored.binlog);
+            cursor.shipped_start = stored.start;
+        }
+    }
+    // A cursor of another history (the data directory was copied afresh since) starts over.
+    if let Some(shipped) = cursor.shipped.clone().filter(|s| !s.is_empty()) {
+        let other = if logs.iter().any(|(n, _)| *n == shipped) {
+            gtid_at(c, &shipped, 4)? != cursor.shipped_start
+        } else {
+            newest < shipped
+        };
+        if other {
+            shoal_sdk::info!(
+                "{}: binary log {shipped} is not the one archived last (the data was copied \
+                 afresh): archiving from its oldest binary log",
+                instance.name
+            );
+            cursor.shipped = None;
+        }
+    }
     if cursor.shipped.is_none() {
         // Archiving starts here: with the oldest binary log the server still has, so the
         // archive also serves backups taken shortly before (and, after a failover, carries
         // on from whatever the old primary shipped last).
         cursor.shipped = Some(String::new());
+        cursor.shipped_start = String::new();
         cursor.rotated_ms = now;
         write_cursor(&cursor_path, &cursor)?;
     }
@@ -202,6 +261,8 @@ pub fn ship_next(
     let name = UnitName {
         first: config::gtid_sequence(&start).unwrap_or(0),
         last: config::gtid_sequence(&end).unwrap_or(0),
+        start: start.clone(),
+        end: end.clone(),
         instance: instance.name.clone(),
         binlog: file,
     };
@@ -235,74 +296,97 @@ fn gtid_at(c: &mut MyConn, file: &str, offset: u64) -> HookResult<String> {
     )
 }
 
-/// The staged units that continue a backup at sequence `from` without a gap, in order;
-/// and, when the archive holds more beyond the chain's end, where the chain breaks. The
-/// first unit holds the transaction after `from`; each next one starts exactly where the
-/// previous ended. Where several could continue (the same transactions shipped by two
-/// primaries around a failover), the one reaching furthest is taken: the history of the
-/// primary that carried on.
-fn chain(units: Vec<(UnitName, String)>, from: u64) -> HookResult<(Vec<String>, Option<String>)> {
-    let mut out = Vec::new();
-    let mut at = from;
-    loop {
-        let next = units
-            .iter()
-            .filter(|(u, _)| {
-                u.last > at
-                    && if out.is_empty() {
-                        u.first <= at
-                    } else {
-                        u.first == at
-                    }
-            })
-            .max_by(|a, b| (a.0.last, &a.1).cmp(&(b.0.last, &b.1)));
-        match next {
-            Some((u, file)) => {
-                out.push(file.clone());
-                at = u.last;
-            }
-            None => break,
+/// The chain of staged units that continues a backup at GTID sequence `from`: the first unit
+/// holds the transaction after `from`, and each next one starts at exactly the GTID position
+/// the previous ended at (a unit of another history — the tail a failed primary shipped
+/// that its successor never received — does not join). Of several chains the one reaching
+/// furthest is taken: the history of the primary that carried on. Returns the files in
+/// order, the sequence the chain ends at, and, when the archive holds units beyond that,
+/// where it breaks.
+fn chain(
+    units: Vec<(UnitName, String)>,
+    from: u64,
+) -> HookResult<(Vec<String>, u64, Option<String>)> {
+    use std::collections::HashMap;
+    // The furthest sequence reachable from unit i, and the unit that continues it.
+    fn best(
+        i: usize,
+        units: &[(UnitName, String)],
+        memo: &mut HashMap<usize, (u64, Option<usize>)>,
+    ) -> (u64, Option<usize>) {
+        if let Some(b) = memo.get(&i) {
+            return *b;
         }
+        let u = &units[i].0;
+        let mut out = (u.last, None);
+        for (j, (v, _)) in units.iter().enumerate() {
+            if v.start == u.end && v.last > u.last {
+                let (reach, _) = best(j, units, memo);
+                if reach > out.0 {
+                    out = (reach, Some(j));
+                }
+            }
+        }
+        memo.insert(i, out);
+        out
+    }
+    let mut memo = HashMap::new();
+    let first = (0..units.len())
+        .filter(|&i| units[i].0.first <= from && units[i].0.last > from)
+        .max_by_key(|&i| (best(i, &units, &mut memo).0, units[i].1.clone()));
+    let mut files = Vec::new();
+    let mut at = from;
+    let mut next = first;
+    while let Some(i) = next {
+        files.push(units[i].1.clone());
+        at = units[i].0.last;
+        next = best(i, &units, &mut memo).1;
     }
     let beyond = units
         .iter()
         .filter(|(u, _)| u.last > at)
         .min_by(|a, b| (a.0.first, &a.1).cmp(&(b.0.first, &b.1)));
-    match (out.is_empty(), beyond) {
+    let short = |f: &str| f.rsplit('/').next().unwrap_or(f).to_string();
+    match (files.is_empty(), beyond) {
         (true, Some((u, file))) => Err(HookError::failed(format!(
             "the archive does not hold the binary log after the backup's position (GTID \
              sequence {from}); its next unit, {}, starts at {}: archiving started after this \
              backup, or units are missing",
-            file.rsplit('/').next().unwrap_or(file),
+            short(file),
             u.first
         ))),
         (false, Some((u, file))) => Ok((
-            out,
+            files,
+            at,
             Some(format!(
-                "after GTID sequence {at}: the next unit {} starts at {} (a failover or an \
+                "after GTID sequence {at}: the next unit {} starts at {} ({}) (a failover or an \
                  interruption of archiving)",
-                file.rsplit('/').next().unwrap_or(file),
-                u.first
+                short(file),
+                u.first,
+                if u.start.is_empty() { "-" } else { &u.start }
             )),
         )),
-        (_, None) => Ok((out, None)),
+        (_, None) => Ok((files, at, None)),
     }
 }
 
 /// The script that replays binary logs on a private server (see the module comment).
 /// Arguments: data dir, socket, pid file, start GTID, stop option (or ""), the time the
-/// archive must reach (or ""), then the files.
+/// archive must reach (or ""), InnoDB page size, lower_case_table_names, then the files.
 const REPLAY: &str = r#"set -u
 # The engine's programs (mariadbd lives in /usr/sbin, which the host's PATH leaves out).
 PATH=/usr/sbin:/usr/bin:/bin
-data=$1 sock=$2 pidf=$3 start=$4 stop=$5 reach=$6
-shift 6
+data=$1 sock=$2 pidf=$3 start=$4 stop=$5 reach=$6 pagesize=$7 lctn=$8
+shift 8
 rm -f "$sock"
 mariadbd --no-defaults --datadir="$data" --socket="$sock" --pid-file="$pidf" \
   --skip-networking --skip-grant-tables --skip-slave-start --skip-log-bin \
+  --innodb-page-size="$pagesize" --lower-case-table-names="$lctn" \
   --innodb-buffer-pool-size=128M --log-warnings=1 &
 srv=$!
+# Never leave the private server behind: on any exit, and on a signal.
 trap 'kill -9 $srv 2>/dev/null' EXIT
+trap 'exit 1' INT TERM HUP
 n=0
 until [ -S "$sock" ]; do
   kill -0 $srv 2>/dev/null || { echo "the replay server exited while starting" >&2; exit 1; }
@@ -310,7 +394,7 @@ until [ -S "$sock" ]; do
   sleep 0.1
 done
 if [ -n "$reach" ]; then
-  if ! mariadb-binlog --no-defaults --start-datetime="$reach" "$@" | grep -q 'GTID [0-9]'; then
+  if ! mariadb-binlog --no-defaults --start-datetime="$reach" "$@" | grep -q '^#.*GTID [0-9]'; then
     echo "TARGET-NOT-REACHED" >&2; exit 3
   fi
 fi
@@ -323,7 +407,7 @@ fi
 mariadb --no-defaults --socket="$sock" --user=root --binary-mode < "$sql" || exit 1
 rm -f "$sql"
 mariadb-admin --no-defaults --socket="$sock" --user=root shutdown || exit 1
-wait $srv
+wait $srv || { echo "the replay server did not shut down cleanly" >&2; exit 1; }
 trap - EXIT
 "#;
 
@@ -363,17 +447,37 @@ pub fn replay(
         .lines()
         .filter_map(|n| UnitName::parse(n).map(|u| (u, format!("{archive_dir}/{n}"))))
         .collect();
-    let (files, broken) = chain(units, from)?;
+    let (files, end, broken) = chain(units, from)?;
     let (stop, reach) = match target {
-        RecoveryTarget::Latest => (String::new(), String::new()),
+        RecoveryTarget::Latest => {
+            // Everything archived: a break means the archive holds more than can be replayed.
+            if let Some(b) = &broken {
+                return Err(HookError::failed(format!(
+                    "the archive cannot be replayed to its end: its continuous part ends {b}; \
+                     restore to a moment before the break, or from a backup taken after it"
+                )));
+            }
+            (String::new(), String::new())
+        }
         RecoveryTarget::TimeUnixMs(ms) => {
             let t = binlog_time(*ms);
             (format!("--stop-datetime={t}"), t)
         }
         RecoveryTarget::Position(gtid) => {
-            if config::gtid_sequence(gtid).is_none() || gtid.is_empty() {
+            let seq = config::gtid_sequence(gtid).filter(|_| !gtid.is_empty());
+            let Some(seq) = seq else {
                 return Err(HookError::invalid(format!(
                     "{gtid:?} is not a GTID position (like 0-1-57)"
+                )));
+            };
+            if seq > end {
+                return Err(HookError::failed(format!(
+                    "the archive does not reach {gtid}: its continuous part ends at GTID \
+                     sequence {end}{}",
+                    broken
+                        .as_deref()
+                        .map(|b| format!(" ({b})"))
+                        .unwrap_or_default()
                 )));
             }
             (format!("--stop-position={gtid}"), String::new())
@@ -388,6 +492,14 @@ pub fn replay(
              {reach} UTC"
         )));
     }
+    let label = |name: &str, default: &str| {
+        base.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| v.chars().all(|c| c.is_ascii_digit()) && !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    };
     shoal_sdk::info!(
         "replaying {} binary log(s) from {start}{}",
         files.len(),
@@ -408,6 +520,8 @@ pub fn replay(
             start.clone(),
             stop,
             reach.clone(),
+            label("innodb_page_size", "16384"),
+            label("lower_case_table_names", "0"),
         ])
         .args(files)
         .env("TZ", "UTC")
@@ -434,10 +548,25 @@ pub fn replay(
 mod tests {
     use super::*;
 
-    fn unit(first: u64, last: u64, inst: &str, n: u32) -> (UnitName, String) {
+    /// A unit of server `server`'s history from sequence `first` to `last` (GTIDs
+    /// "0-<server>-<seq>"; `from_server`: who wrote the transaction it starts after).
+    fn unit(
+        first: u64,
+        last: u64,
+        from_server: u32,
+        server: u32,
+        inst: &str,
+        n: u32,
+    ) -> (UnitName, String) {
         let u = UnitName {
             first,
             last,
+            start: if first == 0 {
+                String::new()
+            } else {
+                format!("0-{from_server}-{first}")
+            },
+            end: format!("0-{server}-{last}"),
             instance: inst.into(),
             binlog: format!("mysql-bin.{n:06}"),
         };
@@ -447,43 +576,76 @@ mod tests {
 
     #[test]
     fn unit_names_round_trip_and_sort_by_gtid() {
-        let (u, name) = unit(5, 17, "db-0", 3);
+        let (u, name) = unit(5, 17, 1, 1, "db-0", 3);
         assert_eq!(
             name,
-            "00000000000000000005-00000000000000000017.db-0.mysql-bin.000003"
+            "00000000000000000005-00000000000000000017.0-1-5_0-1-17.db-0.mysql-bin.000003"
         );
         assert_eq!(UnitName::parse(&name), Some(u));
-        assert!(unit(5, 17, "db-0", 3).1 < unit(17, 20, "db-1", 1).1);
+        let (u, name) = unit(0, 2, 1, 1, "db.x-1", 1);
+        assert!(
+            name.contains(".none_0-1-2.db.x-1.mysql-bin.000001"),
+            "{name}"
+        );
+        assert_eq!(UnitName::parse(&name), Some(u));
+        let multi = UnitName {
+            first: 3,
+            last: 9,
+            start: "0-1-2,1-2-1".into(),
+            end: "0-1-5,1-2-4".into(),
+            instance: "a-0".into(),
+            binlog: "mysql-bin.000002".into(),
+        };
+        assert_eq!(UnitName::parse(&multi.render()), Some(multi));
+        assert!(unit(5, 17, 1, 1, "db-0", 3).1 < unit(17, 20, 1, 2, "db-1", 1).1);
         assert_eq!(UnitName::parse("junk"), None);
         assert_eq!(UnitName::parse(".mariadb-archive-cursor"), None);
     }
 
     #[test]
-    fn the_chain_prefers_the_history_that_carried_on() {
-        // a shipped 0..5, 5..9; after a failover b ships its own copy 0..12, then 12..15.
+    fn the_chain_follows_the_history_that_carried_on() {
+        // a shipped 0..5, 5..9 and, before it died, 9..12 that b never received; b (which
+        // had received up to 9) ships its own copy of 0..9 and its writes 9..15 as server 2.
         let units = vec![
-            unit(0, 5, "a", 1),
-            unit(5, 9, "a", 2),
-            unit(0, 12, "b", 1),
-            unit(12, 15, "b", 2),
+            unit(0, 5, 1, 1, "a", 1),
+            unit(5, 9, 1, 1, "a", 2),
+            unit(9, 12, 1, 1, "a", 3),
+            unit(0, 9, 1, 1, "b", 1),
+            unit(9, 15, 1, 2, "b", 2),
         ];
-        let (files, broken) = chain(units.clone(), 6).unwrap();
-        assert_eq!(files, vec![units[2].1.clone(), units[3].1.clone()]);
+        let (files, end, broken) = chain(units.clone(), 6).unwrap();
+        assert_eq!(end, 15);
+        assert_eq!(files.last(), Some(&units[4].1));
+        assert!(
+            !files.contains(&units[2].1),
+            "a's lost tail is not replayed: {files:?}"
+        );
+        assert!(broken.is_none());
+        // Units join only at the exact position: a's tail starts at 0-1-9, b's writes end
+        // at 0-2-15; something starting at 0-1-12 does not continue b.
+        let mut more = units.clone();
+        more.push(unit(12, 20, 1, 1, "a", 4));
+        let (files, end, broken) = chain(more, 6).unwrap();
+        assert_eq!(
+            end, 20,
+            "a's history reaches further and is taken: {files:?}"
+        );
         assert!(broken.is_none());
     }
 
     #[test]
     fn the_chain_follows_the_backup_and_stops_at_a_break() {
         let units = vec![
-            unit(0, 5, "a", 1),
-            unit(5, 9, "a", 2),
-            unit(9, 12, "a", 3),
-            unit(20, 25, "b", 7),
+            unit(0, 5, 1, 1, "a", 1),
+            unit(5, 9, 1, 1, "a", 2),
+            unit(9, 12, 1, 1, "a", 3),
+            unit(20, 25, 1, 1, "b", 7),
         ];
-        let (files, broken) = chain(units.clone(), 6).unwrap();
+        let (files, end, broken) = chain(units.clone(), 6).unwrap();
         assert_eq!(files, vec![units[1].1.clone(), units[2].1.clone()]);
+        assert_eq!(end, 12);
         assert!(broken.unwrap().contains("starts at 20"));
-        let (files, broken) = chain(units[..3].to_vec(), 0).unwrap();
+        let (files, _, broken) = chain(units[..3].to_vec(), 0).unwrap();
         assert_eq!(files.len(), 3);
         assert!(broken.is_none());
         // Nothing holds the backup's position: refused, naming it.
@@ -496,6 +658,7 @@ mod tests {
     fn cursor_round_trips() {
         let c = Cursor {
             shipped: Some("mysql-bin.000004".into()),
+            shipped_start: "0-1-17".into(),
             rotated_ms: 42,
         };
         assert_eq!(Cursor::parse(&c.render()), c);

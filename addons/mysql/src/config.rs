@@ -492,7 +492,10 @@ pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> Hook
     );
     if instance.role.as_deref() == Some("primary") {
         // A primary follows nobody (a copy taken from a replica may carry its settings).
-        s.push_str("STOP SLAVE;\nRESET SLAVE ALL;\n");
+        s.push_str(&format!(
+            "STOP SLAVE;\nRESET SLAVE ALL;\n\
+             REVOKE READ_ONLY ADMIN ON *.* FROM '{ADMIN_USER}'@'localhost';\n"
+        ));
         return Ok(s);
     }
     let primary = primary_of(members).ok_or_else(|| {
@@ -502,21 +505,28 @@ pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> Hook
         "STOP SLAVE;\n\
          SET @shoal_seed = (SELECT TRIM(TRAILING '\\n' FROM SUBSTRING_INDEX(LOAD_FILE('{conf}/{SEED_FILE}'), '\\t', -1)));\n\
          EXECUTE IMMEDIATE IF(@@GLOBAL.gtid_binlog_pos = '' AND @shoal_seed REGEXP '^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$', CONCAT('SET GLOBAL gtid_slave_pos = ', QUOTE(@shoal_seed)), 'DO 0');\n\
+         SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos;\n\
          {change};\n\
          START SLAVE;\n",
         change = change_master(&primary.endpoint, password),
     ));
+    // Last, so that a failure here (the account missing in some copy) cannot stop the
+    // statements above: root over the local socket is fenced by read_only too.
+    s.push_str(&format!(
+        "REVOKE READ_ONLY ADMIN ON *.* FROM '{ADMIN_USER}'@'localhost';\n"
+    ));
     Ok(s)
 }
 
-/// `CHANGE MASTER TO` the primary at `endpoint` by GTID, from `gtid_current_pos`: what the
-/// instance applied as a replica or wrote as a primary (a rejoining former primary); every
-/// instance logs what it applies (`log-slave-updates`) and never writes on its own as a
-/// replica, so the two agree on a replica.
+/// `CHANGE MASTER TO` the primary at `endpoint` by GTID, from `gtid_slave_pos`. `init.sql`
+/// first sets that to `gtid_current_pos`: what the instance applied as a replica (every
+/// instance logs what it applies, `log-slave-updates`, and never writes on its own as a
+/// replica) or wrote as a primary (a rejoining former primary). `MASTER_GTID_WAIT`, which
+/// promotion and switchover use, waits on `gtid_slave_pos`, so it must be current.
 pub fn change_master(endpoint: &Endpoint, password: &str) -> String {
     format!(
         "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='{CONTROL_USER}', \
-         MASTER_PASSWORD={}, MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=1, \
+         MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
          MASTER_HEARTBEAT_PERIOD=1",
         quote_literal(&endpoint.host),
         endpoint.port,
@@ -628,7 +638,11 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("LOAD_FILE('/srv/c-1/config/seed-position')"));
-        assert!(sql.trim_end().ends_with("START SLAVE;"), "{sql}");
+        assert!(
+            sql.contains("START SLAVE;\nREVOKE READ_ONLY ADMIN"),
+            "{sql}"
+        );
+        assert!(sql.contains("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos;"));
         let sql = init_sql(&instance("primary"), &[primary()], "pw").unwrap();
         assert!(sql.contains("RESET SLAVE ALL;"), "{sql}");
         assert!(!sql.contains("CHANGE MASTER"), "{sql}");

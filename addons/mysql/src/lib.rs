@@ -585,7 +585,9 @@ impl Engine for MariaDb {
         let semi_sync_on = row.get(5).is_some_and(|v| v.eq_ignore_ascii_case("ON"));
         if let Some(s) = slave {
             let from = format!("{}:{}", s.host, s.port);
-            let received = if s.io_pos.is_empty() {
+            // What it would hold once promoted: what it received, when its applier runs
+            // (promotion applies the rest first); what it applied, when the applier stopped.
+            let received = if s.io_pos.is_empty() || s.sql_running != "Yes" {
                 current_pos
             } else {
                 &s.io_pos
@@ -706,14 +708,32 @@ impl Engine for MariaDb {
     fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {
         self.with(instance, |c| {
             if let Some(s) = slave_status(c)? {
-                // Stop receiving, apply everything received, then forget the source.
+                // Stop receiving, apply everything received (starting the applier if it
+                // was stopped), then forget the source.
                 run(c, "STOP SLAVE IO_THREAD")?;
                 let received = slave_status(c)?.map(|s| s.io_pos).unwrap_or(s.io_pos);
-                if s.sql_running == "Yes" && !wait_applied(c, &received, APPLY_WAIT_S)? {
-                    return Err(HookError::retryable(format!(
-                        "{} has not applied what it received ({received}) within {APPLY_WAIT_S} s",
-                        instance.name
-                    )));
+                if s.sql_running != "Yes" {
+                    let _ = run(c, "START SLAVE SQL_THREAD");
+                }
+                if !wait_applied(c, &received, APPLY_WAIT_S)? {
+                    let now = slave_status(c)?;
+                    let applied = value(c, "@@GLOBAL.gtid_current_pos")?;
+                    match now {
+                        Some(n) if n.sql_running == "Yes" => {
+                            return Err(HookError::retryable(format!(
+                                "{} has applied {applied} of the {received} it received after \
+                                 {APPLY_WAIT_S} s; still applying",
+                                instance.name
+                            )))
+                        }
+                        Some(n) => shoal_sdk::warn!(
+                            "{}: promoted with {received} received but only {applied} applied: \
+                             its applier cannot go on ({}); those transactions are lost",
+                            instance.name,
+                            n.last_sql_error
+                        ),
+                        None => {}
+                    }
                 }
                 run(c, "STOP SLAVE")?;
                 run(c, "RESET SLAVE ALL")?;
@@ -830,7 +850,7 @@ impl Engine for MariaDb {
         quorum: u32,
     ) -> HookResult<()> {
         let on = !standbys.is_empty() && quorum > 0;
-        if quorum > 1 {
+        if on && quorum > 1 {
             return Err(HookError::invalid(format!(
                 "MariaDB's semi-synchronous replication waits for one replica's \
                  acknowledgement; sync-quorum {quorum} cannot be kept (use 1)"
@@ -869,9 +889,12 @@ impl Engine for MariaDb {
     ) -> HookResult<BackupInfo> {
         let pw = password(instance)?;
         let ep = &instance.endpoint;
-        let (version, total, gtid) = {
+        let (version, total, gtid, page_size, lctn) = {
             let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
             let version = value(&mut c, "@@version")?;
+            // What a point-in-time replay must start the copy with.
+            let page_size = value(&mut c, "@@GLOBAL.innodb_page_size")?;
+            let lctn = value(&mut c, "@@GLOBAL.lower_case_table_names")?;
             let total = value(
                 &mut c,
                 "SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES",
@@ -879,7 +902,7 @@ impl Engine for MariaDb {
             .parse::<u64>()
             .ok();
             let gtid = value(&mut c, "@@GLOBAL.gtid_current_pos")?;
-            (version, total, gtid)
+            (version, total, gtid, page_size, lctn)
         };
         shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
         let connection = [
@@ -905,7 +928,12 @@ impl Engine for MariaDb {
                         log.lines().last().unwrap_or("")
                     )));
                 }
-                let at = backup_gtid(&log).unwrap_or(gtid);
+                let at = backup_gtid(&log).ok_or_else(|| {
+                    HookError::failed(
+                        "mariadb-backup did not report the GTID position of the copy (\"GTID of \
+                         the last change\")",
+                    )
+                })?;
                 Ok(BackupInfo {
                     method: method.into(),
                     engine_version: instance.engine_version.clone(),
@@ -914,6 +942,8 @@ impl Engine for MariaDb {
                     labels: vec![
                         ("tool".into(), "mariadb-backup --stream=xbstream".into()),
                         ("mariadb-version".into(), version),
+                        ("innodb_page_size".into(), page_size),
+                        ("lower_case_table_names".into(), lctn),
                     ],
                 })
             }
@@ -1247,7 +1277,7 @@ idx="$data/mysql-bin.index"
 [ -s "$idx" ] || { echo "no binary log to rejoin from" >&2; exit 1; }
 last=""
 for f in $(tac "$idx"); do
-  out=$(mariadb-binlog --no-defaults "$data/${f#./}" 2>/dev/null)
+  out=$(mariadb-binlog --no-defaults "$data/${f#./}" 2>/dev/null | grep -E '^#[0-9]{6} .*(GTID [0-9]+-[0-9]+-[0-9]+|Gtid list)')
   last=$(printf '%s\n' "$out" | sed -n 's/.*[[:space:]]GTID \([0-9]*-[0-9]*-[0-9]*\).*/\1/p' | tail -n 1)
   [ -n "$last" ] && break
   list=$(printf '%s\n' "$out" | sed -n 's/.*Gtid list \[\(.*\)\].*/\1/p' | head -n 1)

@@ -191,6 +191,17 @@ fn a_switchover_moves_the_primary_role_and_loses_nothing() {
     let events = h.ok(&["cluster", "events", "s", "--limit", "40"]);
     assert!(events.contains(&format!("rewound onto {now}")), "{events}");
     assert!(!events.contains("re-copied"), "{events}");
+    // Back and forth with the cluster idle: a rejoined former primary's applied position
+    // (what promotion and switchover wait on) covers what it wrote as the primary.
+    for (to, from) in [(&old, &now), (&now, &old)] {
+        let t0 = Instant::now();
+        h.ok(&["cluster", "switchover", "s", "--to", to]);
+        let d = wait_new_primary(&h, "s", from);
+        assert_eq!(&primary_of(&d).0, to);
+        eprintln!("idle switchover to {to} in {:?}", t0.elapsed());
+    }
+    let d = h.describe("s");
+    mariadb_sql(rw_port(&d) as u64, &pw, "INSERT INTO app.w VALUES (0)").unwrap();
     // Refused, changing nothing: to the primary itself, to an unknown instance.
     refused(&h, &["cluster", "switchover", "s", "--to", &now], "already");
     let o = h.shoal(&["cluster", "switchover", "s", "--to", "s-9"]);
