@@ -218,6 +218,17 @@ pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
 /// Set synchronous replication on every running instance when the cluster is in sync mode
 /// (replicas carry the setting too, so a promoted one enforces it from its first commit).
 pub(crate) async fn apply_sync(c: &Controller, cl: &ClusterRow, cr: &Credentials) {
+    apply_sync_to(c, cl, cr, None).await
+}
+
+/// [`apply_sync`] on instance `only` alone (one that just started: engines that keep the
+/// setting in memory only lost it), or on every running instance.
+pub(crate) async fn apply_sync_to(
+    c: &Controller,
+    cl: &ClusterRow,
+    cr: &Credentials,
+    only: Option<&str>,
+) {
     if cl.spec.ha.mode != ReplicationMode::Sync {
         return;
     }
@@ -226,7 +237,8 @@ pub(crate) async fn apply_sync(c: &Controller, cl: &ClusterRow, cr: &Credentials
     };
     let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
     let everyone: Vec<wit::Member> = all.iter().map(Controller::wit_member).collect();
-    for i in all.iter().filter(|i| i.state == "running") {
+    let chosen = |i: &&InstanceRow| i.state == "running" && only.is_none_or(|n| n == i.name);
+    for i in all.iter().filter(chosen) {
         let standbys: Vec<wit::Member> = everyone
             .iter()
             .filter(|m| m.name != i.name)

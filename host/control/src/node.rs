@@ -345,7 +345,7 @@ impl Controller {
         self.event(&c.name, Some(&i.name), "info", "ready");
         // A (re)started instance of a sync cluster gets the setting again: engines that
         // keep it only in memory lose it at a restart.
-        crate::ha::apply_sync(self, c, creds).await;
+        crate::ha::apply_sync_to(self, c, creds, Some(&i.name)).await;
         Ok(())
     }
 

@@ -992,3 +992,38 @@ pub fn metric_of(m: &serde_json::Value, inst: &str, metric: &str) -> Option<f64>
         .find(|s| s["name"] == metric)?["value"]
         .as_f64()
 }
+
+/// Acknowledged-write accounting of a failover under a writer with asynchronous
+/// replication: writes the old primary acknowledged after the last one a replica received
+/// may be lost, but replication is ordered, so what is lost (`lost`) is a suffix of the old
+/// primary's acknowledgements, and nothing the new primary (`new_port`) acknowledged is lost.
+/// Asserts that, and that at least `min_new` writes were acknowledged by the new primary;
+/// returns how many each side acknowledged.
+pub fn check_async_loss(
+    acked: &[(u64, Instant)],
+    servers: &[u16],
+    new_port: u16,
+    lost: &[u64],
+    min_new: usize,
+) -> (usize, usize) {
+    let old_acks: Vec<u64> = acked
+        .iter()
+        .zip(servers)
+        .filter(|(_, s)| **s != new_port)
+        .map(|((n, _), _)| *n)
+        .collect();
+    let new_acks = acked.len() - old_acks.len();
+    assert!(new_acks >= min_new, "writes resumed on the new primary");
+    for n in lost {
+        assert!(
+            old_acks.contains(n),
+            "{n} was acknowledged by the new primary and is lost"
+        );
+    }
+    let kept = old_acks.len() - lost.len();
+    assert!(
+        old_acks[kept..].iter().all(|n| lost.contains(n)),
+        "the lost writes are not a suffix of the old primary's: {lost:?}"
+    );
+    (old_acks.len(), new_acks)
+}
