@@ -19,7 +19,7 @@ printf 'port_range = [22000, 22999]\n' > "$home/config.toml"
 serve=$!
 cleanup() {
     for c in $("$shoal" cluster list -o json 2>/dev/null | python3 -c 'import json,sys; print(" ".join(c["name"] for c in json.load(sys.stdin)))'); do
-        "$shoal" cluster delete "$c" --purge >/dev/null 2>&1 || true
+        "$shoal" cluster delete "$c" --purge --yes >/dev/null 2>&1 || true
     done
     kill "$serve" 2>/dev/null || true
     rm -rf "$home"

@@ -37,6 +37,7 @@ pub mod bindings {
     });
 }
 
+pub mod accounts;
 mod engine;
 mod export;
 pub mod host;

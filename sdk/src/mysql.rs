@@ -98,6 +98,24 @@ impl MyError {
             _ => None,
         }
     }
+
+    /// Whether the server refused the credentials (1045 access denied, 1698 no such user
+    /// for the plugin, 4151 account locked): it answered, so it is alive.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self.code(), Some(1045 | 1698 | 4151))
+    }
+}
+
+/// The mysql_native_password hash of `password` (`*` and the upper-case hex of
+/// SHA1(SHA1(password))), as MySQL and MariaDB store it: `IDENTIFIED BY PASSWORD '<hash>'`
+/// sets the password without the password itself reaching the server or its logs.
+pub fn native_password_hash(password: &str) -> String {
+    let stage2 = Sha1::digest(Sha1::digest(password.as_bytes()));
+    let mut out = String::from("*");
+    for b in stage2 {
+        out.push_str(&format!("{b:02X}"));
+    }
+    out
 }
 
 /// Connection failures, "too many connections", "shutdown in progress", lock wait timeouts,
@@ -932,6 +950,15 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Result<Option<u64>, MyError> {
         Reader::new(bytes, "test").lenenc()
+    }
+
+    #[test]
+    fn native_password_hashes_as_the_server_computes_them() {
+        // SELECT PASSWORD('secret') on MariaDB 10.11.
+        assert_eq!(
+            native_password_hash("secret"),
+            "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+        );
     }
 
     #[test]

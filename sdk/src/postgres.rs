@@ -62,6 +62,20 @@ impl PgError {
             _ => None,
         }
     }
+
+    /// Whether the server refused the credentials (SQLSTATE class 28: a wrong password, a
+    /// role that cannot log in or does not exist): it answered, so it is alive.
+    pub fn is_auth_failure(&self) -> bool {
+        self.code().is_some_and(|c| c.starts_with("28"))
+    }
+}
+
+/// The SCRAM-SHA-256 verifier of `password` (random salt, 4096 iterations), as PostgreSQL
+/// stores it: `ALTER ROLE … PASSWORD '<verifier>'` sets the password without the password
+/// itself ever reaching the server, so no server log (`log_statement`, an error's STATEMENT
+/// line) can show it.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 /// Connection failures and "starting up / shutting down / too many connections" are
@@ -335,6 +349,20 @@ pub fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verifier_carries_no_password_and_salts_each_time() {
+        let v = scram_verifier("s3cret-pw");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("s3cret"));
+        assert_ne!(v, scram_verifier("s3cret-pw"));
+        let refused = PgError::Server {
+            code: "28P01".into(),
+            message: "password authentication failed".into(),
+        };
+        assert!(refused.is_auth_failure());
+        assert!(!PgError::Io(io::Error::from(io::ErrorKind::ConnectionRefused)).is_auth_failure());
+    }
 
     #[test]
     fn quoting_doubles_the_quote_characters() {

@@ -25,6 +25,8 @@ pub const CONTROL_USER: &str = "shoal";
 /// Where a replica seeded from a `mariadb-backup` copy finds the GTID position of that copy
 /// (in the config directory, world-readable, so `LOAD_FILE` in `init.sql` can read it).
 pub const SEED_FILE: &str = "seed-position";
+/// The one directory file functions reach (`secure-file-priv`), inside the config directory.
+pub const FILES_DIR: &str = "files";
 
 fn spec(
     name: &str,
@@ -428,8 +430,9 @@ pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
          skip-slave-start\n\
          slave-net-timeout=10\n\
          rpl-semi-sync-master-wait-point=AFTER_SYNC\n\
-         # Only the replica's seed position is read with LOAD_FILE.\n\
-         secure-file-priv={conf}\n\
+         # LOAD_FILE, LOAD DATA INFILE and SELECT ... INTO OUTFILE reach only this directory\n\
+         # (a replica's seed position is read from it), never the account files beside it.\n\
+         secure-file-priv={conf}/{FILES_DIR}\n\
          init-file={conf}/init.sql\n\
          # Fenced unless this is the primary; the root account cannot write while it is on.\n\
          read-only={read_only}\n\
@@ -453,8 +456,9 @@ pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
     Ok(s)
 }
 
-/// `client.cnf`: the control account's credentials for `mariadb-backup` (option files keep
-/// the password off command lines).
+/// `client.cnf`: the platform account's credentials for `mariadb-backup` and the rejoin
+/// check (option files keep the password off command lines). Outside `secure-file-priv`:
+/// no SQL account can read it.
 pub fn client_cnf(password: &str) -> HookResult<String> {
     if password.contains(['\n', '\r', '"', '\\']) {
         return Err(HookError::invalid(
@@ -462,32 +466,28 @@ pub fn client_cnf(password: &str) -> HookResult<String> {
         ));
     }
     Ok(format!(
-        "# Rendered by Shoal: the addon's account, for mariadb-backup.\n\
+        "# Rendered by Shoal: the platform's account, for mariadb-backup.\n\
          [client]\nuser={CONTROL_USER}\npassword=\"{password}\"\n"
     ))
 }
 
 /// `init.sql`, run by the server at every start before it takes connections (a failing
-/// statement ends it: every statement here must succeed on any instance): the managed
-/// accounts with the cluster's password (not written to the binary log, so no instance
-/// ever has a transaction of its own that the others lack), and on a replica the
-/// replication source: the current primary, from the seed position of a fresh copy, else
-/// from where it stopped.
+/// statement ends it: every statement here must succeed on any instance): the platform
+/// account (`shoal`, by its password hash: no cleartext in the file or any log), not written
+/// to the binary log, so no instance ever has a transaction of its own that the others lack
+/// — and a platform account a user broke is whole again after a restart; and on a replica
+/// the replication source: the current primary, from the seed position of a fresh copy,
+/// else from where it stopped. The users' `root` is `account-provision`'s.
 pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> HookResult<String> {
     let conf = option_path(dir(&instance.config_dir, "config")?)?;
-    let pw = quote_literal(password);
+    let hash = quote_literal(&shoal_sdk::mysql::native_password_hash(password));
     let mut s = format!(
         "-- Rendered by Shoal; run by the server at every start. One statement per line.\n\
          SET SESSION sql_log_bin = 0;\n\
          DELETE FROM mysql.global_priv WHERE User = '' OR (User = '{ADMIN_USER}' AND Host NOT IN ('localhost', '%'));\n\
          FLUSH PRIVILEGES;\n\
-         CREATE USER IF NOT EXISTS '{ADMIN_USER}'@'%' IDENTIFIED BY {pw};\n\
-         ALTER USER '{ADMIN_USER}'@'%' IDENTIFIED BY {pw};\n\
-         GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n\
-         REVOKE READ_ONLY ADMIN ON *.* FROM '{ADMIN_USER}'@'%';\n\
-         ALTER USER IF EXISTS '{ADMIN_USER}'@'localhost' IDENTIFIED BY {pw};\n\
-         CREATE USER IF NOT EXISTS '{CONTROL_USER}'@'%' IDENTIFIED BY {pw};\n\
-         ALTER USER '{CONTROL_USER}'@'%' IDENTIFIED BY {pw};\n\
+         CREATE USER IF NOT EXISTS '{CONTROL_USER}'@'%' IDENTIFIED BY PASSWORD {hash};\n\
+         ALTER USER '{CONTROL_USER}'@'%' IDENTIFIED BY PASSWORD {hash} ACCOUNT UNLOCK;\n\
          GRANT ALL PRIVILEGES ON *.* TO '{CONTROL_USER}'@'%' WITH GRANT OPTION;\n"
     );
     if instance.role.as_deref() == Some("primary") {
@@ -503,7 +503,7 @@ pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> Hook
     })?;
     s.push_str(&format!(
         "STOP SLAVE;\n\
-         SET @shoal_seed = (SELECT TRIM(TRAILING '\\n' FROM SUBSTRING_INDEX(LOAD_FILE('{conf}/{SEED_FILE}'), '\\t', -1)));\n\
+         SET @shoal_seed = (SELECT TRIM(TRAILING '\\n' FROM SUBSTRING_INDEX(LOAD_FILE('{conf}/{FILES_DIR}/{SEED_FILE}'), '\\t', -1)));\n\
          EXECUTE IMMEDIATE IF(@@GLOBAL.gtid_binlog_pos = '' AND @shoal_seed REGEXP '^[0-9]+-[0-9]+-[0-9]+(,[0-9]+-[0-9]+-[0-9]+)*$', CONCAT('SET GLOBAL gtid_slave_pos = ', QUOTE(@shoal_seed)), 'DO 0');\n\
          SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos;\n\
          {change};\n\
@@ -631,13 +631,27 @@ mod tests {
     #[test]
     fn init_sql_sets_accounts_and_the_replication_source() {
         let sql = init_sql(&instance("replica"), &[primary()], "p'w").unwrap();
-        assert!(sql.contains("IDENTIFIED BY 'p\\'w'"), "{sql}");
         assert!(sql.contains("SET SESSION sql_log_bin = 0;"), "{sql}");
         assert!(
             sql.contains("MASTER_HOST='127.0.0.1', MASTER_PORT=7000"),
             "{sql}"
         );
-        assert!(sql.contains("LOAD_FILE('/srv/c-1/config/seed-position')"));
+        assert!(sql.contains("LOAD_FILE('/srv/c-1/config/files/seed-position')"));
+        // Accounts by hash only (CHANGE MASTER needs the password itself).
+        for l in sql.lines().filter(|l| l.contains("IDENTIFIED")) {
+            assert!(!l.contains("p\\'w"), "{l}");
+        }
+        assert!(
+            sql.contains(&format!(
+                "IDENTIFIED BY PASSWORD '{}'",
+                shoal_sdk::mysql::native_password_hash("p'w")
+            )),
+            "{sql}"
+        );
+        assert!(
+            !sql.contains("'root'@'%'"),
+            "root is account-provision's: {sql}"
+        );
         assert!(
             sql.contains("START SLAVE;\nREVOKE READ_ONLY ADMIN"),
             "{sql}"

@@ -7,21 +7,24 @@
 //! log archiving and point-in-time restore, and parameters applied live with `SET GLOBAL`
 //! and read back.
 //!
-//! Accounts: `root` is the administrative account clients get; it has every privilege but
-//! `READ_ONLY ADMIN`, so a fenced primary or a replica refuses its writes. `shoal` (same
-//! password) is the addon's own account and the replication account; it alone lifts
-//! `read_only`.
+//! Accounts: `root` is the administrative account users get (`account-provision`, on the
+//! writable instance; it replicates); it has every privilege but `READ_ONLY ADMIN`, so a
+//! fenced primary or a replica refuses its writes, and it cannot lift `read_only`. `shoal`
+//! is the platform's account (`instance.credentials`: its own password, never shown to
+//! users), the hooks' and the replication account; it alone lifts `read_only`. File
+//! functions reach only `config/files` (`secure-file-priv`), never the files holding the
+//! platform's password.
 
 use std::io::Write;
 use std::time::Duration;
 
-use shoal_sdk::mysql::{quote_literal, MyConn, QueryResult};
+use shoal_sdk::mysql::{quote_literal, MyConn, MyError, QueryResult};
 use shoal_sdk::prelude::*;
 
 mod archive;
 mod config;
 
-use config::{ADMIN_USER, CONTROL_USER, SEED_FILE};
+use config::{ADMIN_USER, CONTROL_USER, FILES_DIR, SEED_FILE};
 
 /// Connect, read and write timeout of the probe and of short statements: a healthy server
 /// answers in milliseconds, a frozen one must be noticed before the probe's 2 s deadline.
@@ -40,13 +43,7 @@ struct MariaDb {
     conn: Option<MyConn>,
 }
 
-fn password(instance: &Instance) -> HookResult<&str> {
-    instance
-        .credentials
-        .as_ref()
-        .map(|c| c.password.as_str())
-        .ok_or_else(|| HookError::invalid("the host gave no credentials for the root account"))
-}
+use shoal_sdk::accounts::platform_password as password;
 
 fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
     d.as_deref()
@@ -129,8 +126,9 @@ fn wait_applied(c: &mut MyConn, pos: &str, seconds: u64) -> HookResult<bool> {
 }
 
 impl MariaDb {
-    /// A connection to `instance`, reusing the kept one when it still answers.
-    fn conn(&mut self, instance: &Instance) -> HookResult<&mut MyConn> {
+    /// Keep a working connection to `instance` as the platform account, reusing the kept
+    /// one when it still answers; the server's own error when it cannot connect.
+    fn ensure_conn(&mut self, instance: &Instance) -> Result<(), MyError> {
         let addr = instance.address();
         let reusable = match self.conn.as_mut() {
             Some(c) if c.peer() == addr => c.ping().is_ok(),
@@ -138,7 +136,22 @@ impl MariaDb {
         };
         if !reusable {
             self.conn = None;
-            self.conn = Some(connect_to(&instance.endpoint, instance, IO_TIMEOUT)?);
+            let pw = password(instance)
+                .map_err(|_| MyError::Protocol("the host gave no credentials".into()))?;
+            self.conn = Some(MyConn::connect(
+                &instance.endpoint,
+                CONTROL_USER,
+                pw,
+                IO_TIMEOUT,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// A connection to `instance`, reusing the kept one when it still answers.
+    fn conn(&mut self, instance: &Instance) -> HookResult<&mut MyConn> {
+        if let Err(e) = self.ensure_conn(instance) {
+            return Err(HookError::from(e).context(format!("connect {}", instance.endpoint)));
         }
         self.conn
             .as_mut()
@@ -159,19 +172,26 @@ impl MariaDb {
     }
 }
 
-/// `CREATE USER … ; GRANT …` for an account of `role`.
+/// `CREATE USER … ; GRANT …` for an account of `role`, by password hash (no cleartext in
+/// the binary log or any server log). The superuser is the users' `root`: every privilege
+/// but `READ_ONLY ADMIN` (a read-only instance refuses its writes and it cannot lift
+/// `read_only`), on `'%'` and, when it exists, `'localhost'` (the socket).
 fn account_sql(account: &Account) -> HookResult<Vec<String>> {
     let user = &account.credentials.username;
-    if user.is_empty() || user.chars().count() > 80 {
-        return Err(HookError::invalid("account names are 1-80 characters"));
+    if !shoal_sdk::accounts::valid_account_name(user) {
+        return Err(HookError::invalid(format!(
+            "account name {user:?}: 1-63 letters, digits, '_', '-' or '.'"
+        )));
     }
     if user == CONTROL_USER {
         return Err(HookError::invalid(format!(
-            "{CONTROL_USER:?} is the addon's own account"
+            "{CONTROL_USER:?} is the platform's own account; users get another"
         )));
     }
     let who = format!("{}@'%'", quote_literal(user));
-    let pw = quote_literal(&account.credentials.password);
+    let hash = quote_literal(&shoal_sdk::mysql::native_password_hash(
+        &account.credentials.password,
+    ));
     let privileges = match account.role {
         AccountRole::Superuser => "ALL PRIVILEGES",
         AccountRole::ReadWrite => {
@@ -184,8 +204,8 @@ fn account_sql(account: &Account) -> HookResult<Vec<String>> {
         AccountRole::Monitor => "PROCESS, BINLOG MONITOR, SLAVE MONITOR",
     };
     let mut sql = vec![
-        format!("CREATE USER IF NOT EXISTS {who} IDENTIFIED BY {pw}"),
-        format!("ALTER USER {who} IDENTIFIED BY {pw}"),
+        format!("CREATE USER IF NOT EXISTS {who} IDENTIFIED BY PASSWORD {hash}"),
+        format!("ALTER USER {who} IDENTIFIED BY PASSWORD {hash}"),
         format!("REVOKE ALL PRIVILEGES, GRANT OPTION FROM {who}"),
         format!(
             "GRANT {privileges} ON *.* TO {who}{}",
@@ -197,8 +217,12 @@ fn account_sql(account: &Account) -> HookResult<Vec<String>> {
         ),
     ];
     if matches!(account.role, AccountRole::Superuser) {
-        // Like root: a read-only instance refuses its writes too.
+        // A read-only instance refuses its writes too, and it cannot lift read_only.
         sql.push(format!("REVOKE READ_ONLY ADMIN ON *.* FROM {who}"));
+        let local = format!("{}@'localhost'", quote_literal(user));
+        sql.push(format!(
+            "ALTER USER IF EXISTS {local} IDENTIFIED BY PASSWORD {hash}"
+        ));
     }
     Ok(sql)
 }
@@ -388,12 +412,13 @@ impl Engine for MariaDb {
             ],
             client: Some(ClientInfo {
                 uri_template: "mysql://{user}:{password}@{host}:{port}/".into(),
+                // The password in the environment, never on the command line.
                 shell: vec![
+                    "MYSQL_PWD={password}".into(),
                     "mariadb".into(),
                     "--host={host}".into(),
                     "--port={port}".into(),
                     "--user={user}".into(),
-                    "--password={password}".into(),
                 ],
             }),
             admin_user: Some(ADMIN_USER.into()),
@@ -442,7 +467,7 @@ impl Engine for MariaDb {
                         "-m".into(),
                         "0644".into(),
                         format!("{data}/xtrabackup_binlog_info"),
-                        format!("{conf}/{SEED_FILE}"),
+                        format!("{conf}/{FILES_DIR}/{SEED_FILE}"),
                     ],
                     env: vec![],
                 },
@@ -511,21 +536,19 @@ impl Engine for MariaDb {
                 contents: REJOIN_CHECK.as_bytes().to_vec(),
                 mode: 0o644,
             },
+            File {
+                path: format!("{FILES_DIR}/README"),
+                contents: b"LOAD_FILE, LOAD DATA INFILE and SELECT ... INTO OUTFILE reach this \
+                            directory only (secure-file-priv).\n"
+                    .to_vec(),
+                mode: 0o600,
+            },
         ])
     }
 
     fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
-        // init.sql made the accounts; check that the administrative one works with the
-        // managed password over TCP.
-        let mut c = MyConn::connect(
-            &instance.endpoint,
-            ADMIN_USER,
-            password(instance)?,
-            IO_TIMEOUT,
-        )
-        .map_err(|e| HookError::from(e).context(format!("connect as {ADMIN_USER}")))?;
-        run(&mut c, "SELECT 1")?;
-        Ok(())
+        // init.sql made the platform account; check that it works over TCP.
+        self.with(instance, |c| run(c, "SELECT 1").map(|_| ()))
     }
 
     fn pre_terminate(&mut self, _instance: &Instance, _members: &[Member]) -> HookResult<()> {
@@ -555,6 +578,11 @@ impl Engine for MariaDb {
     fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
         let sql = account_sql(account)?;
         self.with(instance, |c| {
+            // Accounts replicate: a read-only instance (a replica, a fenced primary) gets
+            // them from its primary; a write here would be a transaction of its own.
+            if value(c, "@@GLOBAL.read_only")? == "1" {
+                return Ok(());
+            }
             for s in &sql {
                 run(c, s)?;
             }
@@ -563,6 +591,13 @@ impl Engine for MariaDb {
     }
 
     fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        // A server that refuses the platform account answered: alive, degraded.
+        if let Err(e) = self.ensure_conn(instance) {
+            if e.is_auth_failure() {
+                return Ok(shoal_sdk::accounts::credentials_refused(instance, e));
+            }
+            return Err(HookError::from(e).context(format!("connect {}", instance.endpoint)));
+        }
         let (vars, slave) = self.with(instance, |c| {
             let vars = run(
                 c,
@@ -1002,7 +1037,7 @@ impl Engine for MariaDb {
         match info.method.as_str() {
             "physical" => {
                 // Into the stopped, empty data directory; --prepare makes it consistent.
-                // The new cluster's accounts and passwords come from its init.sql at the
+                // The new cluster's platform account comes from its init.sql at the
                 // first start; a point-in-time replay (restore-to-time) goes on top.
                 let data = dir(&instance.data_dir, "data")?;
                 Exec::new("mbstream")
@@ -1334,16 +1369,20 @@ mod tests {
             role,
         };
         let sql = account_sql(&acct("app", AccountRole::ReadOnly)).unwrap();
+        // By hash: the password never reaches the server, its binary log or its logs.
+        let hash = shoal_sdk::mysql::native_password_hash("p'w");
         assert!(
-            sql[0].contains("'app'@'%' IDENTIFIED BY 'p\\'w'"),
+            sql[0].contains(&format!("'app'@'%' IDENTIFIED BY PASSWORD '{hash}'")),
             "{sql:?}"
         );
+        assert!(sql.iter().all(|s| !s.contains("p\\'w")), "{sql:?}");
         assert!(
             sql[3].starts_with("GRANT SELECT, SHOW VIEW ON *.*"),
             "{sql:?}"
         );
         let sql = account_sql(&acct("admin2", AccountRole::Superuser)).unwrap();
-        assert!(sql.last().unwrap().contains("REVOKE READ_ONLY ADMIN"));
+        assert!(sql.iter().any(|s| s.contains("REVOKE READ_ONLY ADMIN")));
+        assert!(sql.last().unwrap().contains("'admin2'@'localhost'"));
         assert!(account_sql(&acct(CONTROL_USER, AccountRole::ReadOnly)).is_err());
         assert!(account_sql(&acct("", AccountRole::ReadOnly)).is_err());
     }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use shoal_sdk::params::Lookup;
-use shoal_sdk::postgres::{quote_ident, quote_literal, PgConn};
+use shoal_sdk::postgres::{quote_ident, quote_literal, PgConn, PgError};
 use shoal_sdk::prelude::*;
 
 mod config;
@@ -21,8 +21,10 @@ mod config;
 const IO_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Timeout of statements that wait for the server (promotion, checkpoints).
 const LONG_TIMEOUT: Duration = Duration::from_secs(120);
-/// The superuser the addon manages.
-const SUPERUSER: &str = "postgres";
+/// The account users get (the manifest's `admin-user`), provisioned by `account-provision`.
+/// The addon's own account is the platform account the host gives as
+/// `instance.credentials` (`shoal`): initdb's bootstrap superuser, also used to replicate.
+const ADMIN_USER: &str = "postgres";
 /// Deadline of a backup or a restore.
 const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 
@@ -46,41 +48,44 @@ fn slot_name(member: &str) -> String {
     format!("shoal_{cleaned}")
 }
 
-fn password(instance: &Instance) -> HookResult<&str> {
-    instance
-        .credentials
-        .as_ref()
-        .map(|c| c.password.as_str())
-        .ok_or_else(|| HookError::invalid("the host gave no credentials for the superuser"))
-}
+use shoal_sdk::accounts::{platform_password as password, platform_user as user};
 
-/// A PostgreSQL client program run on the host against `instance` as the superuser.
-fn client_exec(program: &str, instance: &Instance, password: &str) -> Exec {
+/// A PostgreSQL client program run on the host against `instance` as the platform account
+/// (its password in the environment, never in argv).
+fn client_exec(program: &str, instance: &Instance, password: &str) -> HookResult<Exec> {
     let ep = &instance.endpoint;
-    Exec::new(program)
+    Ok(Exec::new(program)
         .args([
             "-h",
             &ep.host,
             "-p",
             &ep.port.to_string(),
             "-U",
-            SUPERUSER,
+            user(instance)?,
             "-w",
         ])
-        .env("PGPASSWORD", password)
+        .env("PGPASSWORD", password))
 }
 
 /// In single-user mode (no network) on a restored data directory, with `settings` as extra
-/// `-c` options: give the superuser this cluster's password and drop the settings that tied
-/// the copy to its old cluster. Recovery the settings ask for runs first; a target it cannot
-/// reach fails here with the server's own words.
-fn adopt_restored(data: &str, pw: &str, settings: &[String]) -> HookResult<()> {
+/// `-c` options: give this cluster's platform account (`user`) its password — creating it if
+/// the copy predates it — and drop the settings that tied the copy to its old cluster and its
+/// old role there (a copy of a former primary carries the read-only fence of its demotion,
+/// a replica's its replication source). Recovery the settings ask for runs first; a target it
+/// cannot reach fails here with the server's own words. The password goes in as a SCRAM
+/// verifier: the server never sees it, so no log can hold it.
+fn adopt_restored(data: &str, user: &str, pw: &str, settings: &[String]) -> HookResult<()> {
+    let role = quote_ident(user);
+    let verifier = quote_literal(&shoal_sdk::postgres::scram_verifier(pw));
     let sql = format!(
-        "ALTER ROLE {SUPERUSER} PASSWORD {};\n\
+        "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN \
+         CREATE ROLE {role}; END IF; END$$;\n\
+         ALTER ROLE {role} WITH SUPERUSER REPLICATION LOGIN PASSWORD {verifier};\n\
+         ALTER SYSTEM RESET default_transaction_read_only;\n\
          ALTER SYSTEM RESET synchronous_standby_names;\n\
          ALTER SYSTEM RESET primary_conninfo;\n\
          ALTER SYSTEM RESET primary_slot_name;\n",
-        quote_literal(pw)
+        name = quote_literal(user),
     );
     let mut args: Vec<String> = [
         "--single",
@@ -90,6 +95,9 @@ fn adopt_restored(data: &str, pw: &str, settings: &[String]) -> HookResult<()> {
         "listen_addresses=",
         "-c",
         "archive_mode=off",
+        // The copy's own fence would refuse the statements above.
+        "-c",
+        "default_transaction_read_only=off",
     ]
     .map(String::from)
     .to_vec();
@@ -173,8 +181,9 @@ fn primary_of(members: &[Member]) -> Option<&Member> {
 }
 
 impl Postgres {
-    /// A connection to `instance` as the superuser, reusing the kept one when it still works.
-    fn conn(&mut self, instance: &Instance) -> HookResult<&mut PgConn> {
+    /// Make sure a working connection to `instance` as the platform account is kept, reusing
+    /// the kept one when it still works; the server's own error when it cannot connect.
+    fn ensure_conn(&mut self, instance: &Instance) -> Result<(), PgError> {
         let addr = instance.address();
         let reusable = match self.conn.as_mut() {
             Some(c) if c.peer() == addr => c.query("SELECT 1").is_ok(),
@@ -182,15 +191,25 @@ impl Postgres {
         };
         if !reusable {
             self.conn = None;
-            let c = PgConn::connect(
+            let (u, pw) = match (user(instance), password(instance)) {
+                (Ok(u), Ok(pw)) => (u, pw),
+                _ => return Err(PgError::Protocol("the host gave no credentials".into())),
+            };
+            self.conn = Some(PgConn::connect(
                 &instance.endpoint,
-                SUPERUSER,
-                Some(password(instance)?),
+                u,
+                Some(pw),
                 "postgres",
                 IO_TIMEOUT,
-            )
-            .map_err(|e| HookError::from(e).context(format!("connect {addr}")))?;
-            self.conn = Some(c);
+            )?);
+        }
+        Ok(())
+    }
+
+    /// A connection to `instance` as the platform account (see [`Self::ensure_conn`]).
+    fn conn(&mut self, instance: &Instance) -> HookResult<&mut PgConn> {
+        if let Err(e) = self.ensure_conn(instance) {
+            return Err(HookError::from(e).context(format!("connect {}", instance.address())));
         }
         self.conn
             .as_mut()
@@ -357,9 +376,14 @@ impl Engine for Postgres {
             ],
             client: Some(ClientInfo {
                 uri_template: "postgresql://{user}:{password}@{host}:{port}/postgres".into(),
-                shell: vec!["psql".into(), "{uri}".into()],
+                // The password in the environment, never on the command line.
+                shell: vec![
+                    "PGPASSWORD={password}".into(),
+                    "psql".into(),
+                    "postgresql://{user}@{host}:{port}/postgres".into(),
+                ],
             }),
-            admin_user: Some("postgres".into()),
+            admin_user: Some(ADMIN_USER.into()),
             sync_replication: SyncSupport::Strict,
         }
     }
@@ -411,7 +435,7 @@ impl Engine for Postgres {
                     "-p".into(),
                     primary.endpoint.port.to_string(),
                     "-U".into(),
-                    SUPERUSER.into(),
+                    user(instance)?.into(),
                     "-D".into(),
                     data.to_string(),
                     "-X".into(),
@@ -435,7 +459,7 @@ impl Engine for Postgres {
                     "-D".into(),
                     data.to_string(),
                     "-U".into(),
-                    SUPERUSER.into(),
+                    user(instance)?.into(),
                     format!("--pwfile={conf}/superuser.pw"),
                     "--auth-local=trust".into(),
                     "--auth-host=scram-sha-256".into(),
@@ -501,18 +525,28 @@ impl Engine for Postgres {
             },
             File {
                 path: "pgpass".into(),
-                contents: format!("*:*:*:{SUPERUSER}:{}\n", config::pgpass_escape(pw)).into_bytes(),
+                contents: format!(
+                    "*:*:*:{}:{}\n",
+                    config::pgpass_escape(user(instance)?),
+                    config::pgpass_escape(pw)
+                )
+                .into_bytes(),
                 mode: 0o600,
             },
         ])
     }
 
     fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
-        // initdb set the password from the pwfile; make sure it is (still) the managed one.
-        let pw = password(instance)?;
+        // initdb set the platform account's password from the pwfile; make sure it is
+        // (still) the managed one. A verifier: the password never reaches the server's log.
+        let verifier = shoal_sdk::postgres::scram_verifier(password(instance)?);
         self.exec(
             instance,
-            &format!("ALTER ROLE {SUPERUSER} WITH PASSWORD {}", quote_literal(pw)),
+            &format!(
+                "ALTER ROLE {} WITH PASSWORD {}",
+                quote_ident(user(instance)?),
+                quote_literal(&verifier)
+            ),
         )?;
         Ok(())
     }
@@ -570,12 +604,18 @@ impl Engine for Postgres {
     }
 
     fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
-        let user = &account.credentials.username;
-        if user.is_empty() || user.len() > 63 {
-            return Err(HookError::invalid("account names are 1-63 characters"));
+        let name = &account.credentials.username;
+        shoal_sdk::accounts::check_user_account(instance, name)?;
+        // Roles replicate: a standby gets the primary's. Nothing to do on one.
+        let standby = self.exec(instance, "SELECT pg_is_in_recovery()")?;
+        if standby.first().and_then(|r| r.get(0)) == Some("t") {
+            return Ok(());
         }
-        let ident = quote_ident(user);
-        let pw = quote_literal(&account.credentials.password);
+        let ident = quote_ident(name);
+        // The verifier, not the password: nothing the server logs can show it.
+        let pw = quote_literal(&shoal_sdk::postgres::scram_verifier(
+            &account.credentials.password,
+        ));
         let (attrs, grants): (&str, &[&str]) = match account.role {
             AccountRole::Superuser => ("SUPERUSER", &[]),
             AccountRole::ReadWrite => ("NOSUPERUSER", &["pg_read_all_data", "pg_write_all_data"]),
@@ -588,7 +628,7 @@ impl Engine for Postgres {
                 instance,
                 &format!(
                     "SELECT 1 FROM pg_roles WHERE rolname = {}",
-                    quote_literal(user)
+                    quote_literal(name)
                 ),
             )?
             .is_empty();
@@ -602,6 +642,16 @@ impl Engine for Postgres {
     }
 
     fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        // A server that refuses the platform account answered: it is alive (degraded).
+        match self.ensure_conn(instance) {
+            Err(e) if e.is_auth_failure() => {
+                return Ok(shoal_sdk::accounts::credentials_refused(instance, e))
+            }
+            Err(e) => {
+                return Err(HookError::from(e).context(format!("connect {}", instance.address())))
+            }
+            Ok(()) => {}
+        }
         let rows = self.exec(
             instance,
             "SELECT pg_is_in_recovery(), \
@@ -711,8 +761,11 @@ impl Engine for Postgres {
             // Prepare to follow `p` on the next start (the host restarts the node).
             // The password comes from PGPASSFILE in the server's environment (see run-spec).
             let conninfo = format!(
-                "host={} port={} user={SUPERUSER} application_name={}",
-                p.endpoint.host, p.endpoint.port, instance.name
+                "host={} port={} user={} application_name={}",
+                p.endpoint.host,
+                p.endpoint.port,
+                user(instance)?,
+                instance.name
             );
             self.exec(
                 instance,
@@ -749,7 +802,7 @@ impl Engine for Postgres {
             .to_string();
         let mut cand = PgConn::connect(
             &candidate.endpoint,
-            SUPERUSER,
+            user(instance)?,
             Some(password(instance)?),
             "postgres",
             IO_TIMEOUT,
@@ -794,7 +847,7 @@ impl Engine for Postgres {
         // and would wrongly find "no rewind required". A checkpoint settles it.
         let mut src = PgConn::connect(
             &source.endpoint,
-            SUPERUSER,
+            user(instance)?,
             Some(password(instance)?),
             "postgres",
             // A checkpoint may take a while on a busy primary.
@@ -811,9 +864,12 @@ impl Engine for Postgres {
             args: vec![
                 format!("--target-pgdata={data}"),
                 format!(
-                    "--source-server=host={} port={} user={SUPERUSER} dbname=postgres \
+                    "--source-server=host={} port={} user={} dbname=postgres \
                      passfile={conf}/pgpass application_name={}",
-                    source.endpoint.host, source.endpoint.port, instance.name
+                    source.endpoint.host,
+                    source.endpoint.port,
+                    user(instance)?,
+                    instance.name
                 ),
                 "--write-recovery-conf".into(),
             ],
@@ -835,7 +891,7 @@ impl Engine for Postgres {
         let ep = &instance.endpoint;
         // How much there is, for the host's progress display (an estimate: the stream is a
         // tar or SQL of it).
-        let total = PgConn::connect(ep, SUPERUSER, Some(pw), "postgres", IO_TIMEOUT)
+        let total = PgConn::connect(ep, user(instance)?, Some(pw), "postgres", IO_TIMEOUT)
             .and_then(|mut c| {
                 c.query("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
             })
@@ -879,7 +935,7 @@ impl Engine for Postgres {
                 )))
             }
         };
-        let out = client_exec(program, instance, pw)
+        let out = client_exec(program, instance, pw)?
             .args(args)
             .env("PGAPPNAME", "shoal-backup")
             .run_into(into)?
@@ -940,12 +996,12 @@ impl Engine for Postgres {
                 if recovery_follows {
                     return Ok(());
                 }
-                adopt_restored(data, pw, &[])
+                adopt_restored(data, user(instance)?, pw, &[])
             }
             "logical" => {
                 // Into the running server: roles and databases that exist already (the
                 // superuser, `postgres`) are reported by psql and skipped.
-                let out = client_exec("psql", instance, pw)
+                let out = client_exec("psql", instance, pw)?
                     .args(["-X", "-q", "-d", "postgres", "-f", "-"])
                     .run_from(from)?
                     .ok_or_failed("psql")?;
@@ -1049,7 +1105,7 @@ impl Engine for Postgres {
         Exec::new("touch")
             .arg(format!("{data}/recovery.signal"))
             .run_ok()?;
-        adopt_restored(data, pw, &settings)
+        adopt_restored(data, user(instance)?, pw, &settings)
     }
 
     fn set_sync(

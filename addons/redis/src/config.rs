@@ -206,15 +206,23 @@ pub fn primary_of(members: &[Member]) -> Option<&Member> {
         .find(|m| m.role.as_deref() == Some("primary"))
 }
 
-/// `redis.conf` for `instance`: its own address and data directory, the managed password
-/// (clients, and replicas toward their primary), `replicaof` for a replica, logs to stdout
-/// (the host keeps the server's output as its log), and the parameters.
+/// `redis.conf` for `instance`: its own address and data directory, the platform account
+/// `(user, password)` (the hooks' own, and replicas' toward their primary; the users'
+/// `default` account stays off until `account-provision` sets it), `replicaof` for a
+/// replica, logs to stdout (the host keeps the server's output as its log), and the
+/// parameters.
 pub fn redis_conf(
     instance: &Instance,
     members: &[Member],
     params: &[Param],
-    password: &str,
+    platform: (&str, &str),
 ) -> HookResult<String> {
+    let (platform_user, password) = platform;
+    if !shoal_sdk::accounts::valid_account_name(platform_user) {
+        return Err(HookError::invalid(format!(
+            "platform account name {platform_user:?} is not a plain name"
+        )));
+    }
     let schema = schema();
     let p = Lookup::new(&schema, params);
     let data = instance
@@ -245,9 +253,11 @@ pub fn redis_conf(
          appendfilename \"appendonly.aof\"\n\
          aof-use-rdb-preamble yes\n\
          save 3600 1 300 100 60 10000\n\
-         # The default user, with the password the host manages (admin-user \"default\").\n\
-         requirepass {pw}\n\
-         masteruser default\n\
+         # The users' account (admin-user \"default\") is off until Shoal provisions it; the\n\
+         # platform's account runs the hooks and replication (its password as a hash).\n\
+         user default off resetpass resetkeys resetchannels -@all\n\
+         user {platform_user} on #{hash} ~* &* +@all\n\
+         masteruser {platform_user}\n\
          masterauth {pw}\n\
          replica-read-only yes\n\
          replica-serve-stale-data yes\n\
@@ -270,6 +280,7 @@ pub fn redis_conf(
         host = instance.endpoint.host,
         dir = quote(data),
         pw = quote(password),
+        hash = crate::password_hash(password),
         maxmemory = value("maxmemory")?,
         policy = value("maxmemory-policy")?,
         appendonly = value("appendonly")?,
@@ -357,18 +368,37 @@ mod tests {
             name: "maxmemory-policy".into(),
             value: Value::Text("allkeys-lru".into()),
         }];
-        let conf = redis_conf(&instance("replica"), &[primary.clone()], &set, "p\"w").unwrap();
+        let conf = redis_conf(
+            &instance("replica"),
+            &[primary.clone()],
+            &set,
+            ("shoal", "p\"w"),
+        )
+        .unwrap();
         assert!(conf.contains("\nreplicaof 127.0.0.1 7000\n"), "{conf}");
-        assert!(conf.contains("requirepass \"p\\\"w\"\n"), "{conf}");
+        assert!(!conf.contains("requirepass"), "{conf}");
+        // The users' account stays off until provisioned; the platform's by hash only.
+        assert!(
+            conf.contains("\nuser default off resetpass resetkeys resetchannels -@all\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(&format!(
+                "\nuser shoal on #{} ~* &* +@all\n",
+                crate::password_hash("p\"w")
+            )),
+            "{conf}"
+        );
+        assert!(conf.contains("masteruser shoal\n"), "{conf}");
         assert!(conf.contains("masterauth \"p\\\"w\"\n"), "{conf}");
         assert!(conf.contains("\nport 7001\n"), "{conf}");
         assert!(conf.contains("dir \"/srv/c-1/data\"\n"), "{conf}");
         assert!(conf.contains("maxmemory-policy allkeys-lru\n"), "{conf}");
         // Three quarters of 1 GiB, derived.
         assert!(conf.contains("maxmemory 805306368\n"), "{conf}");
-        let conf = redis_conf(&instance("primary"), &[primary], &[], "pw").unwrap();
+        let conf = redis_conf(&instance("primary"), &[primary], &[], ("shoal", "pw")).unwrap();
         assert!(!conf.contains("replicaof"), "{conf}");
-        assert!(redis_conf(&instance("replica"), &[], &[], "pw").is_err());
+        assert!(redis_conf(&instance("replica"), &[], &[], ("shoal", "pw")).is_err());
     }
 
     #[test]

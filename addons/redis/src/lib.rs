@@ -4,9 +4,14 @@
 //! `redis-cli --rdb -`, restores into a stopped data directory, and parameters applied live
 //! with `CONFIG SET` and read back with `CONFIG GET`.
 //!
-//! The administrative account is Redis's `default` user with `requirepass` (the host's
-//! generated password); replicas authenticate to their primary with the same password
-//! (`masteruser default`, `masterauth`).
+//! Accounts: the platform account (`instance.credentials`, user `shoal`) is an ACL user in
+//! `redis.conf` with every command; the hooks use it and replicas authenticate to their
+//! primary with it (`masteruser`, `masterauth`). Users get Redis's `default` user, which
+//! `redis.conf` leaves switched off until `account-provision` (called by the host on every
+//! instance after it starts: ACL users are per server) gives it its password and every
+//! command but the administrative ones (`-@admin`: CONFIG, ACL, REPLICAOF, FAILOVER,
+//! SHUTDOWN, DEBUG, MODULE, SAVE, …), so no user can lift a fence, change the topology or
+//! read the platform's password.
 
 use std::time::{Duration, Instant};
 
@@ -20,8 +25,14 @@ use resp::{Conn, Info, Reply};
 /// Connect, read and write timeout of the probe and of short commands: a healthy server
 /// answers in microseconds, a frozen one must be noticed before the probe's 2 s deadline.
 const IO_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The administrative user (Redis's built-in `default` user, password by `requirepass`).
+/// The account users get (Redis's built-in `default` user), provisioned by
+/// `account-provision`.
 const ADMIN_USER: &str = "default";
+/// What the users' account may run: everything but the administrative commands, with the
+/// harmless read-only ones among those given back.
+pub const USER_COMMANDS: &str = "+@all -@admin +role +client|list +slowlog|get +slowlog|len \
+     +latency|latest +latency|history +latency|doctor +latency|histogram +latency|graph \
+     +lastsave";
 /// Deadline of a backup or a restore.
 const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 /// `min-replicas-to-write` while fenced: no write is ever accepted (NOREPLICAS).
@@ -38,23 +49,26 @@ struct Redis {
     conn: Option<Conn>,
 }
 
-fn password(instance: &Instance) -> HookResult<&str> {
-    instance
-        .credentials
-        .as_ref()
-        .map(|c| c.password.as_str())
-        .ok_or_else(|| HookError::invalid("the host gave no credentials for the default user"))
+use shoal_sdk::accounts::{platform_password as password, platform_user};
+
+/// (user, password) of the platform account, which the hooks authenticate as.
+fn auth(instance: &Instance) -> HookResult<(&str, &str)> {
+    Ok((platform_user(instance)?, password(instance)?))
 }
 
-/// (user, password) to authenticate as on `instance`.
-fn auth(instance: &Instance) -> HookResult<(&str, &str)> {
-    let user = instance
-        .credentials
-        .as_ref()
-        .map(|c| c.username.as_str())
-        .filter(|u| !u.is_empty())
-        .unwrap_or(ADMIN_USER);
-    Ok((user, password(instance)?))
+/// The SHA-256 of a password in hex, as ACL rules take it (`#<hex>`): the password itself
+/// never reaches the server or a config file that way.
+pub fn password_hash(password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a failed call was the server refusing the credentials (it answered: alive).
+fn refused(e: &HookError) -> bool {
+    matches!(e, HookError::Failed(m) if m.contains("WRONGPASS") || m.contains("NOAUTH"))
 }
 
 fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
@@ -317,7 +331,18 @@ impl Engine for Redis {
             ],
             client: Some(ClientInfo {
                 uri_template: "redis://{user}:{password}@{host}:{port}".into(),
-                shell: vec!["redis-cli".into(), "-u".into(), "{uri}".into()],
+                // The password in the environment, never on the command line.
+                shell: vec![
+                    "REDISCLI_AUTH={password}".into(),
+                    "redis-cli".into(),
+                    "-h".into(),
+                    "{host}".into(),
+                    "-p".into(),
+                    "{port}".into(),
+                    "--user".into(),
+                    "{user}".into(),
+                    "--no-auth-warning".into(),
+                ],
             }),
             admin_user: Some(ADMIN_USER.into()),
             sync_replication: SyncSupport::None,
@@ -359,7 +384,7 @@ impl Engine for Redis {
         members: &[Member],
         params: &[Param],
     ) -> HookResult<Vec<File>> {
-        let conf = config::redis_conf(instance, members, params, password(instance)?)?;
+        let conf = config::redis_conf(instance, members, params, auth(instance)?)?;
         Ok(vec![File {
             path: "redis.conf".into(),
             contents: conf.into_bytes(),
@@ -369,8 +394,39 @@ impl Engine for Redis {
     }
 
     fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
-        // The password comes from redis.conf; check that it works.
+        // The platform account comes from redis.conf; check that it works.
         self.with(instance, |c| c.ok(&["PING"]))
+    }
+
+    fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
+        let name = &account.credentials.username;
+        shoal_sdk::accounts::check_user_account(instance, name)?;
+        let commands = match account.role {
+            AccountRole::Superuser | AccountRole::ReadWrite => USER_COMMANDS,
+            AccountRole::ReadOnly => "+@read +@connection -@admin",
+            AccountRole::Monitor => "+info +ping +client|list +slowlog|get +latency|latest",
+            AccountRole::Replication => {
+                return Err(HookError::invalid(
+                    "Redis replicas authenticate with the platform account; no other \
+                     replication account exists",
+                ))
+            }
+        };
+        // ACL users live in each server's memory: set it on every instance (the host calls
+        // this on each after it starts). The hash, not the password, goes over the wire.
+        let mut args: Vec<String> = vec![
+            "ACL".into(),
+            "SETUSER".into(),
+            name.clone(),
+            "reset".into(),
+            "on".into(),
+            format!("#{}", password_hash(&account.credentials.password)),
+            "~*".into(),
+            "&*".into(),
+        ];
+        args.extend(commands.split_whitespace().map(str::to_string));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.with(instance, |c| c.ok(&argv))
     }
 
     fn pre_terminate(&mut self, _instance: &Instance, _members: &[Member]) -> HookResult<()> {
@@ -397,6 +453,14 @@ impl Engine for Redis {
     }
 
     fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
+        // A server that refuses the platform account answered: alive, degraded.
+        if let Err(e) = self.conn(instance) {
+            self.conn = None;
+            if refused(&e) {
+                return Ok(shoal_sdk::accounts::credentials_refused(instance, e));
+            }
+            return Err(e);
+        }
         let replies = self.with(instance, |c| {
             c.pipeline(&[
                 &["INFO", "server", "replication", "persistence"],

@@ -271,6 +271,31 @@ pub struct BackupView {
     pub size: u64,
     pub stored_size: u64,
     pub objects: Vec<BackupObjectView>,
+    /// `manual` (asked for by a user) or `schedule` (taken by the cluster's schedule).
+    /// Retention deletes only the schedule's own backups unless it was set with
+    /// `--include-manual`; a manual backup is kept until it is deleted.
+    #[serde(default = "manual")]
+    pub origin: String,
+    /// The last restore test (`backup verify --restore`), if any.
+    #[serde(default)]
+    pub restore_test: Option<RestoreTestView>,
+}
+
+fn manual() -> String {
+    "manual".into()
+}
+
+/// What a restore test proved: the backup was restored into a throwaway instance, which
+/// started and answered its engine's health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTestView {
+    pub at_unix_ms: i64,
+    /// Whether the restored instance started and was healthy.
+    pub passed: bool,
+    /// What happened (the probe's detail, or why it failed).
+    pub detail: String,
+    /// Milliseconds from the first byte read to a healthy probe.
+    pub ms: u64,
 }
 
 /// A backup schedule of one cluster and method, with its retention.
@@ -293,6 +318,14 @@ pub struct ScheduleView {
     /// When it fires next (Unix ms).
     #[serde(default)]
     pub next_unix_ms: i64,
+    /// Whether retention also deletes manual backups of the cluster and method (default: it
+    /// deletes only the schedule's own).
+    #[serde(default)]
+    pub include_manual: bool,
+    /// Whether every backup the schedule takes is restore-tested at once (`backup verify
+    /// --restore`); a failed test is an error event and the backup is marked untested.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 /// One parameter of a cluster as `shoal cluster config` shows it.
@@ -421,6 +454,11 @@ pub enum Request {
     Delete {
         name: String,
         purge: bool,
+    },
+    /// Remove the data and credentials kept by earlier `delete` (without `--purge`) of
+    /// clusters named `name`; answers with the directories removed.
+    PurgeKept {
+        name: String,
     },
     Stop {
         name: String,
@@ -745,6 +783,12 @@ pub struct InstanceView {
 /// A cluster, as `describe` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterView {
+    /// Never reused, not even after the cluster is deleted.
+    #[serde(default)]
+    pub uid: i64,
+    /// The OS user its engine runs as (none: the host's engine user).
+    #[serde(default)]
+    pub os_user: Option<String>,
     pub name: String,
     pub engine: String,
     pub version: String,

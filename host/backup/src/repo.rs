@@ -56,9 +56,29 @@ impl Repository {
         spec.validate().map_err(RepoError::Invalid)?;
         let store: Arc<dyn ObjectStore> = match spec {
             RepoSpec::Fs { path } => {
-                std::fs::create_dir_all(path).map_err(|e| {
-                    RepoError::Invalid(format!("cannot create {}: {e}", path.display()))
-                })?;
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(path)
+                    .map_err(|e| {
+                        RepoError::Invalid(format!("cannot create {}: {e}", path.display()))
+                    })?;
+                // Backups hold whole databases: the repository is its owner's alone, however
+                // it was made (objects inherit the host's umask, 077 under `shoal serve`).
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| RepoError::Invalid(format!("{}: {e}", path.display())))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| {
+                            RepoError::Invalid(format!(
+                                "cannot make {} private (mode 0700): {e}",
+                                path.display()
+                            ))
+                        })?;
+                }
                 Arc::new(
                     LocalFileSystem::new_with_prefix(path)
                         .map_err(|e| RepoError::Invalid(e.to_string()))?

@@ -271,7 +271,7 @@ fn main() {
             "1",
         ]);
         shoal_r.push(t.elapsed().as_secs_f64());
-        h.ok(&["cluster", "delete", &name, "--purge"]);
+        h.ok(&["cluster", "delete", &name, "--purge", "--yes"]);
     }
     let (p, s) = (rate(&mut pipe_r), rate(&mut shoal_r));
     println!("\nrestore of {mb:.0} MiB, median of {rounds}:");

@@ -422,7 +422,7 @@ fn backups(e: &EngineBench, ports: (u16, u16), mib: u64, rounds: usize) {
             "1",
         ]);
         shoal_r.push(t.elapsed().as_secs_f64());
-        h.ok(&["cluster", "delete", &restored, "--purge"]);
+        h.ok(&["cluster", "delete", &restored, "--purge", "--yes"]);
     }
     let (p, s) = (rate(&mut pipe_r), rate(&mut shoal_r));
     println!("{}: restore of {mb:.0} MiB, median of {rounds}:", e.label);

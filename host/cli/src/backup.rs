@@ -111,8 +111,14 @@ pub enum BackupCommand {
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
-    /// Delete a backup's objects and its record.
-    Delete { id: String },
+    /// Delete a backup's objects and its record (asks for its id first on a terminal; --yes
+    /// in scripts).
+    Delete {
+        id: String,
+        /// Do not ask for confirmation (scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Back a cluster up on a cron schedule (UTC), with retention; or `--off`.
     Schedule {
         cluster: String,
@@ -135,8 +141,16 @@ pub enum BackupCommand {
         /// a restore to its start needs is kept whatever --keep and --max-age say.
         #[arg(long, value_name = "AGE")]
         pitr_window: Option<String>,
+        /// Retention also deletes manual backups of the cluster and method (by default it
+        /// deletes only backups the schedule took; a manual backup is kept until deleted).
+        #[arg(long)]
+        include_manual: bool,
+        /// Restore-test every backup the schedule takes (as `backup verify --restore`); a
+        /// failed test is an error event.
+        #[arg(long)]
+        verify: bool,
         /// Remove the schedule (of --method, default the full one).
-        #[arg(long, conflicts_with_all = ["cron", "repo", "keep", "max_age", "pitr_window"])]
+        #[arg(long, conflicts_with_all = ["cron", "repo", "keep", "max_age", "pitr_window", "include_manual", "verify"])]
         off: bool,
     },
     /// Archive a cluster continuously (WAL, binlogs) for point-in-time restores; or `--off`
@@ -474,6 +488,8 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
             keep,
             max_age,
             pitr_window,
+            include_manual,
+            verify,
             off,
         } => {
             if off {
@@ -503,6 +519,8 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                             max_age,
                             pitr_window,
                             next_unix_ms: 0,
+                            include_manual,
+                            verify,
                         },
                     },
                     |_| {},
@@ -510,11 +528,12 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 .await
                 .map_err(api_failure)?;
             println!(
-                "{} {} backups on '{}', next in {:.0} s",
+                "{} {} backups on '{}' (UTC), next at {} (in {})",
                 v.cluster,
                 v.method,
                 v.cron,
-                (v.next_unix_ms - now_ms()).max(0) as f64 / 1000.0
+                utc(v.next_unix_ms),
+                crate::output::duration_words(v.next_unix_ms - now_ms())
             );
             Ok(())
         }
@@ -525,19 +544,20 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 .map_err(api_failure)?;
             emit(output, &v, || {
                 let mut s = format!(
-                    "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {}\n",
-                    "CLUSTER", "METHOD", "CRON", "KEEP", "MAX-AGE", "REPO", "NEXT IN"
+                    "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {:<25} {}\n",
+                    "CLUSTER", "METHOD", "CRON", "KEEP", "MAX-AGE", "REPO", "NEXT (UTC)", "IN"
                 );
                 for x in &v {
                     s.push_str(&format!(
-                        "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {:.0} s\n",
+                        "{:<20} {:<10} {:<18} {:<6} {:<8} {:<12} {:<25} {}\n",
                         x.cluster,
                         x.method,
                         x.cron,
                         x.keep.map(|k| k.to_string()).unwrap_or("-".into()),
                         x.max_age.as_deref().unwrap_or("-"),
                         x.repo.as_deref().unwrap_or("(default)"),
-                        (x.next_unix_ms - now_ms()).max(0) as f64 / 1000.0
+                        utc(x.next_unix_ms),
+                        crate::output::duration_words(x.next_unix_ms - now_ms())
                     ));
                 }
                 s
@@ -600,7 +620,12 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 s
             })
         }
-        BackupCommand::Delete { id } => {
+        BackupCommand::Delete { id, yes } => {
+            crate::cluster::confirm(
+                &format!("This deletes backup {id} from its repository for good."),
+                &id,
+                yes,
+            )?;
             let v: BackupView = c
                 .call_as(&Request::BackupDelete { id }, |_| {})
                 .await

@@ -99,12 +99,18 @@ pub enum ClusterCommand {
     /// Show or change a cluster's parameters: `config NAME`, `config set NAME k=v …`,
     /// `config unset NAME k …`, `config history NAME`, `config rollback NAME [--to N]`.
     Config(crate::config::ConfigArgs),
-    /// Delete a cluster; its data stays unless --purge.
+    /// Delete a cluster; its data stays (moved aside, the name free again) unless --purge.
+    /// With --purge and no cluster of that name, removes the data kept by earlier deletes.
     Delete {
         name: String,
-        /// Remove the data directories and credentials too.
+        /// Remove the data directories, credentials and OS user too (asks for the cluster's
+        /// name first on a terminal; --yes in scripts).
         #[arg(long)]
         purge: bool,
+        /// Do not ask for confirmation (scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Return once the operation is queued (follow it with `shoal cluster wait`).
         #[arg(long)]
         no_wait: bool,
     },
@@ -324,8 +330,39 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
         ClusterCommand::Delete {
             name,
             purge,
+            yes,
             no_wait,
-        } => simple_op(&mut c, Request::Delete { name, purge }, no_wait).await,
+        } => {
+            if purge {
+                confirm(
+                    &format!(
+                        "This deletes cluster {name} with its data (or the data kept from an \
+                         earlier delete of it) for good."
+                    ),
+                    &name,
+                    yes,
+                )?;
+            }
+            let req = Request::Delete {
+                name: name.clone(),
+                purge,
+            };
+            match c.call_as::<OpView>(&req, |_| {}).await {
+                Ok(op) => finish_op(&mut c, op, no_wait).await,
+                // No such cluster: with --purge, the data earlier deletes kept.
+                Err(ClientError::Api(a)) if purge && a.kind == ErrorKind::NotFound => {
+                    let removed: Vec<String> = c
+                        .call_as(&Request::PurgeKept { name }, |_| {})
+                        .await
+                        .map_err(api_failure)?;
+                    for d in removed {
+                        println!("removed {d}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(api_failure(e)),
+            }
+        }
         ClusterCommand::Switchover { name, to, no_wait } => {
             simple_op(&mut c, Request::Switchover { name, to }, no_wait).await
         }
@@ -490,6 +527,32 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
         ));
     }
     Ok(spec)
+}
+
+/// Ask before something that cannot be undone: on a terminal, the user types `expect`; in a
+/// script, `--yes` must say so. Refusing changes nothing.
+pub(crate) fn confirm(what: &str, expect: &str, yes: bool) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(format!(
+            "{what} Not asking without a terminal: pass --yes to confirm (nothing changed)"
+        )));
+    }
+    eprint!("{what}\nType {expect:?} to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::usage(format!("cannot read the answer: {e}")))?;
+    if line.trim() == expect {
+        Ok(())
+    } else {
+        Err(Failure::call("not confirmed; nothing changed"))
+    }
 }
 
 pub(crate) async fn simple_op(
@@ -799,14 +862,37 @@ fn connect_text(v: &ConnectInfo) -> String {
     s
 }
 
+/// Run the engine's client in place of this process: leading `NAME=VALUE` elements of the
+/// addon's shell command go to its environment (the password among them: never argv, which
+/// every user of the machine can read with `ps`).
 fn open_shell(v: &ConnectInfo) -> Result<(), Failure> {
     use std::os::unix::process::CommandExt;
-    let Some((program, args)) = v.shell.split_first() else {
+    let (env, argv) = split_shell(&v.shell);
+    let Some((program, args)) = argv.split_first() else {
         return Err(Failure::usage(format!(
             "the engine of {} has no interactive client",
             v.cluster
         )));
     };
-    let err = std::process::Command::new(program).args(args).exec();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    for (k, val) in env {
+        cmd.env(k, val);
+    }
+    let err = cmd.exec();
     Err(Failure::usage(format!("cannot run {program}: {err}")))
+}
+
+/// A client shell command split into its environment (leading `NAME=VALUE` elements) and
+/// its argv.
+fn split_shell(shell: &[String]) -> (Vec<(&str, &str)>, &[String]) {
+    let n = shell
+        .iter()
+        .take_while(|a| shoal_runtime::is_env_assignment(a))
+        .count();
+    let env = shell[..n]
+        .iter()
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    (env, &shell[n..])
 }

@@ -116,3 +116,29 @@ mod tests {
         assert_eq!(duration(std::time::Duration::from_secs(90)), "90 s");
     }
 }
+
+/// A span of milliseconds in words: "45 s", "12 min 5 s", "19 h 16 min", "3 d 4 h".
+pub fn duration_words(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec} s"),
+        (0, 0, _) => format!("{m} min {sec} s"),
+        (0, _, _) => format!("{h} h {m} min"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::duration_words;
+
+    #[test]
+    fn spans_read_as_words() {
+        assert_eq!(duration_words(-5), "0 s");
+        assert_eq!(duration_words(45_999), "45 s");
+        assert_eq!(duration_words(725_000), "12 min 5 s");
+        assert_eq!(duration_words(69_361_000), "19 h 16 min");
+        assert_eq!(duration_words(4 * 86_400_000 + 3_600_000), "4 d 1 h");
+    }
+}

@@ -150,7 +150,7 @@ fn physical_and_logical_backups_to_both_repository_kinds_restore_the_same_data()
     assert_eq!(all.as_array().unwrap().len(), 3);
     // Deleting removes the objects too.
     let first = all[0]["id"].as_str().unwrap().to_string();
-    h.ok(&["backup", "delete", &first]);
+    h.ok(&["backup", "delete", &first, "--yes"]);
     assert!(!dir.join(&key).exists(), "{key} survived the delete");
     assert!(fail(&h, &["backup", "describe", &first]).contains("no backup"));
 }
@@ -335,7 +335,7 @@ fn bad_backup_input_is_refused_clearly_and_changes_nothing() {
         ),
         (vec!["backup", "describe", "nope"], "no backup"),
         (vec!["backup", "verify", "nope"], "no backup"),
-        (vec!["backup", "delete", "nope"], "no backup"),
+        (vec!["backup", "delete", "nope", "--yes"], "no backup"),
         (
             vec!["cluster", "restore", "dst", "--from-backup", "nope"],
             "no backup",
@@ -566,7 +566,7 @@ fn point_in_time_restore_replays_the_archive_to_exactly_the_moment_asked() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(5500));
     let newer = backup(&h, "src", &[]);
-    h.ok(&["backup", "delete", &base]);
+    h.ok(&["backup", "delete", &base, "--yes"]);
     let a = json(&h, &["backup", "archives"]);
     let units_after = a[0]["units"].as_u64().unwrap();
     assert!(units_after < units_before, "{units_before} before: {a:#}");

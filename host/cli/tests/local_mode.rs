@@ -343,7 +343,7 @@ fn delete_leaves_no_process_no_port_and_with_purge_no_data() {
     };
 
     h.ok(&["cluster", "delete", "keep"]);
-    h.ok(&["cluster", "delete", "gone", "--purge"]);
+    h.ok(&["cluster", "delete", "gone", "--purge", "--yes"]);
     std::thread::sleep(Duration::from_millis(200));
     for pid in pids(&keep).into_iter().chain(pids(&gone)) {
         assert!(!alive(pid), "pid {pid} still runs");
@@ -355,21 +355,46 @@ fn delete_leaves_no_process_no_port_and_with_purge_no_data() {
         );
     }
     let clusters: PathBuf = h.home.path().join("clusters");
+    // Kept out of the way under the deleted cluster's uid; the name is free at once.
+    let kept: Vec<PathBuf> = std::fs::read_dir(clusters.join(".deleted"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("keep-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(
-        clusters
-            .join("keep")
+        kept[0]
             .join("keep-0")
             .join("data")
             .join("PG_VERSION")
             .exists(),
         "data kept"
     );
+    assert!(!clusters.join("keep").exists());
     assert!(!clusters.join("gone").exists(), "purged");
     assert_eq!(h.ok(&["cluster", "list", "-o", "json"]).trim(), "[]");
-    // The kept data blocks reuse of the name until it is removed.
-    let o = h.shoal(&["cluster", "create", "keep", "--engine", "postgresql"]);
+    // Without --yes and without a terminal, a purge asks for nothing and changes nothing.
+    let o = h.shoal(&["cluster", "delete", "keep", "--purge"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("holds data of an earlier cluster"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
+    assert!(kept[0].exists());
+    // A new cluster of the name starts clean: no events of the old one.
+    h.ok(&["cluster", "create", "keep", "--engine", "postgresql"]);
+    let events = h.ok(&["cluster", "events", "keep", "-o", "json"]);
+    assert!(!events.contains("data kept at"), "{events}");
+    h.ok(&["cluster", "delete", "keep", "--purge", "--yes"]);
+    // Then the data the first one left: removed on request.
+    let out = h.ok(&["cluster", "delete", "keep", "--purge", "--yes"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(!kept[0].exists());
+    let o = h.shoal(&["cluster", "delete", "keep", "--purge", "--yes"]);
+    assert_eq!(o.status.code(), Some(2), "nothing left to remove");
 }
 
 #[test]
@@ -452,7 +477,7 @@ fn the_host_is_engine_neutral_and_missing_programs_name_their_package() {
             .starts_with("memcached://127.0.0.1:"),
         "{v}"
     );
-    h.ok(&["cluster", "delete", "cache", "--purge"]);
+    h.ok(&["cluster", "delete", "cache", "--purge", "--yes"]);
 
     // With memcached not on the daemon's PATH, create says what to install and creates nothing.
     let h = Host::start_with(

@@ -285,8 +285,13 @@ fn parameters_apply_live_or_by_a_rolling_restart_and_bad_input_is_refused() {
         .iter()
         .map(|i| i["pid"].as_u64().unwrap())
         .collect();
+    // The users' account has no CONFIG (it would show the platform's password): read the
+    // settings as the platform account, and check that the users' cannot.
+    let denied = redis_cli(ports(&d)[0].1, &pw, &["CONFIG", "GET", "masterauth"]).unwrap_err();
+    assert!(denied.contains("NOPERM"), "{denied}");
+    let ppw = h.platform_password("p");
     let config_get = |port: u64, name: &str| {
-        redis_cli(port, &pw, &["CONFIG", "GET", name])
+        redis_cli_as(port, "shoal", &ppw, &["CONFIG", "GET", name])
             .unwrap()
             .lines()
             .nth(1)

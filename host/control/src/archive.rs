@@ -39,9 +39,10 @@ fn safe_unit_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Key of a stored unit.
-pub(crate) fn unit_key(cluster: &str, name: &str) -> String {
-    format!("{cluster}/archive/{name}.zst")
+/// Key of a stored unit of cluster `cluster` (uid `uid`: a later cluster of the same name,
+/// whose units have the same names, never overwrites it).
+pub(crate) fn unit_key(cluster: &str, uid: i64, name: &str) -> String {
+    format!("{cluster}/archive-{uid}/{name}.zst")
 }
 
 pub(crate) fn unit_object(u: &ArchiveUnitView) -> StoredObject {
@@ -161,7 +162,8 @@ impl Controller {
     pub fn archive_list(&self, cluster: Option<&str>) -> Result<Vec<ArchiveView>, ApiError> {
         let mut out = self.db(|s| s.archives(cluster))?;
         for a in &mut out {
-            let units = self.db(|s| s.units(&a.cluster))?;
+            let uid = self.db(|s| s.uid_of(&a.cluster))?.unwrap_or(-1);
+            let units = self.db(|s| s.units(uid))?;
             a.units = units.len() as u64;
             a.size = units.iter().map(|u| u.object.size).sum();
             a.stored_size = units.iter().map(|u| u.object.stored_size).sum();
@@ -354,7 +356,7 @@ async fn ship_one(
         .unwrap_or_else(|p| p.into_inner())
         .get(&slot)
         .cloned();
-    let incoming = format!("{}/archive/incoming-{}.zst", cl.name, i.name);
+    let incoming = format!("{}/archive-{}/incoming-{}.zst", cl.name, cl.uid, i.name);
     let (writer, pending) = shoal_backup::write_object(repo, &incoming, ZSTD_LEVEL);
     let dir = i.archive_dir();
     let mut ctx = c.bulk_ctx(cl, i, all, Default::default())?;
@@ -387,7 +389,7 @@ async fn ship_one(
         ));
     }
     let obj = pending.finish().await.map_err(|e| e.to_string())?;
-    let key = unit_key(&cl.name, &unit.name);
+    let key = unit_key(&cl.name, cl.uid, &unit.name);
     repo.rename(&obj.key, &key)
         .await
         .map_err(|e| e.to_string())?;
@@ -406,7 +408,7 @@ async fn ship_one(
             sha256: obj.sha256,
         },
     };
-    c.db(|s| s.put_unit(&cl.name, &view))
+    c.db(|s| s.put_unit(cl.uid, &cl.name, &view))
         .map_err(|e| e.message)?;
     c.archived_last
         .lock()
@@ -415,10 +417,10 @@ async fn ship_one(
     Ok(true)
 }
 
-/// Delete the stored units of `cluster` older than every completed backup a point-in-time
-/// restore could start from (none such: nothing is deleted).
-pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str) {
-    let Ok(backups) = c.db(|s| s.backups(Some(cluster))) else {
+/// Delete the stored units of cluster `uid` (named `cluster`) older than every completed
+/// backup of it a point-in-time restore could start from (none such: nothing is deleted).
+pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str, uid: i64) {
+    let Ok(backups) = c.db(|s| s.backups_of(uid)) else {
         return;
     };
     let Some(oldest) = backups
@@ -429,7 +431,7 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str) {
     else {
         return;
     };
-    let Ok(units) = c.db(|s| s.units(cluster)) else {
+    let Ok(units) = c.db(|s| s.units(uid)) else {
         return;
     };
     let old: Vec<&ArchiveUnitView> = units
@@ -445,7 +447,7 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str) {
         let Ok(repo) = c.repo(&u.repo) else { continue };
         match repo.delete(&u.object.key).await {
             Ok(()) => {
-                let _ = c.db(|s| s.delete_unit(cluster, &u.name));
+                let _ = c.db(|s| s.delete_unit(uid, &u.name));
                 deleted += 1;
                 bytes += u.object.stored_size;
             }
@@ -472,16 +474,18 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str) {
     );
 }
 
-/// Fetch the units a point-in-time restore of a backup that started at `from_ms` may replay
-/// into `dir`, each read through its checksum; the first damaged or missing one fails the
-/// restore, naming it. Returns how many units and bytes were staged.
+/// Fetch the units of cluster `uid` a point-in-time restore of a backup that started at
+/// `from_ms` may replay into `dir` (each file given to `owner`, who replays it), each read
+/// through its checksum; the first damaged or missing one fails the restore, naming it.
+/// Returns how many units and bytes were staged.
 pub(crate) async fn stage_units(
     c: &Arc<Controller>,
-    cluster: &str,
+    uid: i64,
     from_ms: i64,
     dir: &Path,
+    owner: Option<shoal_local::RunAs>,
 ) -> Result<(usize, u64), String> {
-    let units = c.db(|s| s.units(cluster)).map_err(|e| e.message)?;
+    let units = c.db(|s| s.units(uid)).map_err(|e| e.message)?;
     let mut count = 0;
     let mut bytes = 0;
     for u in units
@@ -511,6 +515,7 @@ pub(crate) async fn stage_units(
         file.sync_all()
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        shoal_local::users::chown(&path, owner).map_err(|e| e.to_string())?;
         count += 1;
         bytes += size;
     }

@@ -53,6 +53,11 @@ fn load_repos(home: &Path) -> Result<BTreeMap<String, RepoEntry>, ApiError> {
     }
 }
 
+fn repos_lock(home: &Path) -> Result<std::fs::File, ApiError> {
+    crate::secrets::lock(home, "repos")
+        .map_err(|e| ApiError::internal(format!("cannot lock the repository list: {e}")))
+}
+
 fn save_repos(home: &Path, repos: &BTreeMap<String, RepoEntry>) -> Result<(), ApiError> {
     let body = serde_json::to_vec_pretty(repos).map_err(|e| ApiError::internal(e.to_string()))?;
     crate::secrets::write_private(home, &repos_path(home), &body)
@@ -126,8 +131,7 @@ impl Controller {
     ) -> Result<RepoCheckView, ApiError> {
         valid_name("repository", name)?;
         spec.validate().map_err(ApiError::invalid)?;
-        let mut repos = load_repos(&self.home)?;
-        if repos.contains_key(name) {
+        if load_repos(&self.home)?.contains_key(name) {
             return Err(ApiError::conflict(format!(
                 "a backup repository named {name:?} exists already"
             )));
@@ -136,6 +140,16 @@ impl Controller {
         let check = repo.check().await.map_err(|e| {
             ApiError::conflict(format!("the repository does not work, not added: {e}"))
         })?;
+        // Read, change and write the list under its lock: concurrent adds each see the
+        // others' results, and of two adds of one name exactly one wins.
+        let _lock = repos_lock(&self.home)?;
+        let mut repos = load_repos(&self.home)?;
+        if let Some(e) = repos.get(name) {
+            return Err(ApiError::conflict(format!(
+                "a backup repository named {name:?} exists already ({}); nothing changed",
+                e.spec.describe()
+            )));
+        }
         let default = default || repos.is_empty();
         if default {
             for e in repos.values_mut() {
@@ -180,6 +194,7 @@ impl Controller {
 
     /// Forget a repository (refused while backups are recorded in it).
     pub fn repo_remove(&self, name: &str) -> Result<RepoView, ApiError> {
+        let _lock = repos_lock(&self.home)?;
         let mut repos = load_repos(&self.home)?;
         let Some(e) = repos.get(name).cloned() else {
             return Err(ApiError::not_found(format!(
@@ -211,12 +226,14 @@ impl Controller {
         })
     }
 
-    /// Validate a backup request and queue it.
+    /// Validate a backup request and queue it; `origin` is `manual` (a user asked) or
+    /// `schedule`.
     pub fn backup_create(
         self: &Arc<Self>,
         cluster: &str,
         method: Option<&str>,
         repo: Option<&str>,
+        origin: &str,
     ) -> Result<OpView, ApiError> {
         let method = self.method_of(cluster, method)?;
         let repo = match repo {
@@ -227,7 +244,7 @@ impl Controller {
         self.submit(
             cluster,
             "backup",
-            serde_json::json!({ "method": method.name, "repo": repo }),
+            serde_json::json!({ "method": method.name, "repo": repo, "origin": origin }),
         )
     }
 
@@ -271,7 +288,7 @@ impl Controller {
             "info",
             format!("backup {id} deleted from repository {}", b.view.repo),
         );
-        crate::archive::prune_units(self, &b.view.cluster).await;
+        crate::archive::prune_units(self, &b.view.cluster, b.cluster_uid).await;
         let mut v = b.view;
         v.state = "deleted".into();
         Ok(v)
@@ -415,7 +432,8 @@ impl Controller {
                 ),
             }));
         }
-        let units = self.db(|s| s.units(cluster))?;
+        let uid = self.db(|s| s.backup(&b.id))?.map_or(-1, |r| r.cluster_uid);
+        let units = self.db(|s| s.units(uid))?;
         let last = units
             .iter()
             .filter(|u| u.stored_unix_ms >= b.started_unix_ms)
@@ -659,7 +677,7 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
             );
             continue;
         }
-        match c.backup_create(&v.cluster, Some(&v.method), v.repo.as_deref()) {
+        match c.backup_create(&v.cluster, Some(&v.method), v.repo.as_deref(), "schedule") {
             Ok(op) => c.event(
                 &v.cluster,
                 None,
@@ -679,10 +697,12 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
     }
 }
 
-/// After a completed backup: delete the completed backups of the same cluster and method
-/// that its schedule no longer keeps (beyond `keep`, or older than `max-age`). The newest
-/// completed backup is never deleted.
-async fn apply_retention(c: &Arc<Controller>, cluster: &str, method: &str) {
+/// After a completed backup: delete the completed backups of the same cluster (this one, by
+/// uid: never one of an earlier cluster of the name) and method that its schedule no longer
+/// keeps (beyond `keep`, or older than `max-age`). Only the schedule's own backups count
+/// unless it was set with `include-manual`; the newest completed one is never deleted.
+async fn apply_retention(c: &Arc<Controller>, cl: &ClusterRow, method: &str) {
+    let cluster = cl.name.as_str();
     let Ok(schedules) = c.db(|s| s.schedules(Some(cluster))) else {
         return;
     };
@@ -690,10 +710,11 @@ async fn apply_retention(c: &Arc<Controller>, cluster: &str, method: &str) {
         return;
     };
     let done: Vec<BackupView> = c
-        .backup_list(Some(cluster))
+        .db(|s| s.backups_of(cl.uid))
         .unwrap_or_default()
         .into_iter()
-        .filter(|b| b.method == method)
+        .map(|b| b.view)
+        .filter(|b| b.method == method && (v.include_manual || b.origin == "schedule"))
         .collect();
     for (id, why) in expired(&done, &v, now_ms()) {
         match c.backup_delete(&id).await {
@@ -842,6 +863,10 @@ pub(crate) async fn run_backup(
             .to_string()
     };
     let (method, repo_name) = (arg("method"), arg("repo"));
+    let origin = match arg("origin").as_str() {
+        "schedule" => "schedule",
+        _ => "manual",
+    };
     let cl = c
         .db(|s| s.cluster(cluster))
         .map_err(|e| e.message)?
@@ -885,11 +910,14 @@ pub(crate) async fn run_backup(
         size: 0,
         stored_size: 0,
         objects: vec![],
+        origin: origin.into(),
+        restore_test: None,
     };
     let mut row = BackupRow {
         view: view.clone(),
         manifest: None,
         spec: cl.spec.clone(),
+        cluster_uid: cl.uid,
     };
     c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
     c.event(
@@ -981,7 +1009,7 @@ pub(crate) async fn run_backup(
             &obj.sha256[..16]
         ),
     );
-    apply_retention(c, cluster, &method).await;
+    apply_retention(c, &cl, &method).await;
     Ok(())
 }
 
@@ -1092,11 +1120,16 @@ async fn restore_steps(
             .mode(0o700)
             .create(staged)
             .map_err(|e| format!("cannot create {}: {e}", staged.display()))?;
-        let (n, bytes) =
-            crate::archive::stage_units(c, &b.view.cluster, b.view.started_unix_ms, staged)
-                .await
-                .map_err(|e| format!("restore of backup {id} to {} refused: {e}", rfc3339(to)))?;
-        shoal_local::users::chown(staged, c.engine_user).map_err(|e| e.to_string())?;
+        let (n, bytes) = crate::archive::stage_units(
+            c,
+            b.cluster_uid,
+            b.view.started_unix_ms,
+            staged,
+            c.run_as(cl)?,
+        )
+        .await
+        .map_err(|e| format!("restore of backup {id} to {} refused: {e}", rfc3339(to)))?;
+        shoal_local::users::chown(staged, c.run_as(cl)?).map_err(|e| e.to_string())?;
         c.event(
             &cl.name,
             Some(&i.name),
@@ -1209,6 +1242,8 @@ mod tests {
             size: 0,
             stored_size: 0,
             objects: vec![],
+            origin: "schedule".into(),
+            restore_test: None,
         }
     }
 
@@ -1231,6 +1266,8 @@ mod tests {
             max_age: None,
             pitr_window: None,
             next_unix_ms: 0,
+            include_manual: false,
+            verify: false,
         };
         let ids = |x: Vec<(String, String)>| x.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
         assert_eq!(ids(expired(&all, &v, 5 * day)), ["b", "a"]);
@@ -1257,6 +1294,8 @@ mod tests {
             max_age: None,
             pitr_window: Some("2d".into()),
             next_unix_ms: 0,
+            include_manual: false,
+            verify: false,
         };
         let ids = |x: Vec<(String, String)>| x.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
         // At day 5.5 the window starts at 3.5: b4 and b5 are inside it, b3 is the base of a

@@ -24,7 +24,11 @@ pub struct HostConfig {
     pub addons: Vec<PathBuf>,
     /// Ports instances get, inclusive. Default 15000–19999, below the kernel's ephemeral range.
     pub port_range: [u16; 2],
-    /// The unprivileged OS user engines run as when the host runs as root. Default `shoal`.
+    /// When the host runs as root, engines run unprivileged, each cluster as its own OS user
+    /// named `<engine_user>-<6 hex digits of the home>-<cluster uid>` (created when the
+    /// cluster is created, removed with `delete --purge`), so that no cluster (nor a
+    /// database superuser in it) can reach another's files. Clusters created before that
+    /// run as `<engine_user>` itself. At most 16 characters. Default `shoal`.
     pub engine_user: String,
     /// Engine programs by engine and version, searched before the addon's own suggestions:
     /// `[engines.postgresql."18"] bin_dir = "/opt/pg18/bin"`.
@@ -146,8 +150,12 @@ impl HostConfig {
                 "port_range [{lo}, {hi}] must be 1 <= first <= last"
             ));
         }
-        if self.engine_user.is_empty() {
-            return Err("engine_user must not be empty".into());
+        if !shoal_local::users::valid_user_name(&self.engine_user) || self.engine_user.len() > 16 {
+            return Err(format!(
+                "engine_user {:?} must be a user name of at most 16 lowercase letters, digits, \
+                 '-' or '_' (cluster users add 15 characters to it)",
+                self.engine_user
+            ));
         }
         if self.probe_interval_ms < 100 {
             return Err("probe_interval_ms must be at least 100".into());

@@ -32,9 +32,15 @@ pub struct Controller {
     store: Mutex<Store>,
     pub engines: Engines,
     pub runtime: AddonRuntime,
-    /// User engines run as (None: the host's own user).
+    /// User engines of clusters without their own OS user run as (None: the host's own
+    /// user). Clusters created by a root host each get their own user (see [`Self::run_as`]).
     pub engine_user: Option<RunAs>,
     pub engine_user_name: String,
+    /// The OS user of each cluster, by name, as looked up last.
+    users: Mutex<HashMap<String, Option<RunAs>>>,
+    /// Held while a create is validated and stored: two requests for one name, or for the
+    /// same free ports, cannot both pass.
+    create_lock: tokio::sync::Mutex<()>,
     pub limits: Enforcement,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) live: Mutex<HashMap<(String, String), Arc<LiveInstance>>>,
@@ -76,12 +82,29 @@ impl Controller {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(home.join("clusters"))
             .map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        // The engine user must be able to traverse to its instance directories.
+        // Each cluster's engine user must be able to pass through to its own directory, and
+        // no one may list the others (`clusters/<name>` itself is 0700, its user's).
         for d in [home.clone(), home.join("clusters")] {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| format!("cannot set permissions of {}: {e}", d.display()))?;
         }
         let store = Store::open(&home.join("state.db")).map_err(|e| e.to_string())?;
+        // The state and coordination databases are the host's alone (earlier versions left
+        // them readable by everyone).
+        for f in [
+            "state.db",
+            "state.db-wal",
+            "state.db-shm",
+            "coordination.db",
+            "coordination.db-wal",
+            "coordination.db-shm",
+        ] {
+            let p = home.join(f);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("cannot set permissions of {}: {e}", p.display()))?;
+            }
+        }
         let archiving = store
             .archives(None)
             .map_err(|e| e.to_string())?
@@ -137,6 +160,8 @@ impl Controller {
             engines,
             runtime,
             engine_user,
+            users: Mutex::new(HashMap::new()),
+            create_lock: tokio::sync::Mutex::new(()),
             limits,
             locks: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -154,7 +179,70 @@ impl Controller {
         f: impl FnOnce(&mut Store) -> crate::store::Result<T>,
     ) -> Result<T, ApiError> {
         let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s).map_err(|e| ApiError::internal(e.to_string()))
+        f(&mut s).map_err(|e| match e {
+            crate::store::StoreError::Taken(m) => ApiError::conflict(m),
+            e => ApiError::internal(e.to_string()),
+        })
+    }
+
+    /// The OS user `cl`'s engine processes, init commands and hook programs run as: its own
+    /// (created when missing), else the shared engine user (clusters created before each got
+    /// their own), else none (the host is not root: its own user).
+    pub(crate) fn run_as(&self, cl: &ClusterRow) -> Result<Option<RunAs>, String> {
+        let Some(name) = cl.os_user.as_deref().filter(|_| self.engine_user.is_some()) else {
+            return Ok(self.engine_user);
+        };
+        if let Some(u) = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cl.name)
+        {
+            return Ok(*u);
+        }
+        let u = shoal_local::users::ensure_user(name).map_err(|e| e.to_string())?;
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cl.name.clone(), Some(u));
+        Ok(Some(u))
+    }
+
+    /// [`Self::run_as`] of the cluster named `cluster` (the shared engine user when it is
+    /// gone or its user cannot be had: never root).
+    pub(crate) fn run_as_named(&self, cluster: &str) -> Option<RunAs> {
+        if let Some(u) = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+        {
+            return *u;
+        }
+        match self.db(|s| s.cluster(cluster)).ok().flatten() {
+            Some(cl) => self.run_as(&cl).unwrap_or(self.engine_user),
+            None => self.engine_user,
+        }
+    }
+
+    /// Forget the cached OS user of `cluster` (it was deleted).
+    pub(crate) fn forget_user(&self, cluster: &str) {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(cluster);
+    }
+
+    /// The prefix of per-cluster OS users, when engines run as other users than the host's:
+    /// `<engine_user>-<6 hex digits of the home's path>-`, then the cluster's uid
+    /// (`shoal-3fa2c1-17`). The home's part keeps two homes on one machine (tests, a second
+    /// installation) from sharing users.
+    fn os_user_prefix(&self) -> Option<String> {
+        use sha2::Digest;
+        let home = sha2::Sha256::digest(self.home.as_os_str().as_encoded_bytes());
+        self.engine_user
+            .is_some()
+            .then(|| format!("{}-{}-", self.cfg.engine_user, &hex::encode(home)[..6]))
     }
 
     /// Record an event (and log it).
@@ -296,6 +384,24 @@ impl Controller {
 
     pub(crate) fn cluster_dir(&self, name: &str) -> PathBuf {
         self.home.join("clusters").join(name)
+    }
+
+    /// Where the data of deleted cluster `name` (uid `uid`) is kept:
+    /// `clusters/.deleted/<name>-<uid>` (the directory is the host's alone).
+    pub(crate) fn kept_dir(&self, name: &str, uid: i64) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.home.join("clusters").join(".deleted");
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir);
+        dir.join(format!("{name}-{uid}"))
+    }
+
+    /// Create `cl`'s directory, owned by its OS user and private to it (0700): no other
+    /// cluster's engine, nor a database superuser of another cluster, can enter it.
+    pub(crate) fn prepare_cluster_dir(&self, cl: &ClusterRow) -> Result<(), String> {
+        crate::node::private_dir(&self.cluster_dir(&cl.name), self.run_as(cl)?)
     }
 
     // ----- validation -----
@@ -534,21 +640,20 @@ impl Controller {
     ) -> Result<OpView, ApiError> {
         let (version, _resources, params) = self.validate_spec(&spec).await?;
         let addon = self.addon(&spec.engine)?;
-        if self.db(|s| s.cluster(&spec.name))?.is_some() {
+        // From here to the insert, one create at a time: a name or a port cannot be handed
+        // out twice.
+        let _one_at_a_time = self.create_lock.lock().await;
+        if let Some(c) = self.db(|s| s.cluster(&spec.name))? {
             return Err(ApiError::conflict(format!(
-                "a cluster named {:?} already exists",
-                spec.name
+                "a cluster named {:?} already exists (state {})",
+                spec.name, c.state
             )));
         }
         let dir = self.cluster_dir(&spec.name);
-        if dir.exists()
-            && std::fs::read_dir(&dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
+        if dir.exists() && !crate::node::is_empty(&dir) {
             return Err(ApiError::conflict(format!(
-                "{} holds data of an earlier cluster named {:?}; remove it (or delete that \
-                 cluster with --purge) before reusing the name",
+                "{} holds files no cluster owns (left by an earlier Shoal?); move them away \
+                 before reusing the name {:?}",
                 dir.display(),
                 spec.name
             )));
@@ -581,9 +686,13 @@ impl Controller {
             addon_digest: addon.info().digest.clone(),
             state: "creating".into(),
             created_ms: now_ms(),
+            uid: 0,
+            os_user: None,
         };
-        let id = self.db(|s| s.insert_cluster(&row, &op_params))?;
-        self.db(|s| s.reserve_endpoints(&spec.name, rw, ro))?;
+        let prefix = self.os_user_prefix();
+        let (_uid, id) =
+            self.db(|s| s.insert_cluster(&row, Some((rw, ro)), &op_params, prefix.as_deref()))?;
+        drop(_one_at_a_time);
         self.event(
             &spec.name,
             None,
@@ -692,6 +801,8 @@ impl Controller {
         let leader = self.dcs.leader(&c.name).await.ok().flatten();
         let manager = self.dcs.manager(&c.name).await.ok().flatten();
         Ok(ClusterView {
+            uid: c.uid,
+            os_user: c.os_user.clone(),
             name: c.name.clone(),
             engine: c.engine.clone(),
             version: c.version.clone(),
@@ -829,7 +940,8 @@ impl Controller {
             .find(|i| i.role == "primary")
             .or_else(|| instances.first())
             .ok_or_else(|| ApiError::conflict(format!("cluster {name} has no instances yet")))?;
-        let creds = secrets::load(&self.home, name).map_err(|e| {
+        // The account users get; never the platform's own.
+        let creds = secrets::load_admin(&self.home, name).map_err(|e| {
             ApiError::internal(format!("cannot read the credentials of {name}: {e}"))
         })?;
         let (rw, ro) = self.db(|s| s.endpoints(name))?;

@@ -344,7 +344,7 @@ async fn run_commands(
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let search = engines::binaries(&c.cfg, addon, &cl.version);
     for cmd in cmds {
-        let spec = crate::node::process_spec(&search, cmd, i, c.engine_user)?;
+        let spec = crate::node::process_spec(&search, cmd, i, c.run_as(cl)?)?;
         spec.run(Duration::from_millis(c.cfg.init_timeout_ms))
             .await
             .map_err(|e| format!("{}: {e}", cmd.program))?;

@@ -42,6 +42,12 @@ pub use controller::Controller;
 /// manages the clusters, takes over `<home>/shoal.sock` once that daemon is gone, and adopts
 /// each cluster whose manager lease lapses.
 pub async fn serve(home: std::path::PathBuf, cfg: HostConfig) -> Result<(), String> {
+    // Everything the host writes (state, secrets, logs, backups in a directory repository)
+    // is its owner's alone unless a file says otherwise; engine processes inherit it.
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
     let (listener, path) = match server::bind(&home.join(shoal_api::SOCKET)).await {
         Ok(l) => (l, home.join(shoal_api::SOCKET)),

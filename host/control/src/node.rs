@@ -15,27 +15,34 @@ use crate::engines;
 use crate::secrets::Credentials;
 use crate::store::{ClusterRow, InstanceRow};
 
-/// Where the server and init output of one instance go.
+/// Create `i`'s directories: the instance directory, `data/`, `config/` and `archive/`
+/// owned by the cluster's engine user, `log/` by the host (it writes the engine's output
+/// there); all 0700 whatever the umask (the cluster directory around them is private too).
 fn ensure_dirs(i: &InstanceRow, user: Option<shoal_local::RunAs>) -> Result<(), String> {
-    for (dir, mode) in [
-        (i.dir.clone(), 0o755),
-        (i.data_dir(), 0o700),
-        (i.config_dir(), 0o700),
-        (i.archive_dir(), 0o700),
-        (i.dir.join("log"), 0o755),
+    for (dir, engine_owned) in [
+        (i.dir.clone(), true),
+        (i.data_dir(), true),
+        (i.config_dir(), true),
+        (i.archive_dir(), true),
+        (i.dir.join("log"), false),
     ] {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        if dir != i.dir.join("log") && dir != i.dir {
-            shoal_local::users::chown(&dir, user).map_err(|e| e.to_string())?;
-        }
+        private_dir(&dir, if engine_owned { user } else { None })?;
     }
     Ok(())
+}
+
+/// Create `dir` (and its parents) if missing, make it 0700 whatever the umask and the mode
+/// it had, and give it to `owner` (none: the host keeps it).
+pub(crate) fn private_dir(dir: &Path, owner: Option<shoal_local::RunAs>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+    shoal_local::users::chown(dir, owner).map_err(|e| e.to_string())
 }
 
 /// The named ports of `i` as hooks see them.
@@ -187,7 +194,7 @@ impl Controller {
                 ctx.preopen(i.data_dir(), "/data", true)
                     .preopen(i.config_dir(), "/config", false);
         }
-        ctx.run_as = self.engine_user.map(|u| RunAs {
+        ctx.run_as = self.run_as_named(&i.cluster).map(|u| RunAs {
             uid: u.uid,
             gid: u.gid,
         });
@@ -237,9 +244,18 @@ impl Controller {
                 ));
             }
             let target = dir.join(rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            let owner = self.run_as(c)?;
+            // Subdirectories of the config directory, the engine user's like the files.
+            let mut made = dir.clone();
+            for part in rel.parent().into_iter().flat_map(|p| p.components()) {
+                made.push(part);
+                if !made.exists() {
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&made)
+                        .map_err(|e| format!("{}: {e}", made.display()))?;
+                    shoal_local::users::chown(&made, owner).map_err(|e| e.to_string())?;
+                }
             }
             let tmp = target.with_extension("shoal-tmp");
             {
@@ -256,7 +272,7 @@ impl Controller {
                 out.sync_all()
                     .map_err(|e| format!("{}: {e}", tmp.display()))?;
             }
-            shoal_local::users::chown(&tmp, self.engine_user).map_err(|e| e.to_string())?;
+            shoal_local::users::chown(&tmp, owner).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
         }
         Ok(())
@@ -265,8 +281,9 @@ impl Controller {
     /// Bring `i` up: directories, config, init commands when its data directory is empty, the
     /// server process, and readiness. Updates and stores the row as it goes.
     /// Create `i`'s directories, owned by the engine user.
-    pub(crate) fn prepare_dirs(&self, i: &InstanceRow) -> Result<(), String> {
-        ensure_dirs(i, self.engine_user)
+    pub(crate) fn prepare_dirs(&self, c: &ClusterRow, i: &InstanceRow) -> Result<(), String> {
+        self.prepare_cluster_dir(c)?;
+        ensure_dirs(i, self.run_as(c)?)
     }
 
     pub(crate) async fn bring_up(
@@ -277,7 +294,7 @@ impl Controller {
         creds: &Credentials,
     ) -> Result<(), String> {
         let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
-        ensure_dirs(i, self.engine_user)?;
+        self.prepare_dirs(c, i)?;
         self.render(c, i, all, creds).await?;
         let params = self.params_of(c)?;
         let inst = self.wit_instance(c, i, creds, true);
@@ -287,11 +304,9 @@ impl Controller {
             .await
             .map_err(|e| e.to_string())?;
         let search = engines::binaries(&self.cfg, &addon, &c.version);
-        let run_as = if plan.unprivileged {
-            self.engine_user
-        } else {
-            None
-        };
+        // Every engine runs unprivileged when the host is root; `unprivileged` says the
+        // engine itself insists (it would refuse root), which it never gets anyway.
+        let run_as = self.run_as(c)?;
         let row = i.clone();
         let spec_for = |cmd: &wit::Command| process_spec(&search, cmd, &row, run_as);
         if is_empty(&i.data_dir()) && !plan.init.is_empty() {
@@ -340,6 +355,8 @@ impl Controller {
             format!("started {} (pid {})", plan.server.program, pid.pid),
         );
         self.wait_ready(c, i, all, creds, &plan.readiness).await?;
+        // Before anyone is routed to it: the account users get, as Shoal last set it.
+        self.provision_admin(c, i, all, creds).await?;
         i.state = "running".into();
         self.save(i);
         self.event(&c.name, Some(&i.name), "info", "ready");
@@ -347,6 +364,57 @@ impl Controller {
         // keep it only in memory lose it at a restart.
         crate::ha::apply_sync_to(self, c, creds, Some(&i.name)).await;
         Ok(())
+    }
+
+    /// Set the admin account users get (`shoal cluster connect`) on `i` through the addon's
+    /// `account-provision`: called on every instance after it starts, so that a fresh copy,
+    /// a restored backup or a per-server account store holds exactly what Shoal hands out.
+    /// Engines without accounts say `unsupported`. Clusters from before the platform account
+    /// existed use the admin account for the hooks already: nothing to do.
+    pub(crate) async fn provision_admin(
+        &self,
+        c: &ClusterRow,
+        i: &InstanceRow,
+        all: &[InstanceRow],
+        platform: &Credentials,
+    ) -> Result<(), String> {
+        let s = crate::secrets::load_all(&self.home, &c.name)
+            .map_err(|e| format!("cannot read the credentials of {}: {e}", c.name))?;
+        if s.platform.is_none() {
+            return Ok(());
+        }
+        self.provision_account(c, i, all, platform, &s.admin).await
+    }
+
+    /// `account-provision` of `account` (a superuser) on `i`.
+    pub(crate) async fn provision_account(
+        &self,
+        c: &ClusterRow,
+        i: &InstanceRow,
+        all: &[InstanceRow],
+        platform: &Credentials,
+        account: &Credentials,
+    ) -> Result<(), String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        let acc = wit::Account {
+            credentials: wit::Credentials {
+                username: account.user.clone(),
+                password: account.password.clone(),
+            },
+            role: wit::AccountRole::Superuser,
+        };
+        match addon
+            .call(&self.call_ctx(i, all, false))
+            .account_provision(&self.wit_instance(c, i, platform, false), &acc)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unsupported() => Ok(()),
+            Err(e) => Err(format!(
+                "setting up account {} on {}: {e}",
+                account.user, i.name
+            )),
+        }
     }
 
     async fn wait_ready(

@@ -127,18 +127,15 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
     } else {
         names
     };
-    let reserved = c.db(|s| s.reserved_ports()).map_err(|e| e.message)?;
     let range = c.cfg.port_range[0]..=c.cfg.port_range[1];
-    let ports =
-        shoal_local::ports::allocate(&range, &reserved, names.len()).map_err(|e| e.to_string())?;
     let name = format!("{}-{ordinal}", cl.name);
-    let row = InstanceRow {
+    let mut row = InstanceRow {
         cluster: cl.name.clone(),
         name: name.clone(),
         ordinal,
         role: role.into(),
         host: "127.0.0.1".into(),
-        ports: names.into_iter().zip(ports).collect(),
+        ports: Default::default(),
         dir: c.cluster_dir(&cl.name).join(&name),
         desired: Desired::Running,
         state: "pending".into(),
@@ -153,7 +150,22 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
         probed_ms: None,
         term: None,
     };
-    c.db(|s| s.insert_instance(&row)).map_err(|e| e.message)?;
+    // Allocate and reserve under one hold of the store: another cluster's operation cannot
+    // take the same ports in between.
+    let allocated = c
+        .db(|s| {
+            let reserved = s.reserved_ports()?;
+            match shoal_local::ports::allocate(&range, &reserved, names.len()) {
+                Ok(ports) => {
+                    row.ports = names.iter().cloned().zip(ports).collect();
+                    s.insert_instance(&row)?;
+                    Ok(Ok(()))
+                }
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        })
+        .map_err(|e| e.message)?;
+    allocated?;
     c.event(
         &cl.name,
         Some(&name),
@@ -200,16 +212,20 @@ async fn create(
 ) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
-    let cr = Credentials {
-        user: addon
-            .manifest()
-            .admin_user
-            .clone()
-            .unwrap_or_else(|| "admin".into()),
-        password: secrets::generate_password()
-            .map_err(|e| format!("cannot generate a password: {e}"))?,
+    // A create resumed after a host restart keeps the secrets it generated.
+    let all_secrets = match secrets::load_all(&c.home, name) {
+        Ok(s) => s,
+        Err(_) => {
+            let admin = addon.manifest().admin_user.as_deref().unwrap_or("admin");
+            let s = secrets::ClusterSecrets::generate(admin)
+                .map_err(|e| format!("cannot generate passwords: {e}"))?;
+            secrets::save(&c.home, name, &s)
+                .map_err(|e| format!("cannot store credentials: {e}"))?;
+            s
+        }
     };
-    secrets::save(&c.home, name, &cr).map_err(|e| format!("cannot store credentials: {e}"))?;
+    let cr = all_secrets.platform().clone();
+    c.prepare_cluster_dir(&cl)?;
     let mut primary = add_instance(c, &cl, "primary")?;
     let before_start = match restore {
         Some((id, _)) => crate::backups::restores_before_start(c, id)?,
@@ -217,7 +233,7 @@ async fn create(
     };
     if let (Some((id, to)), true) = (restore, before_start) {
         // A physical copy goes into the empty data directory; the server then starts on it.
-        c.prepare_dirs(&primary)?;
+        c.prepare_dirs(&cl, &primary)?;
         if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, to).await {
             // Never start anything on a failed restore (the supervisor skips failed
             // instances).
@@ -465,29 +481,95 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
                 .await;
         }
     }
-    c.db(|s| s.delete_cluster(name)).map_err(|e| e.message)?;
     c.proxy.remove(name);
     if let Err(e) = c.dcs.forget(name).await {
         c.event(name, None, "warning", format!("coordination store: {e}"));
     }
     let dir = c.cluster_dir(name);
-    if purge {
-        std::fs::remove_dir_all(&dir).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(format!("cannot remove {}: {e}", dir.display()))
-            }
-        })?;
+    let kept = if purge {
+        remove_tree(&dir)?;
         secrets::remove(&c.home, name);
-        c.event(name, None, "info", "deleted with its data");
+        None
+    } else if dir.exists() {
+        // Kept out of the way under its uid, so the name can be used again at once.
+        let kept = c.kept_dir(name, cl.uid);
+        std::fs::rename(&dir, &kept)
+            .map_err(|e| format!("cannot move {} to {}: {e}", dir.display(), kept.display()))?;
+        secrets::keep(&c.home, name, cl.uid);
+        Some(kept)
     } else {
-        c.event(
+        None
+    };
+    c.db(|s| s.delete_cluster(name, kept.as_deref()))
+        .map_err(|e| e.message)?;
+    c.forget_user(name);
+    match &kept {
+        None => {
+            if let Some(u) = &cl.os_user {
+                if let Err(e) = shoal_local::users::remove_user(u) {
+                    c.event(name, None, "warning", format!("OS user {u}: {e}"));
+                }
+            }
+            c.event(name, None, "info", "deleted with its data");
+        }
+        Some(k) => c.event(
             name,
             None,
             "info",
-            format!("deleted; data kept at {}", dir.display()),
-        );
+            format!(
+                "deleted; data kept at {} (`shoal cluster delete {name} --purge` removes it); \
+                 the name can be used again",
+                k.display()
+            ),
+        ),
     }
     Ok(())
+}
+
+impl Controller {
+    /// Remove what earlier deletes (without `--purge`) of clusters named `name` kept: their
+    /// data directories, credentials and OS users. Returns the directories removed.
+    pub fn purge_kept(&self, name: &str) -> Result<Vec<String>, shoal_api::ApiError> {
+        let kept = self.db(|s| s.kept(name))?;
+        if kept.is_empty() {
+            return Err(shoal_api::ApiError::not_found(format!(
+                "no cluster named {name:?}, and no data kept from a deleted one"
+            )));
+        }
+        let mut removed = Vec::new();
+        for t in kept {
+            if let Some(dir) = &t.kept_dir {
+                remove_tree(dir).map_err(shoal_api::ApiError::internal)?;
+                removed.push(dir.display().to_string());
+            }
+            secrets::remove_kept(&self.home, &t.name, t.uid);
+            if let Some(u) = &t.os_user {
+                if let Err(e) = shoal_local::users::remove_user(u) {
+                    self.event(name, None, "warning", format!("OS user {u}: {e}"));
+                }
+            }
+            self.db(|s| s.purged(t.uid))?;
+            self.event(
+                name,
+                None,
+                "info",
+                format!(
+                    "data kept from deleted cluster {name} (uid {}) removed",
+                    t.uid
+                ),
+            );
+        }
+        Ok(removed)
+    }
+}
+
+/// Remove a directory tree; one that is not there is not an error.
+pub(crate) fn remove_tree(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::remove_dir_all(dir).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(format!("cannot remove {}: {e}", dir.display()))
+        }
+    })
 }

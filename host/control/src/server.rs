@@ -187,6 +187,7 @@ async fn handle(
         Request::Delete { name, purge } => {
             json(c.submit(&name, "delete", serde_json::json!({ "purge": purge }))?)
         }
+        Request::PurgeKept { name } => json(c.purge_kept(&name)?),
         Request::Stop { name } => json(c.submit(&name, "stop", serde_json::json!({}))?),
         Request::Start { name } => json(c.submit(&name, "start", serde_json::json!({}))?),
         Request::Restart { name } => json(c.submit(&name, "restart", serde_json::json!({}))?),
@@ -211,7 +212,7 @@ async fn handle(
             cluster,
             method,
             repo,
-        } => json(c.backup_create(&cluster, method.as_deref(), repo.as_deref())?),
+        } => json(c.backup_create(&cluster, method.as_deref(), repo.as_deref(), "manual")?),
         Request::BackupList { cluster } => json(c.backup_list(cluster.as_deref())?),
         Request::BackupDescribe { id } => json(c.backup_describe(&id)?),
         Request::BackupDelete { id } => json(c.backup_delete(&id).await?),
@@ -275,6 +276,7 @@ async fn wait(
     w: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<serde_json::Value, ApiError> {
     let op = c.op_view(id)?;
+    let uid = c.db(|s| s.op_cluster_uid(id))?;
     let mut seen = c
         .db(|s| s.events(&op.cluster, 10_000))?
         .into_iter()
@@ -284,7 +286,7 @@ async fn wait(
         .unwrap_or(0);
     loop {
         let op = c.op_view(id)?;
-        for (eid, e) in c.db(|s| s.events_after(&op.cluster, seen))? {
+        for (eid, e) in c.db(|s| s.events_after(uid, seen))? {
             seen = eid;
             if send(w, &Reply::Event(e)).await.is_err() {
                 return Err(ApiError::internal("client went away"));

@@ -116,6 +116,59 @@ const MIGRATIONS: &[&str] = &[
         view TEXT NOT NULL,
         PRIMARY KEY (cluster, version)
      );",
+    // 7: every cluster ever created gets a uid that is never reused (the registry keeps
+    // deleted clusters as tombstones), and what belongs to one cluster (events, operations,
+    // backups, schedules, archive settings and units) carries it: a new cluster with a
+    // deleted one's name inherits nothing. Names of clusters deleted before this version
+    // get one tombstone each. Schedules and archive settings of deleted clusters go.
+    "CREATE TABLE registry (
+        uid INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        deleted_ms INTEGER,
+        kept_dir TEXT,
+        os_user TEXT
+     );
+     CREATE UNIQUE INDEX registry_live ON registry(name) WHERE deleted_ms IS NULL;
+     INSERT INTO registry (name, engine, created_ms)
+        SELECT name, engine, created_ms FROM clusters ORDER BY created_ms, name;
+     INSERT INTO registry (name, engine, created_ms, deleted_ms)
+        SELECT DISTINCT cluster, '', 0, 0 FROM (
+            SELECT cluster FROM events UNION SELECT cluster FROM ops
+            UNION SELECT cluster FROM backups UNION SELECT cluster FROM archive_units)
+        WHERE cluster NOT IN (SELECT name FROM clusters);
+     ALTER TABLE clusters ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
+     UPDATE clusters SET uid = (SELECT r.uid FROM registry r WHERE r.name = clusters.name);
+     CREATE UNIQUE INDEX clusters_uid ON clusters(uid);
+     ALTER TABLE events ADD COLUMN cluster_uid INTEGER NOT NULL DEFAULT 0;
+     UPDATE events SET cluster_uid = (SELECT r.uid FROM registry r WHERE r.name = events.cluster);
+     CREATE INDEX events_uid ON events(cluster_uid, id);
+     ALTER TABLE ops ADD COLUMN cluster_uid INTEGER NOT NULL DEFAULT 0;
+     UPDATE ops SET cluster_uid = (SELECT r.uid FROM registry r WHERE r.name = ops.cluster);
+     UPDATE ops SET state = 'failed', reason = 'its cluster was deleted'
+        WHERE state IN ('pending', 'running') AND cluster NOT IN (SELECT name FROM clusters);
+     CREATE INDEX ops_uid ON ops(cluster_uid, id);
+     ALTER TABLE backups ADD COLUMN cluster_uid INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE backups ADD COLUMN origin TEXT NOT NULL DEFAULT 'manual';
+     UPDATE backups SET cluster_uid = (SELECT r.uid FROM registry r WHERE r.name = backups.cluster);
+     DELETE FROM schedules WHERE cluster NOT IN (SELECT name FROM clusters);
+     ALTER TABLE schedules ADD COLUMN cluster_uid INTEGER NOT NULL DEFAULT 0;
+     UPDATE schedules SET cluster_uid = (SELECT c.uid FROM clusters c WHERE c.name = schedules.cluster);
+     DELETE FROM archives WHERE cluster NOT IN (SELECT name FROM clusters);
+     CREATE TABLE units (
+        cluster_uid INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        name TEXT NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        view TEXT NOT NULL,
+        PRIMARY KEY (cluster_uid, name)
+     );
+     INSERT INTO units (cluster_uid, cluster, name, stored_ms, view)
+        SELECT (SELECT r.uid FROM registry r WHERE r.name = u.cluster), cluster, name, stored_ms, view
+        FROM archive_units u;
+     DROP TABLE archive_units;
+     CREATE INDEX units_time ON units(cluster_uid, stored_ms);",
 ];
 
 /// A backup as stored.
@@ -126,17 +179,21 @@ pub struct BackupRow {
     pub manifest: Option<shoal_backup::Manifest>,
     /// The cluster's spec when the backup was taken.
     pub spec: ClusterSpec,
+    /// The uid of the cluster it was taken of.
+    pub cluster_uid: i64,
 }
 
 fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<BackupRow>> {
     let view: String = r.get(0)?;
     let manifest: Option<String> = r.get(1)?;
     let spec: String = r.get(2)?;
+    let cluster_uid: i64 = r.get(3)?;
     Ok((|| {
         Ok(BackupRow {
             view: serde_json::from_str(&view)?,
             manifest: manifest.as_deref().map(serde_json::from_str).transpose()?,
             spec: serde_json::from_str(&spec)?,
+            cluster_uid,
         })
     })())
 }
@@ -148,19 +205,35 @@ pub const RO_ENDPOINT: &str = "@ro";
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// The database failed or holds something unreadable.
+    #[error("state store: {0}")]
+    Failed(String),
+    /// A name or port that must be unique is taken (another request got there first).
+    #[error("{0}")]
+    Taken(String),
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError::Failed(e.to_string())
     }
 }
 
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
-        StoreError(format!("bad stored JSON: {e}"))
+        StoreError::Failed(format!("bad stored JSON: {e}"))
     }
+}
+
+/// Whether `e` is a UNIQUE or PRIMARY KEY violation.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -183,6 +256,22 @@ pub struct ClusterRow {
     pub addon_digest: String,
     pub state: String,
     pub created_ms: i64,
+    /// Never reused, not even after the cluster is deleted (see the registry).
+    pub uid: i64,
+    /// The OS user its engine processes run as (none: the host's engine user).
+    pub os_user: Option<String>,
+}
+
+/// A deleted cluster as the registry remembers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tombstone {
+    pub uid: i64,
+    pub name: String,
+    pub engine: String,
+    pub deleted_ms: Option<i64>,
+    /// Where its data was kept (none: purged).
+    pub kept_dir: Option<PathBuf>,
+    pub os_user: Option<String>,
 }
 
 /// Whether an instance should be running.
@@ -282,7 +371,7 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
             .map(|v| usize::try_from(v).unwrap_or(0))?;
         if version > MIGRATIONS.len() {
-            return Err(StoreError(format!(
+            return Err(StoreError::Failed(format!(
                 "the database is at schema version {version}, newer than this Shoal knows ({}); \
                  run a newer Shoal",
                 MIGRATIONS.len()
@@ -299,12 +388,39 @@ impl Store {
 
     // ----- clusters -----
 
-    /// Insert a cluster and its create operation in one transaction; returns the op id.
-    pub fn insert_cluster(&mut self, c: &ClusterRow, op_params: &serde_json::Value) -> Result<i64> {
+    /// Insert a cluster (a new uid in the registry, never reused), the ports of its stable
+    /// endpoints and its create operation in one transaction; returns (uid, op id). With
+    /// `os_user_prefix`, the cluster's OS user is the prefix and its uid ("shoal-c17"). A name
+    /// or port taken meanwhile (a concurrent request) is [`StoreError::Taken`].
+    pub fn insert_cluster(
+        &mut self,
+        c: &ClusterRow,
+        endpoints: Option<(u16, u16)>,
+        op_params: &serde_json::Value,
+        os_user_prefix: Option<&str>,
+    ) -> Result<(i64, i64)> {
+        let taken = |e: rusqlite::Error, what: String| {
+            if is_unique_violation(&e) {
+                StoreError::Taken(what)
+            } else {
+                e.into()
+            }
+        };
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO clusters (name, engine, version, spec, addon_digest, state, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO registry (name, engine, created_ms) VALUES (?1, ?2, ?3)",
+            params![c.name, c.engine, c.created_ms],
+        )
+        .map_err(|e| taken(e, format!("a cluster named {:?} already exists", c.name)))?;
+        let uid = tx.last_insert_rowid();
+        let os_user = os_user_prefix.map(|p| format!("{p}{uid}"));
+        tx.execute(
+            "UPDATE registry SET os_user = ?2 WHERE uid = ?1",
+            params![uid, os_user],
+        )?;
+        tx.execute(
+            "INSERT INTO clusters (name, engine, version, spec, addon_digest, state, created_ms, uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 c.name,
                 c.engine,
@@ -312,17 +428,32 @@ impl Store {
                 serde_json::to_string(&c.spec)?,
                 c.addon_digest,
                 c.state,
-                c.created_ms
+                c.created_ms,
+                uid
             ],
-        )?;
+        )
+        .map_err(|e| taken(e, format!("a cluster named {:?} already exists", c.name)))?;
+        if let Some((rw, ro)) = endpoints {
+            for (port, what) in [(rw, RW_ENDPOINT), (ro, RO_ENDPOINT)] {
+                tx.execute(
+                    "INSERT INTO ports (port, cluster, instance) VALUES (?1, ?2, ?3)",
+                    params![port, c.name, what],
+                )
+                .map_err(|e| taken(e, format!("port {port} was taken meanwhile; try again")))?;
+            }
+        }
         tx.execute(
-            "INSERT INTO ops (cluster, kind, params, state, created_ms) VALUES (?1, 'create', ?2, 'pending', ?3)",
-            params![c.name, op_params.to_string(), now_ms()],
+            "INSERT INTO ops (cluster, kind, params, state, created_ms, cluster_uid)
+             VALUES (?1, 'create', ?2, 'pending', ?3, ?4)",
+            params![c.name, op_params.to_string(), now_ms(), uid],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(id)
+        Ok((uid, id))
     }
+
+    const CLUSTER_COLUMNS: &'static str = "c.name, c.engine, c.version, c.spec, c.addon_digest, \
+        c.state, c.created_ms, c.uid, r.os_user FROM clusters c JOIN registry r ON r.uid = c.uid";
 
     fn cluster_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ClusterRow, String)> {
         let spec: String = r.get(3)?;
@@ -335,6 +466,8 @@ impl Store {
                 addon_digest: r.get(4)?,
                 state: r.get(5)?,
                 created_ms: r.get(6)?,
+                uid: r.get(7)?,
+                os_user: r.get(8)?,
             },
             spec,
         ))
@@ -344,7 +477,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT name, engine, version, spec, addon_digest, state, created_ms FROM clusters WHERE name = ?1",
+                &format!("SELECT {} WHERE c.name = ?1", Self::CLUSTER_COLUMNS),
                 params![name],
                 Self::cluster_from,
             )
@@ -357,9 +490,9 @@ impl Store {
     }
 
     pub fn clusters(&self) -> Result<Vec<ClusterRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, engine, version, spec, addon_digest, state, created_ms FROM clusters ORDER BY name",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {} ORDER BY c.name", Self::CLUSTER_COLUMNS))?;
         let rows = stmt.query_map([], Self::cluster_from)?;
         let mut out = Vec::new();
         for r in rows {
@@ -368,6 +501,48 @@ impl Store {
             out.push(c);
         }
         Ok(out)
+    }
+
+    /// The uid of the live cluster `name`, else of the newest deleted one of that name (whose
+    /// events and history are what `name` refers to then).
+    pub fn uid_of(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT uid FROM registry WHERE name = ?1
+                 ORDER BY deleted_ms IS NULL DESC, uid DESC LIMIT 1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Clusters of this name deleted without their data (kept at `kept_dir`).
+    pub fn kept(&self, name: &str) -> Result<Vec<Tombstone>> {
+        let mut st = self.conn.prepare(
+            "SELECT uid, name, engine, deleted_ms, kept_dir, os_user FROM registry
+             WHERE name = ?1 AND deleted_ms IS NOT NULL AND kept_dir IS NOT NULL ORDER BY uid",
+        )?;
+        let rows = st.query_map(params![name], |r| {
+            Ok(Tombstone {
+                uid: r.get(0)?,
+                name: r.get(1)?,
+                engine: r.get(2)?,
+                deleted_ms: r.get(3)?,
+                kept_dir: r.get::<_, Option<String>>(4)?.map(PathBuf::from),
+                os_user: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Forget where a deleted cluster's data was kept (it was purged).
+    pub fn purged(&self, uid: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE registry SET kept_dir = NULL WHERE uid = ?1",
+            params![uid],
+        )?;
+        Ok(())
     }
 
     pub fn set_cluster_state(&self, name: &str, state: &str) -> Result<()> {
@@ -386,14 +561,23 @@ impl Store {
         Ok(())
     }
 
-    /// Remove a cluster with its instances and port reservations (events and ops stay).
-    pub fn delete_cluster(&mut self, name: &str) -> Result<()> {
+    /// Remove a cluster with its instances, port reservations, configuration history, backup
+    /// schedules and archive settings, and mark it deleted in the registry (its data kept at
+    /// `kept_dir`, if any). Events, operations, backups and archive units stay under its uid.
+    pub fn delete_cluster(&mut self, name: &str, kept_dir: Option<&Path>) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM ports WHERE cluster = ?1", params![name])?;
         tx.execute("DELETE FROM instances WHERE cluster = ?1", params![name])?;
         tx.execute(
             "DELETE FROM config_versions WHERE cluster = ?1",
             params![name],
+        )?;
+        tx.execute("DELETE FROM schedules WHERE cluster = ?1", params![name])?;
+        tx.execute("DELETE FROM archives WHERE cluster = ?1", params![name])?;
+        tx.execute(
+            "UPDATE registry SET deleted_ms = ?2, kept_dir = ?3
+             WHERE name = ?1 AND deleted_ms IS NULL",
+            params![name, now_ms(), kept_dir.map(|d| d.display().to_string())],
         )?;
         tx.execute("DELETE FROM clusters WHERE name = ?1", params![name])?;
         tx.commit()?;
@@ -413,19 +597,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Reserve the stable endpoint ports of a cluster.
-    pub fn reserve_endpoints(&mut self, cluster: &str, rw: u16, ro: u16) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        for (port, what) in [(rw, RW_ENDPOINT), (ro, RO_ENDPOINT)] {
-            tx.execute(
-                "INSERT INTO ports (port, cluster, instance) VALUES (?1, ?2, ?3)",
-                params![port, cluster, what],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The stable endpoint ports of a cluster: (read-write, read-only).
@@ -577,10 +748,11 @@ impl Store {
 
     // ----- operations -----
 
-    /// Queue an operation.
+    /// Queue an operation on the live cluster `cluster`.
     pub fn insert_op(&self, cluster: &str, kind: &str, params: &serde_json::Value) -> Result<i64> {
         self.conn.execute(
-            "INSERT INTO ops (cluster, kind, params, state, created_ms) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            "INSERT INTO ops (cluster, kind, params, state, created_ms, cluster_uid)
+             VALUES (?1, ?2, ?3, 'pending', ?4, COALESCE((SELECT uid FROM clusters WHERE name = ?1), 0))",
             params![cluster, kind, params.to_string(), now_ms()],
         )?;
         Ok(self.conn.last_insert_rowid())
@@ -620,6 +792,15 @@ impl Store {
             .optional()?)
     }
 
+    /// The uid of the cluster an operation belongs to.
+    pub fn op_cluster_uid(&self, id: i64) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT cluster_uid FROM ops WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// The parameters an operation was queued with.
     pub fn op_params(&self, id: i64) -> Result<serde_json::Value> {
         let text: String =
@@ -633,8 +814,9 @@ impl Store {
     /// Record or update a backup.
     pub fn put_backup(&self, b: &BackupRow) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO backups (id, cluster, repo, state, started_ms, view, manifest, spec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO backups (id, cluster, repo, state, started_ms, view, manifest, spec,
+                                  cluster_uid, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT(id) DO UPDATE SET state = ?4, view = ?6, manifest = ?7",
             params![
                 b.view.id,
@@ -645,6 +827,8 @@ impl Store {
                 serde_json::to_string(&b.view)?,
                 b.manifest.as_ref().map(serde_json::to_string).transpose()?,
                 serde_json::to_string(&b.spec)?,
+                b.cluster_uid,
+                b.view.origin,
             ],
         )?;
         Ok(())
@@ -654,7 +838,7 @@ impl Store {
     pub fn backup(&self, id: &str) -> Result<Option<BackupRow>> {
         self.conn
             .query_row(
-                "SELECT view, manifest, spec FROM backups WHERE id = ?1",
+                "SELECT view, manifest, spec, cluster_uid FROM backups WHERE id = ?1",
                 params![id],
                 backup_row,
             )
@@ -662,10 +846,11 @@ impl Store {
             .transpose()
     }
 
-    /// Backups, oldest first; of one cluster, or of every cluster.
+    /// Backups, oldest first; of clusters named `cluster` (every one that had the name), or
+    /// of every cluster.
     pub fn backups(&self, cluster: Option<&str>) -> Result<Vec<BackupRow>> {
         let mut st = self.conn.prepare(
-            "SELECT view, manifest, spec FROM backups
+            "SELECT view, manifest, spec, cluster_uid FROM backups
              WHERE ?1 IS NULL OR cluster = ?1 ORDER BY started_ms, id",
         )?;
         let rows = st.query_map(params![cluster], backup_row)?;
@@ -676,10 +861,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The backups of the one cluster with uid `uid`, oldest first.
+    pub fn backups_of(&self, uid: i64) -> Result<Vec<BackupRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT view, manifest, spec, cluster_uid FROM backups
+             WHERE cluster_uid = ?1 ORDER BY started_ms, id",
+        )?;
+        let rows = st.query_map(params![uid], backup_row)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
     /// Record or replace a schedule; `next_ms` is when it fires next.
+    /// (Only a live cluster has schedules; they are deleted with it.)
     pub fn put_schedule(&self, v: &shoal_api::ScheduleView, next_ms: i64) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO schedules (cluster, method, view, next_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO schedules (cluster, method, view, next_ms, cluster_uid)
+             SELECT ?1, ?2, ?3, ?4, uid FROM clusters WHERE name = ?1
              ON CONFLICT(cluster, method) DO UPDATE SET view = ?3, next_ms = ?4",
             params![v.cluster, v.method, serde_json::to_string(v)?, next_ms],
         )?;
@@ -740,22 +941,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Record a stored archive unit (again: the newer copy wins).
-    pub fn put_unit(&self, cluster: &str, u: &shoal_api::ArchiveUnitView) -> Result<()> {
+    /// Record a stored archive unit of cluster `uid` (again: the newer copy wins).
+    pub fn put_unit(&self, uid: i64, cluster: &str, u: &shoal_api::ArchiveUnitView) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO archive_units (cluster, name, stored_ms, view) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(cluster, name) DO UPDATE SET stored_ms = ?3, view = ?4",
-            params![cluster, u.name, u.stored_unix_ms, serde_json::to_string(u)?],
+            "INSERT INTO units (cluster_uid, cluster, name, stored_ms, view) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(cluster_uid, name) DO UPDATE SET stored_ms = ?4, view = ?5",
+            params![uid, cluster, u.name, u.stored_unix_ms, serde_json::to_string(u)?],
         )?;
         Ok(())
     }
 
-    /// A cluster's stored archive units, oldest first.
-    pub fn units(&self, cluster: &str) -> Result<Vec<shoal_api::ArchiveUnitView>> {
-        self.views(
-            "SELECT view FROM archive_units WHERE cluster = ?1 ORDER BY stored_ms, name",
-            Some(cluster),
-        )
+    /// The stored archive units of cluster `uid`, oldest first.
+    pub fn units(&self, uid: i64) -> Result<Vec<shoal_api::ArchiveUnitView>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT view FROM units WHERE cluster_uid = ?1 ORDER BY stored_ms, name")?;
+        let rows = st.query_map(params![uid], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(serde_json::from_str(&r?)?);
+        }
+        Ok(out)
     }
 
     /// Record a version of a cluster's configuration.
@@ -779,10 +985,10 @@ impl Store {
         )
     }
 
-    pub fn delete_unit(&self, cluster: &str, name: &str) -> Result<()> {
+    pub fn delete_unit(&self, uid: i64, name: &str) -> Result<()> {
         self.conn.execute(
-            "DELETE FROM archive_units WHERE cluster = ?1 AND name = ?2",
-            params![cluster, name],
+            "DELETE FROM units WHERE cluster_uid = ?1 AND name = ?2",
+            params![uid, name],
         )?;
         Ok(())
     }
@@ -798,7 +1004,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
-                 WHERE cluster = ?1 ORDER BY id DESC LIMIT 1",
+                 WHERE cluster_uid = (SELECT uid FROM clusters WHERE name = ?1)
+                 ORDER BY id DESC LIMIT 1",
                 params![cluster],
                 Self::op_from,
             )
@@ -811,7 +1018,8 @@ impl Store {
             .conn
             .query_row(
                 "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
-                 WHERE cluster = ?1 AND state IN ('pending', 'running') ORDER BY id LIMIT 1",
+                 WHERE cluster_uid = (SELECT uid FROM clusters WHERE name = ?1)
+                   AND state IN ('pending', 'running') ORDER BY id LIMIT 1",
                 params![cluster],
                 Self::op_from,
             )
@@ -839,9 +1047,11 @@ impl Store {
         message: &str,
     ) -> Result<(i64, EventView)> {
         let ms = now_ms();
+        let uid = self.uid_of(cluster)?.unwrap_or(0);
         self.conn.execute(
-            "INSERT INTO events (cluster, instance, ms, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![cluster, instance, ms, level, message],
+            "INSERT INTO events (cluster, instance, ms, level, message, cluster_uid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![cluster, instance, ms, level, message, uid],
         )?;
         Ok((
             self.conn.last_insert_rowid(),
@@ -868,25 +1078,27 @@ impl Store {
         ))
     }
 
-    /// The last `limit` events of `cluster`, oldest first, with their ids.
+    /// The last `limit` events of `cluster` (the live one, else the newest deleted one of
+    /// that name), oldest first, with their ids.
     pub fn events(&self, cluster: &str, limit: u32) -> Result<Vec<(i64, EventView)>> {
+        let uid = self.uid_of(cluster)?.unwrap_or(-1);
         let mut stmt = self.conn.prepare(
-            "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1
+            "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster_uid = ?1
              ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![cluster, limit], Self::event_from)?;
+        let rows = stmt.query_map(params![uid, limit], Self::event_from)?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         out.reverse();
         Ok(out)
     }
 
-    /// Events of `cluster` after event id `after`.
-    pub fn events_after(&self, cluster: &str, after: i64) -> Result<Vec<(i64, EventView)>> {
+    /// Events of cluster `uid` after event id `after`.
+    pub fn events_after(&self, uid: i64, after: i64) -> Result<Vec<(i64, EventView)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, cluster, instance, ms, level, message FROM events WHERE cluster = ?1 AND id > ?2
-             ORDER BY id",
+            "SELECT id, cluster, instance, ms, level, message FROM events
+             WHERE cluster_uid = ?1 AND id > ?2 ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![cluster, after], Self::event_from)?;
+        let rows = stmt.query_map(params![uid, after], Self::event_from)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
@@ -916,6 +1128,8 @@ mod tests {
             addon_digest: "d".into(),
             state: "creating".into(),
             created_ms: now_ms(),
+            uid: 0,
+            os_user: None,
         }
     }
 
@@ -949,9 +1163,13 @@ mod tests {
         let db = dir.path().join("state.db");
         let op = {
             let mut s = Store::open(&db).unwrap();
-            let op = s
-                .insert_cluster(&cluster("pg"), &serde_json::json!({}))
+            let (uid, op) = s
+                .insert_cluster(&cluster("pg"), None, &serde_json::json!({}), Some("u-"))
                 .unwrap();
+            assert_eq!(
+                s.cluster("pg").unwrap().unwrap().os_user,
+                Some(format!("u-{uid}"))
+            );
             let mut i = instance("pg", "pg-0", 15000);
             s.insert_instance(&i).unwrap();
             i.process = Some(ProcessId {
@@ -963,9 +1181,10 @@ mod tests {
             s.set_op(op, OpState::Succeeded, None).unwrap();
             s.add_event("pg", Some("pg-0"), "info", "started").unwrap();
             // A duplicate name and a taken port are refused and change nothing.
-            assert!(s
-                .insert_cluster(&cluster("pg"), &serde_json::json!({}))
-                .is_err());
+            assert!(matches!(
+                s.insert_cluster(&cluster("pg"), None, &serde_json::json!({}), None),
+                Err(StoreError::Taken(_))
+            ));
             assert!(s.insert_instance(&instance("pg", "pg-1", 15000)).is_err());
             assert!(s.instances("pg").unwrap().len() == 1);
             op
@@ -977,9 +1196,114 @@ mod tests {
         assert_eq!(s.reserved_ports().unwrap(), [15000].into());
         assert_eq!(s.op(op).unwrap().unwrap().state, OpState::Succeeded);
         assert_eq!(s.events("pg", 10).unwrap()[0].1.message, "started");
-        s.delete_cluster("pg").unwrap();
+        s.delete_cluster("pg", None).unwrap();
         assert!(s.reserved_ports().unwrap().is_empty());
         assert!(s.cluster("pg").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_new_cluster_with_a_deleted_ones_name_inherits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("state.db")).unwrap();
+        let (old, _) = s
+            .insert_cluster(
+                &cluster("sx"),
+                Some((15001, 15002)),
+                &serde_json::json!({}),
+                None,
+            )
+            .unwrap();
+        s.add_event("sx", None, "info", "old event").unwrap();
+        let sched = shoal_api::ScheduleView {
+            cluster: "sx".into(),
+            method: "rdb".into(),
+            repo: None,
+            cron: "* * * * *".into(),
+            keep: Some(1),
+            max_age: None,
+            pitr_window: None,
+            next_unix_ms: 0,
+            include_manual: false,
+            verify: false,
+        };
+        s.put_schedule(&sched, 0).unwrap();
+        s.put_archive(&shoal_api::ArchiveView {
+            cluster: "sx".into(),
+            repo: "r".into(),
+            method: "wal".into(),
+            enabled: true,
+            since_unix_ms: 0,
+            units: 0,
+            size: 0,
+            stored_size: 0,
+            first_unit: None,
+            last_unit: None,
+            last_stored_unix_ms: None,
+            error: None,
+        })
+        .unwrap();
+        let kept = dir.path().join("kept");
+        s.delete_cluster("sx", Some(&kept)).unwrap();
+        // Deleted: its events are still what the name refers to; no schedule or archive.
+        assert_eq!(s.events("sx", 10).unwrap().len(), 1);
+        assert!(s.schedules(None).unwrap().is_empty());
+        assert!(s.archives(None).unwrap().is_empty());
+        assert_eq!(
+            s.kept("sx").unwrap()[0].kept_dir.as_deref(),
+            Some(kept.as_path())
+        );
+        // The same name again: a new uid, no events, and the endpoint ports are free again.
+        let (new, _) = s
+            .insert_cluster(
+                &cluster("sx"),
+                Some((15001, 15002)),
+                &serde_json::json!({}),
+                None,
+            )
+            .unwrap();
+        assert!(new > old);
+        assert!(s.events("sx", 10).unwrap().is_empty());
+        assert!(s.busy("sx").unwrap().is_some(), "its own create op");
+        // A schedule set for the new cluster carries its uid; a stale one never fires for it.
+        s.put_schedule(&sched, 0).unwrap();
+        assert_eq!(s.schedules(Some("sx")).unwrap().len(), 1);
+        s.purged(old).unwrap();
+        assert!(s.kept("sx").unwrap().is_empty());
+    }
+
+    #[test]
+    fn migrating_an_old_home_gives_deleted_names_their_own_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        {
+            // Schema 6 with a live cluster "a" and leftovers of a deleted "b".
+            let mut c = Connection::open(&db).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute_batch(
+                "INSERT INTO clusters VALUES ('a', 'e', '1', '{\"name\":\"a\",\"engine\":\"e\"}', 'd', 'running', 1);
+                 INSERT INTO events (cluster, instance, ms, level, message) VALUES ('a', NULL, 1, 'info', 'x');
+                 INSERT INTO events (cluster, instance, ms, level, message) VALUES ('b', NULL, 1, 'info', 'y');
+                 INSERT INTO schedules VALUES ('b', 'm', '{}', 0);
+                 INSERT INTO ops (cluster, kind, params, state, created_ms) VALUES ('b', 'backup', '{}', 'running', 1);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&db).unwrap();
+        let a = s.cluster("a").unwrap().unwrap();
+        assert!(a.uid > 0);
+        assert_ne!(s.uid_of("b").unwrap(), Some(a.uid));
+        assert_eq!(s.events("a", 10).unwrap()[0].1.message, "x");
+        assert_eq!(s.events("b", 10).unwrap()[0].1.message, "y");
+        assert!(
+            s.schedules(None).unwrap().is_empty(),
+            "orphan schedule removed"
+        );
+        assert!(s.unfinished_ops().unwrap().is_empty(), "orphan op settled");
     }
 
     #[test]

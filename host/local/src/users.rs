@@ -1,5 +1,7 @@
-//! The OS user engines run as. When the host runs as root, engines run as an unprivileged
-//! user (PostgreSQL refuses root outright); the user is created as a system account if missing.
+//! The OS users engines run as. When the host runs as root, engines run as unprivileged
+//! users (PostgreSQL refuses root outright), one per cluster, so that one cluster's engine
+//! (and a database superuser who makes it run programs or read files) cannot reach another
+//! cluster's files; each is created as a system account without a home or login shell.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,13 +44,34 @@ pub fn engine_user(name: &str) -> Result<Option<RunAs>, LocalError> {
     if !is_root() {
         return Ok(None);
     }
+    ensure_user(name).map(Some)
+}
+
+/// Whether `name` is a usable system user name (what `useradd` accepts, kept simple).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// User `name`, created as a system user (own group, no home, no login shell) if missing.
+/// Refuses root.
+pub fn ensure_user(name: &str) -> Result<RunAs, LocalError> {
+    if !valid_user_name(name) {
+        return Err(LocalError::User(format!(
+            "{name:?} is not a valid user name (lowercase letters, digits, '-', '_'; at most 32)"
+        )));
+    }
     if let Some(u) = lookup(name) {
         if u.uid == 0 {
             return Err(LocalError::User(format!(
                 "engine user {name:?} is root; engines must run as an unprivileged user"
             )));
         }
-        return Ok(Some(u));
+        return Ok(u);
     }
     let out = std::process::Command::new("useradd")
         .args([
@@ -63,7 +86,7 @@ pub fn engine_user(name: &str) -> Result<Option<RunAs>, LocalError> {
         ])
         .output();
     match out {
-        Ok(o) if o.status.success() => lookup(name).map(Some).ok_or_else(|| {
+        Ok(o) if o.status.success() => lookup(name).ok_or_else(|| {
             LocalError::User(format!("useradd created {name:?} but it cannot be found"))
         }),
         Ok(o) => Err(LocalError::User(format!(
@@ -79,6 +102,26 @@ pub fn engine_user(name: &str) -> Result<Option<RunAs>, LocalError> {
     }
 }
 
+/// Remove system user `name` and its group (its files must be gone already). A user that
+/// does not exist is not an error.
+pub fn remove_user(name: &str) -> Result<(), LocalError> {
+    if lookup(name).is_none() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("userdel")
+        .arg(name)
+        .output()
+        .map_err(|e| LocalError::User(format!("cannot run userdel {name}: {e}")))?;
+    if !out.status.success() && lookup(name).is_some() {
+        return Err(LocalError::User(format!(
+            "userdel {name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Give `path` to `user` (when set).
 pub fn chown(path: &std::path::Path, user: Option<RunAs>) -> Result<(), LocalError> {
     if let Some(u) = user {
@@ -86,4 +129,19 @@ pub fn chown(path: &std::path::Path, user: Option<RunAs>) -> Result<(), LocalErr
             .map_err(|e| LocalError::io(format!("chown {}", path.display()), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_checked_before_useradd_sees_them() {
+        for good in ["shoal", "shoal-c17", "_x", "a_b-c"] {
+            assert!(valid_user_name(good), "{good}");
+        }
+        for bad in ["", "Root", "-x", "1abc", "a b", "a/b", &"x".repeat(33)] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
+    }
 }

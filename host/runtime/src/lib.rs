@@ -35,6 +35,8 @@ pub use call::{CallStats, Caller};
 pub use config::{Grants, Pooling, RuntimeConfig};
 pub use error::{CallError, CallFailure, DeadlineCause, LoadError};
 pub use live::LiveInstance;
+/// Whether a client shell element is an environment assignment (`NAME=VALUE`).
+pub use loader::is_env_assignment;
 pub use logs::LogStats;
 pub use runtime::{AddonRuntime, RuntimeError};
 pub use sandbox::{CallContext, Preopen, Progress, ProgressFn, RunAs};

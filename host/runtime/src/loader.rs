@@ -361,6 +361,9 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
             _ => {}
         }
     }
+    if let Some(client) = &m.client {
+        check_shell(&client.shell)?;
+    }
     for c in &m.capabilities {
         match c {
             wit::Capability::Exec(name) if name.is_empty() || name.contains('/') => {
@@ -398,6 +401,42 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `arg` is an environment assignment of a client shell command: `NAME=VALUE` with a
+/// plain upper-case variable name.
+pub fn is_env_assignment(arg: &str) -> bool {
+    arg.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    })
+}
+
+/// A client shell command: leading `NAME=VALUE` elements are its environment, then the
+/// program and its arguments. The password (`{password}`, or a `{uri}` that carries it) may
+/// appear only in the environment: anything on a command line is visible to every user of
+/// the machine (`ps`).
+fn check_shell(shell: &[String]) -> Result<(), String> {
+    let args: Vec<&String> = shell.iter().skip_while(|a| is_env_assignment(a)).collect();
+    if shell.is_empty() {
+        return Ok(());
+    }
+    if args.is_empty() {
+        return Err("client shell names no program after its environment".into());
+    }
+    if let Some(a) = args
+        .iter()
+        .find(|a| a.contains("{password}") || a.contains("{uri}"))
+    {
+        return Err(format!(
+            "client shell puts the password on the command line ({a:?}); pass it in a leading \
+             NAME={{password}} environment element, a variable the client reads"
+        ));
+    }
+    Ok(())
+}
+
 fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
     for n in names {
@@ -414,6 +453,31 @@ fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_shell_keeps_the_password_off_the_command_line() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_shell(&v(&[
+            "PGPASSWORD={password}",
+            "psql",
+            "postgresql://{user}@{host}"
+        ]))
+        .is_ok());
+        assert!(check_shell(&[]).is_ok());
+        for bad in [
+            v(&["psql", "{uri}"]),
+            v(&["mariadb", "--password={password}"]),
+            v(&["redis-cli", "-a", "{password}"]),
+            v(&["X={password}"]),
+            // An assignment after the program is an argument.
+            v(&["psql", "PGPASSWORD={password}"]),
+        ] {
+            assert!(check_shell(&bad).is_err(), "{bad:?}");
+        }
+        assert!(is_env_assignment("MYSQL_PWD=x"));
+        assert!(!is_env_assignment("--user=x"));
+        assert!(!is_env_assignment("lower=x"));
+    }
 
     #[test]
     fn sniff_names_the_problem() {

@@ -154,6 +154,22 @@ impl Host {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// The platform account's password of cluster `name`, from the host's secrets (the
+    /// tests run as the host's user): what the hooks use, never handed to users.
+    pub fn platform_password(&self, name: &str) -> String {
+        let path = self
+            .home
+            .path()
+            .join("secrets")
+            .join(format!("{name}.json"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("secrets")).expect("json");
+        v["platform"]["password"]
+            .as_str()
+            .expect("a platform account")
+            .to_string()
+    }
+
     pub fn describe(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["cluster", "describe", name, "-o", "json"])).expect("json")
     }
@@ -270,6 +286,41 @@ impl Drop for Host {
             unsafe {
                 libc::kill(-(pid as i32), libc::SIGKILL);
             }
+        }
+        remove_cluster_users(self.home.path());
+    }
+}
+
+/// The OS users of the clusters of `home` (`shoal-<6 hex of the home>-<uid>`).
+pub fn cluster_users(home: &Path) -> Vec<String> {
+    use sha2::Digest;
+    let prefix = format!(
+        "shoal-{}-",
+        &hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..6]
+    );
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|u| u.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Remove the OS users the host made for `home`'s clusters (once their processes are gone).
+pub fn remove_cluster_users(home: &Path) {
+    for user in cluster_users(home) {
+        for _ in 0..50 {
+            let ok = Command::new("userdel")
+                .arg(&user)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            // Its processes are still exiting.
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -402,9 +453,11 @@ impl Writer {
         let pw = password.to_string();
         Writer::start_with(first, move || {
             let mut c = RespConn::connect(port, &pw)?;
-            let server: u16 = c
-                .call(&["CONFIG", "GET", "port"])?
-                .get(1)
+            // Which server the endpoint led to (users' accounts have no CONFIG).
+            let info = c.call(&["INFO", "server"])?.join("");
+            let server: u16 = info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("tcp_port:"))
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
             Ok(Box::new(move |n: u64| -> Result<u16, String> {
@@ -777,15 +830,18 @@ pub fn start_redis_host(ports: (u16, u16)) -> Host {
 /// (trimmed) or its error. Redis reports command errors on stdout with exit code 0, so a
 /// reply starting with an error word is an error too.
 pub fn redis_cli(port: u64, password: &str, args: &[&str]) -> Result<String, String> {
+    redis_cli_as(port, "default", password, args)
+}
+
+/// [`redis_cli`] as `user`.
+pub fn redis_cli_as(
+    port: u64,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Result<String, String> {
     let o = Command::new("redis-cli")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--user",
-            "default",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", user])
         .arg("--no-auth-warning")
         .args(args)
         .env("REDISCLI_AUTH", password)
@@ -798,6 +854,7 @@ pub fn redis_cli(port: u64, password: &str, args: &[&str]) -> Result<String, Str
         "WRONGPASS",
         "NOAUTH",
         "READONLY",
+        "NOPERM",
         "NOREPLICAS",
         "LOADING",
     ]
