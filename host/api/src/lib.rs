@@ -499,6 +499,13 @@ pub enum Request {
     Connect {
         name: String,
     },
+    /// Rotate the password of the account users get: to `password`, or a new random one.
+    /// Answers with the [`OpView`] of the operation that sets it on every instance.
+    Password {
+        name: String,
+        #[serde(default)]
+        password: Option<String>,
+    },
     /// Stream the events of an operation's cluster until the operation ends; answers with the
     /// final [`OpView`].
     Wait {

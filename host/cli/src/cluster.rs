@@ -72,6 +72,19 @@ pub enum ClusterCommand {
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
+    /// Change the password of the account users get (a new random one, or one read from
+    /// stdin with --password-stdin), on every instance; then print how to connect. The
+    /// platform's own account is not touched. Change passwords here, not inside the engine:
+    /// a password Shoal does not know is not the one `connect` hands out.
+    Password {
+        name: String,
+        /// Read the new password from the first line of stdin (12-128 printable characters,
+        /// no quotes, backslashes or spaces) instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
+    },
     /// Stop every instance (replicas first, primary last).
     Stop(OpArgs),
     /// Start every instance (primary first).
@@ -327,6 +340,37 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             no_wait,
         } => crate::config::resize(&mut c, name, cpu, memory, dry_run, no_wait).await,
         ClusterCommand::Config(a) => crate::config::run(&mut c, a).await,
+        ClusterCommand::Password {
+            name,
+            password_stdin,
+            output,
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+                Some(line.trim_end_matches(['\n', '\r']).to_string())
+            } else {
+                None
+            };
+            let op: OpView = c
+                .call_as(
+                    &Request::Password {
+                        name: name.clone(),
+                        password,
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            finish_op(&mut c, op, false).await?;
+            let v: ConnectInfo = c
+                .call_as(&Request::Connect { name }, |_| {})
+                .await
+                .map_err(api_failure)?;
+            emit(output, &v, || connect_text(&v))
+        }
         ClusterCommand::Delete {
             name,
             purge,

@@ -1,5 +1,6 @@
 //! Shoal's control plane for local mode.
 //!
+//! * [`accounts`]: rotating the password of the account users get.
 //! * [`config`]: the host configuration and its home directory.
 //! * [`store`]: the embedded SQLite state store (clusters, instances, ports, operations, events).
 //! * [`engines`]: the addons this host loaded, by engine name.
@@ -15,6 +16,7 @@
 //! Engine knowledge comes only from addons; the local runtime (`shoal-local`) runs what their
 //! run-specs say.
 
+pub mod accounts;
 pub mod archive;
 pub mod backups;
 pub mod config;

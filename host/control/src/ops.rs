@@ -44,6 +44,7 @@ pub async fn run(c: Arc<Controller>, id: i64) {
                 .unwrap_or(1) as u32;
             scale(&c, &op.cluster, n).await
         }
+        "password" => crate::accounts::run(&c, &op.cluster).await,
         "stop" => stop(&c, &op.cluster).await,
         "start" => start(&c, &op.cluster).await,
         "restart" => restart(&c, &op.cluster).await,
@@ -83,7 +84,7 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             // A failed reconfigure has put the previous configuration back.
             if !matches!(
                 op.kind.as_str(),
-                "delete" | "failover" | "switchover" | "rebuild" | "reconfigure"
+                "delete" | "failover" | "switchover" | "rebuild" | "reconfigure" | "password"
             ) {
                 let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
             }

@@ -47,6 +47,10 @@ pub struct ClusterSecrets {
     /// Bumped at every password rotation of the admin account.
     #[serde(default = "first")]
     pub admin_version: u32,
+    /// A rotation under way: the new admin password, kept until every instance has it (a
+    /// host that stops midway finishes it at its next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_admin: Option<String>,
 }
 
 fn first() -> u32 {
@@ -66,6 +70,7 @@ impl ClusterSecrets {
                 password: generate_password()?,
             }),
             admin_version: 1,
+            pending_admin: None,
         })
     }
 

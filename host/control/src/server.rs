@@ -175,6 +175,7 @@ async fn handle(
     | Request::Scale { name, .. }
     | Request::Switchover { name, .. }
     | Request::Rebuild { name, .. }
+    | Request::Password { name, .. }
     | Request::BackupCreate { cluster: name, .. }
     | Request::ScheduleRemove { cluster: name, .. } = &req
     {
@@ -197,6 +198,7 @@ async fn handle(
         Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),
         Request::Metrics { name } => json(c.metrics(&name).await?),
         Request::Connect { name } => json(c.connect(&name)?),
+        Request::Password { name, password } => json(c.password(&name, password)?),
         Request::Wait { op } => wait(c, op, w).await,
         Request::Switchover { name, to } => json(c.switchover(&name, to.as_deref()).await?),
         Request::Rebuild { name, instance } => json(c.rebuild(&name, &instance)?),
