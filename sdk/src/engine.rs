@@ -255,9 +255,20 @@ impl HookError {
 
 /// I/O errors become hook errors: refused, reset and timed-out connections are `retryable`
 /// (the engine may be starting or busy); a sandbox denial and everything else is `failed`.
+/// WASI's `EIO`, which a socket read or write past its timeout reports on wasm32-wasip2
+/// (shown as "I/O error (os error 29)", which says nothing to a reader).
+const WASI_EIO: i32 = 29;
+
 impl From<std::io::Error> for HookError {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind::*;
+        if cfg!(target_os = "wasi") && e.raw_os_error() == Some(WASI_EIO) {
+            return HookError::Retryable(
+                "no answer in time (timed out: the server is frozen, overloaded or \
+                 unreachable)"
+                    .into(),
+            );
+        }
         match e.kind() {
             ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | WouldBlock
             | UnexpectedEof | Interrupted => HookError::Retryable(e.to_string()),

@@ -17,6 +17,13 @@ pub fn progress(done: u64, total: Option<u64>, message: &str) {
     raw::progress(done, total, message);
 }
 
+/// The most files an engine process may have open on this host (`engine-open-files`): what
+/// the machine lets the host give it. Validate settings whose need grows with it (a table
+/// cache) against this, so that the server never cuts a value at its next start.
+pub fn engine_open_files() -> u64 {
+    raw::engine_open_files()
+}
+
 /// Log at `trace` level, `format!` style.
 #[macro_export]
 macro_rules! trace { ($($t:tt)*) => { $crate::host::log($crate::host::LogLevel::Trace, &::std::format!($($t)*)) } }

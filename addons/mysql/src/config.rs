@@ -127,7 +127,9 @@ pub fn schema() -> Vec<ParamSpec> {
             Integer(int(10, 1_048_576)),
             i(2000),
             Dynamic,
-            "Open tables cached for all threads (limited by the open-files limit).",
+            "Open tables cached for all threads. Shoal raises the server's open-files limit \
+             to what this and max_connections need (10 + max_connections + 2 x this), so \
+             the value is the one the server runs with, also after a restart.",
         ),
         spec(
             "tmp_table_size",
@@ -258,6 +260,13 @@ pub fn effective_value(
     })
 }
 
+/// The open-files limit the server needs so that it keeps `table_open_cache` as given at
+/// start (MariaDB cuts the cache to (open_files_limit - 10 - max_connections) / 2), with
+/// room for InnoDB's and the binary log's own files.
+pub fn open_files_needed(max_connections: i64, table_open_cache: i64) -> i64 {
+    10 + max_connections + 2 * table_open_cache + 1024
+}
+
 /// Every parameter of the schema with its effective value.
 pub fn effective(params: &[Param], resources: &Resources) -> HookResult<Vec<Param>> {
     let schema = schema();
@@ -276,8 +285,27 @@ pub fn effective(params: &[Param], resources: &Resources) -> HookResult<Vec<Para
 
 /// Rules the schema cannot say: whole seconds where MariaDB counts seconds, multiples where
 /// it rounds (a value it would silently change is refused instead).
-pub fn validate(params: &[Param]) -> Vec<ParamError> {
-    let mut errors = shoal_sdk::params::validate(&schema(), params);
+pub fn validate(params: &[Param], open_files: u64) -> Vec<ParamError> {
+    let max_files = i64::try_from(open_files).unwrap_or(i64::MAX);
+    let schema = schema();
+    let mut errors = shoal_sdk::params::validate(&schema, params);
+    let p = Lookup::new(&schema, params);
+    if let (Some(Value::Integer(conns)), Some(Value::Integer(cache))) =
+        (p.get("max_connections"), p.get("table_open_cache"))
+    {
+        let need = open_files_needed(*conns, *cache);
+        if need > max_files {
+            errors.push(ParamError {
+                name: "table_open_cache".into(),
+                message: format!(
+                    "{cache} with max_connections {conns} needs {need} open files, and a \
+                     server on this host may open {max_files} (the server would cut it at its \
+                     next start): at most {} here",
+                    ((max_files - 1024 - 10 - conns) / 2).max(0)
+                ),
+            });
+        }
+    }
     for p in params {
         let Value::Integer(v) = p.value else { continue };
         let problem = match p.name.as_str() {
@@ -394,7 +422,9 @@ fn option_path(p: &str) -> HookResult<&str> {
 /// `my.cnf` for `instance`: its own address, port, directories and server id, GTID
 /// replication with the binary log in the data directory, `read_only` unless it is the
 /// primary, `init.sql` run at every start, and the parameters.
-pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
+/// `my.cnf` of `instance` with `params`, for a host whose engines may open `open_files`
+/// files.
+pub fn my_cnf(instance: &Instance, params: &[Param], open_files: u64) -> HookResult<String> {
     let schema = schema();
     let p = Lookup::new(&schema, params);
     let data = option_path(dir(&instance.data_dir, "data")?)?;
@@ -453,6 +483,16 @@ pub fn my_cnf(instance: &Instance, params: &[Param]) -> HookResult<String> {
             ));
         }
     }
+    // Enough open files that the server keeps table_open_cache as given (it would cut it).
+    let int = |name: &str| match p.get(name) {
+        Some(Value::Integer(v)) => *v,
+        _ => 0,
+    };
+    s.push_str(&format!(
+        "open-files-limit={}\n",
+        open_files_needed(int("max_connections"), int("table_open_cache"))
+            .min(i64::try_from(open_files).unwrap_or(i64::MAX))
+    ));
     Ok(s)
 }
 
@@ -607,7 +647,7 @@ mod tests {
             name: "max_connections".into(),
             value: Value::Integer(300),
         }];
-        let conf = my_cnf(&instance("replica"), &set).unwrap();
+        let conf = my_cnf(&instance("replica"), &set, 1 << 20).unwrap();
         assert!(conf.contains("\nread-only=ON\n"), "{conf}");
         assert!(conf.contains("\nport=7001\n"), "{conf}");
         assert!(conf.contains("\nserver-id=2\n"), "{conf}");
@@ -624,8 +664,33 @@ mod tests {
         assert!(conf.contains("\nwait-timeout=28800\n"), "{conf}");
         assert!(conf.contains("\nlong-query-time=10.000\n"), "{conf}");
         assert!(conf.contains("\nperformance-schema=OFF\n"), "{conf}");
-        let conf = my_cnf(&instance("primary"), &[]).unwrap();
+        let conf = my_cnf(&instance("primary"), &[], 1 << 20).unwrap();
         assert!(conf.contains("\nread-only=OFF\n"), "{conf}");
+    }
+
+    #[test]
+    fn the_open_files_limit_keeps_the_table_cache_as_given() {
+        // MariaDB keeps min(cache, (limit - 10 - connections) / 2).
+        for (conns, cache) in [(200, 2000), (200, 1_048_576 / 4), (100_000, 400_000)] {
+            let limit = open_files_needed(conns, cache);
+            assert!((limit - 10 - conns) / 2 >= cache, "{conns} {cache}");
+        }
+        let set = |c: i64| {
+            vec![Param {
+                name: "table_open_cache".into(),
+                value: Value::Integer(c),
+            }]
+        };
+        assert!(validate(&set(400_000), 1 << 20).is_empty());
+        let e = validate(&set(1_048_576), 1 << 20);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("open files"), "{e:?}");
+        // A host whose engines may open 20000 files: the default fits, 9000 does not.
+        assert!(validate(&[], 20_000).is_empty());
+        let e = validate(&set(9_500), 20_000);
+        assert!(e[0].message.contains("at most 9383 here"), "{e:?}");
+        let conf = my_cnf(&instance("primary"), &set(100_000), 1 << 20).unwrap();
+        assert!(conf.contains("\nopen-files-limit=201234\n"), "{conf}");
     }
 
     #[test]
@@ -690,21 +755,27 @@ mod tests {
 
     #[test]
     fn validation_refuses_values_mariadb_would_round() {
-        let e = validate(&[
-            Param {
-                name: "wait_timeout".into(),
-                value: Value::Integer(1500),
-            },
-            Param {
-                name: "max_allowed_packet".into(),
-                value: Value::Integer(1_000_000),
-            },
-        ]);
+        let e = validate(
+            &[
+                Param {
+                    name: "wait_timeout".into(),
+                    value: Value::Integer(1500),
+                },
+                Param {
+                    name: "max_allowed_packet".into(),
+                    value: Value::Integer(1_000_000),
+                },
+            ],
+            1 << 20,
+        );
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(validate(&[Param {
-            name: "wait_timeout".into(),
-            value: Value::Integer(60_000),
-        }])
+        assert!(validate(
+            &[Param {
+                name: "wait_timeout".into(),
+                value: Value::Integer(60_000),
+            }],
+            1 << 20
+        )
         .is_empty());
     }
 

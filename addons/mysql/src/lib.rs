@@ -517,7 +517,8 @@ impl Engine for MariaDb {
         Ok(vec![
             File {
                 path: "my.cnf".into(),
-                contents: config::my_cnf(instance, params)?.into_bytes(),
+                contents: config::my_cnf(instance, params, shoal_sdk::host::engine_open_files())?
+                    .into_bytes(),
                 mode: 0o644,
             },
             File {
@@ -1106,7 +1107,10 @@ impl Engine for MariaDb {
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
-        Ok(config::validate(params))
+        Ok(config::validate(
+            params,
+            shoal_sdk::host::engine_open_files(),
+        ))
     }
 
     fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {

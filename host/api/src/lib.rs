@@ -379,6 +379,19 @@ pub struct ConfigPlanView {
     pub op: Option<OpView>,
 }
 
+/// What a change of the number of instances does; with the operation unless a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalePlanView {
+    pub cluster: String,
+    pub from: u32,
+    pub to: u32,
+    /// Instances that would be added (by name) or removed (newest replicas first; never the
+    /// primary).
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
+    pub op: Option<OpView>,
+}
+
 /// One version of a cluster's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigVersionView {
@@ -470,9 +483,13 @@ pub enum Request {
     Restart {
         name: String,
     },
+    /// Change the number of instances; answers with a [`ScalePlanView`] (with the operation
+    /// unless `dry_run`).
     Scale {
         name: String,
         replicas: u32,
+        #[serde(default)]
+        dry_run: bool,
     },
     List,
     Describe {
@@ -642,6 +659,8 @@ pub enum ErrorKind {
     NotFound,
     /// It conflicts with existing state (duplicate name, data left over, busy).
     Conflict,
+    /// What was asked for was done and found a problem (a backup that does not verify).
+    Failed,
     /// The daemon failed.
     Internal,
 }
@@ -676,6 +695,12 @@ impl ApiError {
     pub fn internal(m: impl Into<String>) -> Self {
         ApiError {
             kind: ErrorKind::Internal,
+            message: m.into(),
+        }
+    }
+    pub fn failed(m: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Failed,
             message: m.into(),
         }
     }
@@ -888,8 +913,8 @@ pub struct ConnectInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach shoal serve at {path}: {source} (start it with `shoal serve`, or set \
-         SHOAL_HOME to its home)"
+        "cannot reach shoal serve at {path}: {source} ({})",
+        connect_hint(source)
     )]
     Connect {
         path: String,
@@ -901,6 +926,17 @@ pub enum ClientError {
     Protocol(String),
     #[error("{0}")]
     Api(#[from] ApiError),
+}
+
+/// What to do about a socket that cannot be reached.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "the daemon runs, but its socket is its owner's alone: run this as the user that \
+             started `shoal serve` (root for the default home)"
+        }
+        _ => "start it with `shoal serve`, or set SHOAL_HOME to its home",
+    }
 }
 
 /// A connection to the daemon.
@@ -978,9 +1014,13 @@ mod tests {
         let r = Request::Scale {
             name: "pg".into(),
             replicas: 3,
+            dry_run: false,
         };
         let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(text, r#"{"request":"scale","name":"pg","replicas":3}"#);
+        assert_eq!(
+            text,
+            r#"{"request":"scale","name":"pg","replicas":3,"dry_run":false}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         let e = Reply::Error(ApiError::invalid("bad"));
         let text = serde_json::to_string(&e).unwrap();

@@ -8,7 +8,7 @@ use shoal_api::{
     VerifyView,
 };
 
-use crate::cluster::{api_failure, client, emit, finish_op, ReadFormat};
+use crate::cluster::{api_failure, client, emit, finish_op, Follow, ReadFormat};
 use crate::Failure;
 
 #[derive(Debug, clap::Args)]
@@ -89,8 +89,8 @@ pub enum BackupCommand {
         /// Repository (default: the default one).
         #[arg(long)]
         repo: Option<String>,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// List backups, oldest first.
     List {
@@ -132,7 +132,7 @@ pub enum BackupCommand {
         #[arg(long)]
         repo: Option<String>,
         /// Completed backups of this method to keep (the newest is always kept).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = crate::cluster::positive_u32)]
         keep: Option<u32>,
         /// Delete completed backups older than this: 30d, 12h, 90m, 45s, 2w.
         #[arg(long, value_name = "AGE")]
@@ -416,7 +416,7 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
             cluster,
             method,
             repo,
-            no_wait,
+            follow,
         } => {
             let op: OpView = c
                 .call_as(
@@ -429,8 +429,8 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(api_failure)?;
-            finish_op(&mut c, op, no_wait).await?;
-            if !no_wait {
+            finish_op(&mut c, op, follow).await?;
+            if !follow.no_wait {
                 let all: Vec<BackupView> = c
                     .call_as(
                         &Request::BackupList {

@@ -95,7 +95,7 @@ pub enum ClusterCommand {
     /// (--cpu, --memory: a rolling restart; memory-derived settings follow).
     Scale {
         name: String,
-        #[arg(long, conflicts_with_all = ["cpu", "memory"], required_unless_present_any = ["cpu", "memory"])]
+        #[arg(long, conflicts_with_all = ["cpu", "memory"], required_unless_present_any = ["cpu", "memory"], allow_negative_numbers = true, value_parser = positive_u32)]
         replicas: Option<u32>,
         /// CPU per instance ("500m", "2").
         #[arg(long)]
@@ -103,11 +103,12 @@ pub enum ClusterCommand {
         /// Memory per instance ("512Mi", "2Gi").
         #[arg(long)]
         memory: Option<String>,
-        /// With --cpu/--memory: show what would change; change nothing.
+        /// Show what would change (instances added or removed, parameters re-derived);
+        /// change nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Show or change a cluster's parameters: `config NAME`, `config set NAME k=v …`,
     /// `config unset NAME k …`, `config history NAME`, `config rollback NAME [--to N]`.
@@ -123,9 +124,8 @@ pub enum ClusterCommand {
         /// Do not ask for confirmation (scripts).
         #[arg(long, short = 'y')]
         yes: bool,
-        /// Return once the operation is queued (follow it with `shoal cluster wait`).
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Planned change of primary: to --to, or the most caught-up healthy replica. Refused
     /// when the candidate is unhealthy or lagging.
@@ -134,8 +134,8 @@ pub enum ClusterCommand {
         /// The replica to promote.
         #[arg(long, value_name = "INSTANCE")]
         to: Option<String>,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Create a new cluster from a backup (its checksums verified before the database
     /// starts), with the backed-up cluster's engine, version and settings.
@@ -151,20 +151,21 @@ pub enum ClusterCommand {
         /// ('2026-11-24T08:02:59Z', '2026-11-24 08:02:59.540+00'; no zone: UTC).
         #[arg(long, value_name = "TIME")]
         to_time: Option<String>,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Re-seed a replica from the primary: rewind it, or copy it afresh if that fails.
     Rebuild {
         name: String,
         instance: String,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Recent events of a cluster.
     Events {
         name: String,
-        #[arg(long, default_value_t = 100)]
+        /// The newest this many.
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = positive_u32)]
         limit: u32,
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
@@ -184,11 +185,20 @@ pub enum ClusterCommand {
         name: String,
         instance: Option<String>,
         /// Lines from the end of each log.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, allow_negative_numbers = true, value_parser = positive_u32)]
         tail: u32,
         /// Keep printing new lines.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Follow an operation (one started with --no-wait, say) to its end, printing its
+    /// events; exit code 0 when it succeeded, 1 when it failed.
+    Wait {
+        /// The operation's id (printed when it was queued).
+        #[arg(value_parser = positive_i64)]
+        op: i64,
+        #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+        output: ReadFormat,
     },
     /// Engines the daemon has loaded.
     Engines {
@@ -200,21 +210,23 @@ pub enum ClusterCommand {
 #[derive(Debug, clap::Args)]
 pub struct OpArgs {
     pub name: String,
-    /// Return once the operation is queued.
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
-    /// Cluster name (or take it from -f).
+    /// Cluster name (or take it from -f): 1-40 lowercase letters, digits and dashes.
     pub name: Option<String>,
+    /// The engine: the name of a loaded addon (`shoal cluster engines` lists them).
     #[arg(long)]
     pub engine: Option<String>,
+    /// The engine version (default: the addon's default; `shoal cluster engines` lists
+    /// them).
     #[arg(long)]
     pub version: Option<String>,
     /// Instances: 1 = standalone, more = a primary and replicas.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_u32)]
     pub replicas: Option<u32>,
     /// CPU per instance ("500m", "2").
     #[arg(long)]
@@ -231,9 +243,8 @@ pub struct CreateArgs {
     /// A cluster spec (YAML or JSON); flags override its fields.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Return once the operation is queued.
-    #[arg(long)]
-    pub no_wait: bool,
+    #[command(flatten)]
+    pub follow: Follow,
 }
 
 fn home_or_default(h: &Option<PathBuf>) -> PathBuf {
@@ -263,7 +274,7 @@ pub(crate) fn api_failure(e: ClientError) -> Failure {
             ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict => {
                 Failure::usage(a.message.clone())
             }
-            ErrorKind::Internal => Failure::call(a.message.clone()),
+            ErrorKind::Internal | ErrorKind::Failed => Failure::call(a.message.clone()),
         },
         ClientError::Connect { .. } => Failure::usage(e.to_string()),
         _ => Failure::call(e.to_string()),
@@ -286,7 +297,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                 .call_as(&Request::Create { spec }, |_| {})
                 .await
                 .map_err(api_failure)?;
-            finish_op(&mut c, op, a.no_wait).await
+            finish_op(&mut c, op, a.follow).await
         }
         ClusterCommand::List { output } => {
             let v: Vec<ClusterView> = c
@@ -317,29 +328,68 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             emit(output, &v, || connect_text(&v))
         }
         ClusterCommand::Stop(a) => {
-            simple_op(&mut c, Request::Stop { name: a.name }, a.no_wait).await
+            simple_op(&mut c, Request::Stop { name: a.name }, a.follow).await
         }
         ClusterCommand::Start(a) => {
-            simple_op(&mut c, Request::Start { name: a.name }, a.no_wait).await
+            simple_op(&mut c, Request::Start { name: a.name }, a.follow).await
         }
         ClusterCommand::Restart(a) => {
-            simple_op(&mut c, Request::Restart { name: a.name }, a.no_wait).await
+            simple_op(&mut c, Request::Restart { name: a.name }, a.follow).await
         }
         ClusterCommand::Scale {
             name,
             replicas: Some(replicas),
-            no_wait,
+            dry_run,
+            follow,
             ..
-        } => simple_op(&mut c, Request::Scale { name, replicas }, no_wait).await,
+        } => {
+            let plan: shoal_api::ScalePlanView = c
+                .call_as(
+                    &Request::Scale {
+                        name,
+                        replicas,
+                        dry_run,
+                    },
+                    |_| {},
+                )
+                .await
+                .map_err(api_failure)?;
+            eprintln!(
+                "{}: {} -> {} instance(s){}{}{}",
+                plan.cluster,
+                plan.from,
+                plan.to,
+                if plan.add.is_empty() {
+                    String::new()
+                } else {
+                    format!("; adds {}", plan.add.join(", "))
+                },
+                if plan.remove.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removes {} (with their data)", plan.remove.join(", "))
+                },
+                if dry_run {
+                    " (dry run: nothing changed)"
+                } else {
+                    ""
+                }
+            );
+            match plan.op {
+                Some(op) => finish_op(&mut c, op, follow).await,
+                None => Ok(()),
+            }
+        }
         ClusterCommand::Scale {
             name,
             replicas: None,
             cpu,
             memory,
             dry_run,
-            no_wait,
-        } => crate::config::resize(&mut c, name, cpu, memory, dry_run, no_wait).await,
+            follow,
+        } => crate::config::resize(&mut c, name, cpu, memory, dry_run, follow).await,
         ClusterCommand::Config(a) => crate::config::run(&mut c, a).await,
+        ClusterCommand::Wait { op, output } => wait_op(&mut c, op, output).await,
         ClusterCommand::Password {
             name,
             password_stdin,
@@ -364,7 +414,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(api_failure)?;
-            finish_op(&mut c, op, false).await?;
+            wait_op(&mut c, op.id, ReadFormat::Table).await?;
             let v: ConnectInfo = c
                 .call_as(&Request::Connect { name }, |_| {})
                 .await
@@ -375,7 +425,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             name,
             purge,
             yes,
-            no_wait,
+            follow,
         } => {
             if purge {
                 confirm(
@@ -392,7 +442,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                 purge,
             };
             match c.call_as::<OpView>(&req, |_| {}).await {
-                Ok(op) => finish_op(&mut c, op, no_wait).await,
+                Ok(op) => finish_op(&mut c, op, follow).await,
                 // No such cluster: with --purge, the data earlier deletes kept.
                 Err(ClientError::Api(a)) if purge && a.kind == ErrorKind::NotFound => {
                     let removed: Vec<String> = c
@@ -407,15 +457,15 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                 Err(e) => Err(api_failure(e)),
             }
         }
-        ClusterCommand::Switchover { name, to, no_wait } => {
-            simple_op(&mut c, Request::Switchover { name, to }, no_wait).await
+        ClusterCommand::Switchover { name, to, follow } => {
+            simple_op(&mut c, Request::Switchover { name, to }, follow).await
         }
         ClusterCommand::Restore {
             name,
             from_backup,
             replicas,
             to_time,
-            no_wait,
+            follow,
         } => {
             let to_unix_ms = to_time
                 .as_deref()
@@ -429,15 +479,15 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
                     replicas,
                     to_unix_ms,
                 },
-                no_wait,
+                follow,
             )
             .await
         }
         ClusterCommand::Rebuild {
             name,
             instance,
-            no_wait,
-        } => simple_op(&mut c, Request::Rebuild { name, instance }, no_wait).await,
+            follow,
+        } => simple_op(&mut c, Request::Rebuild { name, instance }, follow).await,
         ClusterCommand::Events {
             name,
             limit,
@@ -522,8 +572,7 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
 fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
     let mut spec = match &a.file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            let text = read_spec(path)?;
             serde_yaml::from_str::<ClusterSpec>(&text)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
         }
@@ -554,11 +603,8 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
     if a.storage.is_some() {
         r.storage = a.storage.clone();
     }
-    for p in &a.params {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| Failure::usage(format!("--param {p:?}: expected NAME=VALUE")))?;
-        spec.parameters.insert(k.to_string(), v.to_string());
+    for (k, v) in name_values(&a.params)? {
+        spec.parameters.insert(k, v);
     }
     if spec.name.is_empty() {
         return Err(Failure::usage(
@@ -571,6 +617,86 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
         ));
     }
     Ok(spec)
+}
+
+/// A count users give (`--replicas 3`): a whole number of at least 1, said plainly when not.
+pub(crate) fn positive_u32(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 1 && n <= i64::from(u32::MAX) => Ok(n as u32),
+        Ok(n) => Err(format!(
+            "{n} is not allowed: give a whole number of at least 1"
+        )),
+        Err(_) => Err(format!(
+            "{} is not a whole number",
+            shoal_control::quantity::shown(text)
+        )),
+    }
+}
+
+/// An id users give: a whole number of at least 1.
+pub(crate) fn positive_i64(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} is not allowed: give a whole number of at least 1"
+        )),
+        Err(_) => Err(format!(
+            "{} is not a whole number",
+            shoal_control::quantity::shown(text)
+        )),
+    }
+}
+
+/// Largest cluster spec file read (`create -f`).
+const MAX_SPEC: u64 = 1 << 20;
+
+/// Read a spec file whole, but no more than [`MAX_SPEC`] bytes (`/dev/zero` is refused, not
+/// read forever); `-` is stdin.
+fn read_spec(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let mut r: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
+        )
+    };
+    let mut bytes = Vec::new();
+    r.by_ref()
+        .take(MAX_SPEC + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_SPEC {
+        return Err(Failure::usage(format!(
+            "{} is larger than 1 MiB: not a cluster spec",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::usage(format!("{} is not UTF-8 text", path.display())))
+}
+
+/// `NAME=VALUE` pairs into a map; a name given twice is refused (which one was meant?).
+pub(crate) fn name_values(
+    pairs: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p.split_once('=').ok_or_else(|| {
+            Failure::usage(format!(
+                "{}: expected NAME=VALUE",
+                shoal_control::quantity::shown(p)
+            ))
+        })?;
+        let k = k.trim();
+        if out.insert(k.to_string(), v.trim().to_string()).is_some() {
+            return Err(Failure::usage(format!(
+                "parameter {k} is given twice; give it once"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Ask before something that cannot be undone: on a terminal, the user types `expect`; in a
@@ -602,33 +728,61 @@ pub(crate) fn confirm(what: &str, expect: &str, yes: bool) -> Result<(), Failure
 pub(crate) async fn simple_op(
     c: &mut shoal_api::Client,
     req: Request,
-    no_wait: bool,
+    follow: Follow,
 ) -> Result<(), Failure> {
     let op: OpView = c.call_as(&req, |_| {}).await.map_err(api_failure)?;
-    finish_op(c, op, no_wait).await
+    finish_op(c, op, follow).await
+}
+
+/// How a command that starts an operation ends.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Follow {
+    /// Return once the operation is queued (`shoal cluster wait ID` follows it later).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the operation (finished, or queued with --no-wait) on stdout as json or yaml;
+    /// its events go to stderr as always.
+    #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
+    pub output: ReadFormat,
 }
 
 /// Wait for an operation, printing its events; exit code 1 when it fails.
 pub(crate) async fn finish_op(
     c: &mut shoal_api::Client,
     op: OpView,
-    no_wait: bool,
+    follow: Follow,
 ) -> Result<(), Failure> {
-    if no_wait {
+    if follow.no_wait {
         eprintln!(
-            "shoal: {} of {} queued as operation {}",
-            op.kind, op.cluster, op.id
+            "shoal: {} of {} queued as operation {} (follow it: shoal cluster wait {})",
+            op.kind, op.cluster, op.id, op.id
         );
+        if follow.output != ReadFormat::Table {
+            emit(follow.output, &op, String::new)?;
+        }
         return Ok(());
     }
+    wait_op(c, op.id, follow.output).await
+}
+
+/// Follow operation `id` to its end, printing its events on stderr (and the finished
+/// operation on stdout in `output` unless a table); exit code 1 when it failed.
+pub(crate) async fn wait_op(
+    c: &mut shoal_api::Client,
+    id: i64,
+    output: ReadFormat,
+) -> Result<(), Failure> {
     let done: OpView = c
-        .call_as(&Request::Wait { op: op.id }, |r| {
+        .call_as(&Request::Wait { op: id }, |r| {
             if let Reply::Event(e) = r {
                 eprint!("{}", event_line(e));
             }
         })
         .await
         .map_err(api_failure)?;
+    if output != ReadFormat::Table {
+        emit(output, &done, String::new)?;
+    }
     match done.state {
         OpState::Succeeded => Ok(()),
         _ => Err(Failure::call(format!(

@@ -4,7 +4,7 @@
 
 use shoal_api::{ConfigPlanView, ConfigVersionView, ConfigView, Request};
 
-use crate::cluster::{api_failure, emit, finish_op, ReadFormat};
+use crate::cluster::{api_failure, emit, finish_op, Follow, ReadFormat};
 use crate::Failure;
 
 #[derive(Debug, clap::Args)]
@@ -31,8 +31,8 @@ pub enum ConfigCommand {
         /// Show what would change and whether it needs a restart; change nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// Go back to the addon's default (or derived value) for parameters.
     Unset {
@@ -41,8 +41,8 @@ pub enum ConfigCommand {
         params: Vec<String>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
     /// The versions of the cluster's configuration, oldest first.
     History {
@@ -53,12 +53,12 @@ pub enum ConfigCommand {
     /// Apply an earlier version again (default: the one before the current).
     Rollback {
         name: String,
-        #[arg(long, value_name = "VERSION")]
+        #[arg(long, value_name = "VERSION", allow_negative_numbers = true, value_parser = crate::cluster::positive_u32)]
         to: Option<u32>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        no_wait: bool,
+        #[command(flatten)]
+        follow: Follow,
     },
 }
 
@@ -127,11 +127,11 @@ fn plan_text(p: &ConfigPlanView) -> String {
 }
 
 /// Print the plan, then follow its operation.
-async fn planned(c: &mut shoal_api::Client, req: Request, no_wait: bool) -> Result<(), Failure> {
+async fn planned(c: &mut shoal_api::Client, req: Request, follow: Follow) -> Result<(), Failure> {
     let plan: ConfigPlanView = c.call_as(&req, |_| {}).await.map_err(api_failure)?;
     eprint!("{}", plan_text(&plan));
     match plan.op {
-        Some(op) => finish_op(c, op, no_wait).await,
+        Some(op) => finish_op(c, op, follow).await,
         None => {
             println!("dry run: nothing changed");
             Ok(())
@@ -156,28 +156,22 @@ pub async fn run(c: &mut shoal_api::Client, args: ConfigArgs) -> Result<(), Fail
             name,
             params,
             dry_run,
-            no_wait,
+            follow,
         }) => {
-            let mut set = std::collections::BTreeMap::new();
-            for p in &params {
-                let (k, v) = p
-                    .split_once('=')
-                    .ok_or_else(|| Failure::usage(format!("{p:?}: expected NAME=VALUE")))?;
-                set.insert(k.trim().to_string(), v.trim().to_string());
-            }
+            let set = crate::cluster::name_values(&params)?;
             let req = Request::ConfigSet {
                 name,
                 set,
                 unset: vec![],
                 dry_run,
             };
-            planned(c, req, no_wait).await
+            planned(c, req, follow).await
         }
         Some(ConfigCommand::Unset {
             name,
             params,
             dry_run,
-            no_wait,
+            follow,
         }) => {
             let req = Request::ConfigSet {
                 name,
@@ -185,7 +179,7 @@ pub async fn run(c: &mut shoal_api::Client, args: ConfigArgs) -> Result<(), Fail
                 unset: params,
                 dry_run,
             };
-            planned(c, req, no_wait).await
+            planned(c, req, follow).await
         }
         Some(ConfigCommand::History { name, output }) => {
             let v: Vec<ConfigVersionView> = c
@@ -209,8 +203,8 @@ pub async fn run(c: &mut shoal_api::Client, args: ConfigArgs) -> Result<(), Fail
             name,
             to,
             dry_run,
-            no_wait,
-        }) => planned(c, Request::ConfigRollback { name, to, dry_run }, no_wait).await,
+            follow,
+        }) => planned(c, Request::ConfigRollback { name, to, dry_run }, follow).await,
     }
 }
 
@@ -221,7 +215,7 @@ pub async fn resize(
     cpu: Option<String>,
     memory: Option<String>,
     dry_run: bool,
-    no_wait: bool,
+    follow: Follow,
 ) -> Result<(), Failure> {
     let req = Request::Resize {
         name,
@@ -229,5 +223,5 @@ pub async fn resize(
         memory,
         dry_run,
     };
-    planned(c, req, no_wait).await
+    planned(c, req, follow).await
 }

@@ -401,6 +401,14 @@ fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
     );
     assert_eq!(json(&h, &["backup", "schedules"]), serde_json::json!([]));
 
+    // A manual backup first: a schedule's retention never deletes it (issue 14: a --keep 2
+    // schedule deleted a manual backup taken 5 s earlier).
+    h.ok(&["backup", "create", "src"]);
+    let manual = json(&h, &["backup", "list", "--cluster", "src"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     // Every 2 s, keeping the newest 2.
     h.ok(&[
         "backup",
@@ -438,7 +446,21 @@ fn scheduled_backups_fire_on_their_cron_and_retention_keeps_the_newest() {
         .iter()
         .filter(|b| b["state"] == "completed")
         .collect();
-    assert_eq!(done.len(), 2, "{all:#}");
+    assert_eq!(
+        done.len(),
+        3,
+        "two of the schedule's and the manual one: {all:#}"
+    );
+    assert!(
+        done.iter()
+            .any(|b| b["id"] == manual.as_str() && b["origin"] == "manual"),
+        "the manual backup is kept: {all:#}"
+    );
+    assert_eq!(
+        done.iter().filter(|b| b["origin"] == "schedule").count(),
+        2,
+        "{all:#}"
+    );
     // Only the kept backups have objects left in the repository.
     let mut manifests = Vec::new();
     for e in std::fs::read_dir(dir.join("src")).unwrap().flatten() {

@@ -309,15 +309,15 @@ impl Controller {
         let stored = repo
             .get(&Manifest::key(&m.cluster, &m.id))
             .await
-            .map_err(|e| ApiError::conflict(format!("backup {id}: {e}")))?;
+            .map_err(|e| ApiError::failed(format!("backup {id}: {e}")))?;
         let stored: Manifest = serde_json::from_slice(&stored).map_err(|e| {
-            ApiError::conflict(format!(
+            ApiError::failed(format!(
                 "backup {id}: manifest {} is damaged: {e}",
                 Manifest::key(&m.cluster, &m.id)
             ))
         })?;
         if stored != m {
-            return Err(ApiError::conflict(format!(
+            return Err(ApiError::failed(format!(
                 "backup {id}: manifest {} differs from the one recorded at backup time",
                 Manifest::key(&m.cluster, &m.id)
             )));
@@ -326,7 +326,7 @@ impl Controller {
         for o in &m.objects {
             bytes += shoal_backup::verify_object(&repo, o)
                 .await
-                .map_err(|e| ApiError::conflict(format!("backup {id}: {e}")))?;
+                .map_err(|e| ApiError::failed(format!("backup {id}: {e}")))?;
         }
         Ok(VerifyView {
             id: id.to_string(),

@@ -514,6 +514,40 @@ impl Controller {
                 list.join("; ")
             )));
         }
+        if let Some(text) = spec.resources.memory.as_deref() {
+            quantity::check_memory(text, resources.memory_bytes, quantity::machine_memory())
+                .map_err(ApiError::invalid)?;
+        }
+        // What the addon derives from the resources must fit its own schema too.
+        let effective = addon
+            .call(&CallContext::default())
+            .effective(
+                &params,
+                wit::Resources {
+                    cpu_millis: resources.cpu_millis,
+                    memory_bytes: resources.memory_bytes,
+                    storage_bytes: resources.storage_bytes,
+                },
+            )
+            .await;
+        if let Ok(effective) = effective {
+            let schema = &addon.manifest().parameters;
+            for p in effective
+                .iter()
+                .filter(|p| !spec.parameters.contains_key(&p.name))
+            {
+                let Some(ps) = schema.iter().find(|s| s.name == p.name) else {
+                    continue;
+                };
+                if let Err(e) = shoal_runtime::params::check_value(&ps.type_, &p.value) {
+                    return Err(ApiError::invalid(format!(
+                        "these resources derive {} = {e}; give the instances less (or more) \
+                         memory, or set {} yourself",
+                        p.name, p.name
+                    )));
+                }
+            }
+        }
         Ok((version, resources, params))
     }
 
@@ -727,8 +761,14 @@ impl Controller {
         self.op_view(id)
     }
 
-    /// Validate and queue a scale.
-    pub fn scale(self: &Arc<Self>, cluster: &str, replicas: u32) -> Result<OpView, ApiError> {
+    /// Validate a scale and say what it does: the instances added or removed (newest
+    /// replicas first, never the primary); queue it unless `dry_run`, which changes nothing.
+    pub fn scale(
+        self: &Arc<Self>,
+        cluster: &str,
+        replicas: u32,
+        dry_run: bool,
+    ) -> Result<shoal_api::ScalePlanView, ApiError> {
         let c = self
             .db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
@@ -746,7 +786,8 @@ impl Controller {
                 c.engine
             )));
         }
-        let current = self.db(|s| s.instances(cluster))?.len() as u32;
+        let all = self.db(|s| s.instances(cluster))?;
+        let current = all.len() as u32;
         if replicas > current {
             let per_instance = addon.manifest().ports.len().max(1);
             let reserved = self.db(|s| s.reserved_ports())?;
@@ -758,11 +799,28 @@ impl Controller {
             )
             .map_err(|e| ApiError::conflict(e.to_string()))?;
         }
-        self.submit(
-            cluster,
-            "scale",
-            serde_json::json!({ "replicas": replicas }),
-        )
+        let (add, remove) = scale_plan(cluster, &all, replicas);
+        let mut plan = shoal_api::ScalePlanView {
+            cluster: cluster.to_string(),
+            from: current,
+            to: replicas,
+            add,
+            remove,
+            op: None,
+        };
+        if replicas == current {
+            return Err(ApiError::invalid(format!(
+                "cluster {cluster} has {current} instance(s) already; nothing to change"
+            )));
+        }
+        if !dry_run {
+            plan.op = Some(self.submit(
+                cluster,
+                "scale",
+                serde_json::json!({ "replicas": replicas }),
+            )?);
+        }
+        Ok(plan)
     }
 
     pub(crate) fn spawn_op(self: &Arc<Self>, id: i64) {
@@ -987,6 +1045,31 @@ impl Controller {
     }
 }
 
+/// Which instances a scale of `all` to `to` instances adds (the next ordinals) and removes
+/// (newest replicas first, never the primary).
+pub(crate) fn scale_plan(
+    cluster: &str,
+    all: &[InstanceRow],
+    to: u32,
+) -> (Vec<String>, Vec<String>) {
+    let now = all.len() as u32;
+    if to >= now {
+        let next = all.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
+        let add = (0..to - now)
+            .map(|k| format!("{cluster}-{}", next + k))
+            .collect();
+        return (add, Vec::new());
+    }
+    let mut victims: Vec<&InstanceRow> = all.iter().filter(|i| i.role != "primary").collect();
+    victims.sort_by_key(|i| std::cmp::Reverse(i.ordinal));
+    let remove = victims
+        .into_iter()
+        .take((now - to) as usize)
+        .map(|i| i.name.clone())
+        .collect();
+    (Vec::new(), remove)
+}
+
 /// The user-facing view of an instance row.
 pub fn instance_view(i: &InstanceRow) -> InstanceView {
     InstanceView {
@@ -1013,4 +1096,53 @@ pub fn instance_view(i: &InstanceRow) -> InstanceView {
 /// Whether parameter `s` exists in engine version `version`.
 pub(crate) fn for_version(s: &wit::ParamSpec, version: &str) -> bool {
     s.versions.is_empty() || s.versions.iter().any(|v| v == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Desired;
+
+    fn row(name: &str, ordinal: u32, role: &str) -> InstanceRow {
+        InstanceRow {
+            cluster: "c".into(),
+            name: name.into(),
+            ordinal,
+            role: role.into(),
+            host: "127.0.0.1".into(),
+            ports: Default::default(),
+            dir: PathBuf::from("/x"),
+            desired: Desired::Running,
+            state: "running".into(),
+            process: None,
+            restarts: 0,
+            health: "healthy".into(),
+            observed_role: None,
+            writable: None,
+            lag_bytes: None,
+            position: None,
+            detail: String::new(),
+            probed_ms: None,
+            term: None,
+        }
+    }
+
+    #[test]
+    fn a_scale_adds_the_next_ordinals_and_removes_the_newest_replicas_never_the_primary() {
+        // c-2 is the primary after a failover.
+        let all = [
+            row("c-0", 0, "replica"),
+            row("c-2", 2, "primary"),
+            row("c-3", 3, "replica"),
+        ];
+        assert_eq!(
+            scale_plan("c", &all, 5),
+            (vec!["c-4".to_string(), "c-5".to_string()], vec![])
+        );
+        assert_eq!(
+            scale_plan("c", &all, 1),
+            (vec![], vec!["c-3".to_string(), "c-0".to_string()])
+        );
+        assert_eq!(scale_plan("c", &all, 3), (vec![], vec![]));
+    }
 }

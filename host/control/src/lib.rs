@@ -51,6 +51,8 @@ pub async fn serve(home: std::path::PathBuf, cfg: HostConfig) -> Result<(), Stri
         libc::umask(0o077);
     }
     std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
+    // Engines get as many open files as this machine allows; addons validate against it.
+    shoal_runtime::set_engine_open_files(shoal_local::process::raise_open_files());
     let (listener, path) = match server::bind(&home.join(shoal_api::SOCKET)).await {
         Ok(l) => (l, home.join(shoal_api::SOCKET)),
         Err(server::BindError::Busy(other)) if cfg.ha.dcs == "etcd" => {

@@ -289,21 +289,15 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     let current = instances(c, name)?;
     c.db(|s| s.set_cluster_state(name, "updating"))
         .map_err(|e| e.message)?;
-    if replicas as usize > current.len() {
-        for _ in current.len()..replicas as usize {
-            add_replica(c, &cl, &cr).await?;
-        }
-    } else {
-        // Remove replicas, newest first; never the primary.
-        let mut victims: Vec<InstanceRow> = current
-            .into_iter()
-            .filter(|i| i.role != "primary")
-            .collect();
-        victims.sort_by_key(|i| std::cmp::Reverse(i.ordinal));
-        let remove = instances(c, name)?.len() - replicas as usize;
-        for v in victims.into_iter().take(remove) {
-            remove_instance(c, &cl, v, &cr).await?;
-        }
+    let (add, remove) = crate::controller::scale_plan(name, &current, replicas);
+    for _ in &add {
+        add_replica(c, &cl, &cr).await?;
+    }
+    for victim in remove {
+        let Some(v) = instances(c, name)?.into_iter().find(|i| i.name == victim) else {
+            continue;
+        };
+        remove_instance(c, &cl, v, &cr).await?;
     }
     cl.spec.replicas = replicas;
     c.db(|s| s.set_cluster_spec(name, &cl.spec))

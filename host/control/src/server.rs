@@ -152,10 +152,28 @@ async fn connection(c: Arc<Controller>, stream: UnixStream) -> std::io::Result<(
         };
         let reply = match reply {
             Ok(v) => Reply::Ok(v),
-            Err(e) => Reply::Error(e),
+            Err(e) => Reply::Error(capped(e)),
         };
         send(&mut w, &reply).await?;
     }
+}
+
+/// Longest error message sent: inputs are cut where they are quoted; this catches the rest.
+const MAX_MESSAGE: usize = 4096;
+
+/// `e` with its message cut to [`MAX_MESSAGE`] bytes (at a character boundary), saying so.
+fn capped(mut e: ApiError) -> ApiError {
+    if e.message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !e.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = e.message.len();
+        e.message.truncate(end);
+        e.message
+            .push_str(&format!("… (message cut: {total} bytes)"));
+    }
+    e
 }
 
 fn json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
@@ -192,7 +210,11 @@ async fn handle(
         Request::Stop { name } => json(c.submit(&name, "stop", serde_json::json!({}))?),
         Request::Start { name } => json(c.submit(&name, "start", serde_json::json!({}))?),
         Request::Restart { name } => json(c.submit(&name, "restart", serde_json::json!({}))?),
-        Request::Scale { name, replicas } => json(c.scale(&name, replicas)?),
+        Request::Scale {
+            name,
+            replicas,
+            dry_run,
+        } => json(c.scale(&name, replicas, dry_run)?),
         Request::List => json(c.list().await?),
         Request::Describe { name } => json(c.describe(&name).await?),
         Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),

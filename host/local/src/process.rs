@@ -37,6 +37,45 @@ pub struct ProcessId {
     pub start_time: u64,
 }
 
+/// Most open files an engine process gets (when the kernel's `fs.nr_open` allows it).
+pub const ENGINE_OPEN_FILES: u64 = 1 << 20;
+
+/// The open-files limit engine processes get: [`ENGINE_OPEN_FILES`], or the kernel's
+/// per-process maximum (`fs.nr_open`) when that is lower.
+pub fn engine_open_files() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map_or(ENGINE_OPEN_FILES, |n| n.min(ENGINE_OPEN_FILES))
+}
+
+/// Raise this process's own open-files limit as far as the machine allows (to
+/// [`engine_open_files`] when it may raise the hard limit, else its soft limit to its hard
+/// one) and return the limit engine processes it starts will get.
+pub fn raise_open_files() -> u64 {
+    let want = engine_open_files();
+    let target = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want,
+    };
+    // SAFETY: setrlimit and getrlimit take plain structs.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &target) == 0 {
+            return want;
+        }
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) != 0 {
+            return 1024;
+        }
+        now.rlim_cur = now.rlim_max.min(want);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &now);
+        now.rlim_cur
+    }
+}
+
 impl ProcessSpec {
     fn command(&self) -> Result<Command, LocalError> {
         let log = OpenOptions::new()
@@ -59,6 +98,30 @@ impl ProcessSpec {
             .stderr(Stdio::from(log2));
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        // Databases keep many files open; they get as many as the kernel allows a process,
+        // up to ENGINE_OPEN_FILES (raising the hard limit needs root; otherwise the soft
+        // limit rises to the hard one). Before the user changes: root may raise it.
+        let nofile = engine_open_files();
+        // SAFETY: getrlimit and setrlimit are async-signal-safe and take plain values.
+        unsafe {
+            cmd.pre_exec(move || {
+                let want = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                    let mut now = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) == 0 {
+                        now.rlim_cur = now.rlim_max.min(nofile);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &now);
+                    }
+                }
+                Ok(())
+            });
         }
         if let Some(user) = self.run_as {
             let (uid, gid) = (user.uid, user.gid);

@@ -24,7 +24,40 @@ const MAX_READ: u32 = 1 << 20;
 
 impl crate::wit::shoal::addon::types::Host for HostState {}
 
+/// The open-files limit engine processes get on this host (see [`set_engine_open_files`]);
+/// 0 until the host says.
+static ENGINE_OPEN_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Tell addons (`engine-open-files`) the open-files limit engine processes get here. The
+/// process runtime measures it once at start.
+pub fn set_engine_open_files(n: u64) {
+    ENGINE_OPEN_FILES.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What `engine-open-files` answers: what the host said, else this process's own limit.
+fn engine_open_files() -> u64 {
+    match ENGINE_OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct it is given.
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+                r.rlim_max
+            } else {
+                1024
+            }
+        }
+        n => n,
+    }
+}
+
 impl Host for HostState {
+    async fn engine_open_files(&mut self) -> wasmtime::Result<u64> {
+        Ok(engine_open_files())
+    }
+
     async fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
         let level = match level {
             LogLevel::Trace => Level::Trace,

@@ -34,6 +34,7 @@ pub use cache::CodeSource;
 pub use call::{CallStats, Caller};
 pub use config::{Grants, Pooling, RuntimeConfig};
 pub use error::{CallError, CallFailure, DeadlineCause, LoadError};
+pub use imports::set_engine_open_files;
 pub use live::LiveInstance;
 /// Whether a client shell element is an environment assignment (`NAME=VALUE`).
 pub use loader::is_env_assignment;
