@@ -115,20 +115,29 @@ fn adopt_restored(data: &str, user: &str, pw: &str, settings: &[String]) -> Hook
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The server's last words with the failure, for whoever diagnoses it (the host keeps
+    // them in the instance's log/restore.log).
+    let tail = || {
+        let lines: Vec<&str> = said.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        lines[from..].join("\n")
+    };
     if let Some(l) = said
         .lines()
         .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
     {
         return Err(HookError::Failed(format!(
-            "the restored server did not come up: {}",
-            l.trim()
+            "the restored server did not come up: {}\n--- its output (last lines) ---\n{}",
+            l.trim(),
+            tail()
         )));
     }
     out.ok_or_failed("postgres --single")?;
     if let Some(l) = said.lines().find(|l| l.contains("ERROR:")) {
         return Err(HookError::Failed(format!(
-            "adapting the restored data directory: {}",
-            l.trim()
+            "adapting the restored data directory: {}\n--- its output (last lines) ---\n{}",
+            l.trim(),
+            tail()
         )));
     }
     Ok(())

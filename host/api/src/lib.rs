@@ -439,6 +439,10 @@ pub struct ArchiveUnitView {
     pub end_position: Option<String>,
     pub end_unix_ms: Option<u64>,
     pub object: BackupObjectView,
+    /// When the archiving that shipped it was (last) switched on: the archive is continuous
+    /// only from there (what the engine wrote while it was off is not in it).
+    #[serde(default)]
+    pub archiving_since_unix_ms: Option<i64>,
 }
 
 /// The result of verifying a backup.
@@ -449,6 +453,9 @@ pub struct VerifyView {
     pub objects: Vec<BackupObjectView>,
     pub bytes: u64,
     pub ms: u64,
+    /// With `--restore`: the restore test (it passed, or the request failed).
+    #[serde(default)]
+    pub restore_test: Option<RestoreTestView>,
 }
 
 /// A request to the daemon.
@@ -560,8 +567,12 @@ pub enum Request {
         id: String,
     },
     /// Read every object of a backup and check it; answers with a [`VerifyView`].
+    /// Check a backup's objects; with `restore`, also restore it into a throwaway instance
+    /// and check that it starts healthy (events stream while it runs).
     BackupVerify {
         id: String,
+        #[serde(default)]
+        restore: bool,
     },
     /// The cluster's parameters: effective values, their source and apply class.
     ConfigShow {

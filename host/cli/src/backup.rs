@@ -105,9 +105,14 @@ pub enum BackupCommand {
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
-    /// Read every object of a backup and check its size and checksum, without restoring.
+    /// Read every object of a backup and check its size and checksum; with --restore, also
+    /// restore it into a throwaway instance and check that the server starts healthy (a
+    /// backup counts only if it restores). Exit code 1 when it does not verify.
     Verify {
         id: String,
+        /// Restore it into a throwaway instance (removed afterwards) and probe it.
+        #[arg(long)]
+        restore: bool,
         #[arg(short, long, value_enum, default_value_t = ReadFormat::Table)]
         output: ReadFormat,
     },
@@ -460,9 +465,17 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                 .map_err(api_failure)?;
             emit(output, &v, || describe_text(&v))
         }
-        BackupCommand::Verify { id, output } => {
+        BackupCommand::Verify {
+            id,
+            restore,
+            output,
+        } => {
             let v: VerifyView = c
-                .call_as(&Request::BackupVerify { id }, |_| {})
+                .call_as(&Request::BackupVerify { id, restore }, |r| {
+                    if let shoal_api::Reply::Event(e) = r {
+                        eprint!("{}", crate::cluster::event_line(e));
+                    }
+                })
                 .await
                 .map_err(api_failure)?;
             emit(output, &v, || {
@@ -477,6 +490,15 @@ pub async fn backup(args: BackupArgs) -> Result<(), Failure> {
                     mib(v.bytes),
                     v.ms as f64 / 1000.0
                 ));
+                if let Some(t) = &v.restore_test {
+                    s.push_str(&format!(
+                        "backup {} restores: a throwaway instance came up healthy in {:.1} s \
+                         ({})\n",
+                        v.id,
+                        t.ms as f64 / 1000.0,
+                        t.detail
+                    ));
+                }
                 s
             })
         }

@@ -890,7 +890,7 @@ fn prometheus_text(cluster: &str, v: &[shoal_api::InstanceMetrics]) -> String {
     s
 }
 
-fn event_line(e: &EventView) -> String {
+pub(crate) fn event_line(e: &EventView) -> String {
     format!(
         "{} {:<7} {:<14} {}\n",
         time(e.unix_ms),

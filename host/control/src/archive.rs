@@ -394,6 +394,7 @@ async fn ship_one(
         .await
         .map_err(|e| e.to_string())?;
     let view = ArchiveUnitView {
+        archiving_since_unix_ms: Some(a.since_unix_ms),
         name: unit.name.clone(),
         instance: i.name.clone(),
         repo: a.repo.clone(),

@@ -333,6 +333,7 @@ impl Controller {
             objects: m.objects.iter().map(object_view).collect(),
             bytes,
             ms: t.elapsed().as_millis() as u64,
+            restore_test: None,
         })
     }
 
@@ -434,6 +435,18 @@ impl Controller {
         }
         let uid = self.db(|s| s.backup(&b.id))?.map_or(-1, |r| r.cluster_uid);
         let units = self.db(|s| s.units(uid))?;
+        if let Some(gap) = archive_gap(&units, b.started_unix_ms, t) {
+            return Err(ApiError::invalid(format!(
+                "archiving of {cluster} was switched on at {}, after backup {} started ({}): \
+                 what the engine wrote in between is not in the archive, so no restore from \
+                 that backup reaches {}. Restore from a backup taken after {}",
+                rfc3339(gap),
+                b.id,
+                rfc3339(b.started_unix_ms),
+                rfc3339(t),
+                rfc3339(gap)
+            )));
+        }
         let last = units
             .iter()
             .filter(|u| u.stored_unix_ms >= b.started_unix_ms)
@@ -594,6 +607,17 @@ impl Controller {
         }));
         Ok(ctx)
     }
+}
+
+/// When archiving was switched on between a backup's start (`from`) and a restore target
+/// (`to`), if it was: the archive has a gap there (the units it shipped say since when it
+/// was on), and a replay from that backup cannot cross it.
+fn archive_gap(units: &[shoal_api::ArchiveUnitView], from: i64, to: i64) -> Option<i64> {
+    units
+        .iter()
+        .filter_map(|u| u.archiving_since_unix_ms)
+        .filter(|since| *since > from && *since <= to)
+        .min()
 }
 
 /// Parse a cron expression: 5 fields (minute hour day month weekday) or 6 (seconds first).
@@ -1010,6 +1034,18 @@ pub(crate) async fn run_backup(
         ),
     );
     apply_retention(c, &cl, &method).await;
+    // A schedule set with --verify proves each backup it takes restores.
+    let verify = origin == "schedule"
+        && c.db(|s| s.schedules(Some(cluster)))
+            .unwrap_or_default()
+            .iter()
+            .any(|(v, _)| v.method == method && v.verify);
+    if verify {
+        let (c, id) = (c.clone(), id.clone());
+        tokio::spawn(async move {
+            let _ = c.restore_test(&id).await;
+        });
+    }
     Ok(())
 }
 
@@ -1056,9 +1092,11 @@ pub(crate) fn restores_before_start(c: &Controller, id: &str) -> Result<bool, St
 }
 
 /// Restore backup `id` into instance `i` of the cluster being created: every object is read
-/// through its checksum; a damaged or missing one fails the restore naming it, and leaves the
-/// data directory empty (nothing starts on it). With `to_unix_ms`, the source cluster's
-/// archive units are staged (each verified) and replayed up to that moment.
+/// through its checksum; a damaged or missing one fails the restore naming it. With
+/// `to_unix_ms`, the source cluster's archive units are staged (each verified) and replayed
+/// up to that moment. A failed restore leaves an empty data directory (nothing starts on
+/// it), what it had restored so far set aside as `data.failed-restore`, and the whole
+/// failure in `log/restore.log`, for diagnosis.
 pub(crate) async fn restore_into(
     c: &Arc<Controller>,
     cl: &ClusterRow,
@@ -1070,8 +1108,35 @@ pub(crate) async fn restore_into(
     let staged = i.staged_archive_dir();
     let result = restore_steps(c, cl, i, creds, id, to_unix_ms, &staged).await;
     let _ = std::fs::remove_dir_all(&staged);
-    if result.is_err() && restores_before_start(c, id).unwrap_or(true) {
-        empty_dir(&i.data_dir());
+    if let Err(e) = &result {
+        let log = i.dir.join("log").join("restore.log");
+        let _ = std::fs::write(
+            &log,
+            format!(
+                "{} restore of backup {id} failed:\n{e}\n",
+                rfc3339(now_ms())
+            ),
+        );
+        let mut kept = format!("the failure is in {}", log.display());
+        if restores_before_start(c, id).unwrap_or(true) && !crate::node::is_empty(&i.data_dir()) {
+            let aside = i.dir.join("data.failed-restore");
+            let _ = std::fs::remove_dir_all(&aside);
+            match std::fs::rename(i.data_dir(), &aside) {
+                Ok(()) => {
+                    let _ = crate::node::private_dir(&i.data_dir(), c.run_as(cl)?);
+                    kept.push_str(&format!(", what was restored in {}", aside.display()));
+                }
+                Err(_) => empty_dir(&i.data_dir()),
+            }
+        }
+        c.event(&cl.name, Some(&i.name), "error", kept);
+        // The first line says what failed; the rest (an engine's own output) is in the log.
+        if let Some((first, _)) = e.split_once('\n') {
+            return Err(format!(
+                "{first} (the whole output is in {})",
+                log.display()
+            ));
+        }
     }
     result
 }
@@ -1307,6 +1372,37 @@ mod tests {
         // A window reaching before every backup keeps them all.
         v.pitr_window = Some("30d".into());
         assert_eq!(ids(expired(&all, &v, 5 * day)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_point_in_time_restore_cannot_cross_a_gap_in_the_archive() {
+        let unit = |stored: i64, since: Option<i64>| shoal_api::ArchiveUnitView {
+            name: format!("u{stored}"),
+            instance: "c-0".into(),
+            repo: "r".into(),
+            stored_unix_ms: stored,
+            start_position: None,
+            end_position: None,
+            end_unix_ms: None,
+            object: BackupObjectView {
+                key: "k".into(),
+                size: 0,
+                stored_size: 0,
+                sha256: String::new(),
+            },
+            archiving_since_unix_ms: since,
+        };
+        // On since 10; the backup started at 20: no gap up to any target.
+        let on = [unit(30, Some(10)), unit(40, Some(10))];
+        assert_eq!(archive_gap(&on, 20, 50), None);
+        // Switched on again at 60 (off in between): a target past 60 needs what is missing.
+        let again = [unit(30, Some(10)), unit(70, Some(60))];
+        assert_eq!(archive_gap(&again, 20, 50), None);
+        assert_eq!(archive_gap(&again, 20, 80), Some(60));
+        // Switched on only after the backup started.
+        assert_eq!(archive_gap(&[unit(70, Some(60))], 20, 80), Some(60));
+        // Units from before this was recorded say nothing.
+        assert_eq!(archive_gap(&[unit(70, None)], 20, 80), None);
     }
 
     #[test]

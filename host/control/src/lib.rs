@@ -7,6 +7,7 @@
 //! * [`controller`]: validation, the per-cluster operation queue, the read views.
 //! * [`ops`]: create, scale, stop, start, restart, delete.
 //! * [`backups`]: backup repositories, the backup operation, verification, restores.
+//! * [`restore_test`]: restoring a backup into a throwaway instance to prove it restores.
 //! * [`ha`]: failover, switchover, rebuild, synchronous replication; leases in `shoal-dcs`.
 //! * [`proxy`]: the stable read-write / read-only endpoints.
 //! * `node`: one instance: directories, config files, init, process, readiness.
@@ -28,6 +29,7 @@ pub mod ops;
 pub mod proxy;
 pub mod quantity;
 pub mod reconfigure;
+pub mod restore_test;
 pub mod secrets;
 pub mod server;
 pub mod store;

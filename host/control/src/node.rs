@@ -282,8 +282,12 @@ impl Controller {
     /// server process, and readiness. Updates and stores the row as it goes.
     /// Create `i`'s directories, owned by the engine user.
     pub(crate) fn prepare_dirs(&self, c: &ClusterRow, i: &InstanceRow) -> Result<(), String> {
-        self.prepare_cluster_dir(c)?;
-        ensure_dirs(i, self.run_as(c)?)
+        let owner = self.run_as(c)?;
+        // The cluster's directory (the instance's parent), private to its user.
+        if let Some(parent) = i.dir.parent() {
+            private_dir(parent, owner)?;
+        }
+        ensure_dirs(i, owner)
     }
 
     pub(crate) async fn bring_up(

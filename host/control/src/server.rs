@@ -240,7 +240,20 @@ async fn handle(
         Request::BackupList { cluster } => json(c.backup_list(cluster.as_deref())?),
         Request::BackupDescribe { id } => json(c.backup_describe(&id)?),
         Request::BackupDelete { id } => json(c.backup_delete(&id).await?),
-        Request::BackupVerify { id } => json(c.backup_verify(&id).await?),
+        Request::BackupVerify { id, restore } => {
+            let mut v = c.backup_verify(&id).await?;
+            if restore {
+                let t = restore_test(c, &id, w).await?;
+                if !t.passed {
+                    return Err(ApiError::failed(format!(
+                        "backup {id} does not restore: {}",
+                        t.detail
+                    )));
+                }
+                v.restore_test = Some(t);
+            }
+            json(v)
+        }
         Request::Restore {
             name,
             backup,
@@ -290,6 +303,42 @@ async fn handle(
             lines,
             follow,
         } => logs(c, &name, instance.as_deref(), lines, follow, w).await,
+    }
+}
+
+/// Run a restore test of backup `id` to its end, streaming the backed-up cluster's events
+/// meanwhile. The test runs as its own task: a client that goes away does not leave a
+/// throwaway server behind.
+async fn restore_test(
+    c: &Arc<Controller>,
+    id: &str,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Result<shoal_api::RestoreTestView, ApiError> {
+    let uid = c
+        .db(|s| s.backup(id))?
+        .map(|b| b.cluster_uid)
+        .ok_or_else(|| ApiError::not_found(format!("no backup with id {id:?}")))?;
+    let mut seen = c.db(|s| s.last_event_id())?;
+    let (cc, idc) = (c.clone(), id.to_string());
+    let mut task = tokio::spawn(async move { cc.restore_test(&idc).await });
+    let mut listening = true;
+    loop {
+        let done = tokio::select! {
+            r = &mut task => Some(r),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+        };
+        if listening {
+            for (eid, e) in c.db(|s| s.events_after(uid, seen))? {
+                seen = eid;
+                if send(w, &Reply::Event(e)).await.is_err() {
+                    listening = false;
+                    break;
+                }
+            }
+        }
+        if let Some(r) = done {
+            return r.map_err(|e| ApiError::internal(format!("the restore test failed: {e}")))?;
+        }
     }
 }
 

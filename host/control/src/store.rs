@@ -536,6 +536,45 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// A registry entry for a throwaway instance that is no cluster (a restore test): its
+    /// events get a uid of their own. Returns the uid.
+    pub fn register_scratch(&self, name: &str, engine: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO registry (name, engine, created_ms) VALUES (?1, ?2, ?3)",
+            params![name, engine, now_ms()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The throwaway instance of [`Self::register_scratch`] is gone.
+    pub fn finish_scratch(&self, uid: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE registry SET deleted_ms = ?2 WHERE uid = ?1",
+            params![uid, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Reserve `ports` for `instance` of `cluster` (a throwaway instance without a row).
+    pub fn reserve_ports(&mut self, cluster: &str, instance: &str, ports: &[u16]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for p in ports {
+            tx.execute(
+                "INSERT INTO ports (port, cluster, instance) VALUES (?1, ?2, ?3)",
+                params![p, cluster, instance],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Free every port reserved under `cluster`'s name.
+    pub fn release_ports(&self, cluster: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM ports WHERE cluster = ?1", params![cluster])?;
+        Ok(())
+    }
+
     /// Forget where a deleted cluster's data was kept (it was purged).
     pub fn purged(&self, uid: i64) -> Result<()> {
         self.conn.execute(
