@@ -35,6 +35,10 @@ const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 const APPLY_WAIT_S: u64 = 60;
 /// How long a switchover waits for the candidate to apply everything the old primary wrote.
 const CATCH_UP_S: u64 = 30;
+/// How long re-pointing a replica may wait for `STOP SLAVE`: a busy applier finishes its
+/// current event group first (seconds under write load), which is no reason to give up on
+/// the replica and copy it afresh.
+const REPOINT_S: u64 = 60;
 /// The MariaDB version this addon runs.
 const VERSION: &str = "10.11";
 
@@ -387,6 +391,11 @@ impl Engine for MariaDb {
                 HookLimit {
                     hook: Hook::Switchover,
                     timeout_ms: (CATCH_UP_S + 30) * 1000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Demote,
+                    timeout_ms: (REPOINT_S + 10) * 1000,
                     memory_bytes: None,
                 },
                 HookLimit {
@@ -805,9 +814,14 @@ impl Engine for MariaDb {
             if let Some(p) = new_primary {
                 let same = s.host == p.endpoint.host && s.port == p.endpoint.port;
                 if !same || s.io_running == "No" || s.sql_running == "No" {
-                    run(c, "STOP SLAVE")?;
-                    run(c, &config::change_master(&p.endpoint, &pw))?;
-                    run(c, "START SLAVE")?;
+                    // STOP SLAVE waits for the applier's current event group: give it time.
+                    c.set_timeout(Duration::from_secs(REPOINT_S))
+                        .map_err(HookError::from)?;
+                    let r = run(c, "STOP SLAVE")
+                        .and_then(|_| run(c, &config::change_master(&p.endpoint, &pw)))
+                        .and_then(|_| run(c, "START SLAVE"));
+                    c.set_timeout(IO_TIMEOUT).map_err(HookError::from)?;
+                    r?;
                 }
             }
             Ok(())

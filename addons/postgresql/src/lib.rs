@@ -881,6 +881,11 @@ impl Engine for Postgres {
                     instance.name
                 ),
                 "--write-recovery-conf".into(),
+                // Its crash recovery (single-user mode) runs with this instance's own
+                // settings, not initdb's file in the data directory: with wal_keep_size at
+                // 0 there, the end-of-recovery checkpoint recycled the WAL back to the last
+                // common checkpoint, which the rewind then could not find.
+                format!("--config-file={conf}/postgresql.conf"),
             ],
             env: vec![EnvVar {
                 name: "PGPASSFILE".into(),

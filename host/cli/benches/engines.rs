@@ -5,10 +5,12 @@
 //! `cargo bench -p shoal-cli --bench engines --features shoal-sdk/postgres,shoal-sdk/mysql -- [ENGINE] [TRIALS] [MIB]`
 //! (ENGINE `redis`, `mariadb` or `all`, default all; 10 failover trials; about 512 MiB of data)
 //!
-//! * TRIALS × kill -9 of the primary of a 3-instance cluster under a writer through the
-//!   read-write endpoint: detection (kill → failover requested), promotion (kill → promoted),
-//!   write unavailability (last write the old primary acknowledged → first the new one did),
-//!   acknowledged writes lost; p50 / p99 / max;
+//! * TRIALS × kill -9 of the primary of a 3-instance cluster under write load (the measured
+//!   writer plus LOAD_WRITERS more through the read-write endpoint, so replicas apply
+//!   continuously, as in production): detection (kill → failover requested), promotion
+//!   (kill → promoted), write unavailability (last write the old primary acknowledged →
+//!   first the new one did), acknowledged writes lost; p50 / p99 / max; and how many healthy
+//!   replicas had to be copied afresh instead of re-pointed;
 //! * TRIALS / 2 switchovers under the writer: longest write pause, command time, writes lost;
 //! * backup of one instance loaded with MIB of data: the engine's raw dump to /dev/null and
 //!   through `zstd -1 | sha256sum` (the baselines, same server, alternating rounds) against a
@@ -130,6 +132,15 @@ const MARIADB: EngineBench = EngineBench {
     raw_label: "mariadb-backup --stream",
 };
 
+/// The time of day of an event line ("11:07:06.949 info …") in ms since midnight UTC.
+fn event_line_ms(line: &str) -> Option<i64> {
+    let t = line.split_whitespace().next()?;
+    let (hms, ms) = t.split_once('.')?;
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<i64>().ok()?)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -192,6 +203,9 @@ fn settled(h: &Host, name: &str) -> serde_json::Value {
     }
 }
 
+/// Writers besides the measured one during failover trials.
+const LOAD_WRITERS: u64 = 3;
+
 fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
     let h = Host::start_with(ports, &[e.wasm], None);
     let name = "hb";
@@ -209,11 +223,15 @@ fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
     let pw = password(&h, name);
     (e.prepare)(rw_port(&settled(&h, name)), &pw);
     let (mut detect, mut promote, mut unavail, mut lost_n) = (vec![], vec![], vec![], vec![]);
+    let mut recopies = vec![];
     for t in 0..trials {
         let d = settled(&h, name);
         let term = d["term"].as_u64().unwrap_or(0);
         let (old, pid, old_port) = primary_of(&d);
         let w = (e.writer)(rw_port(&d), &pw, (t as u64 + 1) * 1_000_000);
+        let load: Vec<Writer> = (1..=LOAD_WRITERS)
+            .map(|k| (e.writer)(rw_port(&d), &pw, (t as u64 + 1) * 1_000_000 + k * 100_000))
+            .collect();
         std::thread::sleep(Duration::from_millis(400));
         let kill_ms = now_ms();
         let killed = Instant::now();
@@ -236,6 +254,16 @@ fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
         };
         std::thread::sleep(Duration::from_millis(200));
         let (acked, servers) = w.finish_with_servers();
+        let load_writes: usize = load.into_iter().map(|l| l.finish().len()).sum();
+        // Healthy replicas copied afresh instead of re-pointed (the old primary aside).
+        settled(&h, name);
+        let events = h.ok(&["cluster", "events", name, "--limit", "200"]);
+        let recopied = events
+            .lines()
+            .filter(|l| l.contains("re-copied from") && !l.contains(&format!(" {old} ")))
+            .filter(|l| event_line_ms(l).is_some_and(|ms| ms >= kill_ms % 86_400_000))
+            .count();
+        recopies.push(recopied as f64);
         let on_old = |k: usize| servers.get(k).is_some_and(|p| u64::from(*p) == old_port);
         let before = (0..acked.len())
             .rev()
@@ -257,7 +285,8 @@ fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
         let l = (e.lost)(new_port, &pw, &acked);
         lost_n.push(l as f64);
         eprintln!(
-            "{} trial {}/{trials}: {old} killed; {} writes, {l} lost",
+            "{} trial {}/{trials}: {old} killed; {} writes measured (+{load_writes} by the \
+             load), {l} lost, {recopied} healthy replica(s) copied afresh",
             e.engine,
             t + 1,
             acked.len()
@@ -295,6 +324,7 @@ fn failovers(e: &EngineBench, ports: (u16, u16), trials: usize) {
     row("promotion (kill -> promoted)", &promote, "ms");
     row("write unavailability", &unavail, "ms");
     row("acknowledged writes lost", &lost_n, "");
+    row("healthy replicas copied afresh", &recopies, "");
     println!("{}: switchover under a writer:", e.label);
     row("write pause", &pause, "ms");
     row("command time", &took, "ms");

@@ -124,6 +124,36 @@ fn sync_mode_failover_after_kill_9_keeps_every_acknowledged_commit() {
 }
 
 #[test]
+fn a_primary_started_by_an_earlier_host_is_rewound_not_copied_after_a_kill() {
+    // Issue 14: a killed postmaster that an earlier `shoal serve` started is re-parented to
+    // PID 1 and lingers as a zombie; the rewind ran before it was gone ("lock file
+    // postmaster.pid already exists") and fell back to a full copy every time.
+    let mut h = Host::start((25400, 25419));
+    create_cluster(&h, "ad", 2, "  max-lag-on-failover: 64Mi");
+    h.kill_serve();
+    h.spawn_serve();
+    let d = h.wait_healthy("ad");
+    let events = h.ok(&["cluster", "events", "ad"]);
+    assert!(events.contains("re-adopted running process"), "{events}");
+    let (old, _, _) = primary_of(&d);
+    let (lost, _) = kill_primary_under_load(&h, "ad");
+    eprintln!("ad: {} lost (async)", lost.len());
+    let events = h.ok(&["cluster", "events", "ad", "--limit", "500"]);
+    let about_old: Vec<&str> = events.lines().filter(|l| l.contains(&old)).collect();
+    assert!(
+        about_old.iter().any(|l| l.contains("rewound onto")),
+        "the old primary was not rewound:\n{events}"
+    );
+    assert!(
+        !about_old
+            .iter()
+            .any(|l| l.contains("copying afresh") || l.contains("re-copied")),
+        "the old primary was copied afresh:\n{}",
+        about_old.join("\n")
+    );
+}
+
+#[test]
 fn async_mode_failover_reports_its_loss_bound() {
     let h = Host::start((22100, 22199));
     create_cluster(&h, "as", 2, "  max-lag-on-failover: 1Mi");

@@ -28,6 +28,18 @@ use crate::quantity;
 use crate::secrets::{self, Credentials};
 use crate::store::{ClusterRow, Desired, InstanceRow};
 
+/// Pauses between attempts to re-point a replica whose `demote` failed retryably (the last
+/// entry ends the attempts): about 10 s in all before it is copied afresh instead.
+const REPOINT_RETRIES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(6),
+    Duration::ZERO,
+];
+
+/// How long a killed or stopped engine process may take to be gone from the kernel.
+pub(crate) const GONE_WITHIN: Duration = Duration::from_secs(15);
+
 /// Instance state of a fenced former primary awaiting its rebuild.
 pub const FENCED: &str = "fenced";
 
@@ -191,14 +203,16 @@ pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
                 p.pid,
                 n.saturating_sub(1)
             );
-            // Reaped, so nothing (a lock file check, a rewind) mistakes it for alive.
-            if !p.wait_exit(Duration::from_secs(10)).await {
-                how.push_str(" (still exiting after 10 s)");
-            }
         }
         let n = p.kill_leftovers();
         if n > 0 {
             how.push_str(&format!(", and {n} leftover process(es)"));
+        }
+        // Gone from the kernel, not only exited (a zombie of a process an earlier host
+        // started lingers until init reaps it), so nothing — a lock file check, a rewind —
+        // mistakes it for alive.
+        if !p.wait_gone(GONE_WITHIN).await {
+            how.push_str(&format!(" (still not gone after {GONE_WITHIN:?})"));
         }
     }
     i.process = None;
@@ -298,15 +312,42 @@ async fn repoint(
         if r.state != "running" {
             continue;
         }
-        match addon
-            .call(&c.call_ctx(r, &all, true))
-            .demote(
-                &c.wit_instance(cl, r, cr, false),
-                Some(&pm),
-                &Controller::members_of(r, &all),
-            )
-            .await
-        {
+        // A retryable failure (a slow STOP of the applier under load, a connection reset) is
+        // retried before the replica's data is given up for a fresh copy.
+        let mut outcome = Err(None);
+        for (attempt, pause) in REPOINT_RETRIES.iter().enumerate() {
+            let r2 = addon
+                .call(&c.call_ctx(r, &all, true))
+                .demote(
+                    &c.wit_instance(cl, r, cr, false),
+                    Some(&pm),
+                    &Controller::members_of(r, &all),
+                )
+                .await;
+            match r2 {
+                Ok(()) => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) if e.is_retryable() && attempt + 1 < REPOINT_RETRIES.len() => {
+                    c.event(
+                        &cl.name,
+                        Some(&r.name),
+                        "warning",
+                        format!(
+                            "re-pointing to {} failed, retrying in {pause:?}: {e}",
+                            primary.name
+                        ),
+                    );
+                    tokio::time::sleep(*pause).await;
+                }
+                Err(e) => {
+                    outcome = Err(Some(e));
+                    break;
+                }
+            }
+        }
+        match outcome.map_err(|e| e.map_or_else(|| "no attempt".to_string(), |e| e.to_string())) {
             Ok(()) => c.event(
                 &cl.name,
                 Some(&r.name),

@@ -538,6 +538,19 @@ impl Controller {
                 format!("did not stop within {grace:?}; killed"),
             );
         }
+        // Gone from the kernel before anything touches its data directory.
+        if !pid.wait_gone(crate::ha::GONE_WITHIN).await {
+            self.event(
+                &c.name,
+                Some(&i.name),
+                "warning",
+                format!(
+                    "pid {} still exists {:?} after it stopped",
+                    pid.pid,
+                    crate::ha::GONE_WITHIN
+                ),
+            );
+        }
         i.process = None;
         i.state = "stopped".into();
         i.health = "unknown".into();

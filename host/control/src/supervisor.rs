@@ -402,6 +402,9 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                         format!("killed {n} leftover process(es) of the exited server"),
                     );
                 }
+                // Its pid gone from the kernel (not a lingering zombie) before a restart
+                // reads its lock files.
+                old.wait_gone(ha::GONE_WITHIN).await;
             }
             let mut row = i.clone();
             row.restarts += 1;

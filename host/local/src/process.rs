@@ -321,7 +321,38 @@ impl ProcessId {
     }
 }
 
+/// Kernel start time of `pid` whatever its state (a zombie included): whether that pid
+/// still exists at all, as the kernel sees it.
+fn start_time_any(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 impl ProcessId {
+    /// Wait up to `limit` until this process and the rest of its process group are gone from
+    /// the kernel — not only exited: a killed process whose parent is not this host (one
+    /// started by an earlier `shoal serve`, re-parented to PID 1) lingers as a zombie until
+    /// init reaps it, and meanwhile its pid still "exists" for anyone who checks (a lock file
+    /// check, PostgreSQL's postmaster.pid). Nothing may touch its data directory before.
+    /// Returns whether it is gone.
+    pub async fn wait_gone(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            // Reaps it if it is this host's own child.
+            let _ = self.is_running();
+            let leader = start_time_any(self.pid) == Some(self.start_time);
+            let group = processes().any(|p| p.pgrp == self.pid && p.start >= self.start_time);
+            if !leader && !group {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kill what a dead server left behind in its process group (its workers), so a restart
     /// does not trip over them. Only processes of this group started no earlier than the
     /// leader are touched, so a recycled group id can never take an unrelated process along.

@@ -89,6 +89,15 @@ impl CallError {
     pub fn is_unsupported(&self) -> bool {
         matches!(self.failure, CallFailure::Hook(HookError::Unsupported))
     }
+
+    /// Whether trying again may succeed: the addon said `retryable`, or the call ran out of
+    /// time (a slow server, not a broken one).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.failure,
+            CallFailure::Hook(HookError::Retryable(_)) | CallFailure::Deadline { .. }
+        )
+    }
 }
 
 /// Which deadline stopped a call.
