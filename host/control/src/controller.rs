@@ -761,6 +761,22 @@ impl Controller {
         self.op_view(id)
     }
 
+    /// Queue `kind` on `cluster` on behalf of an operation a previous host left unfinished
+    /// (a delete under way included).
+    pub(crate) fn submit_resumed(
+        self: &Arc<Self>,
+        cluster: &str,
+        kind: &str,
+        params: serde_json::Value,
+    ) -> Result<OpView, ApiError> {
+        self.db(|s| s.cluster(cluster))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
+        let id = self.db(|s| s.insert_op(cluster, kind, &params))?;
+        self.event(cluster, None, "info", format!("{kind} resumed"));
+        self.spawn_op(id);
+        self.op_view(id)
+    }
+
     /// Validate a scale and say what it does: the instances added or removed (newest
     /// replicas first, never the primary); queue it unless `dry_run`, which changes nothing.
     pub fn scale(

@@ -60,7 +60,7 @@ fn rows(c: &Controller, name: &str) -> Result<(ClusterRow, Vec<InstanceRow>, Cre
 
 /// Test hook: with `SHOAL_FAILPOINT=NAME:MS` in the daemon's environment, pause MS
 /// milliseconds at the step called NAME, so a test can kill the host exactly there.
-async fn failpoint(name: &str) {
+pub(crate) async fn failpoint(name: &str) {
     let Ok(v) = std::env::var("SHOAL_FAILPOINT") else {
         return;
     };
@@ -855,6 +855,75 @@ pub(crate) async fn switchover(
         format!("switchover from {from} to {to} done in {}", since(t0)),
     );
     Ok(())
+}
+
+/// A switchover from `from` to `to` that a previous host left unfinished. When the
+/// coordination store already names `to` the leader, finish it (promote, re-point, rebuild
+/// the old primary); otherwise `from` is still the leader: put it back as the writable
+/// primary (started if it was stopped, its fence lifted) and switch over again.
+pub(crate) async fn resume_switchover(
+    c: &Arc<Controller>,
+    cluster: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let (cl, all, cr) = rows(c, cluster)?;
+    let leader = leader_named(c, cluster).await?;
+    let find = |all: &[InstanceRow], n: &str| {
+        all.iter()
+            .find(|i| i.name == n)
+            .cloned()
+            .ok_or_else(|| format!("{n} is no longer part of {cluster}"))
+    };
+    if let Some(l) = leader.as_ref().filter(|l| l.holder == to) {
+        let mut cand = find(&all, to)?;
+        cand.role = "primary".into();
+        c.save(&cand);
+        promote(c, &cl, &mut cand, l.term, &cr).await?;
+        c.refresh_routes(cluster).await;
+        repoint(c, &cl, &cand, &cr, t0).await?;
+        apply_sync(c, &cl, &cr).await;
+        let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
+        let mut old = find(&all, from)?;
+        let serving = old.state == "running" && old.process.is_some_and(|p| p.is_running());
+        if old.role != "replica" || !serving {
+            old.role = "replica".into();
+            c.save(&old);
+            rebuild_from(c, &cl, &mut old, &cand, &cr).await?;
+        }
+        c.refresh_routes(cluster).await;
+        c.event(
+            cluster,
+            None,
+            "info",
+            format!("the interrupted switchover from {from} to {to} is finished ({to} leads in term {})", l.term),
+        );
+        return Ok(());
+    }
+    let mut old = find(&all, from)?;
+    old.role = "primary".into();
+    if old.process.is_some_and(|p| p.is_running()) {
+        old.state = "running".into();
+        c.save(&old);
+    } else {
+        old.process = None;
+        c.save(&old);
+        c.bring_up(&cl, &mut old, &all, &cr).await?;
+    }
+    let term = leader.map(|l| l.term).unwrap_or(0);
+    promote(c, &cl, &mut old, term, &cr).await?;
+    c.refresh_routes(cluster).await;
+    c.event(
+        cluster,
+        Some(from),
+        "warning",
+        format!(
+            "the interrupted switchover left {from} fenced or stopped; it is the writable \
+             primary again; switching over to {to} again"
+        ),
+    );
+    switchover(c, cluster, from, to).await
 }
 
 /// Forced rebuild of a replica.

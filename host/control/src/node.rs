@@ -45,6 +45,10 @@ pub(crate) fn private_dir(dir: &Path, owner: Option<shoal_local::RunAs>) -> Resu
     shoal_local::users::chown(dir, owner).map_err(|e| e.to_string())
 }
 
+/// The file that says an instance's initialization (its run-spec's init commands) is under
+/// way; left behind, it says the initialization was interrupted.
+const INIT_MARKER: &str = "initializing";
+
 /// The named ports of `i` as hooks see them.
 fn wit_ports(i: &InstanceRow) -> Vec<wit::NamedPort> {
     i.ports
@@ -313,10 +317,33 @@ impl Controller {
         let run_as = self.run_as(c)?;
         let row = i.clone();
         let spec_for = |cmd: &wit::Command| process_spec(&search, cmd, &row, run_as);
+        // An initialization that never finished (the host stopped midway) left data no
+        // server may start on — a copy not yet made consistent, half an initdb: set it aside
+        // and start over.
+        let marker = i.dir.join(INIT_MARKER);
+        if marker.exists() && !is_empty(&i.data_dir()) {
+            let aside = i.dir.join("data.interrupted-init");
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(i.data_dir(), &aside)
+                .map_err(|e| format!("cannot set {} aside: {e}", i.data_dir().display()))?;
+            private_dir(&i.data_dir(), run_as)?;
+            self.event(
+                &c.name,
+                Some(&i.name),
+                "warning",
+                format!(
+                    "its initialization was interrupted; the partial data is set aside in {} \
+                     and it is initialized again",
+                    aside.display()
+                ),
+            );
+        }
         if is_empty(&i.data_dir()) && !plan.init.is_empty() {
             i.state = "initializing".into();
             self.save(i);
-            for cmd in &plan.init {
+            std::fs::write(&marker, b"an initialization is under way\n")
+                .map_err(|e| format!("{}: {e}", marker.display()))?;
+            for (n, cmd) in plan.init.iter().enumerate() {
                 self.event(
                     &c.name,
                     Some(&i.name),
@@ -327,7 +354,11 @@ impl Controller {
                     .run(Duration::from_millis(self.cfg.init_timeout_ms))
                     .await
                     .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    crate::ha::failpoint("init-step").await;
+                }
             }
+            let _ = std::fs::remove_file(&marker);
         }
         i.state = "starting".into();
         let server = spec_for(&plan.server)?;

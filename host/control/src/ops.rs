@@ -63,6 +63,9 @@ pub async fn run(c: Arc<Controller>, id: i64) {
                 "failover" => {
                     crate::ha::failover(&c, &op.cluster, &arg("old"), &arg("reason")).await
                 }
+                "switchover" if p.get("resume").and_then(|v| v.as_bool()) == Some(true) => {
+                    crate::ha::resume_switchover(&c, &op.cluster, &arg("from"), &arg("to")).await
+                }
                 "switchover" => {
                     crate::ha::switchover(&c, &op.cluster, &arg("from"), &arg("to")).await
                 }
@@ -254,6 +257,7 @@ async fn create(
             return Err(e);
         }
     }
+    crate::ha::failpoint("create-primary-up").await;
     let all = instances(c, name)?;
     let ctx = c.call_ctx(&primary, &all, false);
     match addon
@@ -289,9 +293,25 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     let current = instances(c, name)?;
     c.db(|s| s.set_cluster_state(name, "updating"))
         .map_err(|e| e.message)?;
+    // Instances an interrupted scale (or create) left half made: never started, or stopped
+    // in their initialization. They go, and the plan is made from what is left.
+    for broken in current
+        .iter()
+        .filter(|i| matches!(i.state.as_str(), "pending" | "initializing") && i.role != "primary")
+    {
+        c.event(
+            name,
+            Some(&broken.name),
+            "warning",
+            "left half made by an interrupted operation; removing it",
+        );
+        remove_instance(c, &cl, broken.clone(), &cr).await?;
+    }
+    let current = instances(c, name)?;
     let (add, remove) = crate::controller::scale_plan(name, &current, replicas);
     for _ in &add {
         add_replica(c, &cl, &cr).await?;
+        crate::ha::failpoint("scale-added").await;
     }
     for victim in remove {
         let Some(v) = instances(c, name)?.into_iter().find(|i| i.name == victim) else {

@@ -584,6 +584,7 @@ async fn roll(
             break;
         }
         done.push(i.name.clone());
+        crate::ha::failpoint("roll-restarted").await;
     }
     if let (None, false, Some(p)) = (&failure, primary_first, &primary) {
         if let Some(to) = done.first() {

@@ -69,53 +69,12 @@ pub async fn adopt(c: &Arc<Controller>) -> usize {
 /// start time), and mark the others for a restart — or, for a dead primary with a live
 /// replica, for a failover. Returns how many instances were re-adopted.
 pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
-    for op in c.db(|s| s.unfinished_ops()).unwrap_or_default() {
-        if op.cluster != cl.name {
-            continue;
-        }
-        if op.kind == "failover" {
-            // A failover must finish: run it again; it continues from what the coordination
-            // store says (an elected candidate is kept, never a second election).
-            let params = c.db(|s| s.op_params(op.id)).unwrap_or_default();
-            let _ = c.db(|s| {
-                s.set_op(
-                    op.id,
-                    OpState::Failed,
-                    Some("the Shoal host stopped during this failover; it was resumed"),
-                )
-            });
-            match c.submit(&op.cluster, "failover", params) {
-                Ok(new) => c.event(
-                    &op.cluster,
-                    None,
-                    "warning",
-                    format!(
-                        "failover (op {}) interrupted by a host restart; resumed as op {}",
-                        op.id, new.id
-                    ),
-                ),
-                Err(e) => c.event(
-                    &op.cluster,
-                    None,
-                    "error",
-                    format!("cannot resume failover: {e}"),
-                ),
-            }
-            continue;
-        }
-        let reason = if op.state == OpState::Running {
-            "the Shoal host stopped during this operation; check `describe` and run it again"
-        } else {
-            "the Shoal host stopped before this operation began; run it again"
-        };
-        let _ = c.db(|s| s.set_op(op.id, OpState::Failed, Some(reason)));
-        c.event(
-            &op.cluster,
-            None,
-            "warning",
-            format!("{} (op {}): {reason}", op.kind, op.id),
-        );
-    }
+    let interrupted: Vec<shoal_api::OpView> = c
+        .db(|s| s.unfinished_ops())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|op| op.cluster == cl.name)
+        .collect();
     // A backup the previous host was taking never completed.
     for mut b in c.db(|s| s.backups(Some(&cl.name))).unwrap_or_default() {
         if b.view.state == "running" {
@@ -172,7 +131,101 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
             }
         }
     }
+    // Then the operations it left unfinished, in the order they were asked for (each runs
+    // after the instances above are settled).
+    for op in &interrupted {
+        settle_interrupted(c, cl, op);
+    }
     adopted
+}
+
+/// What happens to an operation a previous host left unfinished, so that desired state,
+/// observed state and the processes agree again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Run it again from the start: it is idempotent, or continues from what it finds (a
+    /// failover from the coordination store, a scale from the instances there are, a
+    /// configuration change rolls every instance to its target and only then stores it).
+    Finish,
+    /// Take it back: a create that never finished is deleted with what it made.
+    Undo,
+    /// It cannot be repeated by itself (a backup): recorded as failed.
+    Fail,
+}
+
+/// How an interrupted operation of `kind` is settled.
+pub(crate) fn settle_for(kind: &str) -> Settle {
+    match kind {
+        "create" => Settle::Undo,
+        "backup" => Settle::Fail,
+        "failover" | "switchover" | "scale" | "reconfigure" | "password" | "start" | "stop"
+        | "restart" | "rebuild" | "delete" => Settle::Finish,
+        _ => Settle::Fail,
+    }
+}
+
+/// Settle operation `op` of `cl`, which a previous host left pending or running, and say so.
+fn settle_interrupted(c: &Arc<Controller>, cl: &ClusterRow, op: &shoal_api::OpView) {
+    let params = c.db(|s| s.op_params(op.id)).unwrap_or_default();
+    let began = op.state == OpState::Running;
+    let (kind, params, did) = match settle_for(&op.kind) {
+        Settle::Finish => (op.kind.clone(), params, "finishing it"),
+        Settle::Undo => (
+            "delete".to_string(),
+            serde_json::json!({ "purge": true }),
+            "undoing it: the cluster is deleted with what it made; create it again",
+        ),
+        Settle::Fail => {
+            let reason = if began {
+                "the Shoal host stopped during this operation; run it again"
+            } else {
+                "the Shoal host stopped before this operation began; run it again"
+            };
+            let _ = c.db(|s| s.set_op(op.id, OpState::Failed, Some(reason)));
+            c.event(
+                &op.cluster,
+                None,
+                "warning",
+                format!("{} (op {}): {reason}", op.kind, op.id),
+            );
+            return;
+        }
+    };
+    let _ = c.db(|s| {
+        s.set_op(
+            op.id,
+            OpState::Failed,
+            Some(&format!("interrupted by a host restart; {did}")),
+        )
+    });
+    // A create never finished has nothing a user relies on yet; its state says why it goes.
+    if kind == "delete" && op.kind == "create" {
+        let _ = c.db(|s| s.set_cluster_state(&cl.name, "creating"));
+    }
+    let mut params = params;
+    if kind == "switchover" {
+        params["resume"] = serde_json::Value::Bool(true);
+    }
+    match c.submit_resumed(&op.cluster, &kind, params) {
+        Ok(new) => c.event(
+            &op.cluster,
+            None,
+            "warning",
+            format!(
+                "{} (op {}) was interrupted by a host restart; {did} (op {})",
+                op.kind, op.id, new.id
+            ),
+        ),
+        Err(e) => c.event(
+            &op.cluster,
+            None,
+            "error",
+            format!(
+                "{} (op {}) was interrupted by a host restart and cannot be settled: {e}",
+                op.kind, op.id
+            ),
+        ),
+    }
 }
 
 /// A probe unanswered this long (or a whole interval, if longer) counts as a miss at every
