@@ -22,6 +22,8 @@ cleanup() {
         "$shoal" cluster delete "$c" --purge --yes >/dev/null 2>&1 || true
     done
     kill "$serve" 2>/dev/null || true
+    # The stable endpoints' own process outlives the host by design.
+    for p in "$home"/endpoints/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done
     rm -rf "$home"
 }
 trap cleanup EXIT

@@ -73,5 +73,5 @@ Connect:   $uri
 More:      export SHOAL_HOME=$home PATH=$(dirname "$shoal"):\$PATH
            shoal cluster list | describe demo | events demo | logs demo -f
            shoal cluster scale demo --replicas 5 | restart demo | stop demo | start demo
-Clean up:  shoal cluster delete demo --purge --yes; pkill -f 'shoal serve'
+Clean up:  shoal cluster delete demo --purge --yes; pkill -f 'shoal serve'; pkill -f 'shoal endpoints'
 TXT

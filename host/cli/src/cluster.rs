@@ -40,6 +40,23 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct EndpointsArgs {
+    /// Shoal home (default as for `shoal serve`).
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// The host whose endpoints these are.
+    #[arg(long, value_name = "ID")]
+    pub host_id: String,
+}
+
+/// `shoal endpoints`: serve the stable endpoints of `--host-id`'s clusters until killed.
+pub async fn endpoints(args: EndpointsArgs) -> Result<(), Failure> {
+    shoal_control::endpoints::run(home_or_default(&args.home), args.host_id)
+        .await
+        .map_err(Failure::call)
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
     /// Shoal home of the daemon to talk to (default as for `shoal serve`).
     #[arg(long, global = true, value_name = "DIR")]

@@ -42,6 +42,9 @@ enum Command {
     Addon(AddonCommand),
     /// Run the Shoal host (local mode): state, engine processes, supervision, local API.
     Serve(cluster::ServeArgs),
+    /// The stable endpoints' own process (`shoal serve` starts it; not for people).
+    #[command(hide = true)]
+    Endpoints(cluster::EndpointsArgs),
     /// Create and manage clusters (talks to `shoal serve`).
     Cluster(cluster::ClusterArgs),
     /// Backup repositories: a directory or an S3-compatible bucket.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Addon(AddonCommand::Inspect(args)) => inspect::run(*args).await,
             Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
             Command::Serve(args) => cluster::serve(args).await,
+            Command::Endpoints(args) => cluster::endpoints(args).await,
             Command::Cluster(args) => cluster::run(args).await,
             Command::BackupRepo(args) => backup::repo(args).await,
             Command::Backup(args) => backup::backup(args).await,

@@ -154,6 +154,49 @@ fn a_primary_started_by_an_earlier_host_is_rewound_not_copied_after_a_kill() {
 }
 
 #[test]
+fn the_stable_endpoints_keep_serving_while_the_host_is_down() {
+    // Issue 14: killing only `shoal serve` cost up to 5 s of write unavailability, because
+    // the endpoints lived inside it. Their own process outlives it.
+    let mut h = Host::start((25420, 25439));
+    let d = create_cluster(&h, "ep", 2, "  max-lag-on-failover: 64Mi");
+    let rw = rw_port(&d);
+    let pw = password(&h, "ep");
+    let before = endpoint_pids(h.home.path());
+    assert_eq!(before.len(), 1, "one endpoint process: {before:?}");
+    let w = Writer::start(rw, &pw);
+    wait_until(Duration::from_secs(10), "writes", || w.acked().len() >= 50);
+    h.kill_serve();
+    let down = Instant::now();
+    // While no host runs: the writer's session goes on, and new sessions get through.
+    wait_until(Duration::from_secs(10), "writes with the host down", || {
+        w.acked().iter().filter(|(_, t)| *t > down).count() >= 200
+    });
+    let uri = format!("postgresql://postgres:{pw}@127.0.0.1:{rw}/postgres");
+    for _ in 0..5 {
+        psql(&uri, "SELECT 1").expect("a new session through the endpoint, host down");
+    }
+    h.spawn_serve();
+    h.wait_healthy("ep");
+    let acked = w.finish();
+    assert!(lost(&h, "ep", &acked).is_empty(), "nothing acknowledged is lost");
+    assert_eq!(
+        endpoint_pids(h.home.path()),
+        before,
+        "the same endpoint process serves on"
+    );
+    eprintln!(
+        "ep: longest write pause across the host restart {:?}",
+        longest_gap(&acked)
+    );
+    // The host back in charge still re-points the endpoint (a switchover).
+    let old = primary_of(&h.describe("ep")).0;
+    h.ok(&["cluster", "switchover", "ep"]);
+    let d = h.wait_healthy("ep");
+    assert_ne!(primary_of(&d).0, old);
+    eventually(&uri, "SELECT pg_is_in_recovery()", "f");
+}
+
+#[test]
 fn async_mode_failover_reports_its_loss_bound() {
     let h = Host::start((22100, 22199));
     create_cluster(&h, "as", 2, "  max-lag-on-failover: 1Mi");
@@ -376,7 +419,7 @@ fn host_killed_mid_failover(step: &str, wait_for: &str, ports: (u16, u16)) {
     assert_eq!(d["term"], 2, "exactly one election: {d:#}");
     assert_ne!(d["leader"], old.as_str());
     let events = h.ok(&["cluster", "events", "mid"]);
-    assert!(events.contains("resumed as op"), "{events}");
+    assert!(events.contains("interrupted by a host restart; finishing it"), "{events}");
     assert_one_writable_primary(&h, "mid");
     h.wait_healthy("mid");
     eventually(

@@ -240,7 +240,11 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
         ),
         (
             &["--engine", "postgresql", "--replicas", "0"],
-            "replicas must be between 1 and",
+            "0 is not allowed",
+        ),
+        (
+            &["--engine", "postgresql", "--replicas", "17"],
+            "replicas must be between 1 and 16",
         ),
         (
             &["--engine", "postgresql", "--memory", "lots"],

@@ -20,7 +20,8 @@ use shoal_dcs::{Coordinator, Dcs};
 
 use crate::config::HostConfig;
 use crate::engines::{self, Engines};
-use crate::proxy::{Proxy, Routes};
+use crate::endpoints::Endpoints;
+use crate::proxy::Routes;
 use crate::quantity;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, InstanceRow, Store};
@@ -48,8 +49,8 @@ pub struct Controller {
     pub dcs: Dcs,
     /// This host's name in manager leases.
     pub host_id: String,
-    /// Stable read-write / read-only endpoints.
-    pub proxy: Proxy,
+    /// Stable read-write / read-only endpoints, served by a process of their own.
+    pub endpoints: Endpoints,
     /// Wakes the supervisor at once (an engine process exited).
     pub(crate) wake: tokio::sync::Notify,
     /// Processes with an exit watcher.
@@ -145,8 +146,8 @@ impl Controller {
         let host_id = cfg.ha.host_id(&home);
         Ok(Arc::new(Controller {
             dcs,
+            endpoints: Endpoints::new(&home, &host_id),
             host_id,
-            proxy: Proxy::default(),
             wake: tokio::sync::Notify::new(),
             watched: Mutex::new(Default::default()),
             home,
@@ -904,13 +905,15 @@ impl Controller {
     pub(crate) async fn refresh_routes(&self, cluster: &str) {
         // Only the managing host serves a cluster's endpoints.
         if !self.manages(cluster) {
-            self.proxy.remove(cluster);
+            if let Err(e) = self.endpoints.remove(cluster).await {
+                tracing::warn!(cluster, "stable endpoints: {e}");
+            }
             return;
         }
         let Ok((Some(rw), Some(ro))) = self.db(|s| s.endpoints(cluster)) else {
             return;
         };
-        if let Err(e) = self.proxy.ensure(cluster, "127.0.0.1", rw, ro).await {
+        if let Err(e) = self.endpoints.ensure(cluster, "127.0.0.1", rw, ro).await {
             self.event(
                 cluster,
                 None,
@@ -939,7 +942,14 @@ impl Controller {
                 .filter_map(addr)
                 .collect(),
         };
-        self.proxy.set_routes(cluster, routes);
+        if let Err(e) = self.endpoints.set_routes(cluster, routes).await {
+            self.event(
+                cluster,
+                None,
+                "warning",
+                format!("stable endpoints not re-pointed: {e}"),
+            );
+        }
     }
 
     pub fn events(&self, name: &str, limit: u32) -> Result<Vec<EventView>, ApiError> {

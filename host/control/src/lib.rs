@@ -9,7 +9,9 @@
 //! * [`backups`]: backup repositories, the backup operation, verification, restores.
 //! * [`restore_test`]: restoring a backup into a throwaway instance to prove it restores.
 //! * [`ha`]: failover, switchover, rebuild, synchronous replication; leases in `shoal-dcs`.
-//! * [`proxy`]: the stable read-write / read-only endpoints.
+//! * [`proxy`]: the stable read-write / read-only endpoints (the relaying).
+//! * [`endpoints`]: the process that serves them, apart from the host's, and the host's
+//!   handle on it.
 //! * `node`: one instance: directories, config files, init, process, readiness.
 //! * [`supervisor`]: re-adoption at start, probes, restarts with backoff.
 //! * [`server`]: the local API over a Unix socket.
@@ -22,6 +24,7 @@ pub mod archive;
 pub mod backups;
 pub mod config;
 pub mod controller;
+pub mod endpoints;
 pub mod engines;
 pub mod ha;
 mod node;

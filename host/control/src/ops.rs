@@ -496,7 +496,9 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
                 .await;
         }
     }
-    c.proxy.remove(name);
+    if let Err(e) = c.endpoints.remove(name).await {
+        c.event(name, None, "warning", format!("stable endpoints: {e}"));
+    }
     if let Err(e) = c.dcs.forget(name).await {
         c.event(name, None, "warning", format!("coordination store: {e}"));
     }

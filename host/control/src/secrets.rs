@@ -115,11 +115,17 @@ pub fn save(home: &Path, cluster: &str, s: &ClusterSecrets) -> std::io::Result<(
 /// Write `body` to `p` in `<home>/secrets` (0700): mode 0600, synced, renamed into place.
 /// Concurrent writers of one file never share a temporary file: the last rename wins whole.
 pub fn write_private(home: &Path, p: &Path, body: &[u8]) -> std::io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(home.join("secrets"))?;
+    write_private_at(p, body)
+}
+
+/// Write `body` to `p` (its directory made 0700 if missing): mode 0600, synced, renamed into
+/// place; concurrent writers never share a temporary file.
+pub fn write_private_at(p: &Path, body: &[u8]) -> std::io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     if let Some(parent) = p.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -297,6 +297,16 @@ struct Probe {
 pub async fn run(c: Arc<Controller>) {
     let interval = Duration::from_millis(c.cfg.probe_interval_ms);
     let mut mem = Memory::default();
+    // The endpoint process may serve clusters deleted while no host ran.
+    let names: Vec<String> = c
+        .db(|s| s.clusters())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|cl| cl.name)
+        .collect();
+    if let Err(e) = c.endpoints.retain(names).await {
+        tracing::error!("stable endpoints: {e}");
+    }
     for cl in c.db(|s| s.clusters()).unwrap_or_default() {
         c.refresh_routes(&cl.name).await;
     }
@@ -375,7 +385,9 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                             c.host_id
                         ),
                     );
-                    c.proxy.remove(&cl.name);
+                    if let Err(e) = c.endpoints.remove(&cl.name).await {
+                        tracing::warn!(cluster = %cl.name, "stable endpoints: {e}");
+                    }
                     for i in c.db(|s| s.instances(&cl.name)).unwrap_or_default() {
                         c.drop_live(&cl.name, &i.name);
                         mem.misses.remove(&(cl.name.clone(), i.name.clone()));

@@ -287,8 +287,25 @@ impl Drop for Host {
                 libc::kill(-(pid as i32), libc::SIGKILL);
             }
         }
+        for pid in endpoint_pids(self.home.path()) {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
         remove_cluster_users(self.home.path());
     }
+}
+
+/// The endpoint processes of `home` (every host's), by their pid files.
+pub fn endpoint_pids(home: &Path) -> Vec<u32> {
+    std::fs::read_dir(home.join("endpoints"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
 }
 
 /// The OS users of the clusters of `home` (`shoal-<6 hex of the home>-<uid>`).
