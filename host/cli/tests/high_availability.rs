@@ -178,7 +178,10 @@ fn the_stable_endpoints_keep_serving_while_the_host_is_down() {
     h.spawn_serve();
     h.wait_healthy("ep");
     let acked = w.finish();
-    assert!(lost(&h, "ep", &acked).is_empty(), "nothing acknowledged is lost");
+    assert!(
+        lost(&h, "ep", &acked).is_empty(),
+        "nothing acknowledged is lost"
+    );
     assert_eq!(
         endpoint_pids(h.home.path()),
         before,
@@ -419,7 +422,10 @@ fn host_killed_mid_failover(step: &str, wait_for: &str, ports: (u16, u16)) {
     assert_eq!(d["term"], 2, "exactly one election: {d:#}");
     assert_ne!(d["leader"], old.as_str());
     let events = h.ok(&["cluster", "events", "mid"]);
-    assert!(events.contains("interrupted by a host restart; finishing it"), "{events}");
+    assert!(
+        events.contains("interrupted by a host restart; finishing it"),
+        "{events}"
+    );
     assert_one_writable_primary(&h, "mid");
     h.wait_healthy("mid");
     eventually(

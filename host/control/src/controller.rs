@@ -19,8 +19,8 @@ use shoal_runtime::{AddonRuntime, CallContext, LiveInstance, LoadedAddon};
 use shoal_dcs::{Coordinator, Dcs};
 
 use crate::config::HostConfig;
-use crate::engines::{self, Engines};
 use crate::endpoints::Endpoints;
+use crate::engines::{self, Engines};
 use crate::proxy::Routes;
 use crate::quantity;
 use crate::secrets;

@@ -119,8 +119,8 @@ pub async fn run(home: PathBuf, id: String) -> Result<(), String> {
         }
         std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     std::fs::write(pid_path(&home, &id), format!("{}\n", std::process::id()))
         .map_err(|e| format!("cannot write the pid file: {e}"))?;
     let proxy = Arc::new(Proxy::default());
@@ -220,18 +220,14 @@ async fn apply(
         }
         Command::Routes { cluster, rw, ro } => match st.clusters.get_mut(&cluster) {
             Some(s) => {
-                proxy.set_routes(
-                    &cluster,
-                    Routes {
-                        rw,
-                        ro: ro.clone(),
-                    },
-                );
+                proxy.set_routes(&cluster, Routes { rw, ro: ro.clone() });
                 s.rw = rw;
                 s.ro = ro;
                 Ok(())
             }
-            None => Err(format!("no endpoints of {cluster} here (ensure them first)")),
+            None => Err(format!(
+                "no endpoints of {cluster} here (ensure them first)"
+            )),
         },
         Command::Remove { cluster } => {
             proxy.remove(&cluster);
@@ -284,7 +280,12 @@ struct Sent {
 pub struct Endpoints {
     home: PathBuf,
     id: String,
-    conn: tokio::sync::Mutex<Option<(BufReader<tokio::net::unix::OwnedReadHalf>, tokio::net::unix::OwnedWriteHalf)>>,
+    conn: tokio::sync::Mutex<
+        Option<(
+            BufReader<tokio::net::unix::OwnedReadHalf>,
+            tokio::net::unix::OwnedWriteHalf,
+        )>,
+    >,
     /// What was sent, per cluster; forgotten whenever the connection is new.
     sent: std::sync::Mutex<BTreeMap<String, Sent>>,
     /// The clusters the process said it serves in its last answer (none yet: unknown).
@@ -436,7 +437,11 @@ impl Endpoints {
     async fn release_elsewhere(&self, cluster: &str) -> usize {
         let own = socket_path(&self.home, &self.id);
         let mut released = 0;
-        for e in std::fs::read_dir(dir(&self.home)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(dir(&self.home))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let p = e.path();
             if p == own || p.extension().is_none_or(|x| x != "sock") {
                 continue;
