@@ -41,8 +41,11 @@ struct EngineBench {
     lost: fn(port: u16, password: &str, acked: &[(u64, Instant)]) -> usize,
     /// Fill the server at `port` with about `mib` MiB.
     load: fn(port: u16, password: &str, mib: u64),
-    /// A shell command writing the engine's own full dump of the server at `port` to stdout.
-    raw_dump: fn(port: u16, password: &str) -> String,
+    /// A shell command writing the engine's own full dump of the server at `port` to stdout,
+    /// as the platform account, whose password it finds in `SECRET_ENV` (never in argv).
+    raw_dump: fn(port: u16) -> String,
+    /// The environment variable the raw dump's tool reads the password from.
+    secret_env: &'static str,
     /// What the raw dump is, for the report.
     raw_label: &'static str,
 }
@@ -74,12 +77,13 @@ const REDIS: EngineBench = EngineBench {
             .expect("redis-benchmark (apt-get install redis-tools)");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     },
-    raw_dump: |port, pw| {
+    raw_dump: |port| {
         format!(
-            "REDISCLI_AUTH={pw} redis-cli -h 127.0.0.1 -p {port} --user default \
-             --no-auth-warning --rdb - 2>/dev/null"
+            "redis-cli -h 127.0.0.1 -p {port} --user shoal --no-auth-warning --rdb - \
+             2>/dev/null"
         )
     },
+    secret_env: "REDISCLI_AUTH",
     raw_label: "redis-cli --rdb -",
 };
 
@@ -122,13 +126,13 @@ const MARIADB: EngineBench = EngineBench {
             from = to + 1;
         }
     },
-    raw_dump: |port, pw| {
+    raw_dump: |port| {
         format!(
-            "MYSQL_PWD={pw} mariadb-backup --no-defaults --backup --stream=xbstream \
-             --parallel=2 --host=127.0.0.1 --port={port} --user=shoal --target-dir=/tmp \
-             2>/dev/null"
+            "mariadb-backup --no-defaults --backup --stream=xbstream --parallel=2 \
+             --host=127.0.0.1 --port={port} --user=shoal --target-dir=/tmp 2>/dev/null"
         )
     },
+    secret_env: "MYSQL_PWD",
     raw_label: "mariadb-backup --stream",
 };
 
@@ -341,9 +345,13 @@ fn ports_of(d: &serde_json::Value, primary: &str) -> (String, u16) {
 }
 
 /// Run `sh -c script`; the seconds it took, or None on failure.
-fn timed_sh(script: &str) -> Option<f64> {
+fn timed_sh(script: &str, env: (&str, &str)) -> Option<f64> {
     let t = Instant::now();
-    let o = Command::new("sh").args(["-c", script]).output().ok()?;
+    let o = Command::new("sh")
+        .args(["-c", script])
+        .env(env.0, env.1)
+        .output()
+        .ok()?;
     if !o.status.success() {
         eprintln!(
             "failed: {script}: {}",
@@ -385,14 +393,19 @@ fn backups(e: &EngineBench, ports: (u16, u16), mib: u64, rounds: usize) {
         "--path",
         repo.to_str().unwrap_or_default(),
     ]);
-    let raw_cmd = (e.raw_dump)(port as u16, &pw);
+    let raw_cmd = (e.raw_dump)(port as u16);
+    let secret = (e.secret_env, h.platform_password(name));
+    let secret = (secret.0, secret.1.as_str());
     let (mut raw, mut pipe, mut shoal) = (vec![], vec![], vec![]);
     let (mut size, mut last_id) = (0u64, String::new());
     for r in 0..rounds {
-        if let Some(t) = timed_sh(&format!("{raw_cmd} > /dev/null")) {
+        if let Some(t) = timed_sh(&format!("{raw_cmd} > /dev/null"), secret) {
             raw.push(t);
         }
-        if let Some(t) = timed_sh(&format!("{raw_cmd} | zstd -1 -q | sha256sum > /dev/null")) {
+        if let Some(t) = timed_sh(
+            &format!("{raw_cmd} | zstd -1 -q | sha256sum > /dev/null"),
+            secret,
+        ) {
             pipe.push(t);
         }
         let t = Instant::now();
@@ -433,10 +446,13 @@ fn backups(e: &EngineBench, ports: (u16, u16), mib: u64, rounds: usize) {
     let object = repo.join(b["objects"][0]["key"].as_str().unwrap_or_default());
     let (mut pipe_r, mut shoal_r) = (vec![], vec![]);
     for r in 0..rounds {
-        if let Some(t) = timed_sh(&format!(
-            "sha256sum {o} > /dev/null & zstd -dc -q {o} > /dev/null; wait",
-            o = object.display()
-        )) {
+        if let Some(t) = timed_sh(
+            &format!(
+                "sha256sum {o} > /dev/null & zstd -dc -q {o} > /dev/null; wait",
+                o = object.display()
+            ),
+            ("SHOAL_BENCH", "1"),
+        ) {
             pipe_r.push(t);
         }
         let restored = format!("restored-{r}");

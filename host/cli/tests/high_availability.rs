@@ -343,6 +343,8 @@ fn a_hung_primary_is_fenced_and_failed_over_and_never_writes_again() {
     assert_eq!(d["term"], 2);
     let events = h.ok(&["cluster", "events", "hung"]);
     assert!(events.contains("consecutive probes failed"), "{events}");
+    // A probe that times out says so (WASI reported it as "os error 29", an I/O error).
+    assert!(!events.contains("os error 29"), "{events}");
     // Whatever answers on the old port now is a read-only replica.
     h.wait_healthy("hung");
     let r = psql(

@@ -129,6 +129,17 @@ fn no_cluster_reaches_another_cluster_or_the_host() {
         );
     }
     assert!(!nobody_reads(&pb_log));
+    // Another local user cannot drive the daemon, and is told why (not "start it").
+    let o = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .args(["cluster", "list"])
+        .env("SHOAL_HOME", &home)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("owner's alone"), "{err}");
 
     // --- from PostgreSQL: the superuser of pa ---
     let uri = h.uri("pa");

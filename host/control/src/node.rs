@@ -561,7 +561,8 @@ impl Controller {
             ),
             Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
         };
-        if pid.stop(signal, grace).await {
+        let killed = pid.stop(signal, grace).await;
+        if killed {
             self.event(
                 &c.name,
                 Some(&i.name),
@@ -569,8 +570,10 @@ impl Controller {
                 format!("did not stop within {grace:?}; killed"),
             );
         }
-        // Gone from the kernel before anything touches its data directory.
-        if !pid.wait_gone(crate::ha::GONE_WITHIN).await {
+        // Killed, it left its lock files: gone from the kernel (a zombie of an earlier host
+        // lingers until init reaps it) before anything reads them. A clean stop removed its
+        // own, and a planned switchover should not wait on init.
+        if killed && !pid.wait_gone(crate::ha::GONE_WITHIN).await {
             self.event(
                 &c.name,
                 Some(&i.name),
