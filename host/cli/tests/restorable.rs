@@ -54,8 +54,10 @@ fn nothing_left(h: &Host) {
         .filter(|n| !n.ends_with(".log"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // This host's throwaway servers only (the other test runs its own meanwhile).
     let procs = std::process::Command::new("pgrep")
-        .args(["-f", "restore-test-"])
+        .arg("-f")
+        .arg(tests.display().to_string())
         .output()
         .unwrap();
     assert!(
