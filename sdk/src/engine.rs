@@ -259,15 +259,20 @@ impl HookError {
 /// (shown as "I/O error (os error 29)", which says nothing to a reader).
 const WASI_EIO: i32 = 29;
 
-impl From<std::io::Error> for HookError {
-    fn from(e: std::io::Error) -> Self {
+/// Whether `e` is the `EIO` WASI reports for a socket connect, read or write past its timeout.
+pub(crate) fn is_wasi_timeout(e: &std::io::Error) -> bool {
+    cfg!(target_os = "wasi") && e.raw_os_error() == Some(WASI_EIO)
+}
+
+/// The message a timed-out socket operation carries instead of WASI's "os error 29".
+pub(crate) const NO_ANSWER_IN_TIME: &str =
+    "no answer in time (timed out: the server is frozen, overloaded or unreachable)";
+
+impl From<&std::io::Error> for HookError {
+    fn from(e: &std::io::Error) -> Self {
         use std::io::ErrorKind::*;
-        if cfg!(target_os = "wasi") && e.raw_os_error() == Some(WASI_EIO) {
-            return HookError::Retryable(
-                "no answer in time (timed out: the server is frozen, overloaded or \
-                 unreachable)"
-                    .into(),
-            );
+        if is_wasi_timeout(e) {
+            return HookError::Retryable(NO_ANSWER_IN_TIME.into());
         }
         match e.kind() {
             ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | WouldBlock
@@ -275,6 +280,12 @@ impl From<std::io::Error> for HookError {
             PermissionDenied => HookError::Failed(format!("denied by the sandbox: {e}")),
             _ => HookError::Failed(e.to_string()),
         }
+    }
+}
+
+impl From<std::io::Error> for HookError {
+    fn from(e: std::io::Error) -> Self {
+        HookError::from(&e)
     }
 }
 

@@ -124,7 +124,7 @@ pub fn native_password_hash(password: &str) -> String {
 impl From<MyError> for HookError {
     fn from(e: MyError) -> Self {
         match &e {
-            MyError::Io(io) => HookError::from(io::Error::new(io.kind(), io.to_string())),
+            MyError::Io(io) => HookError::from(io),
             MyError::Server {
                 code: 1040 | 1053 | 1205 | 1213 | 1927 | 2013,
                 ..
@@ -549,6 +549,12 @@ impl MyConn {
     /// `e` with the peer named, and a read timeout (`WouldBlock` on Unix) as `TimedOut`.
     fn io_error(&self, doing: &str, e: io::Error) -> io::Error {
         let peer = &self.peer;
+        if crate::engine::is_wasi_timeout(&e) {
+            return io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{doing} {peer}: {}", crate::engine::NO_ANSWER_IN_TIME),
+            );
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
                 io::ErrorKind::TimedOut,

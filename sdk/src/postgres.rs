@@ -83,7 +83,7 @@ pub fn scram_verifier(password: &str) -> String {
 impl From<PgError> for HookError {
     fn from(e: PgError) -> Self {
         match &e {
-            PgError::Io(io) => HookError::from(io::Error::new(io.kind(), io.to_string())),
+            PgError::Io(io) => HookError::from(io),
             PgError::Server { code, .. }
                 if code.starts_with("57P") || code == "53300" || code.starts_with("08") =>
             {
