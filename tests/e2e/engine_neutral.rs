@@ -17,6 +17,7 @@ const ENGINE_WORDS: &[&str] = &[
     "innodb",
     "memcached",
     "mongo",
+    "zookeeper",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

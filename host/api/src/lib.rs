@@ -848,7 +848,15 @@ pub struct ClusterView {
     /// The last operation.
     pub last_op: Option<OpView>,
     pub ha: HaSpec,
-    /// The elected leader and its term (the fencing token), from the coordination store.
+    /// How it is kept available: "primary-replica" (Shoal elects, fences, promotes) or
+    /// "quorum" (the engine elects its leader).
+    #[serde(default)]
+    pub topology: String,
+    /// A quorum's state in one line: "quorum 3/3, leader etcd-1".
+    #[serde(default)]
+    pub quorum: Option<String>,
+    /// The elected leader and its term (the fencing token), from the coordination store; in
+    /// a quorum, the engine's leader and term as its members report them.
     pub leader: Option<String>,
     pub term: Option<u64>,
     /// The Shoal host whose manager lease of this cluster is live: the one that acts on it.

@@ -957,20 +957,26 @@ fn describe_text(c: &ClusterView) -> String {
     ));
     s.push_str(&format!("State:       {}\n", c.state));
     s.push_str(&format!("Replicas:    {}\n", c.replicas));
-    s.push_str(&format!(
-        "HA:          {} replication{}, max-lag-on-failover {}, auto-failover {}\n",
-        match c.ha.mode {
-            shoal_api::ReplicationMode::Async => "async",
-            shoal_api::ReplicationMode::Sync => "sync",
-        },
-        if c.ha.mode == shoal_api::ReplicationMode::Sync {
-            format!(" (quorum {})", c.ha.sync_quorum)
-        } else {
-            String::new()
-        },
-        c.ha.max_lag_on_failover,
-        if c.ha.auto_failover { "on" } else { "off" }
-    ));
+    if let Some(q) = &c.quorum {
+        s.push_str(&format!(
+            "HA:          {q} (the engine elects its leader; Shoal routes and restarts)\n"
+        ));
+    } else {
+        s.push_str(&format!(
+            "HA:          {} replication{}, max-lag-on-failover {}, auto-failover {}\n",
+            match c.ha.mode {
+                shoal_api::ReplicationMode::Async => "async",
+                shoal_api::ReplicationMode::Sync => "sync",
+            },
+            if c.ha.mode == shoal_api::ReplicationMode::Sync {
+                format!(" (quorum {})", c.ha.sync_quorum)
+            } else {
+                String::new()
+            },
+            c.ha.max_lag_on_failover,
+            if c.ha.auto_failover { "on" } else { "off" }
+        ));
+    }
     s.push_str(&format!(
         "Leader:      {}\n",
         match (&c.leader, c.term) {

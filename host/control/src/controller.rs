@@ -25,6 +25,7 @@ use crate::proxy::Routes;
 use crate::quantity;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, InstanceRow, Store};
+use crate::topology::{family, Family};
 
 /// The running host.
 pub struct Controller {
@@ -467,7 +468,11 @@ impl Controller {
             .map(|t| t.max_members)
             .max()
             .unwrap_or(1);
-        if spec.replicas == 0 || spec.replicas > max {
+        if let Some(q) = crate::topology::quorum_topology(m).filter(|_| family(m) == Family::Quorum)
+        {
+            crate::topology::check_size(&spec.engine, spec.replicas, q.min_members, q.max_members)
+                .map_err(ApiError::invalid)?;
+        } else if spec.replicas == 0 || spec.replicas > max {
             return Err(ApiError::invalid(format!(
                 "replicas must be between 1 and {max} for {} (got {})",
                 spec.engine, spec.replicas
@@ -601,6 +606,15 @@ impl Controller {
         roles: &[&str],
     ) -> Result<(), ApiError> {
         let search = engines::binaries(&self.cfg, addon, version);
+        let draft_ports: Vec<wit::NamedPort> = addon
+            .manifest()
+            .ports
+            .iter()
+            .map(|p| wit::NamedPort {
+                name: p.name.clone(),
+                port: 1,
+            })
+            .collect();
         for role in roles {
             let draft = wit::Instance {
                 cluster: "check".into(),
@@ -611,15 +625,7 @@ impl Controller {
                     host: "127.0.0.1".into(),
                     port: 1,
                 },
-                ports: addon
-                    .manifest()
-                    .ports
-                    .iter()
-                    .map(|p| wit::NamedPort {
-                        name: p.name.clone(),
-                        port: 1,
-                    })
-                    .collect(),
+                ports: draft_ports.clone(),
                 data_dir: Some("/nonexistent/data".into()),
                 config_dir: Some("/nonexistent/config".into()),
                 archive_dir: None,
@@ -641,7 +647,7 @@ impl Controller {
                     host: "127.0.0.1".into(),
                     port: 2,
                 },
-                ports: vec![],
+                ports: draft_ports.clone(),
                 role: Some("primary".into()),
                 healthy: true,
             }];
@@ -693,7 +699,9 @@ impl Controller {
                 spec.name
             )));
         }
-        let roles: &[&str] = if spec.replicas > 1 {
+        let roles: &[&str] = if crate::topology::family(addon.manifest()) == Family::Quorum {
+            &[crate::topology::MEMBER]
+        } else if spec.replicas > 1 {
             &["primary", "replica"]
         } else {
             &["primary"]
@@ -790,6 +798,13 @@ impl Controller {
             .db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
         let addon = self.addon(&c.engine)?;
+        if family(addon.manifest()) == Family::Quorum {
+            return Err(ApiError::invalid(format!(
+                "{} runs {} as a quorum of {} members; changing the member count (one \
+                 member-join or member-leave at a time) is not built yet",
+                c.name, c.engine, c.spec.replicas
+            )));
+        }
         let max = addon
             .manifest()
             .topologies
@@ -875,6 +890,19 @@ impl Controller {
         // The coordination store may be unreachable (etcd down): describe still answers.
         let leader = self.dcs.leader(&c.name).await.ok().flatten();
         let manager = self.dcs.manager(&c.name).await.ok().flatten();
+        let family = self
+            .addon(&c.engine)
+            .map(|a| family(a.manifest()))
+            .unwrap_or(Family::PrimaryReplica);
+        // A quorum's leader and term are the engine's, as its members' probes report them.
+        let quorum = crate::topology::state_of(&instances).filter(|_| family == Family::Quorum);
+        let (leader, term) = match &quorum {
+            Some(q) => (q.leader.clone(), q.term),
+            None => (
+                leader.as_ref().map(|(l, _)| l.holder.clone()),
+                leader.as_ref().map(|(l, _)| l.term),
+            ),
+        };
         Ok(ClusterView {
             uid: c.uid,
             os_user: c.os_user.clone(),
@@ -891,8 +919,10 @@ impl Controller {
             created_unix_ms: c.created_ms,
             last_op,
             ha: c.spec.ha.clone(),
-            leader: leader.as_ref().map(|(l, _)| l.holder.clone()),
-            term: leader.as_ref().map(|(l, _)| l.term),
+            topology: family.to_string(),
+            quorum: quorum.map(|q| q.to_string()),
+            leader,
+            term,
             manager,
             read_write: rw.map(|p| format!("127.0.0.1:{p}")),
             read_only: ro.map(|p| format!("127.0.0.1:{p}")),
@@ -929,16 +959,20 @@ impl Controller {
         };
         let serving =
             |i: &&InstanceRow| i.state == "running" && i.process.is_some_and(|p| p.is_running());
+        // The writer: the elected primary, or in a quorum the member whose last healthy
+        // probe said it leads (the engine elects it).
+        let leader = crate::topology::state_of(&all).and_then(|q| q.leader);
+        let writes = |i: &InstanceRow| i.role == "primary" || leader.as_deref() == Some(&i.name);
         let routes = Routes {
             rw: all
                 .iter()
                 .filter(serving)
-                .find(|i| i.role == "primary")
+                .find(|i| writes(i))
                 .and_then(addr),
             ro: all
                 .iter()
                 .filter(serving)
-                .filter(|i| i.role != "primary" && i.health == "healthy")
+                .filter(|i| !writes(i) && i.health == "healthy")
                 .filter_map(addr)
                 .collect(),
         };

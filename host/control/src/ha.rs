@@ -90,6 +90,10 @@ impl Controller {
         let c = self
             .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        self.refuse_for_quorum(
+            &c,
+            "no switchover (the engine elects its leader; Shoal never promotes in a quorum)",
+        )?;
         let all = self.db(|s| s.instances(name))?;
         if all.len() < 2 {
             return Err(ApiError::invalid(format!(
@@ -134,8 +138,13 @@ impl Controller {
 
     /// Validate and queue a rebuild of replica `instance`.
     pub fn rebuild(self: &Arc<Self>, name: &str, instance: &str) -> Result<OpView, ApiError> {
-        self.db(|s| s.cluster(name))?
+        let c = self
+            .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        self.refuse_for_quorum(
+            &c,
+            "no rebuild from a primary (replacing a quorum member is not built yet)",
+        )?;
         let all = self.db(|s| s.instances(name))?;
         let i = all.iter().find(|i| i.name == instance).ok_or_else(|| {
             ApiError::not_found(format!("cluster {name} has no instance {instance:?}"))
@@ -154,6 +163,20 @@ impl Controller {
             )));
         }
         self.submit(name, "rebuild", serde_json::json!({ "instance": instance }))
+    }
+}
+
+impl Controller {
+    /// Refuse `what` for a quorum cluster, naming the rule.
+    pub(crate) fn refuse_for_quorum(&self, c: &ClusterRow, what: &str) -> Result<(), ApiError> {
+        let addon = self.addon(&c.engine)?;
+        if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
+            return Err(ApiError::invalid(format!(
+                "{} runs {} as a quorum: {what}",
+                c.name, c.engine
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -37,6 +37,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod topology;
 
 pub use config::{default_home, HostConfig};
 pub use controller::Controller;

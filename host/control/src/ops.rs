@@ -11,6 +11,7 @@ use shoal_dcs::Coordinator;
 use crate::controller::Controller;
 use crate::secrets::{self, Credentials};
 use crate::store::{ClusterRow, Desired, InstanceRow};
+use crate::topology::{self, Family};
 
 /// Run operation `id` (waits for the cluster's earlier operations first).
 pub async fn run(c: Arc<Controller>, id: i64) {
@@ -230,6 +231,15 @@ async fn create(
     };
     let cr = all_secrets.platform().clone();
     c.prepare_cluster_dir(&cl)?;
+    if topology::family(addon.manifest()) == Family::Quorum {
+        if restore.is_some() {
+            return Err(format!(
+                "{} has no backup methods to restore a quorum from",
+                cl.engine
+            ));
+        }
+        return create_quorum(c, &cl, &cr).await;
+    }
     let mut primary = add_instance(c, &cl, "primary")?;
     let before_start = match restore {
         Some((id, _)) => crate::backups::restores_before_start(c, id)?,
@@ -285,6 +295,74 @@ async fn create(
     c.db(|s| s.set_cluster_state(name, "running"))
         .map_err(|e| e.message)?;
     Ok(())
+}
+
+/// Create a quorum: every member allocated first (each starts knowing all the others), all
+/// started together (no member can elect a leader alone), then `post-provision` once on the
+/// member that leads. The host records no leader: the engine elects it, and the probes say
+/// who it is.
+async fn create_quorum(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let mut rows = Vec::new();
+    for _ in 0..cl.spec.replicas {
+        rows.push(add_instance(c, cl, topology::MEMBER)?);
+    }
+    let all = instances(c, &cl.name)?;
+    for (name, result) in bring_up_together(c, cl, rows, &all, cr).await {
+        result.map_err(|e| format!("{name}: {e}"))?;
+    }
+    crate::ha::failpoint("create-primary-up").await;
+    let all = instances(c, &cl.name)?;
+    let first = all
+        .iter()
+        .find(|i| i.writable == Some(true))
+        .or_else(|| all.first())
+        .ok_or("the quorum has no members")?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let ctx = c.call_ctx(first, &all, false);
+    match addon
+        .call(&ctx)
+        .post_provision(
+            &c.wit_instance(cl, first, cr, false),
+            &Controller::members_of(first, &all),
+        )
+        .await
+    {
+        Ok(()) => c.event(&cl.name, Some(&first.name), "info", "post-provision done"),
+        Err(e) if e.is_unsupported() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Bring `rows` up at the same time (the members of a quorum wait for each other to elect a
+/// leader before any is ready); each one's name and outcome.
+pub(crate) async fn bring_up_together(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    rows: Vec<InstanceRow>,
+    all: &[InstanceRow],
+    cr: &Credentials,
+) -> Vec<(String, Result<(), String>)> {
+    let mut set = tokio::task::JoinSet::new();
+    for mut row in rows {
+        let (c, cl, all, cr) = (c.clone(), cl.clone(), all.to_vec(), cr.clone());
+        set.spawn(async move {
+            let r = c.bring_up(&cl, &mut row, &all, &cr).await;
+            (row.name, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        out.push(done.unwrap_or_else(|e| (String::from("?"), Err(format!("bring-up task: {e}")))));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), String> {
@@ -424,10 +502,28 @@ async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Start every instance: the primary first.
+/// Start every instance: the primary first; the members of a quorum all at once.
 async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    if topology::family(addon.manifest()) == Family::Quorum {
+        let mut down = Vec::new();
+        for mut i in instances(c, name)? {
+            i.desired = Desired::Running;
+            c.save(&i);
+            if !i.process.is_some_and(|p| p.is_running()) {
+                down.push(i);
+            }
+        }
+        let all = instances(c, name)?;
+        for (member, result) in bring_up_together(c, &cl, down, &all, &cr).await {
+            result.map_err(|e| format!("{member}: {e}"))?;
+        }
+        c.db(|s| s.set_cluster_state(name, "running"))
+            .map_err(|e| e.message)?;
+        return Ok(());
+    }
     let mut order = instances(c, name)?;
     order.sort_by_key(|i| (i.role != "primary", i.ordinal));
     for i in order {

@@ -17,6 +17,7 @@ use crate::controller::Controller;
 use crate::ha;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, Desired, InstanceRow};
+use crate::topology::{self, Family};
 
 /// Store what a probe said on the row.
 pub(crate) fn record_probe(i: &mut InstanceRow, r: &wit::RoleReport) {
@@ -413,6 +414,12 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             continue;
         };
         let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+        // The members of a quorum that must come back wait for each other: restarted
+        // together after this loop.
+        let quorum = c
+            .addon(&cl.engine)
+            .is_ok_and(|a| topology::family(a.manifest()) == Family::Quorum);
+        let mut together = Vec::new();
         for i in all
             .iter()
             .filter(|i| i.role != "primary" || i.state != "running")
@@ -487,26 +494,18 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                     row.restarts
                 ),
             );
-            match c.bring_up(&cl, &mut row, &all, &creds).await {
-                Ok(()) => {
-                    mem.backoff.remove(&key);
-                }
-                Err(e) => {
-                    let b = mem.backoff.entry(key).or_insert(Backoff {
-                        next: Instant::now(),
-                        delay: Duration::from_secs(1),
-                    });
-                    b.next = Instant::now() + b.delay;
-                    c.event(
-                        &cl.name,
-                        Some(&row.name),
-                        "error",
-                        format!("restart failed, next try in {:?}: {e}", b.delay),
-                    );
-                    b.delay = (b.delay * 2).min(Duration::from_secs(60));
-                    row.state = "crashed".into();
-                    c.save(&row);
-                }
+            if quorum {
+                together.push(row);
+                continue;
+            }
+            let result = c.bring_up(&cl, &mut row, &all, &creds).await;
+            restarted(c, mem, &cl.name, &row.name, result);
+        }
+        if !together.is_empty() {
+            for (name, result) in
+                crate::ops::bring_up_together(c, &cl, together, &all, &creds).await
+            {
+                restarted(c, mem, &cl.name, &name, result);
             }
         }
         drop(guard);
@@ -564,6 +563,42 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     refresh_cluster_states(c);
     crate::backups::fire_schedules(c);
     crate::archive::kick_archiver(c);
+}
+
+/// Book a restart's outcome: forget the backoff, or double it and say when the next try is.
+fn restarted(
+    c: &Arc<Controller>,
+    mem: &mut Memory,
+    cluster: &str,
+    instance: &str,
+    result: Result<(), String>,
+) {
+    let key = (cluster.to_string(), instance.to_string());
+    let Err(e) = result else {
+        mem.backoff.remove(&key);
+        return;
+    };
+    let b = mem.backoff.entry(key).or_insert(Backoff {
+        next: Instant::now(),
+        delay: Duration::from_secs(1),
+    });
+    b.next = Instant::now() + b.delay;
+    c.event(
+        cluster,
+        Some(instance),
+        "error",
+        format!("restart failed, next try in {:?}: {e}", b.delay),
+    );
+    b.delay = (b.delay * 2).min(Duration::from_secs(60));
+    if let Some(mut row) = c
+        .db(|s| s.instances(cluster))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i.name == instance)
+    {
+        row.state = "crashed".into();
+        c.save(&row);
+    }
 }
 
 /// Book a finished probe task: forget it as in flight and keep its result.

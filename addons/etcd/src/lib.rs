@@ -1,0 +1,685 @@
+//! Shoal addon for etcd: a quorum cluster. etcd elects its own leader (Raft); Shoal starts the
+//! members with the full member list, probes each for its role, term and the engine's own view
+//! of the membership, routes the read-write endpoint to the leader, and restarts members that
+//! crash. Shoal never promotes or fences here: `promote`, `demote`, `switchover` and
+//! `rebuild` are not this addon's business and stay unsupported.
+//!
+//! Everything goes through etcd's JSON gateway on the client port (`/v3/...`), so the addon
+//! needs no etcdctl inside the sandbox. Accounts: the platform account `shoal` and the users'
+//! `root` both hold etcd's `root` role; `post-provision` turns authentication on once both
+//! exist. See docs/engines/etcd.md.
+
+mod gateway;
+
+use std::time::Duration;
+
+use gateway::{base64, u64_field, Answer, Gateway};
+use serde_json::{json, Value as Json};
+use shoal_sdk::params::Lookup;
+use shoal_sdk::prelude::*;
+
+/// Connect, read and write deadline: below the probe's 1 s hook deadline.
+const IO_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Longest a membership or account change may wait for the Raft commit.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Etcd {
+    /// The kept connection (the probe loop reuses it every second).
+    conn: Option<Gateway>,
+}
+
+/// What `status` and `member/list` say about one member, combined.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    me: u64,
+    leader: u64,
+    term: u64,
+    index: u64,
+    alarms: Vec<String>,
+    /// The engine's membership: (id, name, learner).
+    members: Vec<(u64, String, bool)>,
+}
+
+/// The role and health a probe reports for what it saw; `host_members` are the names Shoal
+/// knows (this instance and its members).
+fn report(seen: &Seen, host_members: &[String]) -> RoleReport {
+    let name_of = |id: u64| {
+        seen.members
+            .iter()
+            .find(|(m, _, _)| *m == id)
+            .map(|(_, n, _)| {
+                if n.is_empty() {
+                    format!("{id:x}")
+                } else {
+                    n.clone()
+                }
+            })
+            .unwrap_or_else(|| format!("{id:x}"))
+    };
+    let learner = seen
+        .members
+        .iter()
+        .any(|(id, _, learner)| *id == seen.me && *learner);
+    let role = if seen.leader != 0 && seen.leader == seen.me {
+        "leader"
+    } else if learner {
+        "learner"
+    } else {
+        "follower"
+    };
+    let voters = seen.members.iter().filter(|(_, _, l)| !l).count();
+    let mut engine_names: Vec<&str> = seen
+        .members
+        .iter()
+        .map(|(_, n, _)| n.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    engine_names.sort_unstable();
+    let mut shoal_names: Vec<&str> = host_members.iter().map(String::as_str).collect();
+    shoal_names.sort_unstable();
+    let (health, detail) = if seen.leader == 0 {
+        (
+            Health::Unhealthy,
+            format!(
+                "no leader (term {}): fewer than a quorum of {} members reach each other",
+                seen.term,
+                voters / 2 + 1
+            ),
+        )
+    } else if !seen.alarms.is_empty() {
+        (
+            Health::Degraded,
+            format!(
+                "alarm {} (leader {})",
+                seen.alarms.join(", "),
+                name_of(seen.leader)
+            ),
+        )
+    } else if engine_names.len() == seen.members.len() && engine_names != shoal_names {
+        (
+            Health::Degraded,
+            format!(
+                "etcd's membership ({}) differs from Shoal's ({})",
+                engine_names.join(", "),
+                shoal_names.join(", ")
+            ),
+        )
+    } else {
+        (
+            Health::Healthy,
+            format!(
+                "{role}; leader {}, term {}, {voters} voting member(s)",
+                name_of(seen.leader),
+                seen.term
+            ),
+        )
+    };
+    RoleReport {
+        role: role.into(),
+        writable: role == "leader",
+        term: Some(seen.term),
+        lag_bytes: None,
+        lag_ms: None,
+        health,
+        position: Some(seen.index),
+        detail,
+    }
+}
+
+fn is_auth_disabled(message: &str) -> bool {
+    message.contains("authentication is not enabled")
+}
+
+fn already_exists(message: &str) -> bool {
+    message.contains("already exists")
+}
+
+impl Etcd {
+    /// POST to `instance` on the kept connection; a failure on a reused connection is tried
+    /// once more on a fresh one.
+    fn post(
+        &mut self,
+        instance: &Instance,
+        path: &str,
+        body: &Json,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> HookResult<Answer> {
+        let addr = instance.address();
+        if let Some(conn) = self.conn.as_mut().filter(|c| c.peer() == addr) {
+            match conn.post(path, body, token) {
+                Ok(a) => return Ok(a),
+                Err(e) => shoal_sdk::debug!("etcd {addr}: reconnecting after: {e}"),
+            }
+        }
+        self.conn = None;
+        let mut conn = Gateway::connect(&instance.endpoint, timeout)
+            .map_err(|e| HookError::from(e).context(format!("connect {addr}")))?;
+        let answer = conn
+            .post(path, body, token)
+            .map_err(|e| HookError::from(e).context(format!("{addr}{path}")))?;
+        if timeout == IO_TIMEOUT {
+            self.conn = Some(conn);
+        }
+        Ok(answer)
+    }
+
+    /// [`Self::post`] where a gRPC error is a failure (unavailable ones retryable).
+    fn ok(
+        &mut self,
+        instance: &Instance,
+        path: &str,
+        body: &Json,
+        token: Option<&str>,
+    ) -> HookResult<Json> {
+        match self.post(instance, path, body, token, WRITE_TIMEOUT)? {
+            Answer::Ok(j) => Ok(j),
+            Answer::Error { code, message } => Err(grpc_error(path, code, &message)),
+        }
+    }
+
+    /// A token for the platform account, or `None` while authentication is off.
+    fn token(&mut self, instance: &Instance) -> HookResult<Option<String>> {
+        let user = shoal_sdk::accounts::platform_user(instance)?;
+        let password = shoal_sdk::accounts::platform_password(instance)?;
+        let body = json!({ "name": user, "password": password });
+        match self.post(
+            instance,
+            "/v3/auth/authenticate",
+            &body,
+            None,
+            WRITE_TIMEOUT,
+        )? {
+            Answer::Ok(j) => Ok(j.get("token").and_then(Json::as_str).map(str::to_string)),
+            Answer::Error { message, .. } if is_auth_disabled(&message) => Ok(None),
+            Answer::Error { code, message } => {
+                Err(grpc_error("/v3/auth/authenticate", code, &message))
+            }
+        }
+    }
+
+    /// Create `name` with `password`, or change its password when it exists; then grant it
+    /// `role` (an existing grant is kept).
+    fn set_user(
+        &mut self,
+        instance: &Instance,
+        token: Option<&str>,
+        name: &str,
+        password: &str,
+        role: &str,
+    ) -> HookResult<()> {
+        let body = json!({ "name": name, "password": password });
+        match self.post(instance, "/v3/auth/user/add", &body, token, WRITE_TIMEOUT)? {
+            Answer::Ok(_) => {}
+            Answer::Error { message, .. } if already_exists(&message) => {
+                self.ok(instance, "/v3/auth/user/changepw", &body, token)?;
+            }
+            Answer::Error { code, message } => {
+                return Err(grpc_error("/v3/auth/user/add", code, &message))
+            }
+        }
+        let grant = json!({ "user": name, "role": role });
+        self.ok(instance, "/v3/auth/user/grant", &grant, token)?;
+        Ok(())
+    }
+
+    /// A role named `role` with `permission` (READ or READWRITE) on every key.
+    fn ensure_role(
+        &mut self,
+        instance: &Instance,
+        token: Option<&str>,
+        role: &str,
+        permission: &str,
+    ) -> HookResult<()> {
+        match self.post(
+            instance,
+            "/v3/auth/role/add",
+            &json!({ "name": role }),
+            token,
+            WRITE_TIMEOUT,
+        )? {
+            Answer::Ok(_) => {}
+            Answer::Error { message, .. } if already_exists(&message) => {}
+            Answer::Error { code, message } => {
+                return Err(grpc_error("/v3/auth/role/add", code, &message))
+            }
+        }
+        // Key "\0" with range end "\0": every key.
+        let all = base64(b"\0");
+        let body = json!({
+            "name": role,
+            "perm": { "permType": permission, "key": all, "range_end": all },
+        });
+        self.ok(instance, "/v3/auth/role/grant", &body, token)?;
+        Ok(())
+    }
+
+    /// A read-only request on the kept connection, under the probe's deadline.
+    fn read(&mut self, instance: &Instance, path: &str) -> HookResult<Json> {
+        match self.post(instance, path, &json!({}), None, IO_TIMEOUT)? {
+            Answer::Ok(j) => Ok(j),
+            Answer::Error { code, message } => Err(grpc_error(path, code, &message)),
+        }
+    }
+
+    fn seen(&mut self, instance: &Instance) -> HookResult<Seen> {
+        let status = self.read(instance, "/v3/maintenance/status")?;
+        let list = self.read(instance, "/v3/cluster/member/list")?;
+        let members = list
+            .get("members")
+            .and_then(Json::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            u64_field(m, "/ID"),
+                            m.get("name")
+                                .and_then(Json::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                            m.get("isLearner").and_then(Json::as_bool).unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let alarms = status
+            .get("errors")
+            .and_then(Json::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Json::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Seen {
+            me: u64_field(&status, "/header/member_id"),
+            leader: u64_field(&status, "/leader"),
+            term: u64_field(&status, "/raftTerm"),
+            index: u64_field(&status, "/raftIndex"),
+            alarms,
+            members,
+        })
+    }
+}
+
+/// A gRPC error from the gateway as a hook error: unavailable (14), deadline exceeded (4)
+/// and "no leader" are retryable, the rest failures.
+fn grpc_error(path: &str, code: i64, message: &str) -> HookError {
+    let text = format!("{path}: {message}");
+    if matches!(code, 4 | 14) || message.contains("no leader") || message.contains("timed out") {
+        HookError::Retryable(text)
+    } else {
+        HookError::Failed(text)
+    }
+}
+
+/// `name=http://host:peer` for one member.
+fn peer_entry(name: &str, host: &str, ports: &[NamedPort]) -> HookResult<String> {
+    let peer = ports
+        .iter()
+        .find(|p| p.name == "peer")
+        .map(|p| p.port)
+        .ok_or_else(|| HookError::invalid(format!("{name} has no port named \"peer\"")))?;
+    Ok(format!("{name}={}", url(host, peer)))
+}
+
+fn url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+impl Engine for Etcd {
+    fn new() -> Self {
+        Etcd { conn: None }
+    }
+
+    fn manifest(&self) -> AddonManifest {
+        AddonManifest {
+            engine: "etcd".into(),
+            display_name: "etcd".into(),
+            description: "Distributed key-value store; a Raft quorum that elects its own leader."
+                .into(),
+            addon_version: "0.1.0".into(),
+            versions: vec![EngineVersion {
+                version: "3.4".into(),
+                is_default: true,
+                binary_paths: vec![],
+                packages: vec!["etcd-server (Debian: apt-get install etcd-server)".into()],
+            }],
+            topologies: vec![Topology {
+                kind: TopologyKind::Quorum,
+                roles: vec!["leader".into(), "follower".into(), "learner".into()],
+                min_members: 1,
+                max_members: 7,
+                description: "1, 3, 5 or 7 voting members; etcd elects the leader.".into(),
+            }],
+            roles: vec![
+                RoleSpec {
+                    name: "leader".into(),
+                    writable: true,
+                    votes: true,
+                    exclusive: true,
+                    description: "The Raft leader: every write goes through it.".into(),
+                },
+                RoleSpec {
+                    name: "follower".into(),
+                    writable: false,
+                    votes: true,
+                    exclusive: false,
+                    description: "A voting member; forwards writes to the leader.".into(),
+                },
+                RoleSpec {
+                    name: "learner".into(),
+                    writable: false,
+                    votes: false,
+                    exclusive: false,
+                    description: "A non-voting member catching up before it is promoted.".into(),
+                },
+            ],
+            ports: vec![
+                PortSpec {
+                    name: "client".into(),
+                    description: "gRPC and the JSON gateway for clients.".into(),
+                },
+                PortSpec {
+                    name: "peer".into(),
+                    description: "Raft traffic between members.".into(),
+                },
+            ],
+            backup_methods: vec![],
+            parameters: vec![
+                ParamSpec {
+                    name: "heartbeat-interval".into(),
+                    type_: ParamType::DurationMs(IntRange { min: 10, max: 5000 }),
+                    default_value: Some(Value::Integer(100)),
+                    apply: ApplyMode::Restart,
+                    description: "How often the leader tells followers it is alive \
+                                  (--heartbeat-interval)."
+                        .into(),
+                    versions: vec![],
+                },
+                ParamSpec {
+                    name: "election-timeout".into(),
+                    type_: ParamType::DurationMs(IntRange {
+                        min: 50,
+                        max: 50000,
+                    }),
+                    default_value: Some(Value::Integer(1000)),
+                    apply: ApplyMode::Restart,
+                    description: "How long a follower waits without a heartbeat before it \
+                                  calls an election (--election-timeout); at least 5 \
+                                  heartbeat intervals."
+                        .into(),
+                    versions: vec![],
+                },
+                ParamSpec {
+                    name: "quota-backend-bytes".into(),
+                    type_: ParamType::SizeBytes(IntRange {
+                        min: 16 << 20,
+                        max: 8 << 30,
+                    }),
+                    default_value: Some(Value::Integer(2 << 30)),
+                    apply: ApplyMode::Restart,
+                    description: "Size at which the store raises the NOSPACE alarm and \
+                                  refuses writes (--quota-backend-bytes)."
+                        .into(),
+                    versions: vec![],
+                },
+                ParamSpec {
+                    name: "auto-compaction-retention".into(),
+                    type_: ParamType::DurationMs(IntRange {
+                        min: 0,
+                        max: 30 * 24 * 3_600_000,
+                    }),
+                    default_value: Some(Value::Integer(0)),
+                    apply: ApplyMode::Restart,
+                    description: "Keep this much history, compacting older revisions \
+                                  (periodic --auto-compaction-retention); 0 keeps all."
+                        .into(),
+                    versions: vec![],
+                },
+            ],
+            capabilities: vec![],
+            limits: vec![
+                HookLimit {
+                    hook: Hook::Probe,
+                    timeout_ms: 1000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::PostProvision,
+                    timeout_ms: 30000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::AccountProvision,
+                    timeout_ms: 30000,
+                    memory_bytes: None,
+                },
+            ],
+            client: Some(ClientInfo {
+                uri_template: "http://{host}:{port}".into(),
+                // etcdctl takes one command per run: no interactive client to open.
+                shell: vec![],
+            }),
+            admin_user: Some("root".into()),
+            sync_replication: SyncSupport::None,
+        }
+    }
+
+    fn run_spec(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        params: &[Param],
+    ) -> HookResult<RunPlan> {
+        let schema = self.manifest().parameters;
+        let p = Lookup::new(&schema, params);
+        let host = &instance.endpoint.host;
+        let client = url(host, instance.endpoint.port);
+        let me = peer_entry(&instance.name, host, &instance.ports)?;
+        let peer_url = me
+            .split_once('=')
+            .map(|(_, u)| u.to_string())
+            .unwrap_or_default();
+        let mut initial = vec![me];
+        for m in members {
+            initial.push(peer_entry(&m.name, &m.endpoint.host, &m.ports)?);
+        }
+        initial.sort();
+        let data = instance
+            .data_dir
+            .clone()
+            .ok_or_else(|| HookError::invalid("the host gave no data directory"))?;
+        let retention_ms = p.int("auto-compaction-retention")?;
+        let mut args = vec![
+            format!("--name={}", instance.name),
+            format!("--data-dir={data}"),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={}", initial.join(",")),
+            // Read only when the data directory is empty (a member's first start).
+            "--initial-cluster-state=new".into(),
+            format!("--initial-cluster-token={}", instance.cluster),
+            format!("--heartbeat-interval={}", p.int("heartbeat-interval")?),
+            format!("--election-timeout={}", p.int("election-timeout")?),
+            format!("--quota-backend-bytes={}", p.int("quota-backend-bytes")?),
+            "--logger=zap".into(),
+            "--log-outputs=stderr".into(),
+        ];
+        if retention_ms > 0 {
+            args.push("--auto-compaction-mode=periodic".into());
+            args.push(format!("--auto-compaction-retention={retention_ms}ms"));
+        }
+        Ok(RunPlan {
+            server: Command {
+                program: "etcd".into(),
+                args,
+                env: vec![],
+            },
+            init: vec![],
+            // Ready when it has a leader: the members come up together and elect one.
+            readiness: Readiness::Probe,
+            stop_signal: StopSignal::Term,
+            stop_timeout_ms: 10000,
+            unprivileged: true,
+            image: Some("gcr.io/etcd-development/etcd:v3.4.23".into()),
+        })
+    }
+
+    fn probe(&mut self, instance: &Instance, members: &[Member]) -> HookResult<RoleReport> {
+        let seen = self.seen(instance)?;
+        let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        names.push(instance.name.clone());
+        Ok(report(&seen, &names))
+    }
+
+    /// Once the members elected a leader: the platform account with the `root` role, the
+    /// users' `root` (made by `account-provision` before) given it too, and authentication
+    /// on. Run again (after a host restart) it only checks the platform account.
+    fn post_provision(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<()> {
+        if self.token(instance)?.is_some() {
+            return Ok(());
+        }
+        let user = shoal_sdk::accounts::platform_user(instance)?.to_string();
+        let password = shoal_sdk::accounts::platform_password(instance)?.to_string();
+        self.set_user(instance, None, &user, &password, "root")?;
+        self.ok(instance, "/v3/auth/enable", &json!({}), None)?;
+        Ok(())
+    }
+
+    fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
+        let name = &account.credentials.username;
+        shoal_sdk::accounts::check_user_account(instance, name)?;
+        let token = self.token(instance)?;
+        let role = match account.role {
+            AccountRole::Superuser => "root".to_string(),
+            AccountRole::ReadWrite => {
+                self.ensure_role(instance, token.as_deref(), "readwrite", "READWRITE")?;
+                "readwrite".into()
+            }
+            AccountRole::ReadOnly | AccountRole::Monitor => {
+                self.ensure_role(instance, token.as_deref(), "readonly", "READ")?;
+                "readonly".into()
+            }
+            AccountRole::Replication => {
+                return Err(HookError::invalid(
+                    "etcd members replicate through Raft; there is no replication account",
+                ))
+            }
+        };
+        self.set_user(
+            instance,
+            token.as_deref(),
+            name,
+            &account.credentials.password,
+            &role,
+        )
+    }
+
+    fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
+        let schema = self.manifest().parameters;
+        let mut errors = shoal_sdk::params::validate(&schema, params);
+        if errors.is_empty() {
+            let p = Lookup::new(&schema, params);
+            let (beat, election) = (p.int("heartbeat-interval")?, p.int("election-timeout")?);
+            if election < 5 * beat {
+                errors.push(ParamError {
+                    name: "election-timeout".into(),
+                    message: format!(
+                        "{election} ms is less than 5 heartbeat intervals ({} ms); etcd \
+                         refuses to start",
+                        5 * beat
+                    ),
+                });
+            }
+        }
+        Ok(errors)
+    }
+}
+
+shoal_sdk::export_engine!(Etcd);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(me: u64, leader: u64) -> Seen {
+        Seen {
+            me,
+            leader,
+            term: 4,
+            index: 17,
+            alarms: vec![],
+            members: vec![
+                (1, "e-0".into(), false),
+                (2, "e-1".into(), false),
+                (3, "e-2".into(), false),
+            ],
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["e-0".into(), "e-1".into(), "e-2".into()]
+    }
+
+    #[test]
+    fn the_leader_is_the_writable_member() {
+        let r = report(&seen(2, 2), &names());
+        assert_eq!((r.role.as_str(), r.writable), ("leader", true));
+        assert_eq!(r.health, Health::Healthy);
+        assert_eq!((r.term, r.position), (Some(4), Some(17)));
+        let r = report(&seen(1, 2), &names());
+        assert_eq!((r.role.as_str(), r.writable), ("follower", false));
+        assert!(r.detail.contains("leader e-1"), "{}", r.detail);
+    }
+
+    #[test]
+    fn no_leader_is_unhealthy_and_names_the_quorum() {
+        let r = report(&seen(1, 0), &names());
+        assert_eq!(r.health, Health::Unhealthy);
+        assert!(!r.writable);
+        assert!(r.detail.contains("quorum of 2"), "{}", r.detail);
+    }
+
+    #[test]
+    fn alarms_and_a_membership_shoal_does_not_know_degrade() {
+        let mut s = seen(1, 1);
+        s.alarms = vec!["NOSPACE".into()];
+        assert_eq!(report(&s, &names()).health, Health::Degraded);
+        let r = report(&seen(1, 1), &["e-0".into(), "e-1".into()]);
+        assert_eq!(r.health, Health::Degraded);
+        assert!(r.detail.contains("differs"), "{}", r.detail);
+    }
+
+    #[test]
+    fn a_learner_says_so() {
+        let mut s = seen(3, 1);
+        s.members[2].2 = true;
+        assert_eq!(report(&s, &names()).role, "learner");
+    }
+
+    #[test]
+    fn errors_for_an_unavailable_cluster_are_retryable() {
+        assert!(matches!(
+            grpc_error("/x", 14, "unavailable"),
+            HookError::Retryable(_)
+        ));
+        assert!(matches!(
+            grpc_error("/x", 2, "etcdserver: no leader"),
+            HookError::Retryable(_)
+        ));
+        assert!(matches!(
+            grpc_error("/x", 9, "etcdserver: permission denied"),
+            HookError::Failed(_)
+        ));
+    }
+}

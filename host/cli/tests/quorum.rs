@@ -1,0 +1,393 @@
+//! The quorum topology on a real engine (etcd, from Debian's etcd-server): members created
+//! together with the full member list, roles from the engine's own probes, the read-write
+//! endpoint following the engine's leader, a killed leader replaced by the engine's own
+//! election with no acknowledged write lost, the killed member restarted, and the operations
+//! that make no sense for a quorum (or are not built yet) refused without changing anything.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value as Json};
+
+/// POST `body` to etcd's JSON gateway on 127.0.0.1:`port`; the answer, or the gRPC error.
+fn etcd(port: u16, path: &str, body: &Json, token: Option<&str>) -> Result<Json, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let body = body.to_string();
+    let auth = token
+        .map(|t| format!("Authorization: {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, rest) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    // Go answers small bodies with a length, larger ones chunked.
+    let text = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut text = String::new();
+        let mut r = rest;
+        while let Some((size, tail)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            text.push_str(&tail[..n]);
+            r = &tail[n + 2..];
+        }
+        text
+    } else {
+        rest.to_string()
+    };
+    let v: Json = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+    match v.get("error") {
+        Some(e) => Err(e.as_str().unwrap_or("error").to_string()),
+        None => Ok(v),
+    }
+}
+
+fn b64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+fn login(port: u16, user: &str, password: &str) -> Result<String, String> {
+    let v = etcd(
+        port,
+        "/v3/auth/authenticate",
+        &json!({ "name": user, "password": password }),
+        None,
+    )?;
+    Ok(v["token"].as_str().ok_or("no token")?.to_string())
+}
+
+/// A writer putting `w/<n>` through `port` as `root`, logging in again whenever a request
+/// fails (tokens live in the members' memory).
+fn etcd_writer(port: u16, password: &str) -> Writer {
+    let pw = password.to_string();
+    Writer::start_with(1, move || {
+        let token = login(port, "root", &pw)?;
+        Ok(Box::new(move |n: u64| -> Result<u16, String> {
+            etcd(
+                port,
+                "/v3/kv/put",
+                &json!({ "key": b64(&format!("w/{n:08}")), "value": b64("1") }),
+                Some(&token),
+            )?;
+            Ok(port)
+        }) as Commit)
+    })
+}
+
+/// Every `w/` key the cluster holds, read through `port` (a linearizable read: the leader's).
+fn stored(port: u16, token: &str) -> std::collections::BTreeSet<u64> {
+    let v = etcd(
+        port,
+        "/v3/kv/range",
+        &json!({ "key": b64("w/"), "range_end": b64("w0"), "keys_only": true }),
+        Some(token),
+    )
+    .expect("range");
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    let key = decode64(kv["key"].as_str().unwrap());
+                    key.trim_start_matches("w/").parse::<u64>().unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn decode64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        bits = (bits << 6) | A.iter().position(|x| *x == c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The member the cluster's description names as leader, with its pid, once there is one
+/// and every member is healthy.
+fn leader_of(h: &Host, name: &str) -> (String, u32, Json) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = h.describe(name);
+        let healthy = d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "running" && i["health"] == "healthy");
+        if let (true, Some(l)) = (healthy, d["leader"].as_str()) {
+            let pid = d["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["name"] == l)
+                .and_then(|i| i["pid"].as_u64())
+                .unwrap() as u32;
+            return (l.to_string(), pid, d);
+        }
+        assert!(Instant::now() < until, "no healthy leader: {d:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledged_write() {
+    let h = Host::start_with((24000, 24099), &["shoal_addon_etcd.wasm"], None);
+
+    // Bad input first: nothing may be created.
+    refused(
+        &h,
+        &[
+            "cluster",
+            "create",
+            "ev",
+            "--engine",
+            "etcd",
+            "--replicas",
+            "4",
+        ],
+        "must be odd",
+    );
+    refused(
+        &h,
+        &[
+            "cluster",
+            "create",
+            "ev",
+            "--engine",
+            "etcd",
+            "--replicas",
+            "9",
+        ],
+        "1 to 7 members",
+    );
+    refused(
+        &h,
+        &[
+            "cluster",
+            "create",
+            "ev",
+            "--engine",
+            "etcd",
+            "--set",
+            "heartbeat-interval=500ms",
+            "--set",
+            "election-timeout=1s",
+        ],
+        "5 heartbeat intervals",
+    );
+    assert_eq!(json(&h, &["cluster", "list"]).as_array().unwrap().len(), 0);
+
+    h.ok(&[
+        "cluster",
+        "create",
+        "ec",
+        "--engine",
+        "etcd",
+        "--replicas",
+        "3",
+    ]);
+    let (leader, pid, d) = leader_of(&h, "ec");
+    assert_eq!(d["topology"], "quorum", "{d:#}");
+    assert_eq!(
+        d["quorum"].as_str().unwrap(),
+        format!("quorum 3/3, leader {leader}")
+    );
+    let members = d["instances"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    let leads: Vec<&Json> = members
+        .iter()
+        .filter(|i| i["observed_role"] == "leader")
+        .collect();
+    assert_eq!(leads.len(), 1, "{d:#}");
+    assert!(members.iter().all(|i| i["role"] == "member"), "{d:#}");
+    let text = h.ok(&["cluster", "describe", "ec"]);
+    assert!(text.contains("quorum 3/3, leader"), "{text}");
+
+    // Authentication is on: nothing without an account, the platform's own never handed out.
+    let rw = rw_port(&d);
+    let anonymous = etcd(
+        rw,
+        "/v3/kv/put",
+        &json!({ "key": b64("x"), "value": b64("y") }),
+        None,
+    );
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    let pw = password(&h, "ec");
+    let platform = h.platform_password("ec");
+    assert_ne!(pw, platform);
+    assert!(login(rw, "root", &platform).is_err());
+
+    // The read-write endpoint leads to the leader: its status names itself as leader.
+    let status = etcd(rw, "/v3/maintenance/status", &json!({}), None).unwrap();
+    assert_eq!(status["header"]["member_id"], status["leader"], "{status}");
+
+    // Operations a quorum does not take are refused, and change nothing.
+    refused(&h, &["cluster", "switchover", "ec"], "quorum");
+    refused(&h, &["cluster", "scale", "ec", "--replicas", "5"], "quorum");
+    let member = members[0]["name"].as_str().unwrap();
+    refused(&h, &["cluster", "rebuild", "ec", member], "quorum");
+    refused(&h, &["backup", "create", "ec"], "declares no backup method");
+    assert_eq!(h.describe("ec")["instances"].as_array().unwrap().len(), 3);
+
+    // Kill -9 the leader under a writer through the read-write endpoint.
+    let w = etcd_writer(rw, &pw);
+    std::thread::sleep(Duration::from_millis(700));
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    // A new election: a higher term with a leader (which may be the killed member again,
+    // if Shoal restarted it before the others' election timeout ran out and it won).
+    let term = d["term"].as_u64().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        let d = h.describe("ec");
+        if let (Some(l), Some(t)) = (d["leader"].as_str(), d["term"].as_u64()) {
+            if t > term {
+                break l.to_string();
+            }
+        }
+        assert!(Instant::now() < until, "no new election: {d:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "etcd leader {leader} killed: {new_leader} leads after {:?}",
+        killed.elapsed()
+    );
+    // Writes come back through the same endpoint.
+    let until = Instant::now() + Duration::from_secs(20);
+    while !w
+        .acked()
+        .iter()
+        .any(|(_, t)| *t > killed + Duration::from_secs(1))
+    {
+        assert!(
+            Instant::now() < until,
+            "no write acknowledged after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let acked = w.finish();
+    eprintln!(
+        "etcd leader killed: longest write pause {:?}",
+        longest_gap(&acked)
+    );
+    assert!(acked.len() > 10, "{} writes", acked.len());
+
+    // The killed member is restarted and rejoins; the quorum is whole again.
+    let (_, _, d) = leader_of(&h, "ec");
+    assert_eq!(
+        d["quorum"].as_str().unwrap().split(',').next(),
+        Some("quorum 3/3")
+    );
+    let events = h.ok(&["cluster", "events", "ec"]);
+    assert!(events.contains("restarting"), "{events}");
+    assert!(
+        !events.contains("failover"),
+        "Shoal must not fail a quorum over: {events}"
+    );
+
+    // No acknowledged write is lost.
+    let token = login(rw, "root", &pw).unwrap();
+    let have = stored(rw, &token);
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !have.contains(n))
+        .collect();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+
+    // A parameter that needs a restart rolls the members one at a time; the quorum holds.
+    let out = h.shoal(&["cluster", "config", "set", "ec", "election-timeout=1500ms"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, d) = leader_of(&h, "ec");
+    for i in d["instances"].as_array().unwrap() {
+        let pid = i["pid"].as_u64().unwrap();
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(cmdline.contains("--election-timeout=1500"), "{cmdline:?}");
+    }
+
+    // A host killed and started again re-adopts the running members.
+    let pids = |d: &Json| -> Vec<u64> {
+        d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let before = pids(&d);
+    let mut h = h;
+    h.kill_serve();
+    h.spawn_serve();
+    let (_, _, d) = leader_of(&h, "ec");
+    assert_eq!(
+        pids(&d),
+        before,
+        "the members were restarted, not re-adopted"
+    );
+
+    // The users' password rotates (etcd replicates accounts; every member is told anyway).
+    h.ok(&["cluster", "password", "ec"]);
+    let pw2 = password(&h, "ec");
+    assert_ne!(pw2, pw);
+    assert!(login(rw, "root", &pw).is_err());
+    let pw = pw2;
+    login(rw, "root", &pw).unwrap();
+
+    // Stop and start: the members come back together and elect again.
+    h.ok(&["cluster", "stop", "ec"]);
+    h.ok(&["cluster", "start", "ec"]);
+    let (_, _, d) = leader_of(&h, "ec");
+    let token = login(rw_port(&d), "root", &pw).unwrap();
+    assert_eq!(stored(rw_port(&d), &token).len(), have.len());
+
+    h.ok(&["cluster", "delete", "ec", "--purge", "--yes"]);
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}/clusters/ec", h.home.path().display())])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "etcd processes left behind");
+}
