@@ -275,6 +275,10 @@ impl From<&std::io::Error> for HookError {
             return HookError::Retryable(NO_ANSWER_IN_TIME.into());
         }
         match e.kind() {
+            // A bare read or write timeout ("Resource temporarily unavailable").
+            TimedOut | WouldBlock if e.get_ref().is_none() => {
+                HookError::Retryable(NO_ANSWER_IN_TIME.into())
+            }
             ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | WouldBlock
             | UnexpectedEof | Interrupted => HookError::Retryable(e.to_string()),
             PermissionDenied => HookError::Failed(format!("denied by the sandbox: {e}")),
@@ -336,6 +340,10 @@ mod tests {
     #[test]
     fn io_errors_map_to_retryable_or_failed() {
         use std::io::{Error, ErrorKind};
+        let slow = HookError::from(Error::from(ErrorKind::WouldBlock));
+        assert!(matches!(slow, HookError::Retryable(ref m) if m.contains("no answer in time")));
+        let named = HookError::from(Error::new(ErrorKind::TimedOut, "reading from x: 1s"));
+        assert!(matches!(named, HookError::Retryable(ref m) if m == "reading from x: 1s"));
         let refused = HookError::from(Error::from(ErrorKind::ConnectionRefused));
         assert!(matches!(refused, HookError::Retryable(_)));
         let denied = HookError::from(Error::from(ErrorKind::PermissionDenied));

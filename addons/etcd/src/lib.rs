@@ -255,6 +255,29 @@ impl Etcd {
         Ok(())
     }
 
+    /// The id of the member named `name` or (added but never started, so still nameless)
+    /// listening on `peer_url`.
+    fn member_id(
+        &mut self,
+        instance: &Instance,
+        name: &str,
+        peer_url: &str,
+    ) -> HookResult<Option<u64>> {
+        let list = self.ok(instance, "/v3/cluster/member/list", &json!({}), None)?;
+        Ok(list
+            .get("members")
+            .and_then(Json::as_array)
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m.get("name").and_then(Json::as_str) == Some(name)
+                        || m.get("peerURLs")
+                            .and_then(Json::as_array)
+                            .is_some_and(|u| u.iter().any(|u| u.as_str() == Some(peer_url)))
+                })
+            })
+            .map(|m| u64_field(m, "/ID")))
+    }
+
     /// A read-only request on the kept connection, under the probe's deadline.
     fn read(&mut self, instance: &Instance, path: &str) -> HookResult<Json> {
         match self.post(instance, path, &json!({}), None, IO_TIMEOUT)? {
@@ -462,6 +485,16 @@ impl Engine for Etcd {
                     timeout_ms: 30000,
                     memory_bytes: None,
                 },
+                HookLimit {
+                    hook: Hook::MemberJoin,
+                    timeout_ms: 20000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::MemberLeave,
+                    timeout_ms: 20000,
+                    memory_bytes: None,
+                },
             ],
             client: Some(ClientInfo {
                 uri_template: "http://{host}:{port}".into(),
@@ -493,6 +526,13 @@ impl Engine for Etcd {
             initial.push(peer_entry(&m.name, &m.endpoint.host, &m.ports)?);
         }
         initial.sort();
+        // A member that joins a running cluster (scale, replacement) starts "existing";
+        // at creation no member has answered a probe yet. Ignored once data exists.
+        let state = if members.iter().any(|m| m.healthy) {
+            "existing"
+        } else {
+            "new"
+        };
         let data = instance
             .data_dir
             .clone()
@@ -507,7 +547,7 @@ impl Engine for Etcd {
             format!("--initial-advertise-peer-urls={peer_url}"),
             format!("--initial-cluster={}", initial.join(",")),
             // Read only when the data directory is empty (a member's first start).
-            "--initial-cluster-state=new".into(),
+            format!("--initial-cluster-state={state}"),
             format!("--initial-cluster-token={}", instance.cluster),
             format!("--heartbeat-interval={}", p.int("heartbeat-interval")?),
             format!("--election-timeout={}", p.int("election-timeout")?),
@@ -553,6 +593,52 @@ impl Engine for Etcd {
         let password = shoal_sdk::accounts::platform_password(instance)?.to_string();
         self.set_user(instance, None, &user, &password, "root")?;
         self.ok(instance, "/v3/auth/enable", &json!({}), None)?;
+        Ok(())
+    }
+
+    /// Add `joining` to the membership through `instance` (the leader), before it starts.
+    /// Already a member (a retried call): nothing to do.
+    fn member_join(
+        &mut self,
+        instance: &Instance,
+        joining: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let entry = peer_entry(&joining.name, &joining.endpoint.host, &joining.ports)?;
+        let peer = entry.split_once('=').map(|(_, u)| u).unwrap_or_default();
+        if self.member_id(instance, &joining.name, peer)?.is_some() {
+            return Ok(());
+        }
+        let token = self.token(instance)?;
+        self.ok(
+            instance,
+            "/v3/cluster/member/add",
+            &json!({ "peerURLs": [peer] }),
+            token.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// Remove `leaving` from the membership through `instance`, while it still runs (the
+    /// quorum commits its removal). Not a member (a retried call): nothing to do.
+    fn member_leave(
+        &mut self,
+        instance: &Instance,
+        leaving: &Member,
+        _members: &[Member],
+    ) -> HookResult<()> {
+        let entry = peer_entry(&leaving.name, &leaving.endpoint.host, &leaving.ports)?;
+        let peer = entry.split_once('=').map(|(_, u)| u).unwrap_or_default();
+        let Some(id) = self.member_id(instance, &leaving.name, peer)? else {
+            return Ok(());
+        };
+        let token = self.token(instance)?;
+        self.ok(
+            instance,
+            "/v3/cluster/member/remove",
+            &json!({ "ID": id.to_string() }),
+            token.as_deref(),
+        )?;
         Ok(())
     }
 

@@ -261,9 +261,12 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
 
     // Operations a quorum does not take are refused, and change nothing.
     refused(&h, &["cluster", "switchover", "ec"], "quorum");
-    refused(&h, &["cluster", "scale", "ec", "--replicas", "5"], "quorum");
-    let member = members[0]["name"].as_str().unwrap();
-    refused(&h, &["cluster", "rebuild", "ec", member], "quorum");
+    refused(
+        &h,
+        &["cluster", "scale", "ec", "--replicas", "4"],
+        "must be odd",
+    );
+    refused(&h, &["cluster", "rebuild", "ec", "ec-9"], "no member");
     refused(&h, &["backup", "create", "ec"], "declares no backup method");
     assert_eq!(h.describe("ec")["instances"].as_array().unwrap().len(), 3);
 
@@ -334,6 +337,87 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
         .filter(|n| !have.contains(n))
         .collect();
     assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+
+    // Scale 3 -> 5 -> 3, one member at a time: etcd's own membership follows.
+    let engine_members = |h: &Host| -> usize {
+        let d = h.describe("ec");
+        let v = etcd(rw_port(&d), "/v3/cluster/member/list", &json!({}), None).unwrap();
+        v["members"].as_array().unwrap().len()
+    };
+    h.ok(&["cluster", "scale", "ec", "--replicas", "5"]);
+    let (_, _, d) = leader_of(&h, "ec");
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 5/5"),
+        "{d:#}"
+    );
+    assert_eq!(engine_members(&h), 5);
+    h.ok(&["cluster", "scale", "ec", "--replicas", "3"]);
+    let (_, _, d) = leader_of(&h, "ec");
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 3/3"),
+        "{d:#}"
+    );
+    assert_eq!(engine_members(&h), 3);
+    assert_eq!(d["replicas"], 3);
+    let token = login(rw, "root", &pw).unwrap();
+    assert_eq!(stored(rw, &token), have);
+
+    // A member whose data is lost: killed, its data wiped. etcd refuses to run on it (its
+    // Raft log is gone), so after three failed restarts Shoal replaces it: out of the
+    // membership, fresh data, back in, the data copied from the others.
+    let victim = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["observed_role"] == "follower")
+        .unwrap()
+        .clone();
+    let vname = victim["name"].as_str().unwrap().to_string();
+    let data = std::path::PathBuf::from(victim["data_dir"].as_str().unwrap());
+    unsafe {
+        libc::kill(victim["pid"].as_u64().unwrap() as i32, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for e in std::fs::read_dir(&data).unwrap().flatten() {
+        std::fs::remove_dir_all(e.path()).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let events = h.ok(&["cluster", "events", "ec"]);
+        if events.contains("replacing it") {
+            break;
+        }
+        assert!(Instant::now() < until, "{vname} never replaced: {events}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_until(Duration::from_secs(60), "the replacement settled", || {
+        h.describe("ec")["last_op"]["state"] == "succeeded"
+    });
+    let (_, _, d) = leader_of(&h, "ec");
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 3/3"),
+        "{d:#}"
+    );
+    assert_eq!(engine_members(&h), 3);
+    // The replaced member serves every key (a serializable read of its own copy).
+    let port = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == vname.as_str())
+        .unwrap()["ports"]["client"]
+        .as_u64()
+        .unwrap() as u16;
+    let token = login(port, "root", &pw).unwrap();
+    let own = etcd(
+        port,
+        "/v3/kv/range",
+        &json!({ "key": b64("w/"), "range_end": b64("w0"), "count_only": true,
+                 "serializable": true }),
+        Some(&token),
+    )
+    .unwrap();
+    assert_eq!(own["count"].as_str().unwrap(), have.len().to_string());
 
     // A parameter that needs a restart rolls the members one at a time; the quorum holds.
     let out = h.shoal(&["cluster", "config", "set", "ec", "election-timeout=1500ms"]);

@@ -799,11 +799,7 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
         let addon = self.addon(&c.engine)?;
         if family(addon.manifest()) == Family::Quorum {
-            return Err(ApiError::invalid(format!(
-                "{} runs {} as a quorum of {} members; changing the member count (one \
-                 member-join or member-leave at a time) is not built yet",
-                c.name, c.engine, c.spec.replicas
-            )));
+            return self.scale_quorum(&c, addon, replicas, dry_run);
         }
         let max = addon
             .manifest()
@@ -845,6 +841,70 @@ impl Controller {
                 "cluster {cluster} has {current} instance(s) already; nothing to change"
             )));
         }
+        if !dry_run {
+            plan.op = Some(self.submit(
+                cluster,
+                "scale",
+                serde_json::json!({ "replicas": replicas }),
+            )?);
+        }
+        Ok(plan)
+    }
+
+    /// [`Self::scale`] for a quorum: the plan from [`crate::topology::plan_scale`], one
+    /// member at a time, refused when it would not keep a quorum.
+    fn scale_quorum(
+        self: &Arc<Self>,
+        c: &ClusterRow,
+        addon: &LoadedAddon,
+        replicas: u32,
+        dry_run: bool,
+    ) -> Result<shoal_api::ScalePlanView, ApiError> {
+        let cluster = c.name.as_str();
+        let q = crate::topology::quorum_topology(addon.manifest())
+            .ok_or_else(|| ApiError::internal("a quorum engine without a quorum topology"))?;
+        let all = self.db(|s| s.instances(cluster))?;
+        let current = all.len() as u32;
+        if replicas == current {
+            return Err(ApiError::invalid(format!(
+                "cluster {cluster} has {current} member(s) already; nothing to change"
+            )));
+        }
+        let (steps, _notes) = crate::topology::plan_scale(
+            &c.engine,
+            &crate::topology::voters(&all),
+            replicas,
+            q.min_members,
+            q.max_members,
+        )
+        .map_err(|e| ApiError::invalid(format!("cannot scale {cluster}: {e}")))?;
+        let (add, _) = scale_plan(cluster, &all, replicas.max(current));
+        let remove = steps
+            .iter()
+            .filter_map(|s| match s {
+                crate::topology::Step::Remove(n) => Some(n.clone()),
+                crate::topology::Step::Add => None,
+            })
+            .collect();
+        if replicas > current {
+            let per_instance = addon.manifest().ports.len().max(1);
+            let reserved = self.db(|s| s.reserved_ports())?;
+            let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
+            shoal_local::ports::allocate(
+                &range,
+                &reserved,
+                per_instance * (replicas - current) as usize,
+            )
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        }
+        let mut plan = shoal_api::ScalePlanView {
+            cluster: cluster.to_string(),
+            from: current,
+            to: replicas,
+            add,
+            remove,
+            op: None,
+        };
         if !dry_run {
             plan.op = Some(self.submit(
                 cluster,

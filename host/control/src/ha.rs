@@ -141,10 +141,14 @@ impl Controller {
         let c = self
             .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
-        self.refuse_for_quorum(
-            &c,
-            "no rebuild from a primary (replacing a quorum member is not built yet)",
-        )?;
+        let addon = self.addon(&c.engine)?;
+        if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
+            // A quorum member is replaced: out of the membership, fresh data, back in.
+            let all = self.db(|s| s.instances(name))?;
+            crate::topology::check_replace(&crate::topology::voters(&all), instance)
+                .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
+            return self.submit(name, "rebuild", serde_json::json!({ "instance": instance }));
+        }
         let all = self.db(|s| s.instances(name))?;
         let i = all.iter().find(|i| i.name == instance).ok_or_else(|| {
             ApiError::not_found(format!("cluster {name} has no instance {instance:?}"))
@@ -503,7 +507,7 @@ async fn rebuild_from(
 }
 
 /// Move the data directory aside (replacing an older one set aside) and leave an empty one.
-fn set_aside(i: &InstanceRow) -> Result<(), String> {
+pub(crate) fn set_aside(i: &InstanceRow) -> Result<(), String> {
     let data = i.data_dir();
     let aside = i.dir.join("data.before-rebuild");
     if aside.exists() {
@@ -956,6 +960,10 @@ pub(crate) async fn rebuild(
     instance: &str,
 ) -> Result<(), String> {
     let (cl, all, cr) = rows(c, cluster)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
+        return crate::ops::replace_member(c, &cl, instance, &cr).await;
+    }
     let primary = all
         .iter()
         .find(|i| i.role == "primary" && i.state == "running")

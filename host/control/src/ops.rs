@@ -297,6 +297,165 @@ async fn create(
     Ok(())
 }
 
+/// Change a quorum's member count one member at a time ([`topology::plan_scale`], planned
+/// again from fresh probes), every member healthy with one leader between steps; the spec
+/// follows each step, so an interruption leaves it true.
+async fn scale_quorum(
+    c: &Arc<Controller>,
+    mut cl: ClusterRow,
+    cr: &Credentials,
+    target: u32,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let q = topology::quorum_topology(addon.manifest())
+        .ok_or("a quorum engine without a quorum topology")?
+        .clone();
+    // Members an interrupted scale left half made never ran: they leave and go.
+    for broken in instances(c, &cl.name)?
+        .into_iter()
+        .filter(|i| matches!(i.state.as_str(), "pending" | "initializing"))
+    {
+        c.event(
+            &cl.name,
+            Some(&broken.name),
+            "warning",
+            "left half made by an interrupted operation; removing it",
+        );
+        remove_instance(c, &cl, broken, cr).await?;
+    }
+    let all = probed(c, &cl, cr).await?;
+    let (steps, notes) = topology::plan_scale(
+        &cl.engine,
+        &topology::voters(&all),
+        target,
+        q.min_members,
+        q.max_members,
+    )?;
+    for note in notes {
+        c.event(&cl.name, None, "warning", note);
+    }
+    for step in steps {
+        match step {
+            topology::Step::Add => {
+                let mut row = add_instance(c, &cl, topology::MEMBER)?;
+                membership(c, &cl, &row, cr, true).await?;
+                c.event(
+                    &cl.name,
+                    Some(&row.name),
+                    "info",
+                    "admitted to the membership",
+                );
+                let all = instances(c, &cl.name)?;
+                c.bring_up(&cl, &mut row, &all, cr).await?;
+                crate::ha::failpoint("scale-added").await;
+            }
+            topology::Step::Remove(name) => {
+                let v = instances(c, &cl.name)?
+                    .into_iter()
+                    .find(|i| i.name == name)
+                    .ok_or_else(|| format!("{name} vanished"))?;
+                remove_instance(c, &cl, v, cr).await?;
+            }
+        }
+        let all = wait_quorum(c, &cl, cr).await?;
+        cl.spec.replicas = all.len() as u32;
+        c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
+            .map_err(|e| e.message)?;
+    }
+    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Replace quorum member `name`: out of the membership (committed by the others), stopped,
+/// its data set aside (`data.before-rebuild`), admitted again and started on empty data (the
+/// engine copies it from the others), then every member healthy with a leader.
+pub(crate) async fn replace_member(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    name: &str,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let all = probed(c, cl, cr).await?;
+    topology::check_replace(&topology::voters(&all), name)?;
+    let mut v = all
+        .iter()
+        .find(|i| i.name == name)
+        .cloned()
+        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
+    c.db(|s| s.set_cluster_state(&cl.name, "updating"))
+        .map_err(|e| e.message)?;
+    membership(c, cl, &v, cr, false).await?;
+    c.event(
+        &cl.name,
+        Some(name),
+        "info",
+        "left the membership to be replaced",
+    );
+    c.stop_process(cl, &mut v, cr).await?;
+    crate::ha::set_aside(&v)?;
+    membership(c, cl, &v, cr, true).await?;
+    c.event(
+        &cl.name,
+        Some(name),
+        "info",
+        "admitted again with empty data (the old copy is in data.before-rebuild)",
+    );
+    v.desired = Desired::Running;
+    let all = instances(c, &cl.name)?;
+    c.bring_up(cl, &mut v, &all, cr).await?;
+    wait_quorum(c, cl, cr).await?;
+    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Probe every running member now (the supervisor leaves a cluster alone while an operation
+/// runs) and store what each said; the fresh rows.
+async fn probed(
+    c: &Controller,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<Vec<InstanceRow>, String> {
+    let all = instances(c, &cl.name)?;
+    for mut i in all.clone() {
+        if i.state != "running" || !i.process.is_some_and(|p| p.is_running()) {
+            continue;
+        }
+        if let Err(e) = c.probe_once(cl, &mut i, &all, cr).await {
+            i.health = "unhealthy".into();
+            i.detail = e;
+        }
+        c.save(&i);
+    }
+    instances(c, &cl.name)
+}
+
+/// Wait until every member of the quorum is healthy and one leads (at most 60 s).
+async fn wait_quorum(
+    c: &Controller,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<Vec<InstanceRow>, String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all = probed(c, cl, cr).await?;
+        let state = topology::state_of(&all);
+        if let Some(q) = &state {
+            if q.healthy == q.members && q.leader.is_some() {
+                return Ok(all);
+            }
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!(
+                "the quorum did not settle within 60 s: {}",
+                state.map(|q| q.to_string()).unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
 /// Create a quorum: every member allocated first (each starts knowing all the others), all
 /// started together (no member can elect a leader alone), then `post-provision` once on the
 /// member that leads. The host records no leader: the engine elects it, and the probes say
@@ -371,6 +530,10 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     let current = instances(c, name)?;
     c.db(|s| s.set_cluster_state(name, "updating"))
         .map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    if topology::family(addon.manifest()) == Family::Quorum {
+        return scale_quorum(c, cl, &cr, replicas).await;
+    }
     // Instances an interrupted scale (or create) left half made: never started, or stopped
     // in their initialization. They go, and the plan is made from what is left.
     for broken in current
@@ -406,7 +569,81 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     Ok(())
 }
 
-/// pre-terminate, stop, member-leave on the primary, then free its ports and data.
+/// The member that admits or forgets others: the primary, or in a quorum the leader, else
+/// any healthy running member; never `except`.
+fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow> {
+    let running = |i: &&InstanceRow| {
+        i.name != except && i.state == "running" && i.process.is_some_and(|p| p.is_running())
+    };
+    let leader = topology::state_of(all).and_then(|q| q.leader);
+    all.iter()
+        .filter(running)
+        .find(|i| i.role == "primary")
+        .or_else(|| {
+            all.iter()
+                .filter(running)
+                .find(|i| leader.as_deref() == Some(i.name.as_str()))
+        })
+        .or_else(|| {
+            all.iter()
+                .filter(running)
+                .find(|i| i.role == topology::MEMBER && i.health == "healthy")
+        })
+}
+
+/// Waits between tries of a membership hook that failed retryably (an election under way).
+const MEMBERSHIP_RETRIES: [u64; 4] = [1, 2, 4, 8];
+
+/// `member-join` (`join`) or `member-leave` of `v` on the admitting member, retried while the
+/// engine says to try again; `Ok` when the addon has no such hook.
+async fn membership(
+    c: &Controller,
+    cl: &ClusterRow,
+    v: &InstanceRow,
+    cr: &Credentials,
+    join: bool,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let hook = if join { "member-join" } else { "member-leave" };
+    let mut waits = MEMBERSHIP_RETRIES.iter();
+    loop {
+        let all = instances(c, &cl.name)?;
+        let Some(admit) = admitter(&all, &v.name) else {
+            return Err(format!("{hook}: no running member to ask"));
+        };
+        let ctx = c.call_ctx(admit, &all, false);
+        let inst = c.wit_instance(cl, admit, cr, false);
+        let (member, members) = (
+            Controller::wit_member(v),
+            Controller::members_of(admit, &all),
+        );
+        let call = addon.call(&ctx);
+        let r = if join {
+            call.member_join(&inst, &member, &members).await
+        } else {
+            call.member_leave(&inst, &member, &members).await
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unsupported() => return Ok(()),
+            Err(e) if e.is_retryable() && waits.len() > 0 => {
+                let wait = waits.next().copied().unwrap_or(1);
+                c.event(
+                    &cl.name,
+                    Some(&v.name),
+                    "info",
+                    format!("{hook} on {}: {e}; again in {wait} s", admit.name),
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            }
+            Err(e) => return Err(format!("{hook} on {}: {e}", admit.name)),
+        }
+    }
+}
+
+/// pre-terminate, stop, member-leave on the primary, then free its ports and data. A quorum
+/// member leaves the membership first, while it still runs (the quorum must commit its
+/// removal: stopped first, the last two of a quorum could not).
 async fn remove_instance(
     c: &Controller,
     cl: &ClusterRow,
@@ -414,30 +651,19 @@ async fn remove_instance(
     cr: &Credentials,
 ) -> Result<(), String> {
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let quorum = topology::family(addon.manifest()) == Family::Quorum;
     let all = instances(c, &cl.name)?;
     v.desired = Desired::Stopped;
     c.save(&v);
+    if quorum {
+        membership(c, cl, &v, cr, false).await?;
+        c.event(&cl.name, Some(&v.name), "info", "left the membership");
+    }
     pre_terminate(c, cl, &v, &all, cr).await;
     c.stop_process(cl, &mut v, cr).await?;
-    if let Some(primary) = all.iter().find(|i| i.role == "primary" && i.name != v.name) {
-        let ctx = c.call_ctx(primary, &all, false);
-        match addon
-            .call(&ctx)
-            .member_leave(
-                &c.wit_instance(cl, primary, cr, false),
-                &Controller::wit_member(&v),
-                &Controller::members_of(primary, &all),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_unsupported() => {}
-            Err(e) => c.event(
-                &cl.name,
-                Some(&v.name),
-                "warning",
-                format!("member-leave: {e}"),
-            ),
+    if !quorum && admitter(&all, &v.name).is_some() {
+        if let Err(e) = membership(c, cl, &v, cr, false).await {
+            c.event(&cl.name, Some(&v.name), "warning", e);
         }
     }
     c.db(|s| s.delete_instance(&cl.name, &v.name))

@@ -589,7 +589,34 @@ fn restarted(
         "error",
         format!("restart failed, next try in {:?}: {e}", b.delay),
     );
+    let third = b.delay == Duration::from_secs(4);
     b.delay = (b.delay * 2).min(Duration::from_secs(60));
+    // A quorum member that fails to come back three times (its data lost or diverged) is
+    // replaced, when the others hold a quorum without it.
+    let quorum = c.db(|s| s.cluster(cluster)).ok().flatten().and_then(|cl| {
+        c.addon(&cl.engine)
+            .ok()
+            .map(|a| topology::family(a.manifest()))
+    }) == Some(Family::Quorum);
+    if third && quorum {
+        match c.rebuild(cluster, instance) {
+            Ok(op) => c.event(
+                cluster,
+                Some(instance),
+                "warning",
+                format!(
+                    "it failed to come back three times; replacing it (operation {})",
+                    op.id
+                ),
+            ),
+            Err(e) => c.event(
+                cluster,
+                Some(instance),
+                "error",
+                format!("it failed to come back three times and cannot be replaced: {e}"),
+            ),
+        }
+    }
     if let Some(mut row) = c
         .db(|s| s.instances(cluster))
         .unwrap_or_default()

@@ -141,6 +141,130 @@ pub fn quorum_state(members: &[MemberSeen<'_>]) -> QuorumState {
     }
 }
 
+/// One step of a quorum's membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Admit a new member (member-join on the leader), then start it.
+    Add,
+    /// Take this member out of the membership (member-leave on another member, while it still
+    /// runs: the quorum must commit its removal), then stop and delete it.
+    Remove(String),
+}
+
+/// A member as a scale plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter<'a> {
+    pub name: &'a str,
+    pub ordinal: u32,
+    pub healthy: bool,
+    pub leads: bool,
+}
+
+/// The steps that take a quorum of `members` to `target` members, one member at a time, or
+/// why not. Refused: a size the addon does not allow (see [`check_size`]), a quorum that
+/// does not stand now (each step must be committed by a majority), and a removal that would
+/// leave fewer healthy members than the smaller quorum needs. Removed first: unhealthy
+/// members, then followers, newest first; the leader last. An addition makes the new member
+/// count toward the majority before it runs: when the healthy members are not a majority of
+/// the larger membership (1 → 2), the cluster takes no writes until the new member has
+/// started, which the plan says in `notes`.
+pub fn plan_scale(
+    engine: &str,
+    members: &[Voter<'_>],
+    target: u32,
+    min: u32,
+    max: u32,
+) -> Result<(Vec<Step>, Vec<String>), String> {
+    check_size(engine, target, min, max)?;
+    let n = members.len();
+    let healthy = members.iter().filter(|m| m.healthy).count();
+    if healthy < majority(n) {
+        return Err(format!(
+            "the quorum does not stand now ({healthy} of {n} members healthy, {} needed): \
+             a membership change could not be committed; bring the members back first",
+            majority(n)
+        ));
+    }
+    let target = target as usize;
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    if target > n {
+        // Each added member is healthy before the next is added.
+        for (up, size) in (healthy..).zip(n + 1..=target) {
+            if up < majority(size) {
+                notes.push(format!(
+                    "growing to {size} members: {up} healthy of the {} needed, so no writes \
+                     until the new member has started",
+                    majority(size)
+                ));
+            }
+            steps.push(Step::Add);
+        }
+        return Ok((steps, notes));
+    }
+    let mut order: Vec<&Voter> = members.iter().collect();
+    order.sort_by_key(|m| (m.healthy, m.leads, std::cmp::Reverse(m.ordinal)));
+    let (mut size, mut up) = (n, healthy);
+    for m in order.into_iter().take(n - target) {
+        let after = up - usize::from(m.healthy);
+        if after < majority(size - 1) {
+            return Err(format!(
+                "removing {} would leave {after} healthy of {} members, fewer than the {} \
+                 a quorum needs",
+                m.name,
+                size - 1,
+                majority(size - 1)
+            ));
+        }
+        steps.push(Step::Remove(m.name.to_string()));
+        size -= 1;
+        up = after;
+    }
+    Ok((steps, notes))
+}
+
+/// Whether member `name` may be replaced (taken out of the membership, given fresh data,
+/// admitted again): the other members alone must be a healthy majority, since they commit
+/// both changes and hold the data the new copy is made from.
+pub fn check_replace(members: &[Voter<'_>], name: &str) -> Result<(), String> {
+    if !members.iter().any(|m| m.name == name) {
+        let names: Vec<&str> = members.iter().map(|m| m.name).collect();
+        return Err(format!(
+            "no member {name:?}; the members: {}",
+            names.join(", ")
+        ));
+    }
+    let others = members
+        .iter()
+        .filter(|m| m.name != name && m.healthy)
+        .count();
+    let need = majority(members.len());
+    if others < need {
+        return Err(format!(
+            "replacing {name} needs {need} healthy other members of {} to commit it and \
+             copy the data from; {others} are healthy",
+            members.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The members of a quorum cluster's rows as a scale plan sees them.
+pub fn voters(rows: &[InstanceRow]) -> Vec<Voter<'_>> {
+    let leader = state_of(rows).and_then(|q| q.leader);
+    rows.iter()
+        .filter(|i| i.role == MEMBER && i.desired == Desired::Running)
+        .map(|i| Voter {
+            name: &i.name,
+            ordinal: i.ordinal,
+            healthy: i.state == "running"
+                && i.health == "healthy"
+                && i.process.is_some_and(|p| p.is_running()),
+            leads: leader.as_deref() == Some(i.name.as_str()),
+        })
+        .collect()
+}
+
 /// The quorum state of a cluster's instance rows; `None` when they are not quorum members.
 /// A member counts as healthy when it runs and its last probe was healthy.
 pub fn state_of(rows: &[InstanceRow]) -> Option<QuorumState> {
@@ -233,6 +357,103 @@ mod tests {
         let s = quorum_state(&five);
         assert!(s.has_quorum);
         assert_eq!(s.to_string(), "quorum 3/5, leader a");
+    }
+
+    fn v(name: &str, ordinal: u32, healthy: bool, leads: bool) -> Voter<'_> {
+        Voter {
+            name,
+            ordinal,
+            healthy,
+            leads,
+        }
+    }
+
+    #[test]
+    fn scale_steps_one_member_at_a_time_and_never_lose_quorum() {
+        let three = [
+            v("e-0", 0, true, true),
+            v("e-1", 1, true, false),
+            v("e-2", 2, true, false),
+        ];
+        // 3 -> 5: two additions, no pause.
+        let (steps, notes) = plan_scale("etcd", &three, 5, 1, 7).unwrap();
+        assert_eq!(steps, vec![Step::Add, Step::Add]);
+        assert!(notes.is_empty());
+        // 3 -> 1: followers newest first; the leader stays.
+        let (steps, _) = plan_scale("etcd", &three, 1, 1, 7).unwrap();
+        assert_eq!(
+            steps,
+            vec![Step::Remove("e-2".into()), Step::Remove("e-1".into())]
+        );
+        // An even target, or one the addon does not allow: refused.
+        assert!(plan_scale("etcd", &three, 4, 1, 7)
+            .unwrap_err()
+            .contains("odd"));
+        assert!(plan_scale("etcd", &three, 9, 1, 7).is_err());
+        // 3 -> 1 while a member is down: the down one goes first (its removal is committed
+        // by the two that run), then a follower; with two down no quorum stands at all.
+        let one_down = [
+            v("e-0", 0, true, true),
+            v("e-1", 1, false, false),
+            v("e-2", 2, true, false),
+        ];
+        let (steps, _) = plan_scale("etcd", &one_down, 1, 1, 7).unwrap();
+        assert_eq!(steps[0], Step::Remove("e-1".into()));
+        let two_down = [
+            v("e-0", 0, true, false),
+            v("e-1", 1, false, false),
+            v("e-2", 2, false, false),
+        ];
+        let e = plan_scale("etcd", &two_down, 5, 1, 7).unwrap_err();
+        assert!(e.contains("does not stand"), "{e}");
+        // 5 -> 3 with two down: removing them keeps 3 of 3.
+        let five: Vec<Voter> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .enumerate()
+            .map(|(n, name)| v(name, n as u32, n < 3, n == 0))
+            .collect();
+        let (steps, _) = plan_scale("etcd", &five, 3, 1, 7).unwrap();
+        assert_eq!(
+            steps,
+            vec![Step::Remove("e".into()), Step::Remove("d".into())]
+        );
+        // 5 -> 1 with two down: the down ones go first, so every step keeps a majority
+        // (removing a follower before them would not).
+        let (steps, _) = plan_scale("etcd", &five, 1, 1, 7).unwrap();
+        let names: Vec<Step> = ["e", "d", "c", "b"]
+            .iter()
+            .map(|n| Step::Remove(n.to_string()))
+            .collect();
+        assert_eq!(steps, names);
+        // 1 -> 3: the first addition pauses writes until the new member runs.
+        let (steps, notes) = plan_scale("etcd", &[v("s-0", 0, true, true)], 3, 1, 7).unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
+    #[test]
+    fn a_member_is_replaced_only_while_the_others_hold_a_quorum() {
+        let three = [
+            v("e-0", 0, true, true),
+            v("e-1", 1, false, false),
+            v("e-2", 2, true, false),
+        ];
+        assert!(check_replace(&three, "e-1").is_ok());
+        // Replacing a healthy one while another is down leaves one other: refused.
+        let e = check_replace(&three, "e-0").unwrap_err();
+        assert!(e.contains("needs 2 healthy other"), "{e}");
+        // The only healthy member.
+        let lone = [
+            v("e-0", 0, true, true),
+            v("e-1", 1, false, false),
+            v("e-2", 2, false, false),
+        ];
+        assert!(check_replace(&lone, "e-0").is_err());
+        assert!(check_replace(&three, "e-9")
+            .unwrap_err()
+            .contains("no member"));
+        // A single-member quorum has nothing to copy from.
+        assert!(check_replace(&[v("s-0", 0, true, true)], "s-0").is_err());
     }
 
     #[test]
