@@ -15,7 +15,12 @@
 //! * TRIALS / 2 switchovers: write pause and command time;
 //! * pgbench TPS through the read-write endpoint vs directly to the primary (ratio);
 //! * host CPU per probe with kept addon instances (one open connection) vs a fresh addon
-//!   instance per probe (a new connection each time), same clusters, same interval.
+//!   instance per probe (a new connection each time), same clusters, same interval;
+//! * TRIALS / 2 × kill -9 of the etcd leader (a quorum of 3) under a writer: write
+//!   unavailability through Shoal's read-write endpoint, side by side with the same etcd
+//!   started by this bench with the same flags and no Shoal (the writer given every
+//!   member's address, as etcd clients are); acknowledged writes lost in each.
+//!   `-- quorum [TRIALS]` runs only these.
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -478,12 +483,272 @@ fn probe_cost(ports: (u16, u16), extra: &str, label: &str) -> f64 {
     per_probe_us
 }
 
+/// Kill -9 the member with `pid` under `w` and wait for a write acknowledged after it;
+/// the write unavailability (last ack before the kill → first after) in ms, and the writer's
+/// acknowledged values.
+fn kill_under_writer(pid: u32, w: Writer) -> Option<(f64, Vec<u64>)> {
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !w.acked().iter().any(|(_, at)| *at > killed) {
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let acked = w.finish();
+    let before = acked.iter().rev().find(|(_, at)| *at <= killed)?.1;
+    let after = acked.iter().find(|(_, at)| *at > killed)?.1;
+    Some((
+        (after - before).as_secs_f64() * 1000.0,
+        acked.iter().map(|(n, _)| *n).collect(),
+    ))
+}
+
+/// How many of `acked` (trial `t`'s values) the cluster behind `port` lacks (asked for up
+/// to 20 s while it settles).
+fn etcd_lost(port: u16, user: &str, password: &str, acked: &[u64]) -> usize {
+    let until = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        match etcd::login(port, user, password) {
+            Ok(t) => break t,
+            Err(e) if Instant::now() > until => panic!("cannot log in to count losses: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let have = loop {
+        // A request the endpoint cut (a route moving) is asked again.
+        match etcd::stored(port, &token) {
+            Ok(have) => break have,
+            Err(e) if Instant::now() > until => panic!("cannot read the keys back: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    acked.iter().filter(|n| !have.contains(n)).count()
+}
+
+/// The member ports and pids of a healthy quorum with a leader: (leader pid, rw port).
+fn etcd_settled(h: &Host, name: &str) -> (u32, u16) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = h.describe(name);
+        let whole = d["quorum"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("quorum 3/3, leader"));
+        if let (true, Some(l)) = (whole, d["leader"].as_str()) {
+            let pid = d["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["name"] == l)
+                .and_then(|i| i["pid"].as_u64())
+                .unwrap_or(0) as u32;
+            return (pid, rw_port(&d));
+        }
+        assert!(Instant::now() < until, "etcd quorum never settled: {d:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three etcd processes started by hand, with the flags the addon gives its members.
+struct RawEtcd {
+    dir: tempfile::TempDir,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    procs: Vec<std::process::Child>,
+}
+
+impl RawEtcd {
+    fn start(from: u16) -> RawEtcd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports = (from..from + 200)
+            .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .take(6);
+        let mut next = || ports.next().expect("free ports");
+        let (clients, peers): (Vec<u16>, Vec<u16>) = (0..3).map(|_| (next(), next())).unzip();
+        let mut raw = RawEtcd {
+            dir,
+            clients,
+            peers,
+            procs: Vec::new(),
+        };
+        for n in 0..3 {
+            let child = raw.spawn(n);
+            raw.procs.push(child);
+        }
+        raw
+    }
+
+    fn spawn(&self, n: usize) -> std::process::Child {
+        let initial: Vec<String> = (0..3)
+            .map(|k| format!("raw-{k}=http://127.0.0.1:{}", self.peers[k]))
+            .collect();
+        let client = format!("http://127.0.0.1:{}", self.clients[n]);
+        let peer = format!("http://127.0.0.1:{}", self.peers[n]);
+        let log = std::fs::File::create(self.dir.path().join(format!("raw-{n}.log"))).unwrap();
+        Command::new("etcd")
+            .args([
+                format!("--name=raw-{n}"),
+                format!(
+                    "--data-dir={}",
+                    self.dir.path().join(format!("d{n}")).display()
+                ),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=raw".into(),
+                "--heartbeat-interval=100".into(),
+                "--election-timeout=1000".into(),
+                "--quota-backend-bytes=2147483648".into(),
+                "--pre-vote=true".into(),
+                "--logger=zap".into(),
+                "--log-outputs=stderr".into(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (apt-get install etcd-server)")
+    }
+
+    /// The index of the member that leads once all three answer and agree on one.
+    fn leader(&self) -> usize {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen: Vec<Option<(String, String)>> = self
+                .clients
+                .iter()
+                .map(|p| {
+                    let v = etcd::etcd(*p, "/v3/maintenance/status", &serde_json::json!({}), None)
+                        .ok()?;
+                    Some((
+                        v["header"]["member_id"].as_str()?.to_string(),
+                        v["leader"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            if seen.iter().all(|s| s.is_some()) {
+                let seen: Vec<(String, String)> = seen.into_iter().flatten().collect();
+                let leader = &seen[0].1;
+                if leader != "0" && seen.iter().all(|(_, l)| l == leader) {
+                    if let Some(k) = seen.iter().position(|(me, _)| me == leader) {
+                        return k;
+                    }
+                }
+            }
+            assert!(Instant::now() < until, "raw etcd never agreed on a leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RawEtcd {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// Kill -9 of the etcd leader under a writer, through Shoal and without it.
+fn quorum_failovers(trials: usize) {
+    println!(
+        "
+etcd quorum of 3, kill -9 of the leader under a writer ({trials} trials each):"
+    );
+    let (mut shoal, mut raw) = (Vec::new(), Vec::new());
+    let (mut shoal_lost, mut raw_lost) = (0usize, 0usize);
+    {
+        let h = Host::start_with((23300, 23399), &["shoal_addon_etcd.wasm"], None);
+        h.ok(&[
+            "cluster",
+            "create",
+            "qb",
+            "--engine",
+            "etcd",
+            "--replicas",
+            "3",
+        ]);
+        let pw = password(&h, "qb");
+        for t in 0..trials {
+            let (pid, rw) = etcd_settled(&h, "qb");
+            let w = etcd::etcd_writer_over(vec![rw], "root", &pw, (t as u64 + 1) * 1_000_000);
+            match kill_under_writer(pid, w) {
+                Some((gap, acked)) => {
+                    shoal.push(gap);
+                    shoal_lost += etcd_lost(rw, "root", &pw, &acked);
+                }
+                None => eprintln!("shoal trial {t}: writes never came back"),
+            }
+        }
+    }
+    {
+        let mut r = RawEtcd::start(23400);
+        let first = r.leader();
+        let port = r.clients[first];
+        for (path, body) in [
+            (
+                "/v3/auth/user/add",
+                serde_json::json!({"name": "root", "password": "raw-pass"}),
+            ),
+            (
+                "/v3/auth/user/grant",
+                serde_json::json!({"user": "root", "role": "root"}),
+            ),
+            ("/v3/auth/enable", serde_json::json!({})),
+        ] {
+            etcd::etcd(port, path, &body, None).expect("raw etcd auth setup");
+        }
+        for t in 0..trials {
+            let k = r.leader();
+            let w = etcd::etcd_writer_over(
+                r.clients.clone(),
+                "root",
+                "raw-pass",
+                (t as u64 + 1) * 1_000_000,
+            );
+            let pid = r.procs[k].id();
+            let result = kill_under_writer(pid, w);
+            let _ = r.procs[k].wait();
+            // A supervisor would start it again: the bench does, once writes are back.
+            r.procs[k] = r.spawn(k);
+            match result {
+                Some((gap, acked)) => {
+                    raw.push(gap);
+                    let other = r.clients[(k + 1) % 3];
+                    raw_lost += etcd_lost(other, "root", "raw-pass", &acked);
+                }
+                None => eprintln!("raw trial {t}: writes never came back"),
+            }
+        }
+    }
+    row("write unavailability, through Shoal", &shoal, "ms");
+    row("write unavailability, etcd alone", &raw, "ms");
+    let (mut a, mut b) = (shoal.clone(), raw.clone());
+    println!(
+        "Shoal adds (p50 - p50): {:.1} ms; acknowledged writes lost: {shoal_lost} through \
+         Shoal, {raw_lost} alone",
+        pct(&mut a, 50.0) - pct(&mut b, 50.0)
+    );
+}
+
 fn main() {
+    let only_quorum = std::env::args().any(|a| a == "quorum");
     let trials: usize = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
+        .find_map(|a| a.parse().ok())
         .unwrap_or(20);
+    if only_quorum {
+        quorum_failovers(trials);
+        return;
+    }
     // A network namespace of its own, for the partition trials' firewall rules.
     private_network();
     println!("HA benchmark: {trials} failover trials (pass a number to change)");
@@ -506,4 +771,5 @@ fn main() {
         "fresh addon instance (new connection each)",
     );
     println!("ratio fresh / kept: {:.1}x", fresh / kept);
+    quorum_failovers(trials / 2);
 }

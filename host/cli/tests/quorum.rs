@@ -6,140 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::etcd::*;
 use common::*;
 use serde_json::{json, Value as Json};
-
-/// POST `body` to etcd's JSON gateway on 127.0.0.1:`port`; the answer, or the gRPC error.
-fn etcd(port: u16, path: &str, body: &Json, token: Option<&str>) -> Result<Json, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let body = body.to_string();
-    let auth = token
-        .map(|t| format!("Authorization: {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let (head, rest) = out.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
-    // Go answers small bodies with a length, larger ones chunked.
-    let text = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut text = String::new();
-        let mut r = rest;
-        while let Some((size, tail)) = r.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            text.push_str(&tail[..n]);
-            r = &tail[n + 2..];
-        }
-        text
-    } else {
-        rest.to_string()
-    };
-    let v: Json = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
-    match v.get("error") {
-        Some(e) => Err(e.as_str().unwrap_or("error").to_string()),
-        None => Ok(v),
-    }
-}
-
-fn b64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                A[((n >> (18 - 6 * i)) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
-fn login(port: u16, user: &str, password: &str) -> Result<String, String> {
-    let v = etcd(
-        port,
-        "/v3/auth/authenticate",
-        &json!({ "name": user, "password": password }),
-        None,
-    )?;
-    Ok(v["token"].as_str().ok_or("no token")?.to_string())
-}
-
-/// A writer putting `w/<n>` through `port` as `root`, logging in again whenever a request
-/// fails (tokens live in the members' memory).
-fn etcd_writer(port: u16, password: &str) -> Writer {
-    let pw = password.to_string();
-    Writer::start_with(1, move || {
-        let token = login(port, "root", &pw)?;
-        Ok(Box::new(move |n: u64| -> Result<u16, String> {
-            etcd(
-                port,
-                "/v3/kv/put",
-                &json!({ "key": b64(&format!("w/{n:08}")), "value": b64("1") }),
-                Some(&token),
-            )?;
-            Ok(port)
-        }) as Commit)
-    })
-}
-
-/// Every `w/` key the cluster holds, read through `port` (a linearizable read: the leader's).
-fn stored(port: u16, token: &str) -> std::collections::BTreeSet<u64> {
-    let v = etcd(
-        port,
-        "/v3/kv/range",
-        &json!({ "key": b64("w/"), "range_end": b64("w0"), "keys_only": true }),
-        Some(token),
-    )
-    .expect("range");
-    v["kvs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|kv| {
-                    let key = decode64(kv["key"].as_str().unwrap());
-                    key.trim_start_matches("w/").parse::<u64>().unwrap()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn decode64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|c| *c != b'=') {
-        bits = (bits << 6) | A.iter().position(|x| *x == c).unwrap() as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
 
 /// The member the cluster's description names as leader, with its pid, once there is one
 /// and every member is healthy.
@@ -330,7 +201,7 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
 
     // No acknowledged write is lost.
     let token = login(rw, "root", &pw).unwrap();
-    let have = stored(rw, &token);
+    let have = stored(rw, &token).expect("range");
     let lost: Vec<u64> = acked
         .iter()
         .map(|(n, _)| *n)
@@ -360,7 +231,7 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
     assert_eq!(engine_members(&h), 3);
     assert_eq!(d["replicas"], 3);
     let token = login(rw, "root", &pw).unwrap();
-    assert_eq!(stored(rw, &token), have);
+    assert_eq!(stored(rw, &token).expect("range"), have);
 
     // A member whose data is lost: killed, its data wiped. etcd refuses to run on it (its
     // Raft log is gone), so after three failed restarts Shoal replaces it: out of the
@@ -466,7 +337,10 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
     h.ok(&["cluster", "start", "ec"]);
     let (_, _, d) = leader_of(&h, "ec");
     let token = login(rw_port(&d), "root", &pw).unwrap();
-    assert_eq!(stored(rw_port(&d), &token).len(), have.len());
+    assert_eq!(
+        stored(rw_port(&d), &token).expect("range").len(),
+        have.len()
+    );
 
     h.ok(&["cluster", "delete", "ec", "--purge", "--yes"]);
     let left = std::process::Command::new("pgrep")

@@ -2,6 +2,8 @@
 //! kills everything it started when dropped, and `psql` helpers.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
