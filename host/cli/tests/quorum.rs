@@ -342,6 +342,36 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
         have.len()
     );
 
+    // Two of three members frozen: the quorum is lost (a state and an event), and back when
+    // they thaw. Nothing is promoted meanwhile.
+    let frozen: Vec<i32> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|i| i["pid"].as_u64().unwrap() as i32)
+        .collect();
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p, libc::SIGSTOP);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the quorum is lost", || {
+        h.ok(&["cluster", "events", "ec"]).contains("quorum lost")
+    });
+    let d = h.describe("ec");
+    assert!(d["quorum"].as_str().unwrap().contains("lost"), "{d:#}");
+    assert_eq!(d["state"], "degraded");
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p, libc::SIGCONT);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the quorum is back", || {
+        h.ok(&["cluster", "events", "ec"]).contains("quorum back")
+    });
+    leader_of(&h, "ec");
+
     h.ok(&["cluster", "delete", "ec", "--purge", "--yes"]);
     let left = std::process::Command::new("pgrep")
         .args(["-f", &format!("{}/clusters/ec", h.home.path().display())])

@@ -258,6 +258,9 @@ struct Memory {
     /// Primaries whose last probe failed: the supervisor ticks faster until they answer or
     /// are failed over.
     suspects: std::collections::HashSet<(String, String)>,
+    /// Quorum clusters whose healthy members are no majority (said once, and again when the
+    /// quorum is back).
+    quorum_lost: std::collections::HashSet<String>,
 }
 
 impl Memory {
@@ -560,7 +563,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     for cl in c.db(|s| s.clusters()).unwrap_or_default() {
         c.refresh_routes(&cl.name).await;
     }
-    refresh_cluster_states(c);
+    refresh_cluster_states(c, mem);
     crate::backups::fire_schedules(c);
     crate::archive::kick_archiver(c);
 }
@@ -823,12 +826,27 @@ async fn probe_live(
 
 /// A cluster is running when every instance that should run does and is healthy, degraded
 /// when some do not; states owned by operations (creating, updating, deleting, failed) stay.
-fn refresh_cluster_states(c: &Arc<Controller>) {
+fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
     for cl in c.db(|s| s.clusters()).unwrap_or_default() {
         if !matches!(cl.state.as_str(), "running" | "degraded") {
             continue;
         }
         let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
+        if let Some(q) = topology::state_of(&all) {
+            if !q.has_quorum && mem.quorum_lost.insert(cl.name.clone()) {
+                c.event(
+                    &cl.name,
+                    None,
+                    "error",
+                    format!(
+                        "quorum lost: {q}; it takes no writes until a majority of members \
+                         answer (dead members are restarted; see docs/engines for recovery)"
+                    ),
+                );
+            } else if q.has_quorum && mem.quorum_lost.remove(&cl.name) {
+                c.event(&cl.name, None, "info", format!("quorum back: {q}"));
+            }
+        }
         let ok = all
             .iter()
             .filter(|i| i.desired == Desired::Running)
