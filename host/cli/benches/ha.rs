@@ -20,7 +20,11 @@
 //!   unavailability through Shoal's read-write endpoint, side by side with the same etcd
 //!   started by this bench with the same flags and no Shoal (the writer given every
 //!   member's address, as etcd clients are); acknowledged writes lost in each.
-//!   `-- quorum [TRIALS]` runs only these.
+//!   `-- quorum [TRIALS]` runs only these;
+//! * `-- fleet [N]` (only this, not in the default run: it starts N Redis servers): the
+//!   supervisor's cost with N (default 400) single-instance Redis clusters probed every
+//!   second — `shoal serve`'s share of a core, CPU per probe, its RSS and the endpoint
+//!   process's.
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -483,6 +487,69 @@ fn probe_cost(ports: (u16, u16), extra: &str, label: &str) -> f64 {
     per_probe_us
 }
 
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// The supervisor's cost at fleet size: `n` single-instance Redis clusters probed every
+/// second (the default interval): `shoal serve`'s share of one core, CPU per probe, RSS.
+fn fleet_probe_cost(n: usize) {
+    println!(
+        "
+supervisor cost, {n} single-instance Redis clusters probed every 1 s:"
+    );
+    let h = Host::start_with_config(
+        (30000, 31999),
+        &["shoal_addon_redis.wasm"],
+        "probe_interval_ms = 1000\n",
+    );
+    let names: Vec<String> = (0..n).map(|k| format!("r{k}")).collect();
+    let t0 = Instant::now();
+    for name in &names {
+        h.ok(&["cluster", "create", name, "--engine", "redis", "--no-wait"]);
+    }
+    let until = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let list = json(&h, &["cluster", "list"]);
+        let running = list
+            .as_array()
+            .map(|a| a.iter().filter(|c| c["state"] == "running").count())
+            .unwrap_or(0);
+        if running == n {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "only {running} of {n} clusters running"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!(
+        "created {n} clusters in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = h.serve_pid();
+    let (c0, t1) = (cpu_secs(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(30));
+    let (c1, secs) = (cpu_secs(pid), t1.elapsed().as_secs_f64());
+    let probes = n as f64 * secs;
+    println!(
+        "shoal serve: {:.1} % of one core, {:.3} ms CPU per probe, {:.0} MiB RSS",
+        (c1 - c0) / secs * 100.0,
+        (c1 - c0) * 1000.0 / probes,
+        rss_mib(pid)
+    );
+    let endpoints: f64 = endpoint_pids(h.home.path()).into_iter().map(rss_mib).sum();
+    println!("shoal endpoints (the stable endpoints' process): {endpoints:.0} MiB RSS");
+}
+
 /// Kill -9 the member with `pid` under `w` and wait for a write acknowledged after it;
 /// the write unavailability (last ack before the kill → first after) in ms, and the writer's
 /// acknowledged values.
@@ -741,6 +808,14 @@ etcd quorum of 3, kill -9 of the leader under a writer ({trials} trials each):"
 
 fn main() {
     let only_quorum = std::env::args().any(|a| a == "quorum");
+    if std::env::args().any(|a| a == "fleet") {
+        let n = std::env::args()
+            .skip(1)
+            .find_map(|a| a.parse().ok())
+            .unwrap_or(400);
+        fleet_probe_cost(n);
+        return;
+    }
     let trials: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

@@ -39,6 +39,11 @@ impl Host {
         Host::start_full(ports, &["shoal_addon_postgresql.wasm"], None, extra, None)
     }
 
+    /// Start a host with `addons` and `extra` lines in its config.toml.
+    pub fn start_with_config(ports: (u16, u16), addons: &[&str], extra: &str) -> Host {
+        Host::start_full(ports, addons, None, extra, None)
+    }
+
     /// As `start_configured`, for a daemon named `host_id` in the coordination store.
     pub fn start_as(ports: (u16, u16), extra: &str, host_id: &str) -> Host {
         Host::start_full(
