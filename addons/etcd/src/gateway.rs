@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use shoal_sdk::prelude::*;
 
-/// Largest answer read (a member list of a few members is ~1 KiB).
-const MAX_BODY: usize = 1 << 20;
+/// Largest answer read (a member list is ~1 KiB; a backup's page of 100 keys holds their
+/// values).
+const MAX_BODY: usize = 64 << 20;
 
 /// A connection to one member's client port.
 pub struct Gateway {
@@ -187,6 +188,31 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of the base64 text `s` (the gateway's proto `bytes`), or `None` if it is not
+/// base64.
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +223,14 @@ mod tests {
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
         assert_eq!(base64(b""), "");
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for b in [&b""[..], b"\0", b"ab", b"abc", b"\xff\x00\x10key/1"] {
+            assert_eq!(unbase64(&base64(b)).as_deref(), Some(b));
+        }
+        assert_eq!(unbase64("not base64!"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod gateway;
 
 use std::time::Duration;
 
-use gateway::{base64, u64_field, Answer, Gateway};
+use gateway::{base64, u64_field, unbase64, Answer, Gateway};
 use serde_json::{json, Value as Json};
 use shoal_sdk::params::Lookup;
 use shoal_sdk::prelude::*;
@@ -444,7 +444,16 @@ impl Engine for Etcd {
                     description: "Raft traffic between members.".into(),
                 },
             ],
-            backup_methods: vec![],
+            backup_methods: vec![BackupMethod {
+                name: "keys".into(),
+                kind: BackupKind::Logical,
+                target_role: None,
+                point_in_time: false,
+                description: "Every key and value at one revision, read through the leader \
+                              and written back with transactions (no history, leases or \
+                              accounts)."
+                    .into(),
+            }],
             parameters: vec![
                 ParamSpec {
                     name: "heartbeat-interval".into(),
@@ -512,6 +521,16 @@ impl Engine for Etcd {
                 HookLimit {
                     hook: Hook::AccountProvision,
                     timeout_ms: 30000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Backup,
+                    timeout_ms: 3_600_000,
+                    memory_bytes: None,
+                },
+                HookLimit {
+                    hook: Hook::Restore,
+                    timeout_ms: 3_600_000,
                     memory_bytes: None,
                 },
                 HookLimit {
@@ -701,6 +720,150 @@ impl Engine for Etcd {
             &account.credentials.password,
             &role,
         )
+    }
+
+    /// Every key and value at one revision, 100 keys a page, as JSON lines
+    /// `{"key": base64, "value": base64}`.
+    fn backup(
+        &mut self,
+        instance: &Instance,
+        method: &str,
+        _params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        use std::io::Write;
+        if method != "keys" {
+            return Err(HookError::invalid(format!(
+                "unknown backup method {method:?}: the etcd addon has \"keys\""
+            )));
+        }
+        let token = self.token(instance)?;
+        let all = base64(b"\0");
+        let count = self.ok(
+            instance,
+            "/v3/kv/range",
+            &json!({ "key": all, "range_end": all, "count_only": true }),
+            token.as_deref(),
+        )?;
+        let revision = u64_field(&count, "/header/revision");
+        let total = u64_field(&count, "/count");
+        // The manifest's version (a restore creates its cluster with it); the server's own
+        // goes into the labels.
+        let server = self
+            .read(instance, "/v3/maintenance/status")
+            .ok()
+            .and_then(|s| s.get("version").and_then(Json::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let mut from = all.clone();
+        let mut written = 0u64;
+        loop {
+            let page = self.ok(
+                instance,
+                "/v3/kv/range",
+                &json!({ "key": from, "range_end": all, "limit": 100,
+                         "revision": revision.to_string() }),
+                token.as_deref(),
+            )?;
+            let kvs = page
+                .get("kvs")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut last = None;
+            for kv in &kvs {
+                let key = kv.get("key").and_then(Json::as_str).unwrap_or("");
+                let value = kv.get("value").and_then(Json::as_str).unwrap_or("");
+                let line = json!({ "key": key, "value": value }).to_string();
+                into.write_all(line.as_bytes())
+                    .and_then(|()| into.write_all(b"\n"))
+                    .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
+                written += 1;
+                last = Some(key.to_string());
+            }
+            shoal_sdk::host::progress(written, Some(total), "keys");
+            let more = page.get("more").and_then(Json::as_bool).unwrap_or(false);
+            match (more, last) {
+                (true, Some(key)) => {
+                    // The next page starts just after the last key.
+                    let mut next = unbase64(&key)
+                        .ok_or_else(|| HookError::failed("etcd sent a key not in base64"))?;
+                    next.push(0);
+                    from = base64(&next);
+                }
+                _ => break,
+            }
+        }
+        Ok(BackupInfo {
+            method: "keys".into(),
+            engine_version: instance.engine_version.clone(),
+            start_position: Some(revision.to_string()),
+            end_position: Some(revision.to_string()),
+            labels: vec![
+                ("keys".into(), written.to_string()),
+                ("revision".into(), revision.to_string()),
+                ("server-version".into(), server),
+            ],
+        })
+    }
+
+    /// Write every key of a "keys" backup into the running cluster, 100 to a transaction,
+    /// and check the count.
+    fn restore(
+        &mut self,
+        instance: &Instance,
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+        _recovery_follows: bool,
+    ) -> HookResult<()> {
+        use std::io::BufRead;
+        if info.method != "keys" {
+            return Err(HookError::invalid(format!(
+                "cannot restore a backup made with method {:?}",
+                info.method
+            )));
+        }
+        let token = self.token(instance)?;
+        let mut ops = Vec::new();
+        let mut restored = 0u64;
+        let want: Option<u64> = info
+            .labels
+            .iter()
+            .find(|(k, _)| k == "keys")
+            .and_then(|(_, v)| v.parse().ok());
+        let flush = |this: &mut Self, ops: &mut Vec<Json>| -> HookResult<()> {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            this.ok(
+                instance,
+                "/v3/kv/txn",
+                &json!({ "success": ops }),
+                token.as_deref(),
+            )?;
+            ops.clear();
+            Ok(())
+        };
+        for line in std::io::BufReader::new(from).lines() {
+            let line = line.map_err(|e| HookError::failed(format!("reading the backup: {e}")))?;
+            if line.is_empty() {
+                continue;
+            }
+            let kv: Json = serde_json::from_str(&line)
+                .map_err(|e| HookError::failed(format!("a line of the backup is not JSON: {e}")))?;
+            ops.push(json!({ "requestPut": { "key": kv["key"], "value": kv["value"] } }));
+            restored += 1;
+            if ops.len() == 100 {
+                flush(self, &mut ops)?;
+                shoal_sdk::host::progress(restored, want, "keys");
+            }
+        }
+        flush(self, &mut ops)?;
+        if let Some(want) = want.filter(|w| *w != restored) {
+            return Err(HookError::failed(format!(
+                "the backup holds {restored} keys, its record says {want}"
+            )));
+        }
+        Ok(())
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {

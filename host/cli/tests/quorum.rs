@@ -138,7 +138,11 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
         "must be odd",
     );
     refused(&h, &["cluster", "rebuild", "ec", "ec-9"], "no member");
-    refused(&h, &["backup", "create", "ec"], "declares no backup method");
+    refused(
+        &h,
+        &["backup", "create", "ec", "--method", "snapshot"],
+        "unknown backup method",
+    );
     assert_eq!(h.describe("ec")["instances"].as_array().unwrap().len(), 3);
 
     // Kill -9 the leader under a writer through the read-write endpoint.
@@ -208,6 +212,36 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
         .filter(|n| !have.contains(n))
         .collect();
     assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+
+    // A backup of every key, restored into a new quorum: the same keys.
+    let repo = h.home.path().join("repo");
+    h.ok(&[
+        "backup-repo",
+        "add",
+        "local",
+        "--type",
+        "fs",
+        "--path",
+        repo.to_str().unwrap(),
+    ]);
+    h.ok(&["backup", "create", "ec"]);
+    let b = json(&h, &["backup", "list", "--cluster", "ec"])
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(b["method"], "keys", "{b:#}");
+    let id = b["id"].as_str().unwrap().to_string();
+    // It restores into a throwaway member too.
+    h.ok(&["backup", "verify", &id, "--restore"]);
+    h.ok(&["cluster", "restore", "er", "--from-backup", &id]);
+    let (_, _, restored) = leader_of(&h, "er");
+    assert_eq!(restored["instances"].as_array().unwrap().len(), 3);
+    let er_pw = password(&h, "er");
+    let er_token = login(rw_port(&restored), "root", &er_pw).unwrap();
+    assert_eq!(stored(rw_port(&restored), &er_token).expect("range"), have);
+    h.ok(&["cluster", "delete", "er", "--purge", "--yes"]);
 
     // Scale 3 -> 5 -> 3, one member at a time: etcd's own membership follows.
     let engine_members = |h: &Host| -> usize {

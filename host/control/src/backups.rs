@@ -870,7 +870,11 @@ fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Optio
             return Some(r);
         }
     }
-    all.iter().filter(running).find(|i| i.role == "primary")
+    // A quorum's leader (whose reads are the quorum's), else any healthy member.
+    let leader = crate::topology::state_of(all).and_then(|q| q.leader);
+    all.iter()
+        .filter(running)
+        .find(|i| i.role == "primary" || leader.as_deref() == Some(i.name.as_str()))
 }
 
 /// The backup operation: stream the addon's backup of one instance into the repository.

@@ -232,13 +232,26 @@ async fn create(
     let cr = all_secrets.platform().clone();
     c.prepare_cluster_dir(&cl)?;
     if topology::family(addon.manifest()) == Family::Quorum {
-        if restore.is_some() {
-            return Err(format!(
-                "{} has no backup methods to restore a quorum from",
-                cl.engine
-            ));
+        if let Some((id, _)) = restore {
+            if crate::backups::restores_before_start(c, id)? {
+                return Err(format!(
+                    "backup {id} is a physical copy; a quorum restores only a logical backup \
+                     (written into the running members)"
+                ));
+            }
         }
-        return create_quorum(c, &cl, &cr).await;
+        create_quorum(c, &cl, &cr).await?;
+        if let Some((id, _)) = restore {
+            let all = instances(c, name)?;
+            let leader = topology::state_of(&all)
+                .and_then(|q| q.leader)
+                .and_then(|l| all.iter().find(|i| i.name == l))
+                .ok_or("the new quorum has no leader to restore into")?;
+            crate::backups::restore_into(c, &cl, leader, &cr, id, None).await?;
+        }
+        c.db(|s| s.set_cluster_state(name, "running"))
+            .map_err(|e| e.message)?;
+        return Ok(());
     }
     let mut primary = add_instance(c, &cl, "primary")?;
     let before_start = match restore {
@@ -494,8 +507,6 @@ async fn create_quorum(
         Err(e) if e.is_unsupported() => {}
         Err(e) => return Err(e.to_string()),
     }
-    c.db(|s| s.set_cluster_state(&cl.name, "running"))
-        .map_err(|e| e.message)?;
     Ok(())
 }
 
