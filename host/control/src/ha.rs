@@ -210,11 +210,7 @@ fn check_candidate(
 
 /// Bytes `cand` is behind `primary`, by their last probes.
 fn lag_behind(primary: &InstanceRow, cand: &InstanceRow) -> u64 {
-    match (primary.position, cand.position) {
-        (Some(p), Some(r)) => p.saturating_sub(r),
-        (Some(_), None) => u64::MAX,
-        _ => cand.lag_bytes.unwrap_or(0),
-    }
+    crate::primary_replica::lag_behind(primary.position, cand.position, cand.lag_bytes)
 }
 
 // ----- building blocks -----
@@ -708,9 +704,6 @@ async fn choose(
         .iter()
         .filter(|i| i.name != old.name && i.desired == Desired::Running)
         .collect();
-    if replicas.is_empty() {
-        return Err("the cluster has no replica".into());
-    }
     let mut answered = Vec::new();
     let mut why = Vec::new();
     for r in &replicas {
@@ -728,44 +721,42 @@ async fn choose(
             Err(e) => why.push(format!("{}: {e}", r.name)),
         }
     }
-    let best = answered
-        .iter()
-        .max_by_key(|r| (r.position.unwrap_or(0), std::cmp::Reverse(r.ordinal)))
-        .ok_or_else(|| format!("no replica answered ({})", why.join("; ")))?;
     let sync = cl.spec.ha.mode == ReplicationMode::Sync;
-    let may_fall_back = c
-        .addon(&cl.engine)
-        .map(|a| a.manifest().sync_replication == wit::SyncSupport::MayFallBack)
-        .unwrap_or(true);
-    if sync {
-        // An acknowledged commit is on `quorum` replicas; reaching n - quorum + 1 of them
-        // guarantees the most advanced one has it.
-        let need = replicas.len() + 1 - cl.spec.ha.sync_quorum.max(1) as usize;
-        if answered.len() < need {
-            return Err(format!(
-                "sync mode: only {} of {} replicas answered, {need} needed to be sure no \
-                 acknowledged commit is lost ({})",
-                answered.len(),
-                replicas.len(),
-                why.join("; ")
-            ));
+    let rules = crate::primary_replica::Rules {
+        sync,
+        sync_quorum: cl.spec.ha.sync_quorum,
+        may_fall_back: c
+            .addon(&cl.engine)
+            .map(|a| a.manifest().sync_replication == wit::SyncSupport::MayFallBack)
+            .unwrap_or(true),
+        max_lag: quantity::parse_bytes("ha.max-lag-on-failover", &cl.spec.ha.max_lag_on_failover)?,
+    };
+    let seen: Vec<crate::primary_replica::Answered> = answered
+        .iter()
+        .map(|r| crate::primary_replica::Answered {
+            name: &r.name,
+            ordinal: r.ordinal,
+            position: r.position,
+            lag_bytes: r.lag_bytes,
+        })
+        .collect();
+    let choice = crate::primary_replica::choose(&seen, replicas.len(), old.position, rules, &why)
+        .map_err(|e| {
+        if e.contains("bytes behind") {
+            format!(
+                "{e} (max-lag-on-failover {})",
+                cl.spec.ha.max_lag_on_failover
+            )
+        } else {
+            e
         }
-    }
-    // Asynchronous replication, or synchronous replication that may have fallen back to
-    // asynchronous: no quorum guarantee, so the candidate is held to the lag limit.
-    if !sync || may_fall_back {
-        let max = quantity::parse_bytes("ha.max-lag-on-failover", &cl.spec.ha.max_lag_on_failover)?;
-        let lag = lag_behind(old, best);
-        if lag > max {
-            return Err(format!(
-                "the best replica {} is {lag} bytes behind the old primary's last known \
-                 position (max-lag-on-failover {})",
-                best.name, cl.spec.ha.max_lag_on_failover
-            ));
-        }
+    })?;
+    if let Some(lag) = choice.lag {
+        // Asynchronous replication, or synchronous replication that may have fallen back
+        // to asynchronous: no quorum guarantee, so the candidate was held to the lag limit.
         c.event(
             &cl.name,
-            Some(&best.name),
+            Some(&choice.name),
             "info",
             format!(
                 "candidate: {} bytes behind the old primary's last probe ({}: commits \
@@ -780,7 +771,7 @@ async fn choose(
             ),
         );
     }
-    Ok(best.name.clone())
+    Ok(choice.name)
 }
 
 /// Planned switchover from `from` to `to`.

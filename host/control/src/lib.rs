@@ -29,6 +29,7 @@ pub mod engines;
 pub mod ha;
 mod node;
 pub mod ops;
+pub mod primary_replica;
 pub mod proxy;
 pub mod quantity;
 pub mod reconfigure;
