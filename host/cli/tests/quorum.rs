@@ -12,6 +12,16 @@ use common::etcd::*;
 use common::*;
 use serde_json::{json, Value as Json};
 
+/// Every acknowledged write is among the keys the cluster holds.
+fn assert_none_lost(acked: &[(u64, Instant)], have: &std::collections::BTreeSet<u64>) {
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !have.contains(n))
+        .collect();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+}
+
 /// The member the cluster's description names as leader, with its pid, once there is one
 /// and every member is healthy.
 fn leader_of(h: &Host, name: &str) -> (String, u32, Json) {
@@ -206,12 +216,7 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
     // No acknowledged write is lost.
     let token = login(rw, "root", &pw).unwrap();
     let have = stored(rw, &token).expect("range");
-    let lost: Vec<u64> = acked
-        .iter()
-        .map(|(n, _)| *n)
-        .filter(|n| !have.contains(n))
-        .collect();
-    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    assert_none_lost(&acked, &have);
 
     // A backup of every key, restored into a new quorum: the same keys.
     let repo = h.home.path().join("repo");
@@ -412,4 +417,54 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "etcd processes left behind");
+}
+
+#[test]
+fn etcd_3_5_from_the_second_version_runs_a_quorum_of_five_and_survives_its_leader() {
+    let h = Host::start_with((24100, 24199), &["shoal_addon_etcd.wasm"], None);
+    h.ok(&[
+        "cluster",
+        "create",
+        "e5",
+        "--engine",
+        "etcd",
+        "--version",
+        "3.5",
+        "--replicas",
+        "5",
+    ]);
+    let (leader, pid, d) = leader_of(&h, "e5");
+    assert_eq!(
+        d["quorum"].as_str().unwrap(),
+        format!("quorum 5/5, leader {leader}")
+    );
+    let status = etcd(rw_port(&d), "/v3/maintenance/status", &json!({}), None).unwrap();
+    assert!(
+        status["version"].as_str().unwrap().starts_with("3.5."),
+        "{status}"
+    );
+    let pw = password(&h, "e5");
+    let w = etcd_writer(rw_port(&d), &pw);
+    std::thread::sleep(Duration::from_millis(500));
+    let term = d["term"].as_u64().unwrap();
+    let killed = Instant::now();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    wait_until(Duration::from_secs(30), "a new election", || {
+        h.describe("e5")["term"].as_u64().unwrap_or(0) > term
+    });
+    wait_until(Duration::from_secs(20), "writes back", || {
+        w.acked().iter().any(|(_, t)| *t > killed)
+    });
+    let acked = w.finish();
+    let (_, _, d) = leader_of(&h, "e5");
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 5/5"),
+        "{d:#}"
+    );
+    let token = login(rw_port(&d), "root", &pw).unwrap();
+    let have = stored(rw_port(&d), &token).expect("range");
+    assert_none_lost(&acked, &have);
+    h.ok(&["cluster", "delete", "e5", "--purge", "--yes"]);
 }
