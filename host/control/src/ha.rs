@@ -505,6 +505,11 @@ async fn rebuild_from(
 /// Move the data directory aside (replacing an older one set aside) and leave an empty one.
 pub(crate) fn set_aside(i: &InstanceRow) -> Result<(), String> {
     let data = i.data_dir();
+    // Nothing to keep (a rebuild run again after an interruption): the copy set aside the
+    // first time stays.
+    if !data.exists() || crate::node::is_empty(&data) {
+        return Ok(());
+    }
     let aside = i.dir.join("data.before-rebuild");
     if aside.exists() {
         std::fs::remove_dir_all(&aside).map_err(|e| format!("{}: {e}", aside.display()))?;

@@ -729,7 +729,9 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                         }
                     }
                 }
-            } else if rep.writable && rep.role == "primary" {
+            } else if rep.writable && rep.role == "primary" && i.role != topology::MEMBER {
+                // (A quorum member that leads is the engine's business, whatever its role
+                // is called.)
                 c.event(
                     &p.cl.name,
                     Some(&i.name),
