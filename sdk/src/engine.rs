@@ -80,6 +80,12 @@ pub trait Engine: 'static {
         Err(HookError::Unsupported)
     }
 
+    /// Sharded clusters: make one engine cluster of `instance` and `members` (each with its
+    /// `shard`) and return once it is whole. Idempotent.
+    fn form_shards(&mut self, instance: &Instance, members: &[Member]) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
     /// Create or update `account` on `instance`. Idempotent.
     fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
         Err(HookError::Unsupported)

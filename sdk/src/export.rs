@@ -90,6 +90,10 @@ impl<P: Provider> lifecycle::Guest for P {
         P::with(|e| e.member_leave(&instance, &leaving, &members))
     }
 
+    fn form_shards(instance: Instance, members: Vec<Member>) -> Result<(), HookError> {
+        P::with(|e| e.form_shards(&instance, &members))
+    }
+
     fn account_provision(instance: Instance, account: lifecycle::Account) -> Result<(), HookError> {
         P::with(|e| e.account_provision(&instance, &account))
     }

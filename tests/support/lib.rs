@@ -81,6 +81,7 @@ pub fn instance(name: &str, addr: SocketAddr, extra_ports: &[(&str, u16)]) -> In
         config_dir: None,
         archive_dir: None,
         role: None,
+        shard: None,
         term: 0,
         credentials: None,
         resources: Resources {

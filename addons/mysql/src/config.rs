@@ -618,6 +618,7 @@ mod tests {
             config_dir: Some("/srv/c-1/config".into()),
             archive_dir: None,
             role: Some(role.into()),
+            shard: None,
             term: 1,
             credentials: None,
             resources: Resources {
@@ -638,6 +639,7 @@ mod tests {
             ports: vec![],
             role: Some("primary".into()),
             healthy: true,
+            shard: None,
         }
     }
 

@@ -76,6 +76,20 @@ pub fn schema() -> Vec<ParamSpec> {
             versions: vec![],
         },
         ParamSpec {
+            name: "cluster-node-timeout".into(),
+            type_: ParamType::DurationMs(IntRange {
+                min: 500,
+                max: 3_600_000,
+            }),
+            default_value: Some(Value::Integer(5000)),
+            apply: ApplyMode::Dynamic,
+            description: "Sharded clusters: how long a shard's primary may be unreachable \
+                          before its replica is elected in its place (milliseconds; Redis's \
+                          own default is 15000, Shoal's 5000)."
+                .into(),
+            versions: vec![],
+        },
+        ParamSpec {
             name: "databases".into(),
             type_: ParamType::Integer(IntRange {
                 min: 1,
@@ -290,7 +304,22 @@ pub fn redis_conf(
         io_threads = value("io-threads")?,
         maxclients = value("maxclients")?,
     );
-    if instance.role.as_deref() == Some("replica") {
+    if instance.shard.is_some() {
+        // Redis Cluster: the node's identity and view of the cluster in nodes.conf (in the
+        // data directory: it belongs to this node); its bus on a port of its own. Shards
+        // are formed by form-shards, never by replicaof (refused in cluster mode).
+        let bus = instance
+            .port("bus")
+            .ok_or_else(|| HookError::invalid("no port named \"bus\" was allocated"))?;
+        s.push_str(&format!(
+            "cluster-enabled yes\n\
+             cluster-config-file nodes.conf\n\
+             cluster-port {bus}\n\
+             cluster-node-timeout {timeout}\n\
+             cluster-require-full-coverage yes\n",
+            timeout = value("cluster-node-timeout")?,
+        ));
+    } else if instance.role.as_deref() == Some("replica") {
         let primary = primary_of(members).ok_or_else(|| {
             HookError::invalid("a replica needs a member with role \"primary\" to follow")
         })?;
@@ -342,6 +371,7 @@ mod tests {
             config_dir: Some("/srv/c-1/config".into()),
             archive_dir: None,
             role: Some(role.into()),
+            shard: None,
             term: 1,
             credentials: None,
             resources: Resources {
@@ -363,6 +393,7 @@ mod tests {
             ports: vec![],
             role: Some("primary".into()),
             healthy: true,
+            shard: None,
         };
         let set = [Param {
             name: "maxmemory-policy".into(),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use shoal_sdk::prelude::*;
 
+mod cluster;
 mod config;
 mod resp;
 
@@ -111,6 +112,100 @@ impl Redis {
         self.conn
             .as_mut()
             .ok_or_else(|| HookError::failed("no connection"))
+    }
+
+    /// The role report `INFO` gives (`fenced`: min-replicas-to-write is at the fence).
+    fn report(&self, info: &Info, peer: &str, fenced: bool) -> HookResult<RoleReport> {
+        let version = info.get("redis_version").unwrap_or("?").to_string();
+        let position = info
+            .int("master_repl_offset")
+            .map(|v| u64::try_from(v).unwrap_or(0));
+        let loading = info.get("loading") == Some("1");
+        match info.get("role") {
+            Some("master") => {
+                let replicas = info.int("connected_slaves").unwrap_or(0);
+                Ok(RoleReport {
+                    role: "primary".into(),
+                    writable: !fenced && !loading,
+                    term: None,
+                    lag_bytes: None,
+                    lag_ms: None,
+                    health: if loading {
+                        Health::Starting
+                    } else {
+                        Health::Healthy
+                    },
+                    position,
+                    detail: if fenced {
+                        format!("Redis {version}, primary fenced (writes refused)")
+                    } else if loading {
+                        format!("Redis {version}, primary loading its data")
+                    } else {
+                        format!("Redis {version}, primary with {replicas} replica(s)")
+                    },
+                })
+            }
+            Some("slave") => {
+                let from = format!(
+                    "{}:{}",
+                    info.get("master_host").unwrap_or("?"),
+                    info.get("master_port").unwrap_or("?")
+                );
+                let link_up = info.get("master_link_status") == Some("up");
+                let syncing = info.get("master_sync_in_progress") == Some("1");
+                // After a full sync with appendonly on, a replica rewrites its append-only
+                // file and ignores SIGTERM until that ends ("Writing initial AOF, can't
+                // exit"): it is not ready before that.
+                let rewriting = info.get("aof_enabled") == Some("1")
+                    && (info.get("aof_rewrite_in_progress") == Some("1")
+                        || info.get("aof_rewrite_scheduled") == Some("1"));
+                let (health, detail) = if loading {
+                    (
+                        Health::Starting,
+                        format!("Redis {version}, replica loading its data"),
+                    )
+                } else if link_up && rewriting {
+                    (
+                        Health::Starting,
+                        format!(
+                            "Redis {version}, replica of {from}, rewriting its append-only file"
+                        ),
+                    )
+                } else if link_up {
+                    let io = info.int("master_last_io_seconds_ago").unwrap_or(-1);
+                    (
+                        Health::Healthy,
+                        format!(
+                            "Redis {version}, replica of {from}, link up (last I/O {io} s ago)"
+                        ),
+                    )
+                } else if syncing {
+                    (
+                        Health::Starting,
+                        format!("Redis {version}, replica of {from}, full sync in progress"),
+                    )
+                } else {
+                    let down = info.int("master_link_down_since_seconds").unwrap_or(-1);
+                    (
+                        Health::Degraded,
+                        format!("Redis {version}, replica of {from}, link down (for {down} s)"),
+                    )
+                };
+                Ok(RoleReport {
+                    role: "replica".into(),
+                    writable: false,
+                    term: None,
+                    lag_bytes: None,
+                    lag_ms: None,
+                    health,
+                    position,
+                    detail,
+                })
+            }
+            other => Err(HookError::failed(format!(
+                "{peer}: INFO replication reports role {other:?}"
+            ))),
+        }
     }
 
     /// Run `f` on the connection to `instance`; a failure drops the kept connection.
@@ -256,6 +351,17 @@ impl Engine for Redis {
                                   (asynchronous: a failover can lose the latest writes)."
                         .into(),
                 },
+                Topology {
+                    kind: TopologyKind::Sharded,
+                    roles: vec!["primary".into(), "replica".into()],
+                    min_members: 1,
+                    max_members: 5,
+                    description: "Redis Cluster: the 16,384 hash slots split evenly across \
+                                  the shards, each shard a primary and replicas; Redis fails \
+                                  a shard over itself (a replica elected by the primaries: \
+                                  at least 3 shards for that to work)."
+                        .into(),
+                },
             ],
             roles: vec![
                 RoleSpec {
@@ -273,10 +379,18 @@ impl Engine for Redis {
                     description: "Read-only copy following the primary.".into(),
                 },
             ],
-            ports: vec![PortSpec {
-                name: "client".into(),
-                description: "RESP (clients and replication).".into(),
-            }],
+            ports: vec![
+                PortSpec {
+                    name: "client".into(),
+                    description: "RESP (clients and replication).".into(),
+                },
+                PortSpec {
+                    name: "bus".into(),
+                    description: "Redis Cluster bus (node to node; used in the sharded \
+                                  topology only)."
+                        .into(),
+                },
+            ],
             backup_methods: vec![
                 BackupMethod {
                     name: "rdb".into(),
@@ -445,11 +559,19 @@ impl Engine for Redis {
 
     fn member_leave(
         &mut self,
-        _instance: &Instance,
-        _leaving: &Member,
-        _members: &[Member],
+        instance: &Instance,
+        leaving: &Member,
+        members: &[Member],
     ) -> HookResult<()> {
+        if instance.shard.is_some() {
+            // Redis Cluster remembers every node it met: the others forget this one.
+            return cluster::forget(instance, leaving, members, auth(instance)?, IO_TIMEOUT);
+        }
         Ok(())
+    }
+
+    fn form_shards(&mut self, instance: &Instance, members: &[Member]) -> HookResult<()> {
+        cluster::form(instance, members, auth(instance)?, IO_TIMEOUT).map(|_| ())
     }
 
     fn probe(&mut self, instance: &Instance, _members: &[Member]) -> HookResult<RoleReport> {
@@ -461,12 +583,27 @@ impl Engine for Redis {
             }
             return Err(e);
         }
+        let sharded = instance.shard.is_some();
         let replies = self.with(instance, |c| {
-            c.pipeline(&[
-                &["INFO", "server", "replication", "persistence"],
-                &["CONFIG", "GET", "min-replicas-to-write"],
-            ])
+            if sharded {
+                c.pipeline(&[
+                    &["INFO", "server", "replication", "persistence"],
+                    &["CONFIG", "GET", "min-replicas-to-write"],
+                    &["CLUSTER", "INFO"],
+                    &["CLUSTER", "NODES"],
+                ])
+            } else {
+                c.pipeline(&[
+                    &["INFO", "server", "replication", "persistence"],
+                    &["CONFIG", "GET", "min-replicas-to-write"],
+                ])
+            }
         })?;
+        // Redis Cluster: the node's view of the cluster (state, its slots, the epoch).
+        let cluster_view = sharded.then(|| {
+            let text = |n: usize| replies.get(n).and_then(Reply::text).unwrap_or_default();
+            cluster::probe_view(&Info::parse(&text(2)), &cluster::parse_nodes(&text(3)))
+        });
         let peer = instance.address();
         let info = match replies.first() {
             Some(Reply::Error(e)) => return Err(resp::server_error(&peer, &["INFO"], e)),
@@ -481,96 +618,18 @@ impl Engine for Redis {
                 .is_some_and(|v| v >= FENCE),
             _ => false,
         };
-        let version = info.get("redis_version").unwrap_or("?").to_string();
-        let position = info
-            .int("master_repl_offset")
-            .map(|v| u64::try_from(v).unwrap_or(0));
-        let loading = info.get("loading") == Some("1");
-        match info.get("role") {
-            Some("master") => {
-                let replicas = info.int("connected_slaves").unwrap_or(0);
-                Ok(RoleReport {
-                    role: "primary".into(),
-                    writable: !fenced && !loading,
-                    term: None,
-                    lag_bytes: None,
-                    lag_ms: None,
-                    health: if loading {
-                        Health::Starting
-                    } else {
-                        Health::Healthy
-                    },
-                    position,
-                    detail: if fenced {
-                        format!("Redis {version}, primary fenced (writes refused)")
-                    } else if loading {
-                        format!("Redis {version}, primary loading its data")
-                    } else {
-                        format!("Redis {version}, primary with {replicas} replica(s)")
-                    },
-                })
+        let mut report = self.report(&info, &peer, fenced)?;
+        if let Some((ok, has_slots, line, epoch)) = cluster_view {
+            // A primary takes its shard's writes only while the cluster is whole and it
+            // serves slots; a formed node in a failed cluster is degraded.
+            report.writable = report.writable && ok && has_slots;
+            report.term = epoch;
+            if !ok && !line.starts_with("not yet") && report.health == Health::Healthy {
+                report.health = Health::Degraded;
             }
-            Some("slave") => {
-                let from = format!(
-                    "{}:{}",
-                    info.get("master_host").unwrap_or("?"),
-                    info.get("master_port").unwrap_or("?")
-                );
-                let link_up = info.get("master_link_status") == Some("up");
-                let syncing = info.get("master_sync_in_progress") == Some("1");
-                // After a full sync with appendonly on, a replica rewrites its append-only
-                // file and ignores SIGTERM until that ends ("Writing initial AOF, can't
-                // exit"): it is not ready before that.
-                let rewriting = info.get("aof_enabled") == Some("1")
-                    && (info.get("aof_rewrite_in_progress") == Some("1")
-                        || info.get("aof_rewrite_scheduled") == Some("1"));
-                let (health, detail) = if loading {
-                    (
-                        Health::Starting,
-                        format!("Redis {version}, replica loading its data"),
-                    )
-                } else if link_up && rewriting {
-                    (
-                        Health::Starting,
-                        format!(
-                            "Redis {version}, replica of {from}, rewriting its append-only file"
-                        ),
-                    )
-                } else if link_up {
-                    let io = info.int("master_last_io_seconds_ago").unwrap_or(-1);
-                    (
-                        Health::Healthy,
-                        format!(
-                            "Redis {version}, replica of {from}, link up (last I/O {io} s ago)"
-                        ),
-                    )
-                } else if syncing {
-                    (
-                        Health::Starting,
-                        format!("Redis {version}, replica of {from}, full sync in progress"),
-                    )
-                } else {
-                    let down = info.int("master_link_down_since_seconds").unwrap_or(-1);
-                    (
-                        Health::Degraded,
-                        format!("Redis {version}, replica of {from}, link down (for {down} s)"),
-                    )
-                };
-                Ok(RoleReport {
-                    role: "replica".into(),
-                    writable: false,
-                    term: None,
-                    lag_bytes: None,
-                    lag_ms: None,
-                    health,
-                    position,
-                    detail,
-                })
-            }
-            other => Err(HookError::failed(format!(
-                "{peer}: INFO replication reports role {other:?}"
-            ))),
+            report.detail = format!("{}; {line}", report.detail);
         }
+        Ok(report)
     }
 
     fn promote(&mut self, instance: &Instance, _term: u64, _members: &[Member]) -> HookResult<()> {

@@ -27,9 +27,14 @@ pub struct ClusterSpec {
     /// Engine version; the addon's default when absent.
     #[serde(default)]
     pub version: Option<String>,
-    /// Number of instances (1 = standalone; more = a primary and replicas).
+    /// Number of instances (1 = standalone; more = a primary and replicas). With `shards`,
+    /// the number of members of each shard.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Shards, for an engine with a sharded topology: the data split `shards` ways, each
+    /// shard `replicas` members the engine fails over itself. Absent: not sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
     /// Resources per instance.
     #[serde(default)]
     pub resources: ResourceSpec,
@@ -821,6 +826,9 @@ pub struct InstanceView {
     pub term: Option<u64>,
     /// Change-log position the last probe reported.
     pub position: Option<u64>,
+    /// In a sharded cluster, the instance's shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
 }
 
 /// A cluster, as `describe` shows it.
@@ -848,13 +856,16 @@ pub struct ClusterView {
     /// The last operation.
     pub last_op: Option<OpView>,
     pub ha: HaSpec,
-    /// How it is kept available: "primary-replica" (Shoal elects, fences, promotes) or
-    /// "quorum" (the engine elects its leader).
+    /// How it is kept available: "primary-replica" (Shoal elects, fences, promotes),
+    /// "quorum" (the engine elects its leader) or "sharded" (shards the engine fails over).
     #[serde(default)]
     pub topology: String,
     /// A quorum's state in one line: "quorum 3/3, leader etcd-1".
     #[serde(default)]
     pub quorum: Option<String>,
+    /// A sharded cluster's shards in one line: "3 shards: shard 0 2/2, primary r-s0-0; …".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<String>,
     /// The elected leader and its term (the fencing token), from the coordination store; in
     /// a quorum, the engine's leader and term as its members report them.
     pub leader: Option<String>,

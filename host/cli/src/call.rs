@@ -266,6 +266,7 @@ async fn dispatch(
         Hook::PreTerminate => json(&c.pre_terminate(instance, members).await?),
         Hook::MemberJoin => json(&c.member_join(instance, target()?, members).await?),
         Hook::MemberLeave => json(&c.member_leave(instance, target()?, members).await?),
+        Hook::FormShards => json(&c.form_shards(instance, members).await?),
         Hook::AccountProvision => {
             let (user, password) = split_credentials(
                 args.account
@@ -641,6 +642,7 @@ fn topology(
             }],
             role,
             healthy: true,
+            shard: None,
         });
     }
     let engine_version = match &args.engine_version {
@@ -686,6 +688,7 @@ fn topology(
         config_dir: args.config_dir.as_ref().map(|_| "/config".to_string()),
         archive_dir: None,
         role: args.role.clone(),
+        shard: None,
         term: args.term,
         credentials,
         resources: Resources {

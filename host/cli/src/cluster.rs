@@ -242,9 +242,14 @@ pub struct CreateArgs {
     /// them).
     #[arg(long)]
     pub version: Option<String>,
-    /// Instances: 1 = standalone, more = a primary and replicas.
+    /// Instances: 1 = standalone, more = a primary and replicas. With --shards, the members
+    /// of each shard.
     #[arg(long, allow_negative_numbers = true, value_parser = positive_u32)]
     pub replicas: Option<u32>,
+    /// Split the data across this many shards (engines with a sharded topology), each a
+    /// group of --replicas members the engine fails over itself.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_u32)]
+    pub shards: Option<u32>,
     /// CPU per instance ("500m", "2").
     #[arg(long)]
     pub cpu: Option<String>,
@@ -610,6 +615,9 @@ fn create_spec(a: &CreateArgs) -> Result<ClusterSpec, Failure> {
     if let Some(r) = a.replicas {
         spec.replicas = r;
     }
+    if a.shards.is_some() {
+        spec.shards = a.shards;
+    }
     let r = &mut spec.resources;
     if a.cpu.is_some() {
         r.cpu = a.cpu.clone();
@@ -957,7 +965,12 @@ fn describe_text(c: &ClusterView) -> String {
     ));
     s.push_str(&format!("State:       {}\n", c.state));
     s.push_str(&format!("Replicas:    {}\n", c.replicas));
-    if let Some(q) = &c.quorum {
+    if let Some(sh) = &c.shards {
+        s.push_str(&format!(
+            "HA:          {sh} (the engine fails each shard over; Shoal routes, restarts and \
+             replaces)\n"
+        ));
+    } else if let Some(q) = &c.quorum {
         s.push_str(&format!(
             "HA:          {q} (the engine elects its leader; Shoal routes and restarts)\n"
         ));
@@ -1029,6 +1042,8 @@ fn describe_text(c: &ClusterView) -> String {
             "{:<14} {:<8} {:<9} {:<9} {:<8} {:<17} {:<10} {:<9} {}\n",
             i.name,
             match i.observed_role.as_deref() {
+                // The engine decides these members' roles: what the probe saw is the role.
+                Some(o) if i.role == "member" || i.role == "shard-member" => o.to_string(),
                 Some(o) if o != i.role => format!("{}({o}?)", i.role),
                 _ => i.role.clone(),
             },

@@ -877,6 +877,27 @@ fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Optio
         .find(|i| i.role == "primary" || leader.as_deref() == Some(i.name.as_str()))
 }
 
+/// The member a sharded cluster's backup reads for one shard (given that shard's rows): a
+/// healthy running replica (the shard's primary keeps serving undisturbed), else its primary.
+fn shard_source(members: &[InstanceRow]) -> Option<&InstanceRow> {
+    let running = |i: &&InstanceRow| {
+        i.desired == Desired::Running
+            && i.state == "running"
+            && i.process.is_some_and(|p| p.is_running())
+            && i.health == "healthy"
+    };
+    members
+        .iter()
+        .filter(running)
+        .find(|i| i.writable == Some(false))
+        .or_else(|| {
+            members
+                .iter()
+                .filter(running)
+                .find(|i| i.writable == Some(true))
+        })
+}
+
 /// The backup operation: stream the addon's backup of one instance into the repository.
 pub(crate) async fn run_backup(
     c: &Arc<Controller>,
@@ -909,9 +930,25 @@ pub(crate) async fn run_backup(
         .ok_or_else(|| format!("the addon has no backup method {method:?}"))?;
     let repo = c.repo(&repo_name).map_err(|e| e.message)?;
     let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
-    let src = backup_source(&all, m.target_role.as_deref())
-        .ok_or("no running instance to back up")?
-        .clone();
+    // A sharded cluster: one part per shard, each read from a member of its shard.
+    let sources: Vec<InstanceRow> = match cl.spec.shards {
+        Some(n) => (0..n)
+            .map(|shard| {
+                let members: Vec<InstanceRow> = all
+                    .iter()
+                    .filter(|i| i.shard == Some(shard))
+                    .cloned()
+                    .collect();
+                shard_source(&members)
+                    .cloned()
+                    .ok_or_else(|| format!("shard {shard} has no running member to back up"))
+            })
+            .collect::<Result<_, _>>()?,
+        None => vec![backup_source(&all, m.target_role.as_deref())
+            .ok_or("no running instance to back up")?
+            .clone()],
+    };
+    let src = sources[0].clone();
     let creds = crate::secrets::load(&c.home, cluster)
         .map_err(|e| format!("cannot read the credentials of {cluster}: {e}"))?;
     let started = now_ms();
@@ -932,7 +969,11 @@ pub(crate) async fn run_backup(
         engine_version: cl.version.clone(),
         addon_version: addon.manifest().addon_version.clone(),
         addon_digest: addon.info().digest.clone(),
-        source_instance: src.name.clone(),
+        source_instance: sources
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         start_position: None,
         end_position: None,
         size: 0,
@@ -954,21 +995,10 @@ pub(crate) async fn run_backup(
         "info",
         format!(
             "backup {id}: {method} of {} into repository {repo_name} ({})",
-            src.name,
+            view.source_instance,
             repo.spec.describe()
         ),
     );
-    let (writer, pending) = shoal_backup::write_object(&repo, &key, ZSTD_LEVEL);
-    let total = Arc::new(Mutex::new(None));
-    let stop = progress_events(c, cluster, "backup", pending.raw_bytes(), total.clone());
-    let ctx = c.bulk_ctx(&cl, &src, &all, total)?;
-    let inst = c.wit_instance(&cl, &src, &creds, true);
-    let t = Instant::now();
-    let result = addon
-        .call(&ctx)
-        .backup(&inst, &method, &[], HostSink::new(writer))
-        .await;
-    let _ = stop.send(());
     let fail = |reason: String, mut row: BackupRow| {
         row.view.state = "failed".into();
         row.view.reason = Some(reason.clone());
@@ -976,18 +1006,57 @@ pub(crate) async fn run_backup(
         let _ = c.db(|s| s.put_backup(&row));
         Err(format!("backup {id}: {reason}"))
     };
-    let (info, sink) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            pending.abort().await;
-            return fail(e.to_string(), row);
+    let t = Instant::now();
+    let mut parts: Vec<(wit::BackupInfo, StoredObject)> = Vec::new();
+    for source in &sources {
+        let key = match source.shard {
+            Some(n) if cl.spec.shards.is_some() => format!("{cluster}/{id}/shard-{n}.zst"),
+            _ => key.clone(),
+        };
+        let (writer, pending) = shoal_backup::write_object(&repo, &key, ZSTD_LEVEL);
+        let total = Arc::new(Mutex::new(None));
+        let stop = progress_events(c, cluster, "backup", pending.raw_bytes(), total.clone());
+        let ctx = c.bulk_ctx(&cl, source, &all, total)?;
+        let inst = c.wit_instance(&cl, source, &creds, true);
+        let result = addon
+            .call(&ctx)
+            .backup(&inst, &method, &[], HostSink::new(writer))
+            .await;
+        let _ = stop.send(());
+        let (info, sink) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                pending.abort().await;
+                for (_, o) in &parts {
+                    let _ = repo.delete(&o.key).await;
+                }
+                return fail(format!("{}: {e}", source.name), row);
+            }
+        };
+        drop(sink);
+        match pending.finish().await {
+            Ok(o) => parts.push((info, o)),
+            Err(e) => {
+                for (_, o) in &parts {
+                    let _ = repo.delete(&o.key).await;
+                }
+                return fail(e.to_string(), row);
+            }
         }
+    }
+    let Some((info, obj)) = parts.first().cloned() else {
+        return fail("nothing was backed up".into(), row);
     };
-    drop(sink);
-    let obj = match pending.finish().await {
-        Ok(o) => o,
-        Err(e) => return fail(e.to_string(), row),
-    };
+    let objects: Vec<StoredObject> = parts.iter().map(|(_, o)| o.clone()).collect();
+    // Each part's own labels (an RDB's length, …) as `part<n>.<label>` for its restore.
+    let mut labels = info.labels.clone();
+    if parts.len() > 1 {
+        for (n, (pi, _)) in parts.iter().enumerate() {
+            for (k, v) in &pi.labels {
+                labels.push((format!("part{n}.{k}"), v.clone()));
+            }
+        }
+    }
     let finished = now_ms();
     let manifest = Manifest {
         format: shoal_backup::manifest::FORMAT,
@@ -1004,13 +1073,15 @@ pub(crate) async fn run_backup(
         finished_unix_ms: finished,
         start_position: info.start_position.clone(),
         end_position: info.end_position.clone(),
-        labels: info.labels.clone(),
+        labels,
         compression: "zstd".into(),
-        objects: vec![obj.clone()],
+        objects: objects.clone(),
     };
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     if let Err(e) = repo.put(&Manifest::key(cluster, &id), body.into()).await {
-        let _ = repo.delete(&obj.key).await;
+        for o in &objects {
+            let _ = repo.delete(&o.key).await;
+        }
         return fail(format!("storing the manifest: {e}"), row);
     }
     let secs = t.elapsed().as_secs_f64().max(0.001);
@@ -1018,9 +1089,9 @@ pub(crate) async fn run_backup(
     view.finished_unix_ms = Some(finished);
     view.start_position = info.start_position;
     view.end_position = info.end_position;
-    view.size = obj.size;
-    view.stored_size = obj.stored_size;
-    view.objects = vec![object_view(&obj)];
+    view.size = objects.iter().map(|o| o.size).sum();
+    view.stored_size = objects.iter().map(|o| o.stored_size).sum();
+    view.objects = objects.iter().map(object_view).collect();
     row.view = view;
     row.manifest = Some(manifest);
     c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
@@ -1029,11 +1100,13 @@ pub(crate) async fn run_backup(
         Some(&src.name),
         "info",
         format!(
-            "backup {id} completed: {} read, {} stored ({:.1}x), {:.0} MiB/s, sha256 {}",
-            mib(obj.size),
-            mib(obj.stored_size),
-            obj.size as f64 / obj.stored_size.max(1) as f64,
-            obj.size as f64 / secs / (1 << 20) as f64,
+            "backup {id} completed: {} read, {} stored ({:.1}x), {:.0} MiB/s, {} object(s), \
+             sha256 {}",
+            mib(row.view.size),
+            mib(row.view.stored_size),
+            row.view.size as f64 / row.view.stored_size.max(1) as f64,
+            row.view.size as f64 / secs / (1 << 20) as f64,
+            objects.len(),
             &obj.sha256[..16]
         ),
     );
@@ -1085,6 +1158,50 @@ fn utc_stamp(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms}"))
 }
 
+/// The labels the addon gave the backup of part `part` (stored as `part<n>.<label>`), or
+/// every label when the backup is one part.
+fn part_labels(labels: &[(String, String)], part: Option<u32>) -> Vec<(String, String)> {
+    let Some(n) = part else {
+        return labels.to_vec();
+    };
+    let prefix = format!("part{n}.");
+    let own: Vec<(String, String)> = labels
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
+        .collect();
+    let per_part = |k: &str| {
+        k.strip_prefix("part")
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(d, _)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if labels.iter().any(|(k, _)| per_part(k)) {
+        own
+    } else {
+        labels.to_vec()
+    }
+}
+
+/// Whether backup `id` can seed a sharded cluster of `shards` shards: it must come from a
+/// sharded cluster of as many shards (each part holds its shard's share of the keyspace).
+pub(crate) fn check_shard_parts(c: &Controller, id: &str, shards: u32) -> Result<(), String> {
+    let b = c
+        .db(|s| s.backup(id))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("backup {id} no longer exists"))?;
+    let parts = b.manifest.as_ref().map(|m| m.objects.len()).unwrap_or(0);
+    match b.spec.shards {
+        Some(n) if n == shards && parts == n as usize => Ok(()),
+        Some(n) => Err(format!(
+            "backup {id} holds {n} shard(s); restore it into a cluster of {n} shards \
+             (--shards {n})"
+        )),
+        None => Err(format!(
+            "backup {id} is of a cluster that is not sharded; a sharded cluster restores only \
+             a backup of a sharded cluster with as many shards"
+        )),
+    }
+}
+
 /// Whether backup `id` restores before the server first starts (a physical copy into the
 /// empty data directory) rather than into the running server (a logical dump).
 pub(crate) fn restores_before_start(c: &Controller, id: &str) -> Result<bool, String> {
@@ -1108,9 +1225,10 @@ pub(crate) async fn restore_into(
     creds: &Credentials,
     id: &str,
     to_unix_ms: Option<i64>,
+    part: Option<u32>,
 ) -> Result<(), String> {
     let staged = i.staged_archive_dir();
-    let result = restore_steps(c, cl, i, creds, id, to_unix_ms, &staged).await;
+    let result = restore_steps(c, cl, i, creds, id, to_unix_ms, part).await;
     let _ = std::fs::remove_dir_all(&staged);
     if let Err(e) = &result {
         let log = i.dir.join("log").join("restore.log");
@@ -1152,8 +1270,9 @@ async fn restore_steps(
     creds: &Credentials,
     id: &str,
     to_unix_ms: Option<i64>,
-    staged: &Path,
+    part: Option<u32>,
 ) -> Result<(), String> {
+    let staged = &i.staged_archive_dir();
     let b = c
         .db(|s| s.backup(id))
         .map_err(|e| e.message)?
@@ -1178,7 +1297,7 @@ async fn restore_steps(
         engine_version: m.engine_version.clone(),
         start_position: m.start_position.clone(),
         end_position: m.end_position.clone(),
-        labels: m.labels.clone(),
+        labels: part_labels(&m.labels, part),
     };
     let t = Instant::now();
     if let Some(to) = to_unix_ms {
@@ -1211,7 +1330,21 @@ async fn restore_steps(
             ),
         );
     }
-    for o in &m.objects {
+    // A sharded cluster's backup: object n is shard n's part.
+    let objects: Vec<&shoal_backup::StoredObject> = m
+        .objects
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| part.is_none_or(|p| p as usize == *n))
+        .map(|(_, o)| o)
+        .collect();
+    if objects.is_empty() {
+        return Err(format!(
+            "backup {id} has no part for shard {}",
+            part.unwrap_or(0)
+        ));
+    }
+    for o in objects {
         c.event(
             &cl.name,
             Some(&i.name),
@@ -1289,6 +1422,26 @@ fn empty_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_part_of_a_sharded_backup_gets_its_own_labels() {
+        let l = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let stored = l(&[
+            ("rdb-bytes", "10"),
+            ("part0.rdb-bytes", "10"),
+            ("part1.rdb-bytes", "20"),
+        ]);
+        assert_eq!(part_labels(&stored, Some(1)), l(&[("rdb-bytes", "20")]));
+        assert_eq!(part_labels(&stored, Some(0)), l(&[("rdb-bytes", "10")]));
+        assert_eq!(part_labels(&stored, Some(2)), l(&[]));
+        assert_eq!(part_labels(&stored, None), stored);
+        let single = l(&[("rdb-bytes", "10"), ("partial", "x")]);
+        assert_eq!(part_labels(&single, Some(0)), single);
+    }
 
     fn backup(id: &str, started: i64, state: &str) -> BackupView {
         BackupView {

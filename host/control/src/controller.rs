@@ -465,10 +465,39 @@ impl Controller {
         let max = m
             .topologies
             .iter()
+            .filter(|t| t.kind != wit::TopologyKind::Sharded)
             .map(|t| t.max_members)
             .max()
             .unwrap_or(1);
-        if let Some(q) = crate::topology::quorum_topology(m).filter(|_| family(m) == Family::Quorum)
+        if let Some(shards) = spec.shards {
+            let t = crate::topology::sharded_topology(m).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "shards: {} has no sharded topology (its addon declares {}); leave \
+                     --shards out",
+                    spec.engine,
+                    m.topologies
+                        .iter()
+                        .map(|t| crate::topology::kind_name(t.kind))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            crate::sharded::check_shape(
+                &spec.engine,
+                shards,
+                spec.replicas,
+                t.min_members,
+                t.max_members,
+            )
+            .map_err(ApiError::invalid)?;
+            if spec.ha.mode == shoal_api::ReplicationMode::Sync {
+                return Err(ApiError::invalid(
+                    "ha.mode sync: a sharded cluster's shards replicate as the engine does \
+                     (asynchronously); use ha.mode async",
+                ));
+            }
+        } else if let Some(q) =
+            crate::topology::quorum_topology(m).filter(|_| family(m) == Family::Quorum)
         {
             crate::topology::check_size(&spec.engine, spec.replicas, q.min_members, q.max_members)
                 .map_err(ApiError::invalid)?;
@@ -630,6 +659,7 @@ impl Controller {
                 config_dir: Some("/nonexistent/config".into()),
                 archive_dir: None,
                 role: Some((*role).into()),
+                shard: None,
                 term: 0,
                 credentials: Some(wit::Credentials {
                     username: "check".into(),
@@ -650,6 +680,7 @@ impl Controller {
                 ports: draft_ports.clone(),
                 role: Some("primary".into()),
                 healthy: true,
+                shard: None,
             }];
             let plan = addon
                 .call(&CallContext::default())
@@ -699,7 +730,9 @@ impl Controller {
                 spec.name
             )));
         }
-        let roles: &[&str] = if crate::topology::family(addon.manifest()) == Family::Quorum {
+        let roles: &[&str] = if spec.shards.is_some() {
+            &[crate::topology::SHARD_MEMBER]
+        } else if crate::topology::family(addon.manifest()) == Family::Quorum {
             &[crate::topology::MEMBER]
         } else if spec.replicas > 1 {
             &["primary", "replica"]
@@ -714,7 +747,7 @@ impl Controller {
         let all_ports = shoal_local::ports::allocate(
             &range,
             &reserved,
-            per_instance * spec.replicas as usize + 2,
+            per_instance * (spec.replicas * spec.shards.unwrap_or(1)) as usize + 2,
         )
         .map_err(|e| ApiError::conflict(e.to_string()))?;
         let (rw, ro) = (
@@ -798,6 +831,9 @@ impl Controller {
             .db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
         let addon = self.addon(&c.engine)?;
+        if c.spec.shards.is_some() {
+            return self.scale_sharded(&c, addon, replicas, dry_run);
+        }
         if family(addon.manifest()) == Family::Quorum {
             return self.scale_quorum(&c, addon, replicas, dry_run);
         }
@@ -816,17 +852,7 @@ impl Controller {
         }
         let all = self.db(|s| s.instances(cluster))?;
         let current = all.len() as u32;
-        if replicas > current {
-            let per_instance = addon.manifest().ports.len().max(1);
-            let reserved = self.db(|s| s.reserved_ports())?;
-            let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
-            shoal_local::ports::allocate(
-                &range,
-                &reserved,
-                per_instance * (replicas - current) as usize,
-            )
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
-        }
+        self.check_free_ports(addon, replicas.saturating_sub(current) as usize)?;
         let (add, remove) = scale_plan(cluster, &all, replicas);
         let mut plan = shoal_api::ScalePlanView {
             cluster: cluster.to_string(),
@@ -886,17 +912,7 @@ impl Controller {
                 crate::topology::Step::Add => None,
             })
             .collect();
-        if replicas > current {
-            let per_instance = addon.manifest().ports.len().max(1);
-            let reserved = self.db(|s| s.reserved_ports())?;
-            let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
-            shoal_local::ports::allocate(
-                &range,
-                &reserved,
-                per_instance * (replicas - current) as usize,
-            )
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
-        }
+        self.check_free_ports(addon, replicas.saturating_sub(current) as usize)?;
         let mut plan = shoal_api::ScalePlanView {
             cluster: cluster.to_string(),
             from: current,
@@ -913,6 +929,82 @@ impl Controller {
             )?);
         }
         Ok(plan)
+    }
+
+    /// [`Self::scale`] for a sharded cluster: `replicas` members in every shard, from
+    /// [`crate::sharded::plan_resize`] (a shard's primary is never removed).
+    fn scale_sharded(
+        self: &Arc<Self>,
+        c: &ClusterRow,
+        addon: &LoadedAddon,
+        replicas: u32,
+        dry_run: bool,
+    ) -> Result<shoal_api::ScalePlanView, ApiError> {
+        let cluster = c.name.as_str();
+        let t = crate::topology::sharded_topology(addon.manifest()).ok_or_else(|| {
+            ApiError::internal("a sharded cluster's addon has no sharded topology")
+        })?;
+        let all = self.db(|s| s.instances(cluster))?;
+        if replicas == c.spec.replicas {
+            return Err(ApiError::invalid(format!(
+                "every shard of {cluster} has {replicas} member(s) already; nothing to change"
+            )));
+        }
+        let steps = crate::sharded::plan_resize(
+            &c.engine,
+            &crate::sharded::seen(&all),
+            replicas,
+            t.min_members,
+            t.max_members,
+        )
+        .map_err(|e| ApiError::invalid(format!("cannot scale {cluster}: {e}")))?;
+        let adds = steps
+            .iter()
+            .filter(|s| matches!(s, crate::sharded::Step::Add(_)))
+            .count();
+        self.check_free_ports(addon, adds)?;
+        let current = all.len() as u32;
+        let mut plan = shoal_api::ScalePlanView {
+            cluster: cluster.to_string(),
+            from: current,
+            to: current + adds as u32 - (steps.len() - adds) as u32,
+            add: steps
+                .iter()
+                .filter_map(|s| match s {
+                    crate::sharded::Step::Add(n) => Some(format!("a member of shard {n}")),
+                    crate::sharded::Step::Remove(_) => None,
+                })
+                .collect(),
+            remove: steps
+                .iter()
+                .filter_map(|s| match s {
+                    crate::sharded::Step::Remove(n) => Some(n.clone()),
+                    crate::sharded::Step::Add(_) => None,
+                })
+                .collect(),
+            op: None,
+        };
+        if !dry_run {
+            plan.op = Some(self.submit(
+                cluster,
+                "scale",
+                serde_json::json!({ "replicas": replicas }),
+            )?);
+        }
+        Ok(plan)
+    }
+
+    /// Whether the port range still has room for `instances` more instances of `addon`.
+    fn check_free_ports(&self, addon: &LoadedAddon, instances: usize) -> Result<(), ApiError> {
+        if instances == 0 {
+            return Ok(());
+        }
+        let per_instance = addon.manifest().ports.len().max(1);
+        let reserved = self.db(|s| s.reserved_ports())?;
+        let range = self.cfg.port_range[0]..=self.cfg.port_range[1];
+        shoal_local::ports::allocate(&range, &reserved, per_instance * instances)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        Ok(())
     }
 
     pub(crate) fn spawn_op(self: &Arc<Self>, id: i64) {
@@ -952,8 +1044,11 @@ impl Controller {
         let manager = self.dcs.manager(&c.name).await.ok().flatten();
         let family = self
             .addon(&c.engine)
-            .map(|a| family(a.manifest()))
+            .map(|a| crate::topology::family_of(a.manifest(), &c.spec))
             .unwrap_or(Family::PrimaryReplica);
+        let shards = crate::sharded::state_of(&instances)
+            .filter(|_| family == Family::Sharded)
+            .map(|s| crate::sharded::summary(&s).0);
         // A quorum's leader and term are the engine's, as its members' probes report them.
         let quorum = crate::topology::state_of(&instances).filter(|_| family == Family::Quorum);
         let (leader, term) = match &quorum {
@@ -981,6 +1076,7 @@ impl Controller {
             ha: c.spec.ha.clone(),
             topology: family.to_string(),
             quorum: quorum.map(|q| q.to_string()),
+            shards,
             leader,
             term,
             manager,
@@ -1021,8 +1117,17 @@ impl Controller {
             |i: &&InstanceRow| i.state == "running" && i.process.is_some_and(|p| p.is_running());
         // The writer: the elected primary, or in a quorum the member whose last healthy
         // probe said it leads (the engine elects it).
+        // In a sharded cluster, every shard's primary (a cluster-aware client connecting
+        // through the read-write endpoint learns the shard map from it and follows it).
         let leader = crate::topology::state_of(&all).and_then(|q| q.leader);
-        let writes = |i: &InstanceRow| i.role == "primary" || leader.as_deref() == Some(&i.name);
+        let primaries: Vec<String> = crate::sharded::state_of(&all)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| s.primary)
+            .collect();
+        let writes = |i: &InstanceRow| {
+            i.role == "primary" || leader.as_deref() == Some(&i.name) || primaries.contains(&i.name)
+        };
         let routes = Routes {
             rw: all
                 .iter()
@@ -1210,6 +1315,7 @@ pub fn instance_view(i: &InstanceRow) -> InstanceView {
         probed_unix_ms: i.probed_ms,
         term: i.term,
         position: i.position,
+        shard: i.shard,
     }
 }
 
@@ -1244,6 +1350,7 @@ mod tests {
             detail: String::new(),
             probed_ms: None,
             term: None,
+            shard: None,
         }
     }
 

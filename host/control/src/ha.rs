@@ -92,7 +92,7 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
         self.refuse_for_quorum(
             &c,
-            "no switchover (the engine elects its leader; Shoal never promotes in a quorum)",
+            "no switchover (the engine elects its leaders; Shoal never promotes here)",
         )?;
         let all = self.db(|s| s.instances(name))?;
         if all.len() < 2 {
@@ -142,6 +142,13 @@ impl Controller {
             .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
         let addon = self.addon(&c.engine)?;
+        if c.spec.shards.is_some() {
+            // A shard member is replaced: forgotten, fresh data, a copy of its shard's primary.
+            let all = self.db(|s| s.instances(name))?;
+            crate::sharded::check_replace(&crate::sharded::seen(&all), instance)
+                .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
+            return self.submit(name, "rebuild", serde_json::json!({ "instance": instance }));
+        }
         if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
             // A quorum member is replaced: out of the membership, fresh data, back in.
             let all = self.db(|s| s.instances(name))?;
@@ -174,13 +181,17 @@ impl Controller {
     /// Refuse `what` for a quorum cluster, naming the rule.
     pub(crate) fn refuse_for_quorum(&self, c: &ClusterRow, what: &str) -> Result<(), ApiError> {
         let addon = self.addon(&c.engine)?;
-        if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
-            return Err(ApiError::invalid(format!(
+        match crate::topology::family_of(addon.manifest(), &c.spec) {
+            crate::topology::Family::Quorum => Err(ApiError::invalid(format!(
                 "{} runs {} as a quorum: {what}",
                 c.name, c.engine
-            )));
+            ))),
+            crate::topology::Family::Sharded => Err(ApiError::invalid(format!(
+                "{} runs {} sharded, and the engine fails each shard over itself: {what}",
+                c.name, c.engine
+            ))),
+            crate::topology::Family::PrimaryReplica => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -957,6 +968,9 @@ pub(crate) async fn rebuild(
 ) -> Result<(), String> {
     let (cl, all, cr) = rows(c, cluster)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    if cl.spec.shards.is_some() {
+        return crate::ops::replace_shard_member(c, &cl, instance, &cr).await;
+    }
     if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
         return crate::ops::replace_member(c, &cl, instance, &cr).await;
     }

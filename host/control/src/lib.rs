@@ -36,6 +36,7 @@ pub mod reconfigure;
 pub mod restore_test;
 pub mod secrets;
 pub mod server;
+pub mod sharded;
 pub mod store;
 pub mod supervisor;
 pub mod topology;

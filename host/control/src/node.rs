@@ -144,6 +144,7 @@ impl Controller {
             archive_dir: (process_paths && self.archived(&c.name))
                 .then(|| i.archive_dir().display().to_string()),
             role: Some(i.role.clone()),
+            shard: i.shard,
             term: 0,
             credentials: Some(wit::Credentials {
                 username: creds.user.clone(),
@@ -168,6 +169,7 @@ impl Controller {
             ports: wit_ports(i),
             role: Some(i.role.clone()),
             healthy: i.health == "healthy",
+            shard: i.shard,
         }
     }
 

@@ -117,7 +117,12 @@ fn creds(c: &Controller, name: &str) -> Result<Credentials, String> {
 }
 
 /// Allocate and record a new instance with the next ordinal.
-fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceRow, String> {
+fn add_instance(
+    c: &Controller,
+    cl: &ClusterRow,
+    role: &str,
+    shard: Option<u32>,
+) -> Result<InstanceRow, String> {
     let existing = instances(c, &cl.name)?;
     let ordinal = existing.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
@@ -133,7 +138,10 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
         names
     };
     let range = c.cfg.port_range[0]..=c.cfg.port_range[1];
-    let name = format!("{}-{ordinal}", cl.name);
+    let name = match shard {
+        Some(n) => format!("{}-s{n}-{ordinal}", cl.name),
+        None => format!("{}-{ordinal}", cl.name),
+    };
     let mut row = InstanceRow {
         cluster: cl.name.clone(),
         name: name.clone(),
@@ -154,6 +162,7 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
         detail: String::new(),
         probed_ms: None,
         term: None,
+        shard,
     };
     // Allocate and reserve under one hold of the store: another cluster's operation cannot
     // take the same ports in between.
@@ -182,7 +191,7 @@ fn add_instance(c: &Controller, cl: &ClusterRow, role: &str) -> Result<InstanceR
 
 /// Add one replica: the primary admits it (member-join), then it is seeded and started.
 async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Result<(), String> {
-    let mut row = add_instance(c, cl, "replica")?;
+    let mut row = add_instance(c, cl, "replica", None)?;
     let all = instances(c, &cl.name)?;
     let primary = all
         .iter()
@@ -231,6 +240,12 @@ async fn create(
     };
     let cr = all_secrets.platform().clone();
     c.prepare_cluster_dir(&cl)?;
+    if let Some(shards) = cl.spec.shards {
+        create_sharded(c, &cl, &cr, shards, restore.map(|(id, _)| id)).await?;
+        c.db(|s| s.set_cluster_state(name, "running"))
+            .map_err(|e| e.message)?;
+        return Ok(());
+    }
     if topology::family(addon.manifest()) == Family::Quorum {
         if let Some((id, _)) = restore {
             if crate::backups::restores_before_start(c, id)? {
@@ -247,13 +262,13 @@ async fn create(
                 .and_then(|q| q.leader)
                 .and_then(|l| all.iter().find(|i| i.name == l))
                 .ok_or("the new quorum has no leader to restore into")?;
-            crate::backups::restore_into(c, &cl, leader, &cr, id, None).await?;
+            crate::backups::restore_into(c, &cl, leader, &cr, id, None, None).await?;
         }
         c.db(|s| s.set_cluster_state(name, "running"))
             .map_err(|e| e.message)?;
         return Ok(());
     }
-    let mut primary = add_instance(c, &cl, "primary")?;
+    let mut primary = add_instance(c, &cl, "primary", None)?;
     let before_start = match restore {
         Some((id, _)) => crate::backups::restores_before_start(c, id)?,
         None => false,
@@ -261,7 +276,7 @@ async fn create(
     if let (Some((id, to)), true) = (restore, before_start) {
         // A physical copy goes into the empty data directory; the server then starts on it.
         c.prepare_dirs(&cl, &primary)?;
-        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, to).await {
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, to, None).await {
             // Never start anything on a failed restore (the supervisor skips failed
             // instances).
             primary.state = "failed".into();
@@ -273,7 +288,7 @@ async fn create(
     c.bring_up(&cl, &mut primary, &all, &cr).await?;
     if let (Some((id, _)), false) = (restore, before_start) {
         // A logical dump goes into the running server.
-        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, None).await {
+        if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, None, None).await {
             let _ = c.stop_process(&cl, &mut primary, &cr).await;
             primary.state = "failed".into();
             c.save(&primary);
@@ -350,7 +365,7 @@ async fn scale_quorum(
     for step in steps {
         match step {
             topology::Step::Add => {
-                let mut row = add_instance(c, &cl, topology::MEMBER)?;
+                let mut row = add_instance(c, &cl, topology::MEMBER, None)?;
                 membership(c, &cl, &row, cr, true).await?;
                 c.event(
                     &cl.name,
@@ -480,19 +495,29 @@ async fn create_quorum(
 ) -> Result<(), String> {
     let mut rows = Vec::new();
     for _ in 0..cl.spec.replicas {
-        rows.push(add_instance(c, cl, topology::MEMBER)?);
+        rows.push(add_instance(c, cl, topology::MEMBER, None)?);
     }
     let all = instances(c, &cl.name)?;
     for (name, result) in bring_up_together(c, cl, rows, &all, cr).await {
         result.map_err(|e| format!("{name}: {e}"))?;
     }
     crate::ha::failpoint("create-primary-up").await;
+    post_provision_once(c, cl, cr).await
+}
+
+/// `post-provision` once, on a member that takes writes (else the first): for clusters
+/// whose engine elects its leaders.
+async fn post_provision_once(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<(), String> {
     let all = instances(c, &cl.name)?;
     let first = all
         .iter()
         .find(|i| i.writable == Some(true))
         .or_else(|| all.first())
-        .ok_or("the quorum has no members")?;
+        .ok_or("the cluster has no members")?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let ctx = c.call_ctx(first, &all, false);
     match addon
@@ -507,6 +532,213 @@ async fn create_quorum(
         Err(e) if e.is_unsupported() => {}
         Err(e) => return Err(e.to_string()),
     }
+    Ok(())
+}
+
+/// Create a sharded cluster: every member of every shard allocated (`replicas` per shard;
+/// with `restore`, each shard's first member given its shard's part of the backup before it
+/// starts), all started together, then made one engine cluster by `form-shards`, and
+/// `post-provision` once.
+async fn create_sharded(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    cr: &Credentials,
+    shards: u32,
+    restore: Option<&str>,
+) -> Result<(), String> {
+    if let Some(id) = restore {
+        crate::backups::check_shard_parts(c, id, shards)?;
+    }
+    // A create resumed after a host restart keeps the members it already allocated.
+    let mut have = instances(c, &cl.name)?;
+    for shard in 0..shards {
+        let present = have.iter().filter(|i| i.shard == Some(shard)).count() as u32;
+        for _ in present..cl.spec.replicas {
+            add_instance(c, cl, topology::SHARD_MEMBER, Some(shard))?;
+        }
+    }
+    have = instances(c, &cl.name)?;
+    if let Some(id) = restore {
+        for shard in 0..shards {
+            let Some(first) = have.iter().find(|i| i.shard == Some(shard)) else {
+                continue;
+            };
+            if first.process.is_some() || !crate::node::is_empty(&first.data_dir()) {
+                continue; // restored before an interruption
+            }
+            let mut first = first.clone();
+            c.prepare_dirs(cl, &first)?;
+            if let Err(e) =
+                crate::backups::restore_into(c, cl, &first, cr, id, None, Some(shard)).await
+            {
+                first.state = "failed".into();
+                c.save(&first);
+                return Err(e);
+            }
+        }
+    }
+    let down: Vec<InstanceRow> = have
+        .iter()
+        .filter(|i| !i.process.is_some_and(|p| p.is_running()))
+        .cloned()
+        .collect();
+    for (name, result) in bring_up_together(c, cl, down, &have, cr).await {
+        result.map_err(|e| format!("{name}: {e}"))?;
+    }
+    crate::ha::failpoint("create-primary-up").await;
+    form_shards(c, cl, cr).await?;
+    post_provision_once(c, cl, cr).await
+}
+
+/// Make one engine cluster of a sharded cluster's running members (`form-shards` on one of
+/// them, retried while the engine says to try again), then wait until every shard has a
+/// healthy primary and every member is healthy (at most 60 s).
+pub(crate) async fn form_shards(
+    c: &Controller,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let mut waits = MEMBERSHIP_RETRIES.iter();
+    loop {
+        let all = probed(c, cl, cr).await?;
+        let on = all
+            .iter()
+            .filter(|i| i.state == "running" && i.process.is_some_and(|p| p.is_running()))
+            .min_by_key(|i| (i.writable != Some(true), i.ordinal))
+            .ok_or("form-shards: no running member to ask")?;
+        let ctx = c.call_ctx(on, &all, false);
+        let r = addon
+            .call(&ctx)
+            .form_shards(
+                &c.wit_instance(cl, on, cr, false),
+                &Controller::members_of(on, &all),
+            )
+            .await;
+        match r {
+            Ok(()) => {
+                c.event(&cl.name, Some(&on.name), "info", "shards formed");
+                break;
+            }
+            Err(e) if e.is_unsupported() => {
+                return Err(format!(
+                    "{} declares a sharded topology but has no form-shards hook",
+                    cl.engine
+                ))
+            }
+            Err(e) if e.is_retryable() && waits.len() > 0 => {
+                let wait = waits.next().copied().unwrap_or(1);
+                c.event(
+                    &cl.name,
+                    Some(&on.name),
+                    "info",
+                    format!("form-shards: {e}; again in {wait} s"),
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            }
+            Err(e) => return Err(format!("form-shards on {}: {e}", on.name)),
+        }
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all = probed(c, cl, cr).await?;
+        let states = crate::sharded::state_of(&all).unwrap_or_default();
+        let (line, whole) = crate::sharded::summary(&states);
+        if whole && states.iter().all(|s| s.healthy == s.members) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(format!("the shards did not settle within 60 s: {line}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// Give every shard `replicas` members ([`crate::sharded::plan_resize`]): new members start
+/// empty and are made copies of their shard's primary by `form-shards`; removed ones (never
+/// a primary) are stopped and forgotten by the engine cluster.
+async fn scale_sharded(
+    c: &Arc<Controller>,
+    mut cl: ClusterRow,
+    cr: &Credentials,
+    replicas: u32,
+) -> Result<(), String> {
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let t = topology::sharded_topology(addon.manifest())
+        .ok_or("a sharded cluster's addon has no sharded topology")?;
+    let all = probed(c, &cl, cr).await?;
+    let steps = crate::sharded::plan_resize(
+        &cl.engine,
+        &crate::sharded::seen(&all),
+        replicas,
+        t.min_members,
+        t.max_members,
+    )?;
+    let mut added = Vec::new();
+    for step in &steps {
+        match step {
+            crate::sharded::Step::Add(shard) => {
+                added.push(add_instance(c, &cl, topology::SHARD_MEMBER, Some(*shard))?);
+            }
+            crate::sharded::Step::Remove(victim) => {
+                let Some(v) = instances(c, &cl.name)?
+                    .into_iter()
+                    .find(|i| &i.name == victim)
+                else {
+                    continue;
+                };
+                remove_instance(c, &cl, v, cr).await?;
+            }
+        }
+    }
+    if !added.is_empty() {
+        let all = instances(c, &cl.name)?;
+        for (name, result) in bring_up_together(c, &cl, added, &all, cr).await {
+            result.map_err(|e| format!("{name}: {e}"))?;
+        }
+        form_shards(c, &cl, cr).await?;
+    }
+    cl.spec.replicas = replicas;
+    c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
+        .map_err(|e| e.message)?;
+    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+        .map_err(|e| e.message)?;
+    Ok(())
+}
+
+/// Replace member `name` of a sharded cluster: stopped, forgotten by the engine cluster, its
+/// data set aside, started empty and made a copy of its shard's primary by `form-shards`.
+pub(crate) async fn replace_shard_member(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    name: &str,
+    cr: &Credentials,
+) -> Result<(), String> {
+    let all = probed(c, cl, cr).await?;
+    crate::sharded::check_replace(&crate::sharded::seen(&all), name)?;
+    let mut v = all
+        .iter()
+        .find(|i| i.name == name)
+        .cloned()
+        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
+    c.db(|s| s.set_cluster_state(&cl.name, "updating"))
+        .map_err(|e| e.message)?;
+    c.stop_process(cl, &mut v, cr).await?;
+    membership(c, cl, &v, cr, false).await?;
+    crate::ha::set_aside(&v)?;
+    c.event(
+        &cl.name,
+        Some(name),
+        "info",
+        "forgotten by the engine cluster; starting with empty data (the old copy is in \
+         data.before-rebuild)",
+    );
+    v.desired = Desired::Running;
+    let all = instances(c, &cl.name)?;
+    c.bring_up(cl, &mut v, &all, cr).await?;
+    form_shards(c, cl, cr).await?;
+    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+        .map_err(|e| e.message)?;
     Ok(())
 }
 
@@ -542,6 +774,9 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     c.db(|s| s.set_cluster_state(name, "updating"))
         .map_err(|e| e.message)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    if cl.spec.shards.is_some() {
+        return scale_sharded(c, cl, &cr, replicas).await;
+    }
     if topology::family(addon.manifest()) == Family::Quorum {
         return scale_quorum(c, cl, &cr, replicas).await;
     }
@@ -598,7 +833,7 @@ fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow>
         .or_else(|| {
             all.iter()
                 .filter(running)
-                .find(|i| i.role == topology::MEMBER && i.health == "healthy")
+                .find(|i| topology::engine_elected(&i.role) && i.health == "healthy")
         })
 }
 
@@ -744,7 +979,7 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
-    if topology::family(addon.manifest()) == Family::Quorum {
+    if topology::family_of(addon.manifest(), &cl.spec).engine_elects() {
         let mut down = Vec::new();
         for mut i in instances(c, name)? {
             i.desired = Desired::Running;

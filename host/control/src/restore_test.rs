@@ -51,10 +51,27 @@ impl Controller {
             "info",
             format!("restore test of backup {id} started (events under {name})"),
         );
-        let (passed, detail) = match self.run_restore_test(&name, &b).await {
-            Ok(detail) => (true, detail),
-            Err(e) => (false, e),
+        // A sharded cluster's backup holds one part per shard: each is tested on its own.
+        let parts: Vec<Option<u32>> = match b.spec.shards {
+            Some(n) => (0..n).map(Some).collect(),
+            None => vec![None],
         };
+        let (mut passed, mut details) = (true, Vec::new());
+        for part in parts {
+            let (label, name) = match part {
+                Some(n) => (format!("shard {n}: "), format!("{name}-s{n}")),
+                None => (String::new(), name.clone()),
+            };
+            match self.run_restore_test(&name, &b, part).await {
+                Ok(d) => details.push(format!("{label}{d}")),
+                Err(e) => {
+                    passed = false;
+                    details.push(format!("{label}{e}"));
+                    break;
+                }
+            }
+        }
+        let detail = details.join("; ");
         let view = RestoreTestView {
             at_unix_ms: now_ms(),
             passed,
@@ -88,6 +105,7 @@ impl Controller {
         self: &Arc<Self>,
         name: &str,
         b: &crate::store::BackupRow,
+        part: Option<u32>,
     ) -> Result<String, String> {
         let m = b.manifest.as_ref().ok_or("the backup is not completed")?;
         let addon = self.addon(&m.engine).map_err(|e| e.message)?.clone();
@@ -104,6 +122,7 @@ impl Controller {
         let mut spec = b.spec.clone();
         spec.name = name.to_string();
         spec.replicas = 1;
+        spec.shards = None;
         spec.ha = Default::default();
         let cl = ClusterRow {
             name: name.to_string(),
@@ -161,8 +180,9 @@ impl Controller {
             detail: String::new(),
             probed_ms: None,
             term: None,
+            shard: None,
         };
-        let result = self.restore_and_probe(&cl, &mut i, b).await;
+        let result = self.restore_and_probe(&cl, &mut i, b, part).await;
         // Gone, whatever happened; a failure keeps the server's log.
         let kept_log = if result.is_err() {
             let to = tests_dir(self).join(format!("{name}.log"));
@@ -196,6 +216,7 @@ impl Controller {
         cl: &ClusterRow,
         i: &mut InstanceRow,
         b: &crate::store::BackupRow,
+        part: Option<u32>,
     ) -> Result<String, String> {
         let admin = self
             .addon(&cl.engine)
@@ -221,12 +242,12 @@ impl Controller {
         let before_start = crate::backups::restores_before_start(self, id)?;
         if before_start {
             self.prepare_dirs(cl, i)?;
-            crate::backups::restore_into(self, cl, i, &cr, id, None).await?;
+            crate::backups::restore_into(self, cl, i, &cr, id, None, part).await?;
         }
         let all = vec![i.clone()];
         self.bring_up(cl, i, &all, &cr).await?;
         if !before_start {
-            crate::backups::restore_into(self, cl, i, &cr, id, None).await?;
+            crate::backups::restore_into(self, cl, i, &cr, id, None, part).await?;
         }
         let all = vec![i.clone()];
         let r = self.probe_once(cl, i, &all, &cr).await?;

@@ -169,6 +169,8 @@ const MIGRATIONS: &[&str] = &[
         FROM archive_units u;
      DROP TABLE archive_units;
      CREATE INDEX units_time ON units(cluster_uid, stored_ms);",
+    // The shard of an instance in a sharded cluster.
+    "ALTER TABLE instances ADD COLUMN shard INTEGER;",
 ];
 
 /// A backup as stored.
@@ -315,6 +317,8 @@ pub struct InstanceRow {
     pub probed_ms: Option<i64>,
     /// Engine term/timeline from the last probe.
     pub term: Option<u64>,
+    /// In a sharded cluster, the instance's shard (fixed when it is allocated).
+    pub shard: Option<u32>,
 }
 
 impl InstanceRow {
@@ -664,8 +668,9 @@ impl Store {
             )?;
         }
         tx.execute(
-            "INSERT INTO instances (cluster, name, ordinal, role, host, ports, dir, desired, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO instances (cluster, name, ordinal, role, host, ports, dir, desired, state,
+                                    shard)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 i.cluster,
                 i.name,
@@ -675,7 +680,8 @@ impl Store {
                 serde_json::to_string(&i.ports)?,
                 i.dir.display().to_string(),
                 i.desired.as_str(),
-                i.state
+                i.state,
+                i.shard
             ],
         )?;
         tx.commit()?;
@@ -732,7 +738,7 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT cluster, name, ordinal, role, host, ports, dir, desired, state, pid, start_time,
                     restarts, health, observed_role, writable, lag_bytes, position, detail, probed_ms,
-                    term
+                    term, shard
              FROM instances WHERE cluster = ?1 ORDER BY ordinal",
         )?;
         let rows = stmt.query_map(params![cluster], |r| {
@@ -772,6 +778,7 @@ impl Store {
                     detail: r.get(17)?,
                     probed_ms: r.get(18)?,
                     term: r.get::<_, Option<i64>>(19)?.map(|v| v.max(0) as u64),
+                    shard: r.get(20)?,
                 },
                 ports,
             ))
@@ -1193,6 +1200,7 @@ mod tests {
             detail: String::new(),
             probed_ms: None,
             term: None,
+            shard: None,
         }
     }
 

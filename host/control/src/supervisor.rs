@@ -261,6 +261,8 @@ struct Memory {
     /// Quorum clusters whose healthy members are no majority (said once, and again when the
     /// quorum is back).
     quorum_lost: std::collections::HashSet<String>,
+    /// Dead shard primaries left down while the engine elects a replica, since when.
+    handover: HashMap<(String, String), Instant>,
 }
 
 impl Memory {
@@ -460,6 +462,29 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                 start_failover(c, &cl, i, format!("process exited: {tail}"));
                 continue;
             }
+            // A dead shard primary stays down until the engine elects a replica in its place
+            // (restarted first, it would lead again with only what it persisted).
+            let first = !mem.handover.contains_key(&key);
+            let since = *mem.handover.entry(key.clone()).or_insert_with(Instant::now);
+            let alive = |r: &InstanceRow| r.process.is_some_and(|p| p.is_running());
+            if crate::sharded::hold_restart(i, &all, since.elapsed(), alive) {
+                if first {
+                    mark_crashed(c, &cl.name, i.clone());
+                    c.event(
+                        &cl.name,
+                        Some(&i.name),
+                        "warning",
+                        format!(
+                            "this shard primary's process exited ({tail}); left down until \
+                             the engine elects a replica in its place (at most {} s), then \
+                             restarted to rejoin as a replica",
+                            crate::sharded::HANDOVER.as_secs()
+                        ),
+                    );
+                }
+                continue;
+            }
+            mem.handover.remove(&key);
             let b = mem.backoff.entry(key.clone()).or_insert(Backoff {
                 next: Instant::now(),
                 delay: Duration::from_secs(1),
@@ -483,11 +508,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             }
             let mut row = i.clone();
             row.restarts += 1;
-            row.state = "crashed".into();
-            row.health = "unhealthy".into();
-            row.process = None;
-            c.save(&row);
-            c.drop_live(&cl.name, &row.name);
+            let mut row = mark_crashed(c, &cl.name, row);
             c.event(
                 &cl.name,
                 Some(&row.name),
@@ -568,6 +589,17 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
     crate::archive::kick_archiver(c);
 }
 
+/// Record that `row`'s process is gone (crashed, unhealthy, no pid) and drop its kept addon
+/// instance; the row as saved.
+fn mark_crashed(c: &Controller, cluster: &str, mut row: InstanceRow) -> InstanceRow {
+    row.state = "crashed".into();
+    row.health = "unhealthy".into();
+    row.process = None;
+    c.save(&row);
+    c.drop_live(cluster, &row.name);
+    row
+}
+
 /// Book a restart's outcome: forget the backoff, or double it and say when the next try is.
 fn restarted(
     c: &Arc<Controller>,
@@ -594,14 +626,19 @@ fn restarted(
     );
     let third = b.delay == Duration::from_secs(4);
     b.delay = (b.delay * 2).min(Duration::from_secs(60));
-    // A quorum member that fails to come back three times (its data lost or diverged) is
-    // replaced, when the others hold a quorum without it.
-    let quorum = c.db(|s| s.cluster(cluster)).ok().flatten().and_then(|cl| {
-        c.addon(&cl.engine)
-            .ok()
-            .map(|a| topology::family(a.manifest()))
-    }) == Some(Family::Quorum);
-    if third && quorum {
+    // A quorum or shard member that fails to come back three times (its data lost or
+    // diverged) is replaced, when the others can make it a fresh copy.
+    let engine_elects = c
+        .db(|s| s.cluster(cluster))
+        .ok()
+        .flatten()
+        .and_then(|cl| {
+            c.addon(&cl.engine)
+                .ok()
+                .map(|a| topology::family_of(a.manifest(), &cl.spec))
+        })
+        .is_some_and(Family::engine_elects);
+    if third && engine_elects {
         match c.rebuild(cluster, instance) {
             Ok(op) => c.event(
                 cluster,
@@ -729,9 +766,9 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                         }
                     }
                 }
-            } else if rep.writable && rep.role == "primary" && i.role != topology::MEMBER {
-                // (A quorum member that leads is the engine's business, whatever its role
-                // is called.)
+            } else if rep.writable && rep.role == "primary" && !topology::engine_elected(&i.role) {
+                // (A quorum or shard member that leads is the engine's business, whatever
+                // its role is called.)
                 c.event(
                     &p.cl.name,
                     Some(&i.name),

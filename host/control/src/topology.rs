@@ -11,6 +11,16 @@ use crate::store::{Desired, InstanceRow};
 /// leads, so the row holds no leader/follower role; the probe's `observed_role` does.
 pub const MEMBER: &str = "member";
 
+/// The role recorded for every member of a sharded cluster: the engine fails its shards
+/// over itself, so the row holds no primary/replica role; the probe's `observed_role` does.
+pub const SHARD_MEMBER: &str = "shard-member";
+
+/// Whether an instance row's role says the engine, not the host, decides who leads (a quorum
+/// or sharded member): the host never promotes, fences or records a leader for it.
+pub fn engine_elected(row_role: &str) -> bool {
+    row_role == MEMBER || row_role == SHARD_MEMBER
+}
+
 /// How a cluster is kept available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -19,6 +29,16 @@ pub enum Family {
     /// Every member votes and the engine elects its leader; the host probes, routes and
     /// restarts, never promotes.
     Quorum,
+    /// Shards, each a replica group the engine fails over itself; the host makes one engine
+    /// cluster of them (`form-shards`), probes, routes, restarts and replaces members.
+    Sharded,
+}
+
+impl Family {
+    /// The engine elects leaders; the host never promotes or fences.
+    pub fn engine_elects(self) -> bool {
+        matches!(self, Family::Quorum | Family::Sharded)
+    }
 }
 
 impl std::fmt::Display for Family {
@@ -26,7 +46,18 @@ impl std::fmt::Display for Family {
         f.write_str(match self {
             Family::PrimaryReplica => "primary-replica",
             Family::Quorum => "quorum",
+            Family::Sharded => "sharded",
         })
+    }
+}
+
+/// The family of a cluster: sharded when its spec asks for shards, else its engine's
+/// ([`family`]).
+pub fn family_of(m: &wit::AddonManifest, spec: &shoal_api::ClusterSpec) -> Family {
+    if spec.shards.is_some() {
+        Family::Sharded
+    } else {
+        family(m)
     }
 }
 
@@ -43,6 +74,23 @@ pub fn family(m: &wit::AddonManifest) -> Family {
     } else {
         Family::PrimaryReplica
     }
+}
+
+/// A topology kind as the manifest spells it.
+pub fn kind_name(k: wit::TopologyKind) -> &'static str {
+    match k {
+        wit::TopologyKind::Standalone => "standalone",
+        wit::TopologyKind::PrimaryReplica => "primary-replica",
+        wit::TopologyKind::Quorum => "quorum",
+        wit::TopologyKind::Sharded => "sharded",
+    }
+}
+
+/// The sharded topology the manifest declares, if any.
+pub fn sharded_topology(m: &wit::AddonManifest) -> Option<&wit::Topology> {
+    m.topologies
+        .iter()
+        .find(|t| t.kind == wit::TopologyKind::Sharded)
 }
 
 /// The quorum topology the manifest declares, if any.

@@ -195,6 +195,18 @@ impl<'a> Caller<'a> {
         .await
     }
 
+    /// `lifecycle.form-shards`.
+    pub async fn form_shards(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::FormShards, async |a, s| {
+            a.lifecycle(s)?.call_form_shards(s, instance, members).await
+        })
+        .await
+    }
+
     /// `lifecycle.account-provision`.
     pub async fn account_provision(
         &self,

@@ -194,6 +194,7 @@ pub fn default_timeout(hook: Hook) -> Duration {
         | Hook::PreTerminate
         | Hook::MemberJoin
         | Hook::MemberLeave
+        | Hook::FormShards
         | Hook::AccountProvision
         | Hook::ApplyDynamic
         | Hook::Promote

@@ -49,7 +49,7 @@ pub use shoal::addon::types::{
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 23] = [
+    pub const ALL: [Hook; 24] = [
         Hook::Manifest,
         Hook::RunSpec,
         Hook::RenderConfig,
@@ -57,6 +57,7 @@ impl Hook {
         Hook::PreTerminate,
         Hook::MemberJoin,
         Hook::MemberLeave,
+        Hook::FormShards,
         Hook::AccountProvision,
         Hook::Probe,
         Hook::Promote,
@@ -85,6 +86,7 @@ impl Hook {
             Hook::PreTerminate => "pre-terminate",
             Hook::MemberJoin => "member-join",
             Hook::MemberLeave => "member-leave",
+            Hook::FormShards => "form-shards",
             Hook::AccountProvision => "account-provision",
             Hook::Probe => "probe",
             Hook::Promote => "promote",
@@ -119,6 +121,7 @@ impl Hook {
             | Hook::PreTerminate
             | Hook::MemberJoin
             | Hook::MemberLeave
+            | Hook::FormShards
             | Hook::AccountProvision => "lifecycle",
             Hook::Probe
             | Hook::Promote
