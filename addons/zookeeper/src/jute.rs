@@ -400,7 +400,13 @@ impl Session {
     /// specs and ids (either may be empty). The new configuration's text.
     pub fn reconfig(&mut self, joining: &str, leaving: &str) -> Result<String, ZkError> {
         let mut o = Out::default();
-        let opt = |s: &str| if s.is_empty() { None } else { Some(s.to_string()) };
+        let opt = |s: &str| {
+            if s.is_empty() {
+                None
+            } else {
+                Some(s.to_string())
+            }
+        };
         match opt(joining) {
             Some(j) => o.string(&j),
             None => o.buffer(None),
@@ -535,7 +541,10 @@ mod tests {
     fn sha1_matches_known_digests() {
         let hex = |b: [u8; 20]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         assert_eq!(hex(sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(hex(sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex(sha1(b"abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         let long = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
         assert_eq!(hex(sha1(long)), "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
     }
@@ -568,7 +577,12 @@ mod tests {
             id: "u:h=".into(),
         }];
         let mut o = Out::default();
-        o.string("/a").buffer(None).acls(&acl).int(7).long(-3).boolean(true);
+        o.string("/a")
+            .buffer(None)
+            .acls(&acl)
+            .int(7)
+            .long(-3)
+            .boolean(true);
         let mut r = In::new(&o.0);
         assert_eq!(r.string().unwrap(), "/a");
         assert_eq!(r.buffer().unwrap(), None);
@@ -582,7 +596,14 @@ mod tests {
     #[test]
     fn a_stat_is_68_bytes() {
         let mut o = Out::default();
-        o.long(1).long(2).long(3).long(4).int(5).int(6).int(7).long(8);
+        o.long(1)
+            .long(2)
+            .long(3)
+            .long(4)
+            .int(5)
+            .int(6)
+            .int(7)
+            .long(8);
         o.int(9).int(10).long(11);
         assert_eq!(o.0.len(), 68);
         let s = In::new(&o.0).stat().unwrap();

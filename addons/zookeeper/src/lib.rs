@@ -619,9 +619,7 @@ impl Engine for ZooKeeper {
         let mine = format!("{name}:");
         let mut want: Vec<Acl> = acl
             .iter()
-            .filter(|a| {
-                !(a.scheme == "world" || (a.scheme == "digest" && a.id.starts_with(&mine)))
-            })
+            .filter(|a| !(a.scheme == "world" || (a.scheme == "digest" && a.id.starts_with(&mine))))
             .cloned()
             .collect();
         want.push(Acl {
@@ -670,7 +668,7 @@ impl Engine for ZooKeeper {
                 .and_then(|()| into.write_all(b"\n"))
                 .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
             written += 1;
-            if written % 100 == 0 {
+            if written.is_multiple_of(100) {
                 shoal_sdk::host::progress(written, Some(start.nodes), "znodes");
             }
             if stat.num_children > 0 {
@@ -759,7 +757,7 @@ impl Engine for ZooKeeper {
                 }
             }
             restored += 1;
-            if restored % 100 == 0 {
+            if restored.is_multiple_of(100) {
                 shoal_sdk::host::progress(restored, want, "znodes");
             }
         }
@@ -821,7 +819,10 @@ pub fn params_schema() -> Vec<ParamSpec> {
     vec![
         ParamSpec {
             name: "tick-time".into(),
-            type_: ParamType::DurationMs(IntRange { min: 100, max: 10000 }),
+            type_: ParamType::DurationMs(IntRange {
+                min: 100,
+                max: 10000,
+            }),
             default_value: Some(Value::Integer(2000)),
             apply: ApplyMode::Restart,
             description: "ZooKeeper's basic time unit (tickTime): heartbeats, and the unit \
@@ -970,7 +971,10 @@ mod tests {
         .unwrap();
         assert!(cfg.contains("\ntickTime=500\n"), "{cfg}");
         assert!(cfg.contains("\ninitLimit=10\n"), "{cfg}");
-        assert!(cfg.contains("clientPort=4000\nclientPortAddress") || cfg.contains("clientPortAddress=127.0.0.1\nclientPort=4000"));
+        assert!(
+            cfg.contains("clientPort=4000\nclientPortAddress")
+                || cfg.contains("clientPortAddress=127.0.0.1\nclientPort=4000")
+        );
         assert!(cfg.contains("reconfigEnabled=true\nstandaloneEnabled=false"));
         assert!(cfg.contains("4lw.commands.whitelist=srvr,mntr,ruok,conf"));
         assert!(cfg.contains("admin.enableServer=false"));
@@ -1002,7 +1006,8 @@ mod tests {
         assert_eq!(plan.init[0].args[3..], ["3".to_string(), "/d".to_string()]);
     }
 
-    const SRVR_LEADER: &str = "Zookeeper version: 3.8.0-${mvngit.commit.id}, built on 2024-12-29 17:54 UTC\n\
+    const SRVR_LEADER: &str =
+        "Zookeeper version: 3.8.0-${mvngit.commit.id}, built on 2024-12-29 17:54 UTC\n\
         Latency min/avg/max: 0/0.0/0\nReceived: 1\nSent: 0\nConnections: 1\nOutstanding: 2\n\
         Zxid: 0x300000007\nMode: leader\nNode count: 5\nProposal sizes last/min/max: -1/-1/-1\n";
 

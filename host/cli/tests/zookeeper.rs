@@ -19,9 +19,10 @@ fn leader_of(h: &Host, name: &str) -> (String, u32, Json) {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let d = h.describe(name);
-        let healthy = d["instances"]
-            .as_array()
-            .is_some_and(|a| a.iter().all(|i| i["state"] == "running" && i["health"] == "healthy"));
+        let healthy = d["instances"].as_array().is_some_and(|a| {
+            a.iter()
+                .all(|i| i["state"] == "running" && i["health"] == "healthy")
+        });
         if let (true, Some(l)) = (healthy, d["leader"].as_str()) {
             let pid = d["instances"]
                 .as_array()
@@ -83,7 +84,10 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
         "tick-time=500ms",
     ]);
     let (leader, pid, d) = leader_of(&h, "zc");
-    eprintln!("zookeeper: 3 members up, {leader} leads, after {:?}", started.elapsed());
+    eprintln!(
+        "zookeeper: 3 members up, {leader} leads, after {:?}",
+        started.elapsed()
+    );
     assert_eq!(d["topology"], "quorum", "{d:#}");
     assert_eq!(
         d["quorum"].as_str().unwrap(),
@@ -233,10 +237,14 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
     assert_eq!(engine_members(rw_port(&d)).len(), 3);
     let port = client_port(&d, &vname);
     let mut got = BTreeSet::new();
-    wait_until(Duration::from_secs(20), "the replaced member has every znode", || {
-        got = stored(port, "admin", &pw).unwrap_or_default();
-        got == have
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the replaced member has every znode",
+        || {
+            got = stored(port, "admin", &pw).unwrap_or_default();
+            got == have
+        },
+    );
     eprintln!("zookeeper: {vname} replaced after {:?}", started.elapsed());
 
     h.ok(&["cluster", "delete", "zc", "--purge", "--yes"]);

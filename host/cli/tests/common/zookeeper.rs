@@ -57,8 +57,9 @@ pub fn zk_writer(port: u16, user: &str, password: &str) -> Writer {
     let (user, pw) = (user.to_string(), password.to_string());
     Writer::start_with(1, move || {
         let mut s = zk(port, Some((&user, &pw)))?;
+        let acl = open_to(&user);
         Ok(Box::new(move |n: u64| -> Result<u16, String> {
-            s.create(&format!("/w/{n:08}"), b"1", &open_to(&user))
+            s.create(&format!("/w/{n:08}"), b"1", &acl)
                 .map_err(|e| e.to_string())?;
             Ok(port)
         }) as Commit)
