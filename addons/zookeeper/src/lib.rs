@@ -329,6 +329,50 @@ fn child_path(parent: &str, child: &str) -> String {
     }
 }
 
+/// Replace the digest ids `old` by `new` in the ACL of every znode below the root (not the
+/// root itself, nor `/zookeeper`).
+fn redigest_tree(s: &mut Session, old: &[String], new: &str) -> HookResult<()> {
+    let mut stack = vec!["/".to_string()];
+    while let Some(path) = stack.pop() {
+        let children = match s.get_children(&path) {
+            Ok(c) => c,
+            Err(ZkError::Code(jute::code::NO_NODE)) => continue,
+            Err(e) => return Err(zk_error(&format!("getChildren {path}"), e)),
+        };
+        for c in children {
+            let p = child_path(&path, &c);
+            if p == "/zookeeper" {
+                continue;
+            }
+            let acl = match s.get_acl(&p) {
+                Ok(a) => a,
+                Err(ZkError::Code(jute::code::NO_NODE)) => continue,
+                Err(e) => return Err(zk_error(&format!("getACL {p}"), e)),
+            };
+            if acl
+                .iter()
+                .any(|a| a.scheme == "digest" && old.contains(&a.id))
+            {
+                let fixed: Vec<Acl> = acl
+                    .into_iter()
+                    .map(|mut a| {
+                        if a.scheme == "digest" && old.contains(&a.id) {
+                            a.id = new.to_string();
+                        }
+                        a
+                    })
+                    .collect();
+                match s.set_acl(&p, &fixed) {
+                    Ok(()) | Err(ZkError::Code(jute::code::NO_NODE)) => {}
+                    Err(e) => return Err(zk_error(&format!("setACL {p}"), e)),
+                }
+            }
+            stack.push(p);
+        }
+    }
+    Ok(())
+}
+
 impl Engine for ZooKeeper {
     fn new() -> Self {
         ZooKeeper
@@ -600,7 +644,8 @@ impl Engine for ZooKeeper {
     /// The user's digest account: an entry `digest:name:hash` on the root znode's ACL with
     /// every permission (read-only and monitor accounts: READ), replacing the account's
     /// earlier entry and the open `world:anyone` one. ZooKeeper keeps no user list: an
-    /// account is its digest in ACLs, and clients `addauth digest name:password`.
+    /// account is its digest in ACLs, and clients `addauth digest name:password`. A new
+    /// password is given to every znode whose ACL names the old one.
     fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
         let name = &account.credentials.username;
         shoal_sdk::accounts::check_user_account(instance, name)?;
@@ -617,9 +662,21 @@ impl Engine for ZooKeeper {
         let mut s = super_session(instance)?;
         let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
         let mine = format!("{name}:");
+        let is_mine = |a: &Acl| a.scheme == "digest" && a.id.starts_with(&mine);
+        // A new password: the account's znodes carry the old digest in their ACLs (`auth`
+        // and `digest` ACLs store the hash); give them the new one, the root last, so that an
+        // interrupted call finds the old digest on the root and walks again.
+        let old: Vec<String> = acl
+            .iter()
+            .filter(|a| is_mine(a) && a.id != id)
+            .map(|a| a.id.clone())
+            .collect();
+        if !old.is_empty() {
+            redigest_tree(&mut s, &old, &id)?;
+        }
         let mut want: Vec<Acl> = acl
             .iter()
-            .filter(|a| !(a.scheme == "world" || (a.scheme == "digest" && a.id.starts_with(&mine))))
+            .filter(|a| !(a.scheme == "world" || is_mine(a)))
             .cloned()
             .collect();
         want.push(Acl {

@@ -197,7 +197,15 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
     assert_eq!(restored["instances"].as_array().unwrap().len(), 3);
     let zr_pw = password(&h, "zr");
     assert_eq!(stored(rw_port(&restored), "admin", &zr_pw).unwrap(), have);
+    // The restored znodes belong to the new cluster's account.
+    let mut s = zk(rw_port(&restored), Some(("admin", &zr_pw))).unwrap();
+    let acl = s.get_acl("/w").unwrap();
+    s.close();
+    assert_eq!(acl.len(), 1, "{acl:?}");
+    assert_eq!(acl[0].id, jute::digest("admin", &zr_pw));
     h.ok(&["cluster", "delete", "zr", "--purge", "--yes"]);
+    // It restores into a throwaway single member too (an ensemble of one).
+    h.ok(&["backup", "verify", &id, "--restore"]);
     eprintln!("zookeeper: backup restored after {:?}", started.elapsed());
 
     // Scale 3 -> 5 -> 3, one member at a time: ZooKeeper's membership follows (reconfig).
@@ -246,6 +254,88 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
         },
     );
     eprintln!("zookeeper: {vname} replaced after {:?}", started.elapsed());
+
+    // A restart-class parameter rolls onto every member, one at a time, after the
+    // reconfigurations rewrote their zoo.cfg: each comes back with it and the membership.
+    h.ok(&["cluster", "config", "set", "zc", "tick-time=1s"]);
+    let (_, _, d) = leader_of(&h, "zc");
+    for i in d["instances"].as_array().unwrap() {
+        let port = i["ports"]["client"].as_u64().unwrap() as u16;
+        let conf = four(port, "conf").unwrap();
+        assert!(conf.contains("tickTime=1000"), "{conf}");
+        assert_eq!(engine_members(port).len(), 3, "{conf}");
+    }
+    eprintln!("zookeeper: parameter rolled after {:?}", started.elapsed());
+
+    // The users' password rotates: the old one no longer writes, the new one reaches the
+    // znodes the old one made (their ACLs were given the new digest).
+    h.ok(&["cluster", "password", "zc"]);
+    let pw2 = password(&h, "zc");
+    assert_ne!(pw2, pw);
+    let rw = rw_port(&d);
+    let mut old = zk(rw, Some(("admin", &pw))).unwrap();
+    let denied = old.create("/old", b"", &open_to("admin"));
+    assert!(matches!(denied, Err(ZkError::Code(-102))), "{denied:?}");
+    assert_eq!(stored(rw, "admin", &pw2).unwrap(), have);
+    let pw = pw2;
+
+    // A host killed and started again re-adopts the running members.
+    let pids = |d: &Json| -> Vec<u64> {
+        d["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let before = pids(&d);
+    let mut h = h;
+    h.kill_serve();
+    h.spawn_serve();
+    let (_, _, d) = leader_of(&h, "zc");
+    assert_eq!(
+        pids(&d),
+        before,
+        "the members were restarted, not re-adopted"
+    );
+
+    // Stop and start: the members come back together, elect again and keep every znode.
+    h.ok(&["cluster", "stop", "zc"]);
+    h.ok(&["cluster", "start", "zc"]);
+    let (_, _, d) = leader_of(&h, "zc");
+    assert_eq!(stored(rw_port(&d), "admin", &pw).unwrap(), have);
+    eprintln!(
+        "zookeeper: stopped and started after {:?}",
+        started.elapsed()
+    );
+
+    // Two of three members frozen: the quorum is lost (a state and an event), and back when
+    // they thaw.
+    let frozen: Vec<i32> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|i| i["pid"].as_u64().unwrap() as i32)
+        .collect();
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p, libc::SIGSTOP);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the quorum is lost", || {
+        h.ok(&["cluster", "events", "zc"]).contains("quorum lost")
+    });
+    for p in &frozen {
+        unsafe {
+            libc::kill(*p, libc::SIGCONT);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the quorum is back", || {
+        h.ok(&["cluster", "events", "zc"]).contains("quorum back")
+    });
+    let (_, _, d) = leader_of(&h, "zc");
+    assert_eq!(stored(rw_port(&d), "admin", &pw).unwrap(), have);
 
     h.ok(&["cluster", "delete", "zc", "--purge", "--yes"]);
     let left = std::process::Command::new("pgrep")
