@@ -373,6 +373,99 @@ fn redigest_tree(s: &mut Session, old: &[String], new: &str) -> HookResult<()> {
     Ok(())
 }
 
+/// The `mntr` answer as name → value (tab-separated lines).
+pub fn parse_mntr(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The `mntr` fields exported as metrics: name, kind, help.
+const MNTR_FIELDS: &[(&str, MetricKind, &str)] = &[
+    ("zk_znode_count", MetricKind::Gauge, "Znodes in the tree."),
+    (
+        "zk_ephemerals_count",
+        MetricKind::Gauge,
+        "Ephemeral znodes.",
+    ),
+    ("zk_watch_count", MetricKind::Gauge, "Watches set."),
+    (
+        "zk_approximate_data_size",
+        MetricKind::Gauge,
+        "Bytes of znode data and paths.",
+    ),
+    (
+        "zk_num_alive_connections",
+        MetricKind::Gauge,
+        "Client connections.",
+    ),
+    (
+        "zk_outstanding_requests",
+        MetricKind::Gauge,
+        "Requests queued, not yet answered.",
+    ),
+    (
+        "zk_avg_latency",
+        MetricKind::Gauge,
+        "Average request latency (ms).",
+    ),
+    (
+        "zk_max_latency",
+        MetricKind::Gauge,
+        "Highest request latency (ms).",
+    ),
+    (
+        "zk_packets_received",
+        MetricKind::Counter,
+        "Packets received.",
+    ),
+    ("zk_packets_sent", MetricKind::Counter, "Packets sent."),
+    (
+        "zk_synced_followers",
+        MetricKind::Gauge,
+        "Followers in sync with this leader (leader only).",
+    ),
+    (
+        "zk_pending_syncs",
+        MetricKind::Gauge,
+        "Followers being synced (leader only).",
+    ),
+    ("zk_quorum_size", MetricKind::Gauge, "Votes a commit needs."),
+];
+
+/// Samples from a parsed `mntr`: the fields above (`zookeeper_…`, counters `…_total`) and
+/// `zookeeper_leader` (1 on the leader).
+pub fn samples(mntr: &std::collections::BTreeMap<String, String>) -> Vec<Sample> {
+    let mut out: Vec<Sample> = MNTR_FIELDS
+        .iter()
+        .filter_map(|(field, kind, help)| {
+            let value = mntr.get(*field)?.parse::<f64>().ok()?;
+            let base = field.trim_start_matches("zk_");
+            Some(Sample {
+                name: match kind {
+                    MetricKind::Counter => format!("zookeeper_{base}_total"),
+                    MetricKind::Gauge => format!("zookeeper_{base}"),
+                },
+                kind: *kind,
+                value,
+                labels: vec![],
+                help: (*help).into(),
+            })
+        })
+        .collect();
+    if let Some(state) = mntr.get("zk_server_state") {
+        out.push(Sample {
+            name: "zookeeper_leader".into(),
+            kind: MetricKind::Gauge,
+            value: if state == "leader" { 1.0 } else { 0.0 },
+            labels: vec![],
+            help: "1 on the ensemble's leader, 0 elsewhere.".into(),
+        });
+    }
+    out
+}
+
 impl Engine for ZooKeeper {
     fn new() -> Self {
         ZooKeeper
@@ -827,6 +920,17 @@ impl Engine for ZooKeeper {
         Ok(())
     }
 
+    /// `mntr` (allow-listed) on the client port.
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        let text = four_letter(&instance.endpoint, "mntr")?;
+        if text.contains("not currently serving requests") {
+            return Err(HookError::retryable(
+                "the member is not serving requests (no quorum)",
+            ));
+        }
+        Ok(samples(&parse_mntr(&text)))
+    }
+
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
         let schema = params_schema();
         let mut errors = shoal_sdk::params::validate(&schema, params);
@@ -1149,6 +1253,21 @@ mod tests {
             value: Value::Integer(2),
         }];
         assert!(!shoal_sdk::params::validate(&schema, &low).is_empty());
+    }
+
+    #[test]
+    fn mntr_becomes_samples() {
+        let m = parse_mntr(
+            "zk_version\t3.8.0\nzk_server_state\tleader\nzk_znode_count\t17\n\
+             zk_packets_received\t42\nzk_synced_followers\t2\n",
+        );
+        let s = samples(&m);
+        let get = |n: &str| s.iter().find(|x| x.name == n).map(|x| x.value);
+        assert_eq!(get("zookeeper_znode_count"), Some(17.0));
+        assert_eq!(get("zookeeper_packets_received_total"), Some(42.0));
+        assert_eq!(get("zookeeper_synced_followers"), Some(2.0));
+        assert_eq!(get("zookeeper_leader"), Some(1.0));
+        assert_eq!(get("zookeeper_version"), None);
     }
 
     #[test]

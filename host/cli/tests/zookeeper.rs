@@ -113,6 +113,19 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
     let rw = rw_port(&d);
     assert!(four(rw, "srvr").unwrap().contains("Mode: leader"));
     assert!(four(rw, "conf").unwrap().contains("tickTime=500"));
+    // Metrics of every member from `mntr`, through the addon.
+    let m = json(&h, &["cluster", "metrics", "zc"]);
+    assert_eq!(
+        metric_of(&m, &leader, "zookeeper_leader"),
+        Some(1.0),
+        "{m:#}"
+    );
+    assert_eq!(
+        metric_of(&m, &leader, "zookeeper_synced_followers"),
+        Some(2.0),
+        "{m:#}"
+    );
+    assert!(metric_of(&m, &leader, "zookeeper_znode_count").unwrap_or(0.0) >= 4.0);
     // Four-letter words outside the allow-list are refused.
     assert!(!four(rw, "dump").unwrap_or_default().contains("Sessions"));
 
