@@ -179,6 +179,10 @@ impl<'a> In<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         In { buf, at: 0 }
     }
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.at
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], ZkError> {
         let end = self
             .at

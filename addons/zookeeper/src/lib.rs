@@ -9,6 +9,7 @@
 //! logical: every persistent znode, walked through the leader, written back into a new
 //! ensemble. See docs/engines/zookeeper.md.
 
+pub mod files;
 pub mod jute;
 
 use std::io::{Read, Write};
@@ -31,8 +32,10 @@ const FOUR_LETTER_WORDS: &str = "srvr,mntr,ruok,conf";
 /// Where Debian's `zookeeper` package puts the server and what it needs besides.
 const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
 
-/// The backup method.
+/// The backup methods: the tree walked through the client protocol, and ZooKeeper's own
+/// files.
 const ZNODES: &str = "znodes";
+const SNAPSHOT: &str = "snapshot";
 
 struct ZooKeeper;
 
@@ -373,6 +376,101 @@ fn redigest_tree(s: &mut Session, old: &[String], new: &str) -> HookResult<()> {
     Ok(())
 }
 
+/// `snapshot` backup: a tar of the data directory's `version-2` (snapshots, transaction
+/// logs, epochs), made by `tar` on the host as the engine's user while the member runs. The
+/// zxid the member had processed before the copy is recorded: the restore checks that the
+/// files reach it.
+fn snapshot_backup(instance: &Instance, into: &mut SinkWriter<'_>) -> HookResult<BackupInfo> {
+    let data = instance
+        .data_dir
+        .clone()
+        .ok_or_else(|| HookError::invalid("the host gave no data directory"))?;
+    let start = parse_srvr(&four_letter(&instance.endpoint, "srvr")?)
+        .ok_or_else(|| HookError::retryable("the member is not serving requests"))?;
+    shoal_sdk::host::progress(0, None, &format!("tar of {}/version-2", instance.name));
+    let out = Exec::new("tar")
+        .args(["-C", &data, "-cf", "-", "version-2"])
+        .run_into(into)?;
+    // 1: a file changed while tar read it (the open log grows); the restore reads logs up
+    // to their last intact entry.
+    if !matches!(out.exit_code, Some(0) | Some(1)) {
+        return Err(HookError::failed(format!(
+            "tar of version-2 failed ({:?}): {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(BackupInfo {
+        method: SNAPSHOT.into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: Some(format!("0x{:x}", start.zxid)),
+        end_position: None,
+        labels: vec![
+            ("tool".into(), "tar of version-2".into()),
+            ("zxid".into(), format!("{:x}", start.zxid)),
+            ("server-version".into(), start.version),
+            ("bytes".into(), out.streamed_bytes.to_string()),
+        ],
+    })
+}
+
+/// `snapshot` restore: load the files (the newest intact snapshot, the transactions logged
+/// after it), check they reach the zxid the backup recorded, and create every persistent
+/// znode (but `/zookeeper`) through `instance` with the ACL the new cluster's root carries.
+fn snapshot_restore(
+    instance: &Instance,
+    info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+) -> HookResult<()> {
+    let (nodes, base, last) = files::load(std::io::BufReader::with_capacity(1 << 20, from))
+        .map_err(|e| HookError::failed(format!("reading the snapshot backup: {e}")))?;
+    let recorded = info
+        .labels
+        .iter()
+        .find(|(k, _)| k == "zxid")
+        .and_then(|(_, v)| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    // A new epoch's first zxid (counter 0) names no transaction.
+    if recorded & 0xffff_ffff != 0 && last < recorded {
+        return Err(HookError::failed(format!(
+            "the backup's files reach zxid 0x{last:x}, but the member had processed 0x{recorded:x} \
+             when the backup began: transactions are missing"
+        )));
+    }
+    shoal_sdk::info!(
+        "snapshot backup: snapshot 0x{base:x}, transactions replayed to 0x{last:x}, {} znodes",
+        nodes.len()
+    );
+    let mut s = super_session(instance)?;
+    let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
+    let total = nodes.len() as u64;
+    let mut done = 0u64;
+    for (path, data) in &nodes {
+        done += 1;
+        if path == "/zookeeper" || path.starts_with("/zookeeper/") {
+            continue;
+        }
+        if path == "/" {
+            s.set_data("/", data)
+                .map_err(|e| zk_error("setData /", e))?;
+            continue;
+        }
+        match s.create(path, data, &acl) {
+            Ok(_) => {}
+            Err(ZkError::Code(jute::code::NODE_EXISTS)) => {
+                s.set_data(path, data)
+                    .map_err(|e| zk_error(&format!("setData {path}"), e))?;
+            }
+            Err(e) => return Err(zk_error(&format!("create {path}"), e)),
+        }
+        if done.is_multiple_of(100) {
+            shoal_sdk::host::progress(done, Some(total), "znodes");
+        }
+    }
+    s.close();
+    Ok(())
+}
+
 /// The `mntr` answer as name → value (tab-separated lines).
 pub fn parse_mntr(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
@@ -534,19 +632,34 @@ impl Engine for ZooKeeper {
                     description: "Leader election between members.".into(),
                 },
             ],
-            backup_methods: vec![BackupMethod {
-                name: ZNODES.into(),
-                kind: BackupKind::Logical,
-                target_role: None,
-                point_in_time: false,
-                description: "Every persistent znode's path and data, walked through the \
+            backup_methods: vec![
+                BackupMethod {
+                    name: ZNODES.into(),
+                    kind: BackupKind::Logical,
+                    target_role: None,
+                    point_in_time: false,
+                    description: "Every persistent znode's path and data, walked through the \
                               leader and created again in a new ensemble (no ephemeral \
                               nodes, ACLs become the restored cluster's, a fuzzy copy like \
                               ZooKeeper's own snapshots)."
-                    .into(),
-            }],
+                        .into(),
+                },
+                BackupMethod {
+                    name: SNAPSHOT.into(),
+                    // Logical to the host: it is restored by writing into a running ensemble.
+                    kind: BackupKind::Logical,
+                    target_role: None,
+                    point_in_time: false,
+                    description: "ZooKeeper's own files: the data directory's snapshots and \
+                              transaction logs (tar of version-2); restored by loading the \
+                              newest intact snapshot, replaying the logged transactions after \
+                              it and creating the znodes in a new ensemble."
+                        .into(),
+                },
+            ],
             parameters: params_schema(),
-            capabilities: vec![],
+            // tar of the data directory's version-2 (the snapshot backup).
+            capabilities: vec![Capability::Exec("tar".into())],
             limits: vec![
                 HookLimit {
                     hook: Hook::Probe,
@@ -793,9 +906,13 @@ impl Engine for ZooKeeper {
         _params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
+        if method == SNAPSHOT {
+            return snapshot_backup(instance, into);
+        }
         if method != ZNODES {
             return Err(HookError::invalid(format!(
-                "unknown backup method {method:?}: the zookeeper addon has \"{ZNODES}\""
+                "unknown backup method {method:?}: the zookeeper addon has \"{ZNODES}\" and \
+                 \"{SNAPSHOT}\""
             )));
         }
         let start = parse_srvr(&four_letter(&instance.endpoint, "srvr")?)
@@ -862,6 +979,9 @@ impl Engine for ZooKeeper {
         _recovery_follows: bool,
     ) -> HookResult<()> {
         use std::io::BufRead;
+        if info.method == SNAPSHOT {
+            return snapshot_restore(instance, info, from);
+        }
         if info.method != ZNODES {
             return Err(HookError::invalid(format!(
                 "cannot restore a backup made with method {:?}",
