@@ -204,7 +204,7 @@ pub fn parse_membership(text: &str) -> (Vec<(u64, String)>, Option<u64>) {
 
 /// The role report for what a member said; `shoal_ids` are the server ids of the names Shoal
 /// knows (this instance and its members).
-pub fn report(srvr: Option<&Srvr>, engine_ids: &[u64], shoal_ids: &[u64]) -> RoleReport {
+pub fn report(srvr: Option<&Srvr>, me: u64, engine_ids: &[u64], shoal_ids: &[u64]) -> RoleReport {
     let Some(s) = srvr else {
         return RoleReport {
             role: "follower".into(),
@@ -236,6 +236,23 @@ pub fn report(srvr: Option<&Srvr>, engine_ids: &[u64], shoal_ids: &[u64]) -> Rol
             .collect::<Vec<_>>()
             .join(",")
     };
+    if !engine.is_empty() && !engine.contains(&me) {
+        // Started but not admitted yet: a non-voting follower until `reconfig -add` (which
+        // account-provision sends right after the start when member-join could not).
+        return RoleReport {
+            role: "observer".into(),
+            writable: false,
+            term: Some(s.zxid >> 32),
+            lag_bytes: None,
+            lag_ms: None,
+            health: Health::Healthy,
+            position: Some(s.zxid),
+            detail: format!(
+                "a non-voting follower: not in ZooKeeper's membership (servers {}) yet",
+                list(&engine)
+            ),
+        };
+    }
     let (health, detail) = if !engine.is_empty() && engine != shoal {
         (
             Health::Degraded,
@@ -321,6 +338,48 @@ fn engine_membership(s: &mut Session) -> HookResult<Vec<(u64, String)>> {
         .get_data("/zookeeper/config")
         .map_err(|e| zk_error("read /zookeeper/config", e))?;
     Ok(parse_membership(&String::from_utf8_lossy(&data)).0)
+}
+
+/// Whether a `host:peer:election[:type];client` spec is a voting member.
+pub fn is_participant(spec: &str) -> bool {
+    let server = spec.split(';').next().unwrap_or(spec);
+    !server.ends_with(":observer")
+}
+
+/// Whether `voters` voting members alone are a quorum of the membership with one more: a
+/// reconfig adding a member that does not run yet commits only then.
+pub fn can_admit_before_start(voters: usize) -> bool {
+    // The new membership's quorum, (voters + 1) / 2 + 1, at most `voters`.
+    voters > voters.div_ceil(2)
+}
+
+/// Add `instance` itself to the membership when it is not in it (a member started before
+/// its admission), retrying while the ensemble is busy or the member not yet synced.
+fn admit_self(s: &mut Session, instance: &Instance) -> HookResult<()> {
+    let id = server_id(&instance.name)?;
+    if engine_membership(s)?.iter().any(|(i, _)| *i == id) {
+        return Ok(());
+    }
+    let line = server_line(
+        &instance.name,
+        &instance.endpoint.host,
+        instance.endpoint.port,
+        &instance.ports,
+    )?;
+    let mut tries = 0;
+    loop {
+        match s.reconfig(&line, "") {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let e = zk_error(&format!("reconfig -add {line}"), e);
+                tries += 1;
+                if !matches!(e, HookError::Retryable(_)) || tries >= 10 {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 /// Join a znode path and a child name.
@@ -792,7 +851,7 @@ impl Engine for ZooKeeper {
         } else {
             vec![]
         };
-        Ok(report(srvr.as_ref(), &engine_ids, &shoal_ids))
+        Ok(report(srvr.as_ref(), shoal_ids[0], &engine_ids, &shoal_ids))
     }
 
     /// `reconfig -add` of `joining` through `instance`, before it starts: the others are a
@@ -815,6 +874,24 @@ impl Engine for ZooKeeper {
         let mut s = super_session(instance)?;
         let now = engine_membership(&mut s)?;
         if now.iter().any(|(i, sp)| *i == id && sp == spec) {
+            s.close();
+            return Ok(());
+        }
+        let voters = now
+            .iter()
+            .filter(|(i, sp)| *i != id && is_participant(sp))
+            .count();
+        if !can_admit_before_start(voters) {
+            // ZooKeeper commits a reconfig only when a quorum of the new membership is
+            // connected and synced: one voter cannot make two before the second runs. The
+            // member starts as a non-voting follower (its zoo.cfg lists it) and adds itself
+            // right after its start, in account-provision: ZooKeeper's own procedure.
+            shoal_sdk::info!(
+                "{}: admitted after its start ({voters} voting member(s) cannot commit a \
+                 membership of {} without it)",
+                joining.name,
+                voters + 1
+            );
             s.close();
             return Ok(());
         }
@@ -866,6 +943,9 @@ impl Engine for ZooKeeper {
         };
         let id = jute::digest(name, &account.credentials.password);
         let mut s = super_session(instance)?;
+        // The hook the host calls on every instance right after its start: a member that
+        // member-join could not admit before it ran (growing one voter) is added now.
+        admit_self(&mut s, instance)?;
         let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
         let mine = format!("{name}:");
         let is_mine = |a: &Acl| a.scheme == "digest" && a.id.starts_with(&mine);
@@ -1328,7 +1408,7 @@ mod tests {
     #[test]
     fn the_leader_is_writable_and_its_epoch_is_the_term() {
         let s = parse_srvr(SRVR_LEADER).unwrap();
-        let r = report(Some(&s), &[1, 2, 3], &[3, 1, 2]);
+        let r = report(Some(&s), 3, &[1, 2, 3], &[3, 1, 2]);
         assert_eq!((r.role.as_str(), r.writable), ("leader", true));
         assert_eq!((r.term, r.position), (Some(3), Some(0x300000007)));
         assert_eq!(r.health, Health::Healthy);
@@ -1336,19 +1416,23 @@ mod tests {
             mode: "follower".into(),
             ..s.clone()
         };
-        let r = report(Some(&f), &[1, 2, 3], &[1, 2, 3]);
+        let r = report(Some(&f), 1, &[1, 2, 3], &[1, 2, 3]);
         assert_eq!((r.role.as_str(), r.writable), ("follower", false));
     }
 
     #[test]
     fn no_quorum_is_unhealthy_and_a_foreign_membership_degraded() {
-        let r = report(None, &[], &[1, 2, 3]);
+        let r = report(None, 1, &[], &[1, 2, 3]);
         assert_eq!(r.health, Health::Unhealthy);
         assert!(r.detail.contains("quorum of 2"), "{}", r.detail);
         let s = parse_srvr(SRVR_LEADER).unwrap();
-        let r = report(Some(&s), &[1, 2], &[1, 2, 3]);
+        let r = report(Some(&s), 1, &[1, 2], &[1, 2, 3]);
         assert_eq!(r.health, Health::Degraded);
         assert!(r.detail.contains("differs"), "{}", r.detail);
+        // A member not admitted yet is a healthy non-voting follower.
+        let r = report(Some(&s), 3, &[1, 2], &[1, 2, 3]);
+        assert_eq!((r.role.as_str(), r.writable), ("observer", false));
+        assert_eq!(r.health, Health::Healthy);
     }
 
     #[test]
@@ -1388,6 +1472,17 @@ mod tests {
         assert_eq!(get("zookeeper_synced_followers"), Some(2.0));
         assert_eq!(get("zookeeper_leader"), Some(1.0));
         assert_eq!(get("zookeeper_version"), None);
+    }
+
+    #[test]
+    fn one_voter_cannot_admit_a_member_that_does_not_run() {
+        assert!(!can_admit_before_start(1));
+        assert!(can_admit_before_start(2));
+        assert!(can_admit_before_start(3));
+        assert!(can_admit_before_start(4));
+        assert!(is_participant("127.0.0.1:1:2:participant;127.0.0.1:3"));
+        assert!(is_participant("127.0.0.1:1:2;127.0.0.1:3"));
+        assert!(!is_participant("127.0.0.1:1:2:observer;127.0.0.1:3"));
     }
 
     #[test]

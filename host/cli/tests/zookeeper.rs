@@ -424,3 +424,66 @@ fn a_zookeeper_ensemble_loses_no_acknowledged_write_and_reconfigures_its_members
     assert!(left.stdout.is_empty(), "ZooKeeper processes left behind");
     eprintln!("zookeeper: done in {:?}", started.elapsed());
 }
+
+#[test]
+fn an_ensemble_of_one_grows_to_three_and_back() {
+    let h = Host::start_with((24300, 24399), &["shoal_addon_zookeeper.wasm"], None);
+    h.ok(&[
+        "cluster",
+        "create",
+        "zo",
+        "--engine",
+        "zookeeper",
+        "--replicas",
+        "1",
+    ]);
+    let (leader, _, d) = leader_of(&h, "zo");
+    assert_eq!(
+        d["quorum"].as_str().unwrap(),
+        format!("quorum 1/1, leader {leader}")
+    );
+    let pw = password(&h, "zo");
+    let rw = rw_port(&d);
+    let mut s = zk(rw, Some(("admin", &pw))).unwrap();
+    s.create("/w", b"", &open_to("admin")).unwrap();
+    for n in 1..=20u64 {
+        s.create(&format!("/w/{n:08}"), b"1", &open_to("admin"))
+            .unwrap();
+    }
+    s.close();
+    let have: BTreeSet<u64> = (1..=20).collect();
+
+    // One voter cannot commit a membership of two before the second member runs: that one
+    // is admitted right after its start; the third joins the usual way.
+    h.ok(&["cluster", "scale", "zo", "--replicas", "3"]);
+    let (_, _, d) = leader_of(&h, "zo");
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 3/3"),
+        "{d:#}"
+    );
+    for i in d["instances"].as_array().unwrap() {
+        let port = i["ports"]["client"].as_u64().unwrap() as u16;
+        assert_eq!(
+            engine_members(port).len(),
+            3,
+            "{}",
+            four(port, "conf").unwrap()
+        );
+        assert!(
+            i["observed_role"] == "leader" || i["observed_role"] == "follower",
+            "{d:#}"
+        );
+        wait_until(
+            Duration::from_secs(20),
+            "every znode on each member",
+            || stored(port, "admin", &pw).unwrap_or_default() == have,
+        );
+    }
+
+    h.ok(&["cluster", "scale", "zo", "--replicas", "1"]);
+    let (_, _, d) = leader_of(&h, "zo");
+    assert_eq!(d["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(engine_members(rw_port(&d)).len(), 1);
+    assert_eq!(stored(rw_port(&d), "admin", &pw).unwrap(), have);
+    h.ok(&["cluster", "delete", "zo", "--purge", "--yes"]);
+}
