@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shoal's test suite: build every addon to wasm, then run all host tests against real engine
-# processes (PostgreSQL 15 and 18, memcached, Redis, etcd) started on free loopback ports by the tests.
+# processes (PostgreSQL 15 and 18, memcached, Redis, etcd, ZooKeeper) started on free loopback ports by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=("mariad
 command -v mariadb-backup >/dev/null || missing+=("mariadb-backup (apt-get install mariadb-backup)")
 command -v etcd >/dev/null || missing+=("etcd (apt-get install etcd-server)")
 command -v etcdctl >/dev/null || missing+=("etcdctl (apt-get install etcd-client)")
+[ -f /usr/share/java/zookeeper.jar ] || missing+=("ZooKeeper 3.8 (apt-get install zookeeper)")
+command -v java >/dev/null || missing+=("java 17 (apt-get install default-jre-headless)")
 command -v iptables >/dev/null || missing+=("iptables (apt-get install iptables)")
 command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")
 python3 -c 'import moto.server' 2>/dev/null || missing+=("moto, an S3-compatible server (pip install 'moto[server]')")
