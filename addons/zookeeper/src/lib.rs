@@ -1284,6 +1284,7 @@ mod tests {
             config_dir: Some("/c".into()),
             archive_dir: None,
             role: None,
+            shard: None,
             term: 0,
             credentials: Some(shoal_sdk::Credentials {
                 username: "shoal".into(),
@@ -1305,6 +1306,7 @@ mod tests {
             ports: i.ports,
             role: None,
             healthy: false,
+            shard: None,
         }
     }
 
