@@ -146,6 +146,12 @@ pub trait Engine: 'static {
         Err(HookError::Unsupported)
     }
 
+    /// Lost quorum: how to start `instance` alone as a new one-member cluster keeping its
+    /// data (etcd's `--force-new-cluster`).
+    fn recover_quorum(&mut self, instance: &Instance, params: &[Param]) -> HookResult<RunPlan> {
+        Err(HookError::Unsupported)
+    }
+
     // ----- backup -----
 
     /// Write a backup made with `method` into `into`.

@@ -135,6 +135,13 @@ impl<P: Provider> ha::Guest for P {
     fn set_sync(instance: Instance, standbys: Vec<Member>, quorum: u32) -> Result<(), HookError> {
         P::with(|e| e.set_sync(&instance, &standbys, quorum))
     }
+
+    fn recover_quorum(
+        instance: Instance,
+        params: Vec<Param>,
+    ) -> Result<lifecycle::RunPlan, HookError> {
+        P::with(|e| e.recover_quorum(&instance, &params))
+    }
 }
 
 impl<P: Provider> backup::Guest for P {

@@ -637,6 +637,14 @@ impl Engine for Etcd {
         })
     }
 
+    fn recover_quorum(&mut self, instance: &Instance, params: &[Param]) -> HookResult<RunPlan> {
+        // etcd's documented way out of a lost quorum: the member restarts as a one-member
+        // cluster keeping its data (its membership rewritten to itself alone).
+        let mut plan = self.run_spec(instance, &[], params)?;
+        plan.server.args.push("--force-new-cluster".into());
+        Ok(plan)
+    }
+
     fn probe(&mut self, instance: &Instance, members: &[Member]) -> HookResult<RoleReport> {
         let seen = self.seen(instance)?;
         let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();

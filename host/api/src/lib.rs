@@ -654,6 +654,14 @@ pub enum Request {
         name: String,
         instance: String,
     },
+    /// Lost quorum: restart the most advanced member alone as a new one-member cluster
+    /// keeping its data, then add the others back with fresh data. `force_new_cluster`
+    /// must be true (writes only the lost members had are gone).
+    Recover {
+        name: String,
+        #[serde(default)]
+        force_new_cluster: bool,
+    },
 }
 
 /// One line from the daemon.

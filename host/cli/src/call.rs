@@ -296,6 +296,7 @@ async fn dispatch(
         Hook::Switchover => json(&c.switchover(instance, target()?, members).await?),
         Hook::Rebuild => json(&c.rebuild(instance, target()?, members).await?),
         Hook::SetSync => json(&c.set_sync(instance, members, args.quorum).await?),
+        Hook::RecoverQuorum => json(&c.recover_quorum(instance, params).await?),
         Hook::Backup => {
             let method = args
                 .method

@@ -178,6 +178,17 @@ pub enum ClusterCommand {
         #[command(flatten)]
         follow: Follow,
     },
+    /// Recover a quorum cluster that lost its quorum: the most advanced member restarts
+    /// alone as a new cluster keeping its data (etcd's --force-new-cluster), then the others
+    /// are added back with fresh data. Writes only the lost members had are gone.
+    Recover {
+        name: String,
+        /// Required: say that you accept losing what only the lost members had.
+        #[arg(long)]
+        force_new_cluster: bool,
+        #[command(flatten)]
+        follow: Follow,
+    },
     /// Recent events of a cluster.
     Events {
         name: String,
@@ -510,6 +521,21 @@ pub async fn run(args: ClusterArgs) -> Result<(), Failure> {
             instance,
             follow,
         } => simple_op(&mut c, Request::Rebuild { name, instance }, follow).await,
+        ClusterCommand::Recover {
+            name,
+            force_new_cluster,
+            follow,
+        } => {
+            simple_op(
+                &mut c,
+                Request::Recover {
+                    name,
+                    force_new_cluster,
+                },
+                follow,
+            )
+            .await
+        }
         ClusterCommand::Events {
             name,
             limit,

@@ -468,3 +468,89 @@ fn etcd_3_5_from_the_second_version_runs_a_quorum_of_five_and_survives_its_leade
     assert_none_lost(&acked, &have);
     h.ok(&["cluster", "delete", "e5", "--purge", "--yes"]);
 }
+
+#[test]
+fn a_lost_quorum_is_recovered_only_on_request_from_its_most_advanced_member() {
+    let h = Host::start_with((24200, 24260), &["shoal_addon_etcd.wasm"], None);
+    h.ok(&[
+        "cluster",
+        "create",
+        "er",
+        "--engine",
+        "etcd",
+        "--replicas",
+        "3",
+    ]);
+    let (_, _, d) = leader_of(&h, "er");
+    let pw = password(&h, "er");
+    let w = etcd_writer(rw_port(&d), &pw);
+    wait_until(Duration::from_secs(20), "writes acknowledged", || {
+        w.acked().len() >= 50
+    });
+    let acked = w.finish();
+    // A quorum that stands is not "recovered"; nor is one without the explicit flag.
+    refused(&h, &["cluster", "recover", "er"], "has its quorum");
+    // Two members frozen (alive, so never restarted): the quorum is lost.
+    let d = h.describe("er");
+    let frozen: Vec<(String, i32)> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["observed_role"] != "leader")
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["pid"].as_u64().unwrap() as i32,
+            )
+        })
+        .collect();
+    assert_eq!(frozen.len(), 2, "{d:#}");
+    for (_, p) in &frozen {
+        unsafe {
+            libc::kill(*p, libc::SIGSTOP);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the quorum is lost", || {
+        h.ok(&["cluster", "events", "er"]).contains("quorum lost")
+    });
+    refused(&h, &["cluster", "recover", "er"], "--force-new-cluster");
+    // With the flag: the survivor restarts alone, the others come back with fresh copies.
+    let t = Instant::now();
+    h.ok(&["cluster", "recover", "er", "--force-new-cluster"]);
+    let (_, _, d) = leader_of(&h, "er");
+    eprintln!("quorum recovered in {:?}: {}", t.elapsed(), d["quorum"]);
+    assert!(
+        d["quorum"].as_str().unwrap().starts_with("quorum 3/3"),
+        "{d:#}"
+    );
+    // One member kept its data (the most advanced; the frozen ones had as much); the two
+    // others were replaced by fresh members.
+    let names: Vec<&str> = d["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    let kept = ["er-0", "er-1", "er-2"]
+        .iter()
+        .filter(|n| names.contains(n))
+        .count();
+    assert_eq!(kept, 1, "{names:?}");
+    // Everything acknowledged before is there, and the cluster takes writes again.
+    let token = login(rw_port(&d), "root", &pw).unwrap();
+    let have = stored(rw_port(&d), &token).unwrap();
+    assert_none_lost(&acked, &have);
+    etcd(
+        rw_port(&d),
+        "/v3/kv/put",
+        &json!({ "key": b64("after"), "value": b64("1") }),
+        Some(&token),
+    )
+    .unwrap();
+    let events = h.ok(&["cluster", "events", "er"]);
+    assert!(events.contains("before-recovery"), "{events}");
+    h.ok(&["cluster", "delete", "er", "--purge", "--yes"]);
+    for (_, p) in &frozen {
+        assert!(!alive(*p as u32), "a frozen member was left behind");
+    }
+}

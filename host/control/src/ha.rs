@@ -178,6 +178,38 @@ impl Controller {
 }
 
 impl Controller {
+    /// Validate and queue the recovery of a quorum that is lost (see [`crate::ops`]'s
+    /// `recover`): only a quorum cluster, only while its quorum is lost, only with the
+    /// explicit flag.
+    pub fn recover(self: &Arc<Self>, name: &str, force: bool) -> Result<OpView, ApiError> {
+        let c = self
+            .db(|s| s.cluster(name))?
+            .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))?;
+        let addon = self.addon(&c.engine)?;
+        if crate::topology::family_of(addon.manifest(), &c.spec) != crate::topology::Family::Quorum
+        {
+            return Err(ApiError::invalid(format!(
+                "{name} is not a quorum cluster: recover brings back a quorum that lost its \
+                 majority (a primary-replica cluster fails over instead)"
+            )));
+        }
+        let all = self.db(|s| s.instances(name))?;
+        if let Some(q) = crate::topology::state_of(&all).filter(|q| q.has_quorum) {
+            return Err(ApiError::invalid(format!(
+                "{name} has its quorum ({q}): nothing to recover; replace single members with \
+                 `shoal cluster rebuild`"
+            )));
+        }
+        if !force {
+            return Err(ApiError::invalid(format!(
+                "recovering {name} restarts its most advanced member alone as a new cluster \
+                 and gives the others fresh copies of it: writes that only the lost members \
+                 had are gone. Run again with --force-new-cluster to do it"
+            )));
+        }
+        self.submit(name, "recover", serde_json::json!({}))
+    }
+
     /// Refuse `what` for a quorum cluster, naming the rule.
     pub(crate) fn refuse_for_quorum(&self, c: &ClusterRow, what: &str) -> Result<(), ApiError> {
         let addon = self.addon(&c.engine)?;

@@ -304,8 +304,6 @@ impl Controller {
         creds: &Credentials,
     ) -> Result<(), String> {
         let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
-        self.prepare_dirs(c, i)?;
-        self.render(c, i, all, creds).await?;
         let params = self.params_of(c)?;
         let inst = self.wit_instance(c, i, creds, true);
         let plan = addon
@@ -313,6 +311,22 @@ impl Controller {
             .run_spec(&inst, &Self::members_of(i, all), &params)
             .await
             .map_err(|e| e.to_string())?;
+        self.bring_up_plan(c, i, all, creds, plan).await
+    }
+
+    /// [`Self::bring_up`] with a given plan (the addon's `run-spec`, or another way to start
+    /// the instance such as a lost quorum's recovery).
+    pub(crate) async fn bring_up_plan(
+        &self,
+        c: &ClusterRow,
+        i: &mut InstanceRow,
+        all: &[InstanceRow],
+        creds: &Credentials,
+        plan: wit::RunPlan,
+    ) -> Result<(), String> {
+        let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
+        self.prepare_dirs(c, i)?;
+        self.render(c, i, all, creds).await?;
         let search = engines::binaries(&self.cfg, &addon, &c.version);
         // Every engine runs unprivileged when the host is root; `unprivileged` says the
         // engine itself insists (it would refuse root), which it never gets anyway.

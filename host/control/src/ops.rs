@@ -46,6 +46,7 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             scale(&c, &op.cluster, n).await
         }
         "password" => crate::accounts::run(&c, &op.cluster).await,
+        "recover" => recover(&c, &op.cluster).await,
         "stop" => stop(&c, &op.cluster).await,
         "start" => start(&c, &op.cluster).await,
         "restart" => restart(&c, &op.cluster).await,
@@ -533,6 +534,107 @@ async fn post_provision_once(
         Err(e) => return Err(e.to_string()),
     }
     Ok(())
+}
+
+/// Recover a lost quorum: every member stopped; the most advanced one (the highest change-log
+/// position its probes reported; on a tie, one that answered last) started alone by the addon's
+/// `recover-quorum` plan until healthy, then stopped and started normally; the others' data
+/// set aside (`data.before-recovery`) and their rows removed; then the quorum grown back to
+/// its size one member at a time (`member-join`, fresh data).
+async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+    let cl = cluster(c, name)?;
+    let cr = creds(c, name)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let size = cl.spec.replicas;
+    let all = probed(c, &cl, &cr).await?;
+    let alive = |i: &InstanceRow| i.process.is_some_and(|p| p.is_running());
+    let survivor = all
+        .iter()
+        .filter(|i| !crate::node::is_empty(&i.data_dir()))
+        .max_by_key(|i| {
+            (
+                i.position.unwrap_or(0),
+                i.health == "healthy",
+                alive(i),
+                std::cmp::Reverse(i.ordinal),
+            )
+        })
+        .cloned()
+        .ok_or("no member has data to recover from")?;
+    c.event(
+        name,
+        Some(&survivor.name),
+        "warning",
+        format!(
+            "recovering the quorum from {} (position {}): it restarts alone as a new cluster",
+            survivor.name,
+            survivor.position.unwrap_or(0)
+        ),
+    );
+    // All at once: a frozen member takes its whole stop timeout to go.
+    let mut stops = tokio::task::JoinSet::new();
+    for mut i in all.iter().filter(|i| alive(i)).cloned() {
+        let (c, cl, cr) = (c.clone(), cl.clone(), cr.clone());
+        stops.spawn(async move { c.stop_process(&cl, &mut i, &cr).await });
+    }
+    while let Some(done) = stops.join_next().await {
+        done.map_err(|e| format!("stopping a member: {e}"))??;
+    }
+    let mut s = instances(c, name)?
+        .into_iter()
+        .find(|i| i.name == survivor.name)
+        .ok_or("the survivor vanished")?;
+    let plan = addon
+        .call(&shoal_runtime::CallContext::default())
+        .recover_quorum(&c.wit_instance(&cl, &s, &cr, true), &c.params_of(&cl)?)
+        .await
+        .map_err(|e| {
+            if e.is_unsupported() {
+                format!("{} has no way to recover a lost quorum", cl.engine)
+            } else {
+                format!("recover-quorum: {e}")
+            }
+        })?;
+    s.desired = Desired::Running;
+    let alone = vec![s.clone()];
+    c.bring_up_plan(&cl, &mut s, &alone, &cr, plan).await?;
+    c.event(
+        name,
+        Some(&s.name),
+        "info",
+        "running alone as a new one-member cluster",
+    );
+    c.stop_process(&cl, &mut s, &cr).await?;
+    for mut lost in all.into_iter().filter(|i| i.name != survivor.name) {
+        let data = lost.data_dir();
+        let aside = lost
+            .dir
+            .with_file_name(format!("{}.before-recovery", lost.name));
+        lost.desired = Desired::Stopped;
+        c.save(&lost);
+        if data.exists() && !crate::node::is_empty(&data) {
+            let _ = std::fs::remove_dir_all(&aside);
+            std::fs::rename(&data, &aside)
+                .map_err(|e| format!("cannot set {} aside: {e}", data.display()))?;
+        }
+        c.db(|st| st.delete_instance(name, &lost.name))
+            .map_err(|e| e.message)?;
+        let _ = std::fs::remove_dir_all(&lost.dir);
+        c.event(
+            name,
+            Some(&lost.name),
+            "warning",
+            format!(
+                "dropped from the quorum; its data is in {}",
+                aside.display()
+            ),
+        );
+    }
+    let all = instances(c, name)?;
+    c.bring_up(&cl, &mut s, &all, &cr).await?;
+    let mut cl = cl;
+    cl.spec.replicas = 1;
+    scale_quorum(c, cl, &cr, size).await
 }
 
 /// Create a sharded cluster: every member of every shard allocated (`replicas` per shard;

@@ -193,6 +193,7 @@ async fn handle(
     | Request::Scale { name, .. }
     | Request::Switchover { name, .. }
     | Request::Rebuild { name, .. }
+    | Request::Recover { name, .. }
     | Request::Password { name, .. }
     | Request::BackupCreate { cluster: name, .. }
     | Request::ScheduleRemove { cluster: name, .. } = &req
@@ -224,6 +225,10 @@ async fn handle(
         Request::Wait { op } => wait(c, op, w).await,
         Request::Switchover { name, to } => json(c.switchover(&name, to.as_deref()).await?),
         Request::Rebuild { name, instance } => json(c.rebuild(&name, &instance)?),
+        Request::Recover {
+            name,
+            force_new_cluster,
+        } => json(c.recover(&name, force_new_cluster)?),
         Request::RepoAdd {
             name,
             spec,

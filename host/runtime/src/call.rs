@@ -303,6 +303,18 @@ impl<'a> Caller<'a> {
         .await
     }
 
+    /// `ha.recover-quorum`.
+    pub async fn recover_quorum(
+        &self,
+        instance: &Instance,
+        params: &[Param],
+    ) -> Result<RunPlan, CallError> {
+        self.invoke(Hook::RecoverQuorum, async |a, s| {
+            a.ha(s)?.call_recover_quorum(s, instance, params).await
+        })
+        .await
+    }
+
     /// `backup.backup`: the addon writes into `sink`, which is handed back with the result so
     /// the caller can finish it (flush, seal, checksum).
     pub async fn backup(

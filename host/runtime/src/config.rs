@@ -199,7 +199,8 @@ pub fn default_timeout(hook: Hook) -> Duration {
         | Hook::ApplyDynamic
         | Hook::Promote
         | Hook::Demote
-        | Hook::SetSync => 60,
+        | Hook::SetSync
+        | Hook::RecoverQuorum => 60,
         Hook::Switchover => 300,
         Hook::Rebuild
         | Hook::Backup

@@ -49,7 +49,7 @@ pub use shoal::addon::types::{
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 24] = [
+    pub const ALL: [Hook; 25] = [
         Hook::Manifest,
         Hook::RunSpec,
         Hook::RenderConfig,
@@ -65,6 +65,7 @@ impl Hook {
         Hook::Switchover,
         Hook::Rebuild,
         Hook::SetSync,
+        Hook::RecoverQuorum,
         Hook::Backup,
         Hook::Restore,
         Hook::ArchiveContinuous,
@@ -94,6 +95,7 @@ impl Hook {
             Hook::Switchover => "switchover",
             Hook::Rebuild => "rebuild",
             Hook::SetSync => "set-sync",
+            Hook::RecoverQuorum => "recover-quorum",
             Hook::Backup => "backup",
             Hook::Restore => "restore",
             Hook::ArchiveContinuous => "archive-continuous",
@@ -128,7 +130,8 @@ impl Hook {
             | Hook::Demote
             | Hook::Switchover
             | Hook::Rebuild
-            | Hook::SetSync => "ha",
+            | Hook::SetSync
+            | Hook::RecoverQuorum => "ha",
             Hook::Backup | Hook::Restore | Hook::ArchiveContinuous | Hook::RestoreToTime => {
                 "backup"
             }
