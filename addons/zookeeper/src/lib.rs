@@ -238,7 +238,7 @@ pub fn report(srvr: Option<&Srvr>, me: u64, engine_ids: &[u64], shoal_ids: &[u64
     };
     if !engine.is_empty() && !engine.contains(&me) {
         // Started but not admitted yet: a non-voting follower until `reconfig -add` (which
-        // account-provision sends right after the start when member-join could not).
+        // member-join sends when the host calls it again once the member runs).
         return RoleReport {
             role: "observer".into(),
             writable: false,
@@ -353,22 +353,12 @@ pub fn can_admit_before_start(voters: usize) -> bool {
     voters > voters.div_ceil(2)
 }
 
-/// Add `instance` itself to the membership when it is not in it (a member started before
-/// its admission), retrying while the ensemble is busy or the member not yet synced.
-fn admit_self(s: &mut Session, instance: &Instance) -> HookResult<()> {
-    let id = server_id(&instance.name)?;
-    if engine_membership(s)?.iter().any(|(i, _)| *i == id) {
-        return Ok(());
-    }
-    let line = server_line(
-        &instance.name,
-        &instance.endpoint.host,
-        instance.endpoint.port,
-        &instance.ports,
-    )?;
+/// `reconfig -add` of the server `line`, retrying while the ensemble is busy or a member
+/// just started is not yet synced.
+fn admit(s: &mut Session, line: &str) -> HookResult<()> {
     let mut tries = 0;
     loop {
-        match s.reconfig(&line, "") {
+        match s.reconfig(line, "") {
             Ok(_) => return Ok(()),
             Err(e) => {
                 let e = zk_error(&format!("reconfig -add {line}"), e);
@@ -881,13 +871,14 @@ impl Engine for ZooKeeper {
             .iter()
             .filter(|(i, sp)| *i != id && is_participant(sp))
             .count();
-        if !can_admit_before_start(voters) {
+        if !can_admit_before_start(voters) && !joining.healthy {
             // ZooKeeper commits a reconfig only when a quorum of the new membership is
             // connected and synced: one voter cannot make two before the second runs. The
-            // member starts as a non-voting follower (its zoo.cfg lists it) and adds itself
-            // right after its start, in account-provision: ZooKeeper's own procedure.
+            // member starts as a non-voting follower (its zoo.cfg lists it); the host calls
+            // member-join again once it runs, and it is added then: ZooKeeper's own
+            // procedure.
             shoal_sdk::info!(
-                "{}: admitted after its start ({voters} voting member(s) cannot commit a \
+                "{}: admitted once it runs ({voters} voting member(s) cannot commit a \
                  membership of {} without it)",
                 joining.name,
                 voters + 1
@@ -895,11 +886,9 @@ impl Engine for ZooKeeper {
             s.close();
             return Ok(());
         }
-        let r = s
-            .reconfig(&line, "")
-            .map_err(|e| zk_error(&format!("reconfig -add {line}"), e));
+        let r = admit(&mut s, &line);
         s.close();
-        r.map(|_| ())
+        r
     }
 
     /// `reconfig -remove` of `leaving` through `instance`, while it still runs (the others
@@ -943,9 +932,6 @@ impl Engine for ZooKeeper {
         };
         let id = jute::digest(name, &account.credentials.password);
         let mut s = super_session(instance)?;
-        // The hook the host calls on every instance right after its start: a member that
-        // member-join could not admit before it ran (growing one voter) is added now.
-        admit_self(&mut s, instance)?;
         let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
         let mine = format!("{name}:");
         let is_mine = |a: &Acl| a.scheme == "digest" && a.id.starts_with(&mine);

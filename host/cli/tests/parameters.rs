@@ -105,6 +105,14 @@ fn dynamic_changes_apply_live_and_static_ones_roll_the_cluster_under_a_writer() 
         old_primary, new_primary,
         "the primary's restart is a switchover"
     );
+    // …recorded as an operation of its own, a step of the reconfigure, which stays the
+    // cluster's last operation.
+    let events = h.ok(&["cluster", "events", "src"]);
+    assert!(
+        events.contains("started as a step of op") && events.contains("switchover (op"),
+        "{events}"
+    );
+    assert_eq!(h.describe("src")["last_op"]["kind"], "reconfigure");
     // Commits stopped once, for the switchover (the gap is reported, not judged: no timing
     // thresholds in tests).
     eprintln!("longest write gap: {:?}", longest_gap(&acked));

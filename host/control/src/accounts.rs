@@ -10,7 +10,9 @@ use std::sync::Arc;
 use shoal_api::{ApiError, OpView};
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::secrets;
+use crate::store::Phase;
 
 /// Shortest password a user may choose.
 const MIN_PASSWORD: usize = 12;
@@ -73,7 +75,7 @@ impl Controller {
         s.pending_admin = Some(pw);
         secrets::save(&self.home, name, &s)
             .map_err(|e| ApiError::internal(format!("cannot store credentials: {e}")))?;
-        self.submit(name, "password", serde_json::json!({}))
+        self.submit(name, crate::operation::Op::Password {})
             .inspect_err(|_| {
                 // Not queued: nothing is under way.
                 s.pending_admin = None;
@@ -102,9 +104,9 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let mut all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
     all.sort_by_key(|i| (i.role != "primary", i.ordinal));
     let mut warnings = Vec::new();
-    for (n, i) in all.iter().filter(|i| i.state == "running").enumerate() {
+    for (n, i) in all.iter().filter(|i| i.state == Phase::Running).enumerate() {
         match c.provision_account(&cl, i, &all, &platform, &new).await {
-            Ok(()) => c.event(name, Some(&i.name), "info", "admin password set"),
+            Ok(()) => c.event(name, Some(&i.name), Level::Info, "admin password set"),
             Err(e) if n == 0 => {
                 all_secrets.pending_admin = None;
                 let _ = secrets::save(&c.home, name, &all_secrets);
@@ -123,14 +125,14 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.event(
             name,
             None,
-            "warning",
+            Level::Warning,
             format!("{w}; it gets the new password when it restarts"),
         );
     }
     c.event(
         name,
         None,
-        "info",
+        Level::Info,
         format!(
             "the password of {} changed (version {})",
             all_secrets.admin.user, all_secrets.admin_version

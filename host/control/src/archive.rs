@@ -16,8 +16,9 @@ use shoal_runtime::wit::{self, BackupKind};
 use shoal_runtime::HostSink;
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{now_ms, ClusterRow, InstanceRow};
+use crate::store::{now_ms, ClusterRow, InstanceRow, Phase};
 
 /// zstd level of archive units (as backups).
 const ZSTD_LEVEL: i32 = 1;
@@ -141,7 +142,7 @@ impl Controller {
         self.event(
             cluster,
             None,
-            "info",
+            Level::Info,
             if on {
                 format!(
                     "continuous archiving ({}) on, into repository {}",
@@ -184,7 +185,7 @@ impl Controller {
             return;
         };
         let all = self.db(|s| s.instances(&cl.name)).unwrap_or_default();
-        for i in all.iter().filter(|i| i.state == "running") {
+        for i in all.iter().filter(|i| i.state == Phase::Running) {
             let r = match self.render(cl, i, &all, &creds).await {
                 Ok(()) => addon
                     .call(&self.call_ctx(i, &all, false))
@@ -197,7 +198,7 @@ impl Controller {
                 self.event(
                     &cl.name,
                     Some(&i.name),
-                    "error",
+                    Level::Error,
                     format!("cannot apply the archiving settings: {e}"),
                 );
             }
@@ -213,8 +214,8 @@ impl Controller {
         v.error = error.clone();
         let _ = self.db(|s| s.put_archive(&v));
         match error {
-            Some(e) => self.event(&a.cluster, None, "error", format!("archiving: {e}")),
-            None => self.event(&a.cluster, None, "info", "archiving: shipping again"),
+            Some(e) => self.event(&a.cluster, None, Level::Error, format!("archiving: {e}")),
+            None => self.event(&a.cluster, None, Level::Info, "archiving: shipping again"),
         }
     }
 }
@@ -255,7 +256,7 @@ fn has_waiting(dir: &Path) -> bool {
 /// method archives from is asked every [`POLL_EMPTY`] even when its archive directory is
 /// empty.
 fn poll_due(c: &Controller, cl: &ClusterRow, i: &InstanceRow) -> bool {
-    if i.state != "running" {
+    if i.state != Phase::Running {
         return false;
     }
     let Ok(addon) = c.addon(&cl.engine) else {
@@ -456,7 +457,7 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str, uid: i64) {
                 c.event(
                     cluster,
                     None,
-                    "warning",
+                    Level::Warning,
                     format!("retention: cannot delete archive unit {}: {e}", u.name),
                 );
                 break;
@@ -466,7 +467,7 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str, uid: i64) {
     c.event(
         cluster,
         None,
-        "info",
+        Level::Info,
         format!(
             "retention: deleted {deleted} archive unit(s) ({} stored) older than the oldest \
              backup",

@@ -21,8 +21,9 @@ use shoal_runtime::wit::{self, BackupKind};
 use shoal_runtime::{CallContext, HostSink, HostSource};
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{now_ms, BackupRow, ClusterRow, Desired, InstanceRow};
+use crate::store::{now_ms, BackupRow, ClusterRow, Desired, Health, InstanceRow, Phase};
 
 /// zstd level of backup objects: fast, as `zstd -1`.
 const ZSTD_LEVEL: i32 = 1;
@@ -243,8 +244,11 @@ impl Controller {
         self.repo(&repo)?;
         self.submit(
             cluster,
-            "backup",
-            serde_json::json!({ "method": method.name, "repo": repo, "origin": origin }),
+            crate::operation::Op::Backup {
+                method: method.name,
+                repo,
+                origin: Some(origin.to_string()),
+            },
         )
     }
 
@@ -285,7 +289,7 @@ impl Controller {
         self.event(
             &b.view.cluster,
             None,
-            "info",
+            Level::Info,
             format!("backup {id} deleted from repository {}", b.view.repo),
         );
         crate::archive::prune_units(self, &b.view.cluster, b.cluster_uid).await;
@@ -537,7 +541,7 @@ impl Controller {
         self.event(
             &v.cluster,
             None,
-            "info",
+            Level::Info,
             format!(
                 "backup schedule {} ({}): {}{}{}{}",
                 v.method,
@@ -568,7 +572,7 @@ impl Controller {
         self.event(
             cluster,
             None,
-            "info",
+            Level::Info,
             format!("backup schedule {} removed", m.name),
         );
         Ok(())
@@ -693,7 +697,7 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
             c.event(
                 &v.cluster,
                 None,
-                "warning",
+                Level::Warning,
                 format!(
                     "scheduled {} backup skipped: the previous one is still running",
                     v.method
@@ -705,7 +709,7 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
             Ok(op) => c.event(
                 &v.cluster,
                 None,
-                "info",
+                Level::Info,
                 format!(
                     "scheduled {} backup ({}) queued as operation {}",
                     v.method, v.cron, op.id
@@ -714,7 +718,7 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
             Err(e) => c.event(
                 &v.cluster,
                 None,
-                "error",
+                Level::Error,
                 format!("scheduled {} backup not started: {}", v.method, e.message),
             ),
         }
@@ -745,13 +749,13 @@ async fn apply_retention(c: &Arc<Controller>, cl: &ClusterRow, method: &str) {
             Ok(_) => c.event(
                 cluster,
                 None,
-                "info",
+                Level::Info,
                 format!("retention: deleted backup {id} ({why})"),
             ),
             Err(e) => c.event(
                 cluster,
                 None,
-                "warning",
+                Level::Warning,
                 format!("retention: cannot delete backup {id}: {}", e.message),
             ),
         }
@@ -840,7 +844,7 @@ fn progress_events(
             c.event(
                 &cluster,
                 None,
-                "info",
+                Level::Info,
                 format!(
                     "{what}: {}{tail}, {:.0} MiB/s",
                     mib(done),
@@ -857,14 +861,14 @@ fn progress_events(
 fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Option<&'a InstanceRow> {
     let running = |i: &&InstanceRow| {
         i.desired == Desired::Running
-            && i.state == "running"
+            && i.state == Phase::Running
             && i.process.is_some_and(|p| p.is_running())
     };
     if target_role == Some("replica") {
         if let Some(r) = all
             .iter()
             .filter(running)
-            .filter(|i| i.role == "replica" && i.health == "healthy")
+            .filter(|i| i.role == "replica" && i.health == Health::Healthy)
             .min_by_key(|i| i.lag_bytes.unwrap_or(u64::MAX))
         {
             return Some(r);
@@ -882,9 +886,9 @@ fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Optio
 fn shard_source(members: &[InstanceRow]) -> Option<&InstanceRow> {
     let running = |i: &&InstanceRow| {
         i.desired == Desired::Running
-            && i.state == "running"
+            && i.state == Phase::Running
             && i.process.is_some_and(|p| p.is_running())
-            && i.health == "healthy"
+            && i.health == Health::Healthy
     };
     members
         .iter()
@@ -992,7 +996,7 @@ pub(crate) async fn run_backup(
     c.event(
         cluster,
         Some(&src.name),
-        "info",
+        Level::Info,
         format!(
             "backup {id}: {method} of {} into repository {repo_name} ({})",
             view.source_instance,
@@ -1098,7 +1102,7 @@ pub(crate) async fn run_backup(
     c.event(
         cluster,
         Some(&src.name),
-        "info",
+        Level::Info,
         format!(
             "backup {id} completed: {} read, {} stored ({:.1}x), {:.0} MiB/s, {} object(s), \
              sha256 {}",
@@ -1251,7 +1255,7 @@ pub(crate) async fn restore_into(
                 Err(_) => empty_dir(&i.data_dir()),
             }
         }
-        c.event(&cl.name, Some(&i.name), "error", kept);
+        c.event(&cl.name, Some(&i.name), Level::Error, kept);
         // The first line says what failed; the rest (an engine's own output) is in the log.
         if let Some((first, _)) = e.split_once('\n') {
             return Err(format!(
@@ -1321,7 +1325,7 @@ async fn restore_steps(
         c.event(
             &cl.name,
             Some(&i.name),
-            "info",
+            Level::Info,
             format!(
                 "staged {n} archive unit(s) of {} ({}, every checksum verified) for a restore to {}",
                 b.view.cluster,
@@ -1348,7 +1352,7 @@ async fn restore_steps(
         c.event(
             &cl.name,
             Some(&i.name),
-            "info",
+            Level::Info,
             format!(
                 "restoring {} ({}) of backup {id} from repository {}",
                 o.key,
@@ -1378,7 +1382,7 @@ async fn restore_steps(
         c.event(
             &cl.name,
             Some(&i.name),
-            "info",
+            Level::Info,
             format!("replaying the archive up to {}", rfc3339(to)),
         );
         let ctx = c.bulk_ctx(cl, i, &all, Default::default())?;
@@ -1397,7 +1401,7 @@ async fn restore_steps(
     c.event(
         &cl.name,
         Some(&i.name),
-        "info",
+        Level::Info,
         format!(
             "restored backup {id} ({}, every checksum verified) in {:.1} s",
             mib(m.size()),

@@ -21,10 +21,12 @@ use shoal_dcs::{Coordinator, Dcs};
 use crate::config::HostConfig;
 use crate::endpoints::Endpoints;
 use crate::engines::{self, Engines};
+use crate::events::Level;
+use crate::operation::Op;
 use crate::proxy::Routes;
 use crate::quantity;
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, InstanceRow, Store};
+use crate::store::{now_ms, ClusterRow, Health, InstanceRow, Phase, Store};
 use crate::topology::{family, Family};
 
 /// The running host.
@@ -252,16 +254,16 @@ impl Controller {
         &self,
         cluster: &str,
         instance: Option<&str>,
-        level: &str,
+        level: Level,
         message: impl AsRef<str>,
     ) {
         let message = message.as_ref();
         match level {
-            "error" => tracing::error!(cluster, instance, "{message}"),
-            "warning" => tracing::warn!(cluster, instance, "{message}"),
-            _ => tracing::info!(cluster, instance, "{message}"),
+            Level::Error => tracing::error!(cluster, instance, "{message}"),
+            Level::Warning => tracing::warn!(cluster, instance, "{message}"),
+            Level::Info => tracing::info!(cluster, instance, "{message}"),
         }
-        if let Err(e) = self.db(|s| s.add_event(cluster, instance, level, message)) {
+        if let Err(e) = self.db(|s| s.add_event(cluster, instance, level.as_str(), message)) {
             tracing::error!("cannot record event: {e}");
         }
     }
@@ -772,7 +774,7 @@ impl Controller {
         self.event(
             &spec.name,
             None,
-            "info",
+            Level::Info,
             format!(
                 "create requested: {} {} with {} instance(s)",
                 row.engine, row.version, spec.replicas
@@ -783,12 +785,8 @@ impl Controller {
     }
 
     /// Queue `kind` on an existing cluster.
-    pub fn submit(
-        self: &Arc<Self>,
-        cluster: &str,
-        kind: &str,
-        params: serde_json::Value,
-    ) -> Result<OpView, ApiError> {
+    pub fn submit(self: &Arc<Self>, cluster: &str, op: Op) -> Result<OpView, ApiError> {
+        let (kind, params) = (op.kind(), op.params());
         let c = self
             .db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
@@ -798,7 +796,7 @@ impl Controller {
             )));
         }
         let id = self.db(|s| s.insert_op(cluster, kind, &params))?;
-        self.event(cluster, None, "info", format!("{kind} requested"));
+        self.event(cluster, None, Level::Info, format!("{kind} requested"));
         self.spawn_op(id);
         self.op_view(id)
     }
@@ -808,13 +806,13 @@ impl Controller {
     pub(crate) fn submit_resumed(
         self: &Arc<Self>,
         cluster: &str,
-        kind: &str,
-        params: serde_json::Value,
+        op: Op,
     ) -> Result<OpView, ApiError> {
+        let (kind, params) = (op.kind(), op.params());
         self.db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
         let id = self.db(|s| s.insert_op(cluster, kind, &params))?;
-        self.event(cluster, None, "info", format!("{kind} resumed"));
+        self.event(cluster, None, Level::Info, format!("{kind} resumed"));
         self.spawn_op(id);
         self.op_view(id)
     }
@@ -868,11 +866,7 @@ impl Controller {
             )));
         }
         if !dry_run {
-            plan.op = Some(self.submit(
-                cluster,
-                "scale",
-                serde_json::json!({ "replicas": replicas }),
-            )?);
+            plan.op = Some(self.submit(cluster, Op::Scale { replicas })?);
         }
         Ok(plan)
     }
@@ -922,11 +916,7 @@ impl Controller {
             op: None,
         };
         if !dry_run {
-            plan.op = Some(self.submit(
-                cluster,
-                "scale",
-                serde_json::json!({ "replicas": replicas }),
-            )?);
+            plan.op = Some(self.submit(cluster, Op::Scale { replicas })?);
         }
         Ok(plan)
     }
@@ -985,11 +975,7 @@ impl Controller {
             op: None,
         };
         if !dry_run {
-            plan.op = Some(self.submit(
-                cluster,
-                "scale",
-                serde_json::json!({ "replicas": replicas }),
-            )?);
+            plan.op = Some(self.submit(cluster, Op::Scale { replicas })?);
         }
         Ok(plan)
     }
@@ -1103,7 +1089,7 @@ impl Controller {
             self.event(
                 cluster,
                 None,
-                "warning",
+                Level::Warning,
                 format!("stable endpoints unavailable: {e}"),
             );
             return;
@@ -1113,8 +1099,9 @@ impl Controller {
             let ip = i.host.parse::<std::net::IpAddr>().ok()?;
             Some(std::net::SocketAddr::new(ip, i.client_port()?))
         };
-        let serving =
-            |i: &&InstanceRow| i.state == "running" && i.process.is_some_and(|p| p.is_running());
+        let serving = |i: &&InstanceRow| {
+            i.state == Phase::Running && i.process.is_some_and(|p| p.is_running())
+        };
         // The writer: the elected primary, or in a quorum the member whose last healthy
         // probe said it leads (the engine elects it).
         // In a sharded cluster, every shard's primary (a cluster-aware client connecting
@@ -1137,7 +1124,7 @@ impl Controller {
             ro: all
                 .iter()
                 .filter(serving)
-                .filter(|i| !writes(i) && i.health == "healthy")
+                .filter(|i| !writes(i) && i.health == Health::Healthy)
                 .filter_map(addr)
                 .collect(),
         };
@@ -1145,7 +1132,7 @@ impl Controller {
             self.event(
                 cluster,
                 None,
-                "warning",
+                Level::Warning,
                 format!("stable endpoints not re-pointed: {e}"),
             );
         }
@@ -1181,7 +1168,7 @@ impl Controller {
                 samples: Vec::new(),
                 error: None,
             };
-            if i.state != "running" {
+            if i.state != Phase::Running {
                 row.error = Some(format!("{} is {}", i.name, i.state));
                 out.push(row);
                 continue;
@@ -1300,11 +1287,11 @@ pub fn instance_view(i: &InstanceRow) -> InstanceView {
     InstanceView {
         name: i.name.clone(),
         role: i.role.clone(),
-        state: i.state.clone(),
+        state: i.state.to_string(),
         pid: i.process.map(|p| p.pid),
         host: i.host.clone(),
         ports: i.ports.clone(),
-        health: i.health.clone(),
+        health: i.health.to_string(),
         observed_role: i.observed_role.clone(),
         writable: i.writable,
         lag_bytes: i.lag_bytes,
@@ -1339,10 +1326,10 @@ mod tests {
             ports: Default::default(),
             dir: PathBuf::from("/x"),
             desired: Desired::Running,
-            state: "running".into(),
+            state: Phase::Running,
             process: None,
             restarts: 0,
-            health: "healthy".into(),
+            health: Health::Healthy,
             observed_role: None,
             writable: None,
             lag_bytes: None,

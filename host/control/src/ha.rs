@@ -24,9 +24,10 @@ use shoal_runtime::wit;
 
 use crate::controller::Controller;
 use crate::engines;
+use crate::events::Level;
 use crate::quantity;
 use crate::secrets::{self, Credentials};
-use crate::store::{ClusterRow, Desired, InstanceRow};
+use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase};
 
 /// Pauses between attempts to re-point a replica whose `demote` failed retryably (the last
 /// entry ends the attempts): about 10 s in all before it is copied afresh instead.
@@ -39,9 +40,6 @@ const REPOINT_RETRIES: [Duration; 4] = [
 
 /// How long a killed or stopped engine process may take to be gone from the kernel.
 pub(crate) const GONE_WITHIN: Duration = Duration::from_secs(15);
-
-/// Instance state of a fenced former primary awaiting its rebuild.
-pub const FENCED: &str = "fenced";
 
 fn ttl(c: &Controller) -> Duration {
     Duration::from_millis(c.cfg.ha.lease_ttl_ms)
@@ -114,7 +112,7 @@ impl Controller {
             })?,
             None => all
                 .iter()
-                .filter(|i| i.role != "primary" && i.health == "healthy")
+                .filter(|i| i.role != "primary" && i.health == Health::Healthy)
                 .max_by_key(|i| i.position.unwrap_or(0))
                 .ok_or_else(|| {
                     ApiError::conflict(format!(
@@ -131,8 +129,11 @@ impl Controller {
         check_candidate(&c, primary, candidate).map_err(ApiError::conflict)?;
         self.submit(
             name,
-            "switchover",
-            serde_json::json!({ "from": primary.name, "to": candidate.name }),
+            crate::operation::Op::Switchover {
+                from: primary.name.clone(),
+                to: candidate.name.clone(),
+                resume: false,
+            },
         )
     }
 
@@ -147,14 +148,24 @@ impl Controller {
             let all = self.db(|s| s.instances(name))?;
             crate::sharded::check_replace(&crate::sharded::seen(&all), instance)
                 .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
-            return self.submit(name, "rebuild", serde_json::json!({ "instance": instance }));
+            return self.submit(
+                name,
+                crate::operation::Op::Rebuild {
+                    instance: instance.to_string(),
+                },
+            );
         }
         if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
             // A quorum member is replaced: out of the membership, fresh data, back in.
             let all = self.db(|s| s.instances(name))?;
             crate::topology::check_replace(&crate::topology::voters(&all), instance)
                 .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
-            return self.submit(name, "rebuild", serde_json::json!({ "instance": instance }));
+            return self.submit(
+                name,
+                crate::operation::Op::Rebuild {
+                    instance: instance.to_string(),
+                },
+            );
         }
         let all = self.db(|s| s.instances(name))?;
         let i = all.iter().find(|i| i.name == instance).ok_or_else(|| {
@@ -167,13 +178,18 @@ impl Controller {
         }
         if !all
             .iter()
-            .any(|p| p.role == "primary" && p.state == "running")
+            .any(|p| p.role == "primary" && p.state == Phase::Running)
         {
             return Err(ApiError::conflict(format!(
                 "cluster {name} has no running primary to rebuild {instance} from"
             )));
         }
-        self.submit(name, "rebuild", serde_json::json!({ "instance": instance }))
+        self.submit(
+            name,
+            crate::operation::Op::Rebuild {
+                instance: instance.to_string(),
+            },
+        )
     }
 }
 
@@ -207,7 +223,7 @@ impl Controller {
                  had are gone. Run again with --force-new-cluster to do it"
             )));
         }
-        self.submit(name, "recover", serde_json::json!({}))
+        self.submit(name, crate::operation::Op::Recover {})
     }
 
     /// Refuse `what` for a quorum cluster, naming the rule.
@@ -234,7 +250,7 @@ fn check_candidate(
     primary: &InstanceRow,
     cand: &InstanceRow,
 ) -> Result<(), String> {
-    if cand.state != "running" || cand.health != "healthy" {
+    if cand.state != Phase::Running || cand.health != Health::Healthy {
         return Err(format!(
             "{} is not a healthy running replica (state {}, health {}: {})",
             cand.name, cand.state, cand.health, cand.detail
@@ -282,15 +298,15 @@ pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
         }
     }
     i.process = None;
-    i.state = FENCED.into();
-    i.health = "unhealthy".into();
+    i.state = Phase::Fenced;
+    i.health = Health::Unhealthy;
     c.save(i);
     c.drop_live(&i.cluster, &i.name);
     let _ = std::fs::remove_file(i.pid_file());
     c.event(
         &i.cluster,
         Some(&i.name),
-        "warning",
+        Level::Warning,
         format!("fenced ({why}): {how}"),
     );
 }
@@ -317,7 +333,7 @@ pub(crate) async fn apply_sync_to(
     };
     let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
     let everyone: Vec<wit::Member> = all.iter().map(Controller::wit_member).collect();
-    let chosen = |i: &&InstanceRow| i.state == "running" && only.is_none_or(|n| n == i.name);
+    let chosen = |i: &&InstanceRow| i.state == Phase::Running && only.is_none_or(|n| n == i.name);
     for i in all.iter().filter(chosen) {
         let standbys: Vec<wit::Member> = everyone
             .iter()
@@ -336,7 +352,7 @@ pub(crate) async fn apply_sync_to(
             c.event(
                 &cl.name,
                 Some(&i.name),
-                "error",
+                Level::Error,
                 format!("cannot configure synchronous replication: {e}"),
             );
         }
@@ -375,7 +391,7 @@ async fn repoint(
                 ))
             }
         }
-        if r.state != "running" {
+        if r.state != Phase::Running {
             continue;
         }
         // A retryable failure (a slow STOP of the applier under load, a connection reset) is
@@ -399,7 +415,7 @@ async fn repoint(
                     c.event(
                         &cl.name,
                         Some(&r.name),
-                        "warning",
+                        Level::Warning,
                         format!(
                             "re-pointing to {} failed, retrying in {pause:?}: {e}",
                             primary.name
@@ -417,21 +433,21 @@ async fn repoint(
             Ok(()) => c.event(
                 &cl.name,
                 Some(&r.name),
-                "info",
+                Level::Info,
                 format!("now follows {} (+{})", primary.name, since(t0)),
             ),
             Err(e) => {
                 c.event(
                     &cl.name,
                     Some(&r.name),
-                    "warning",
+                    Level::Warning,
                     format!("cannot re-point to {}: {e}; rebuilding it", primary.name),
                 );
                 if let Err(e) = c.rebuild(&cl.name, &r.name) {
                     c.event(
                         &cl.name,
                         Some(&r.name),
-                        "error",
+                        Level::Error,
                         format!("cannot rebuild it: {e}"),
                     );
                 }
@@ -475,7 +491,7 @@ async fn rebuild_from(
         c.stop_process(cl, i, cr).await?;
     }
     i.role = "replica".into();
-    i.state = "rebuilding".into();
+    i.state = Phase::Rebuilding;
     c.save(i);
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
     let mut rewound = false;
@@ -495,14 +511,14 @@ async fn rebuild_from(
                     c.event(
                         &cl.name,
                         Some(&i.name),
-                        "info",
+                        Level::Info,
                         format!("rewound onto {} in {}", primary.name, since(t0)),
                     );
                 }
                 Err(e) => c.event(
                     &cl.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     format!("rewind failed, copying afresh instead: {e}"),
                 ),
             },
@@ -511,7 +527,7 @@ async fn rebuild_from(
             Err(e) => c.event(
                 &cl.name,
                 Some(&i.name),
-                "warning",
+                Level::Warning,
                 format!("rebuild plan failed, copying afresh instead: {e}"),
             ),
         }
@@ -523,7 +539,7 @@ async fn rebuild_from(
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     format!("did not come up after the rewind, copying afresh: {e}"),
                 );
                 if i.process.is_some() {
@@ -533,13 +549,13 @@ async fn rebuild_from(
         }
     }
     set_aside(i)?;
-    i.state = "rebuilding".into();
+    i.state = Phase::Rebuilding;
     c.save(i);
     c.bring_up(cl, i, &all, cr).await?;
     c.event(
         &cl.name,
         Some(&i.name),
-        "info",
+        Level::Info,
         format!("re-copied from {} in {}", primary.name, since(t0)),
     );
     Ok(())
@@ -632,12 +648,12 @@ pub(crate) async fn failover(
         c.event(
             cluster,
             Some(old),
-            "info",
+            Level::Info,
             "no longer the primary; nothing to fail over",
         );
         return Ok(());
     }
-    if old_row.state != FENCED {
+    if old_row.state != Phase::Fenced {
         fence(c, &mut old_row, reason).await;
     }
     c.refresh_routes(cluster).await;
@@ -649,7 +665,7 @@ pub(crate) async fn failover(
             c.event(
                 cluster,
                 Some(&l.holder),
-                "info",
+                Level::Info,
                 format!(
                     "resuming the failover: {} was elected in term {}",
                     l.holder, l.term
@@ -662,13 +678,13 @@ pub(crate) async fn failover(
             Err(e) => {
                 // Nobody was elected: the old primary is still the leader of its term, so
                 // the safe way back is to restart it (the supervisor does, with backoff).
-                c.event(cluster, None, "error", format!("no failover: {e}"));
-                old_row.state = "crashed".into();
+                c.event(cluster, None, Level::Error, format!("no failover: {e}"));
+                old_row.state = Phase::Crashed;
                 c.save(&old_row);
                 c.event(
                     cluster,
                     Some(old),
-                    "warning",
+                    Level::Warning,
                     "no replica can take over; the old primary, still the elected leader, \
                      will be restarted",
                 );
@@ -688,7 +704,7 @@ pub(crate) async fn failover(
     c.event(
         cluster,
         Some(&cand.name),
-        "info",
+        Level::Info,
         format!("elected leader in term {} (+{})", new.term, since(t0)),
     );
     failpoint("failover-elected").await;
@@ -701,7 +717,7 @@ pub(crate) async fn failover(
     c.event(
         cluster,
         Some(&cand.name),
-        "info",
+        Level::Info,
         format!(
             "promoted; writes go to it now (+{} after detection)",
             since(t0)
@@ -718,12 +734,12 @@ pub(crate) async fn failover(
         .ok_or("the old primary vanished")?;
     if old_row.desired == Desired::Running {
         if let Err(e) = rebuild_from(c, &cl, &mut old_row, &cand, &cr).await {
-            old_row.state = "failed".into();
+            old_row.state = Phase::Failed;
             c.save(&old_row);
             c.event(
                 cluster,
                 Some(old),
-                "error",
+                Level::Error,
                 format!("could not rebuild as a replica: {e}; `shoal cluster rebuild {cluster} {old}` retries"),
             );
         }
@@ -733,7 +749,7 @@ pub(crate) async fn failover(
     c.event(
         cluster,
         None,
-        "info",
+        Level::Info,
         format!("failover from {old} to {} done in {}", cand.name, since(t0)),
     );
     Ok(())
@@ -756,7 +772,7 @@ async fn choose(
     let mut why = Vec::new();
     for r in &replicas {
         let mut r = (*r).clone();
-        if !(r.state == "running" && r.process.is_some_and(|p| p.is_running())) {
+        if !(r.state == Phase::Running && r.process.is_some_and(|p| p.is_running())) {
             why.push(format!("{} is {}", r.name, r.state));
             continue;
         }
@@ -805,7 +821,7 @@ async fn choose(
         c.event(
             &cl.name,
             Some(&choice.name),
-            "info",
+            Level::Info,
             format!(
                 "candidate: {} bytes behind the old primary's last probe ({}: commits \
                  after it may be lost) (+{})",
@@ -859,7 +875,7 @@ pub(crate) async fn switchover(
         .map_err(|e| format!("demote {from}: {e}"))?;
     // 2. No new writes through the endpoint; sessions ended; candidate caught up.
     let mut fenced = old.clone();
-    fenced.state = "switching".into();
+    fenced.state = Phase::Switching;
     c.save(&fenced);
     c.refresh_routes(cluster).await;
     if let Err(e) = addon
@@ -872,7 +888,7 @@ pub(crate) async fn switchover(
         .await
     {
         if !e.is_unsupported() {
-            fenced.state = "running".into();
+            fenced.state = Phase::Running;
             c.save(&fenced);
             // Lift the fence: the old primary stays the primary.
             let leader = leader_named(c, cluster).await.ok().flatten();
@@ -885,7 +901,7 @@ pub(crate) async fn switchover(
     c.event(
         cluster,
         Some(from),
-        "info",
+        Level::Info,
         format!("writes stopped, {to} caught up (+{})", since(t0)),
     );
     // 3. Stop the old primary cleanly (its last WAL reaches the candidate).
@@ -893,7 +909,7 @@ pub(crate) async fn switchover(
     // 4. Elect and promote.
     let new = elect(c, cluster, from, to).await?;
     fenced.role = "replica".into();
-    fenced.state = FENCED.into();
+    fenced.state = Phase::Fenced;
     c.save(&fenced);
     cand.role = "primary".into();
     c.save(&cand);
@@ -902,7 +918,7 @@ pub(crate) async fn switchover(
     c.event(
         cluster,
         Some(to),
-        "info",
+        Level::Info,
         format!(
             "primary in term {}; writes were unavailable for {}",
             new.term,
@@ -917,7 +933,7 @@ pub(crate) async fn switchover(
     c.event(
         cluster,
         None,
-        "info",
+        Level::Info,
         format!("switchover from {from} to {to} done in {}", since(t0)),
     );
     Ok(())
@@ -952,7 +968,7 @@ pub(crate) async fn resume_switchover(
         apply_sync(c, &cl, &cr).await;
         let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
         let mut old = find(&all, from)?;
-        let serving = old.state == "running" && old.process.is_some_and(|p| p.is_running());
+        let serving = old.state == Phase::Running && old.process.is_some_and(|p| p.is_running());
         if old.role != "replica" || !serving {
             old.role = "replica".into();
             c.save(&old);
@@ -962,7 +978,7 @@ pub(crate) async fn resume_switchover(
         c.event(
             cluster,
             None,
-            "info",
+            Level::Info,
             format!("the interrupted switchover from {from} to {to} is finished ({to} leads in term {})", l.term),
         );
         return Ok(());
@@ -970,7 +986,7 @@ pub(crate) async fn resume_switchover(
     let mut old = find(&all, from)?;
     old.role = "primary".into();
     if old.process.is_some_and(|p| p.is_running()) {
-        old.state = "running".into();
+        old.state = Phase::Running;
         c.save(&old);
     } else {
         old.process = None;
@@ -983,7 +999,7 @@ pub(crate) async fn resume_switchover(
     c.event(
         cluster,
         Some(from),
-        "warning",
+        Level::Warning,
         format!(
             "the interrupted switchover left {from} fenced or stopped; it is the writable \
              primary again; switching over to {to} again"
@@ -1008,7 +1024,7 @@ pub(crate) async fn rebuild(
     }
     let primary = all
         .iter()
-        .find(|i| i.role == "primary" && i.state == "running")
+        .find(|i| i.role == "primary" && i.state == Phase::Running)
         .cloned()
         .ok_or_else(|| format!("cluster {cluster} has no running primary"))?;
     let mut i = all

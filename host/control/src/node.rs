@@ -12,8 +12,9 @@ use shoal_runtime::{CallContext, RunAs};
 
 use crate::controller::{Controller, Resources};
 use crate::engines;
+use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{ClusterRow, InstanceRow};
+use crate::store::{ClusterRow, Health, InstanceRow, Phase};
 
 /// Create `i`'s directories: the instance directory, `data/`, `config/` and `archive/`
 /// owned by the cluster's engine user, `log/` by the host (it writes the engine's output
@@ -168,7 +169,7 @@ impl Controller {
             },
             ports: wit_ports(i),
             role: Some(i.role.clone()),
-            healthy: i.health == "healthy",
+            healthy: i.health == Health::Healthy,
             shard: i.shard,
         }
     }
@@ -346,7 +347,7 @@ impl Controller {
             self.event(
                 &c.name,
                 Some(&i.name),
-                "warning",
+                Level::Warning,
                 format!(
                     "its initialization was interrupted; the partial data is set aside in {} \
                      and it is initialized again",
@@ -355,7 +356,7 @@ impl Controller {
             );
         }
         if is_empty(&i.data_dir()) && !plan.init.is_empty() {
-            i.state = "initializing".into();
+            i.state = Phase::Initializing;
             self.save(i);
             std::fs::write(&marker, b"an initialization is under way\n")
                 .map_err(|e| format!("{}: {e}", marker.display()))?;
@@ -363,7 +364,7 @@ impl Controller {
                 self.event(
                     &c.name,
                     Some(&i.name),
-                    "info",
+                    Level::Info,
                     format!("running {}", cmd.program),
                 );
                 spec_for(cmd)?
@@ -376,7 +377,7 @@ impl Controller {
             }
             let _ = std::fs::remove_file(&marker);
         }
-        i.state = "starting".into();
+        i.state = Phase::Starting;
         let server = spec_for(&plan.server)?;
         let pid = server.spawn().map_err(|e| e.to_string())?;
         i.process = Some(pid);
@@ -394,7 +395,7 @@ impl Controller {
                 self.event(
                     &c.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     format!("resource limits not applied: {e}"),
                 );
             }
@@ -402,15 +403,15 @@ impl Controller {
         self.event(
             &c.name,
             Some(&i.name),
-            "info",
+            Level::Info,
             format!("started {} (pid {})", plan.server.program, pid.pid),
         );
         self.wait_ready(c, i, all, creds, &plan.readiness).await?;
         // Before anyone is routed to it: the account users get, as Shoal last set it.
         self.provision_admin(c, i, all, creds).await?;
-        i.state = "running".into();
+        i.state = Phase::Running;
         self.save(i);
-        self.event(&c.name, Some(&i.name), "info", "ready");
+        self.event(&c.name, Some(&i.name), Level::Info, "ready");
         // A (re)started instance of a sync cluster gets the setting again: engines that
         // keep it only in memory lose it at a restart.
         crate::ha::apply_sync_to(self, c, creds, Some(&i.name)).await;
@@ -552,11 +553,11 @@ impl Controller {
         creds: &Credentials,
     ) -> Result<(), String> {
         let Some(pid) = i.process else {
-            i.state = "stopped".into();
+            i.state = Phase::Stopped;
             self.save(i);
             return Ok(());
         };
-        i.state = "stopping".into();
+        i.state = Phase::Stopping;
         self.save(i);
         self.drop_live(&c.name, &i.name);
         let addon = self.addon(&c.engine).map_err(|e| e.message)?;
@@ -582,7 +583,7 @@ impl Controller {
             self.event(
                 &c.name,
                 Some(&i.name),
-                "warning",
+                Level::Warning,
                 format!("did not stop within {grace:?}; killed"),
             );
         }
@@ -593,7 +594,7 @@ impl Controller {
             self.event(
                 &c.name,
                 Some(&i.name),
-                "warning",
+                Level::Warning,
                 format!(
                     "pid {} still exists {:?} after it stopped",
                     pid.pid,
@@ -602,11 +603,11 @@ impl Controller {
             );
         }
         i.process = None;
-        i.state = "stopped".into();
-        i.health = "unknown".into();
+        i.state = Phase::Stopped;
+        i.health = Health::Unknown;
         self.save(i);
         let _ = std::fs::remove_file(i.pid_file());
-        self.event(&c.name, Some(&i.name), "info", "stopped");
+        self.event(&c.name, Some(&i.name), Level::Info, "stopped");
         Ok(())
     }
 

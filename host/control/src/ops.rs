@@ -9,8 +9,10 @@ use shoal_api::OpState;
 use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
+use crate::events::Level;
+use crate::operation::Op;
 use crate::secrets::{self, Credentials};
-use crate::store::{ClusterRow, Desired, InstanceRow};
+use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase};
 use crate::topology::{self, Family};
 
 /// Run operation `id` (waits for the cluster's earlier operations first).
@@ -22,81 +24,64 @@ pub async fn run(c: Arc<Controller>, id: i64) {
         tracing::error!("op {id}: {e}");
         return;
     }
-    let result = match op.kind.as_str() {
-        "create" => {
-            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
-            let restore = p.get("restore").and_then(|v| v.as_str());
-            let to = p.get("to_unix_ms").and_then(|v| v.as_i64());
-            create(&c, &op.cluster, restore.map(|id| (id, to))).await
+    let params = c.db(|s| s.op_params(id)).unwrap_or_default();
+    let typed = Op::from_stored(&op.kind, &params);
+    let result = match &typed {
+        Err(e) => Err(e.clone()),
+        Ok(Op::Create {
+            restore,
+            to_unix_ms,
+        }) => {
+            create(
+                &c,
+                &op.cluster,
+                restore.as_deref().map(|id| (id, *to_unix_ms)),
+            )
+            .await
         }
-        "backup" => {
-            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
-            crate::backups::run_backup(&c, &op.cluster, &p).await
+        Ok(Op::Backup { .. }) => crate::backups::run_backup(&c, &op.cluster, &params).await,
+        Ok(Op::Reconfigure(p)) => crate::reconfigure::run(&c, &op.cluster, p, id).await,
+        Ok(Op::Scale { replicas }) => scale(&c, &op.cluster, *replicas).await,
+        Ok(Op::Password {}) => crate::accounts::run(&c, &op.cluster).await,
+        Ok(Op::Recover {}) => recover(&c, &op.cluster).await,
+        Ok(Op::Stop {}) => stop(&c, &op.cluster).await,
+        Ok(Op::Start {}) => start(&c, &op.cluster).await,
+        Ok(Op::Restart {}) => restart(&c, &op.cluster).await,
+        Ok(Op::Delete { purge }) => delete(&c, &op.cluster, *purge).await,
+        Ok(Op::Failover { old, reason }) => crate::ha::failover(&c, &op.cluster, old, reason).await,
+        Ok(Op::Switchover {
+            from,
+            to,
+            resume: true,
+        }) => crate::ha::resume_switchover(&c, &op.cluster, from, to).await,
+        Ok(Op::Switchover { from, to, .. }) => {
+            crate::ha::switchover(&c, &op.cluster, from, to).await
         }
-        "reconfigure" => {
-            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
-            crate::reconfigure::run(&c, &op.cluster, &p).await
-        }
-        "scale" => {
-            let n = c
-                .db(|s| s.op_params(id))
-                .ok()
-                .and_then(|p| p.get("replicas").and_then(|v| v.as_u64()))
-                .unwrap_or(1) as u32;
-            scale(&c, &op.cluster, n).await
-        }
-        "password" => crate::accounts::run(&c, &op.cluster).await,
-        "recover" => recover(&c, &op.cluster).await,
-        "stop" => stop(&c, &op.cluster).await,
-        "start" => start(&c, &op.cluster).await,
-        "restart" => restart(&c, &op.cluster).await,
-        "delete" => {
-            let purge = c
-                .db(|s| s.op_params(id))
-                .ok()
-                .and_then(|p| p.get("purge").and_then(|v| v.as_bool()))
-                .unwrap_or(false);
-            delete(&c, &op.cluster, purge).await
-        }
-        "failover" | "switchover" | "rebuild" => {
-            let p = c.db(|s| s.op_params(id)).unwrap_or_default();
-            let arg = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            match op.kind.as_str() {
-                "failover" => {
-                    crate::ha::failover(&c, &op.cluster, &arg("old"), &arg("reason")).await
-                }
-                "switchover" if p.get("resume").and_then(|v| v.as_bool()) == Some(true) => {
-                    crate::ha::resume_switchover(&c, &op.cluster, &arg("from"), &arg("to")).await
-                }
-                "switchover" => {
-                    crate::ha::switchover(&c, &op.cluster, &arg("from"), &arg("to")).await
-                }
-                _ => crate::ha::rebuild(&c, &op.cluster, &arg("instance")).await,
-            }
-        }
-        other => Err(format!("unknown operation {other:?}")),
+        Ok(Op::Rebuild { instance }) => crate::ha::rebuild(&c, &op.cluster, instance).await,
     };
     c.refresh_routes(&op.cluster).await;
     match result {
         Ok(()) => {
             let _ = c.db(|s| s.set_op(id, OpState::Succeeded, None));
-            c.event(&op.cluster, None, "info", format!("{} succeeded", op.kind));
+            c.event(
+                &op.cluster,
+                None,
+                Level::Info,
+                format!("{} succeeded", op.kind),
+            );
         }
         Err(reason) => {
             let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
             // A failed HA operation leaves the cluster serving as well as it can; the
             // supervisor reports it degraded or running.
             // A failed reconfigure has put the previous configuration back.
-            if !matches!(
-                op.kind.as_str(),
-                "delete" | "failover" | "switchover" | "rebuild" | "reconfigure" | "password"
-            ) {
+            if !typed.as_ref().is_ok_and(Op::failure_keeps_cluster_state) {
                 let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
             }
             c.event(
                 &op.cluster,
                 None,
-                "error",
+                Level::Error,
                 format!("{} failed: {reason}", op.kind),
             );
         }
@@ -152,10 +137,10 @@ fn add_instance(
         ports: Default::default(),
         dir: c.cluster_dir(&cl.name).join(&name),
         desired: Desired::Running,
-        state: "pending".into(),
+        state: Phase::Pending,
         process: None,
         restarts: 0,
-        health: "unknown".into(),
+        health: Health::Unknown,
         observed_role: None,
         writable: None,
         lag_bytes: None,
@@ -184,7 +169,7 @@ fn add_instance(
     c.event(
         &cl.name,
         Some(&name),
-        "info",
+        Level::Info,
         format!("allocated as {role}, ports {:?}", row.ports),
     );
     Ok(row)
@@ -216,6 +201,53 @@ async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Resul
         Err(e) => return Err(e.to_string()),
     }
     c.bring_up(cl, &mut row, &all, cr).await
+}
+
+/// Run `step` as a step of operation `parent` (which holds the cluster): recorded as an
+/// operation of its own that names its parent, with its events (`shoal cluster events`), so
+/// that what a roll did is on record as what it was. Steps never show as a cluster's last
+/// operation and are settled with their parent after a host restart. Only steps that run no
+/// steps themselves: a switchover.
+pub(crate) async fn run_step(
+    c: &Arc<Controller>,
+    cluster: &str,
+    parent: i64,
+    step: Op,
+) -> Result<(), String> {
+    let id = c
+        .db(|s| s.insert_step(cluster, step.kind(), &step.params(), parent))
+        .map_err(|e| e.message)?;
+    c.event(
+        cluster,
+        None,
+        Level::Info,
+        format!("{} (op {id}) started as a step of op {parent}", step.kind()),
+    );
+    let result = match &step {
+        Op::Switchover { from, to, .. } => crate::ha::switchover(c, cluster, from, to).await,
+        other => Err(format!("{} cannot run as a step", other.kind())),
+    };
+    match &result {
+        Ok(()) => {
+            let _ = c.db(|s| s.set_op(id, OpState::Succeeded, None));
+            c.event(
+                cluster,
+                None,
+                Level::Info,
+                format!("{} (op {id}) succeeded", step.kind()),
+            );
+        }
+        Err(e) => {
+            let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(e)));
+            c.event(
+                cluster,
+                None,
+                Level::Error,
+                format!("{} (op {id}) failed: {e}", step.kind()),
+            );
+        }
+    }
+    result
 }
 
 /// Create cluster `name`; `restore`: from this backup (and up to this moment of its cluster's
@@ -280,7 +312,7 @@ async fn create(
         if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, to, None).await {
             // Never start anything on a failed restore (the supervisor skips failed
             // instances).
-            primary.state = "failed".into();
+            primary.state = Phase::Failed;
             c.save(&primary);
             return Err(e);
         }
@@ -291,7 +323,7 @@ async fn create(
         // A logical dump goes into the running server.
         if let Err(e) = crate::backups::restore_into(c, &cl, &primary, &cr, id, None, None).await {
             let _ = c.stop_process(&cl, &mut primary, &cr).await;
-            primary.state = "failed".into();
+            primary.state = Phase::Failed;
             c.save(&primary);
             return Err(e);
         }
@@ -307,7 +339,12 @@ async fn create(
         )
         .await
     {
-        Ok(()) => c.event(name, Some(&primary.name), "info", "post-provision done"),
+        Ok(()) => c.event(
+            name,
+            Some(&primary.name),
+            Level::Info,
+            "post-provision done",
+        ),
         Err(e) if e.is_unsupported() => {}
         Err(e) => return Err(e.to_string()),
     }
@@ -342,12 +379,12 @@ async fn scale_quorum(
     // Members an interrupted scale left half made never ran: they leave and go.
     for broken in instances(c, &cl.name)?
         .into_iter()
-        .filter(|i| matches!(i.state.as_str(), "pending" | "initializing"))
+        .filter(|i| matches!(i.state, Phase::Pending | Phase::Initializing))
     {
         c.event(
             &cl.name,
             Some(&broken.name),
-            "warning",
+            Level::Warning,
             "left half made by an interrupted operation; removing it",
         );
         remove_instance(c, &cl, broken, cr).await?;
@@ -361,7 +398,7 @@ async fn scale_quorum(
         q.max_members,
     )?;
     for note in notes {
-        c.event(&cl.name, None, "warning", note);
+        c.event(&cl.name, None, Level::Warning, note);
     }
     for step in steps {
         match step {
@@ -371,11 +408,14 @@ async fn scale_quorum(
                 c.event(
                     &cl.name,
                     Some(&row.name),
-                    "info",
+                    Level::Info,
                     "admitted to the membership",
                 );
                 let all = instances(c, &cl.name)?;
                 c.bring_up(&cl, &mut row, &all, cr).await?;
+                // Again now that it runs (idempotent): an engine that admits only a running
+                // member (ZooKeeper growing from one voter) does it now.
+                membership(c, &cl, &row, cr, true).await?;
                 crate::ha::failpoint("scale-added").await;
             }
             topology::Step::Remove(name) => {
@@ -418,7 +458,7 @@ pub(crate) async fn replace_member(
     c.event(
         &cl.name,
         Some(name),
-        "info",
+        Level::Info,
         "left the membership to be replaced",
     );
     c.stop_process(cl, &mut v, cr).await?;
@@ -427,12 +467,13 @@ pub(crate) async fn replace_member(
     c.event(
         &cl.name,
         Some(name),
-        "info",
+        Level::Info,
         "admitted again with empty data (the old copy is in data.before-rebuild)",
     );
     v.desired = Desired::Running;
     let all = instances(c, &cl.name)?;
     c.bring_up(cl, &mut v, &all, cr).await?;
+    membership(c, cl, &v, cr, true).await?;
     wait_quorum(c, cl, cr).await?;
     c.db(|s| s.set_cluster_state(&cl.name, "running"))
         .map_err(|e| e.message)?;
@@ -448,11 +489,11 @@ async fn probed(
 ) -> Result<Vec<InstanceRow>, String> {
     let all = instances(c, &cl.name)?;
     for mut i in all.clone() {
-        if i.state != "running" || !i.process.is_some_and(|p| p.is_running()) {
+        if i.state != Phase::Running || !i.process.is_some_and(|p| p.is_running()) {
             continue;
         }
         if let Err(e) = c.probe_once(cl, &mut i, &all, cr).await {
-            i.health = "unhealthy".into();
+            i.health = Health::Unhealthy;
             i.detail = e;
         }
         c.save(&i);
@@ -529,7 +570,12 @@ async fn post_provision_once(
         )
         .await
     {
-        Ok(()) => c.event(&cl.name, Some(&first.name), "info", "post-provision done"),
+        Ok(()) => c.event(
+            &cl.name,
+            Some(&first.name),
+            Level::Info,
+            "post-provision done",
+        ),
         Err(e) if e.is_unsupported() => {}
         Err(e) => return Err(e.to_string()),
     }
@@ -554,7 +600,7 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         .max_by_key(|i| {
             (
                 i.position.unwrap_or(0),
-                i.health == "healthy",
+                i.health == Health::Healthy,
                 alive(i),
                 std::cmp::Reverse(i.ordinal),
             )
@@ -564,7 +610,7 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     c.event(
         name,
         Some(&survivor.name),
-        "warning",
+        Level::Warning,
         format!(
             "recovering the quorum from {} (position {}): it restarts alone as a new cluster",
             survivor.name,
@@ -601,7 +647,7 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     c.event(
         name,
         Some(&s.name),
-        "info",
+        Level::Info,
         "running alone as a new one-member cluster",
     );
     c.stop_process(&cl, &mut s, &cr).await?;
@@ -623,7 +669,7 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.event(
             name,
             Some(&lost.name),
-            "warning",
+            Level::Warning,
             format!(
                 "dropped from the quorum; its data is in {}",
                 aside.display()
@@ -673,7 +719,7 @@ async fn create_sharded(
             if let Err(e) =
                 crate::backups::restore_into(c, cl, &first, cr, id, None, Some(shard)).await
             {
-                first.state = "failed".into();
+                first.state = Phase::Failed;
                 c.save(&first);
                 return Err(e);
             }
@@ -706,7 +752,7 @@ pub(crate) async fn form_shards(
         let all = probed(c, cl, cr).await?;
         let on = all
             .iter()
-            .filter(|i| i.state == "running" && i.process.is_some_and(|p| p.is_running()))
+            .filter(|i| i.state == Phase::Running && i.process.is_some_and(|p| p.is_running()))
             .min_by_key(|i| (i.writable != Some(true), i.ordinal))
             .ok_or("form-shards: no running member to ask")?;
         let ctx = c.call_ctx(on, &all, false);
@@ -719,7 +765,7 @@ pub(crate) async fn form_shards(
             .await;
         match r {
             Ok(()) => {
-                c.event(&cl.name, Some(&on.name), "info", "shards formed");
+                c.event(&cl.name, Some(&on.name), Level::Info, "shards formed");
                 break;
             }
             Err(e) if e.is_unsupported() => {
@@ -733,7 +779,7 @@ pub(crate) async fn form_shards(
                 c.event(
                     &cl.name,
                     Some(&on.name),
-                    "info",
+                    Level::Info,
                     format!("form-shards: {e}; again in {wait} s"),
                 );
                 tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
@@ -831,7 +877,7 @@ pub(crate) async fn replace_shard_member(
     c.event(
         &cl.name,
         Some(name),
-        "info",
+        Level::Info,
         "forgotten by the engine cluster; starting with empty data (the old copy is in \
          data.before-rebuild)",
     );
@@ -886,12 +932,12 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     // in their initialization. They go, and the plan is made from what is left.
     for broken in current
         .iter()
-        .filter(|i| matches!(i.state.as_str(), "pending" | "initializing") && i.role != "primary")
+        .filter(|i| matches!(i.state, Phase::Pending | Phase::Initializing) && i.role != "primary")
     {
         c.event(
             name,
             Some(&broken.name),
-            "warning",
+            Level::Warning,
             "left half made by an interrupted operation; removing it",
         );
         remove_instance(c, &cl, broken.clone(), &cr).await?;
@@ -921,7 +967,7 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
 /// any healthy running member; never `except`.
 fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow> {
     let running = |i: &&InstanceRow| {
-        i.name != except && i.state == "running" && i.process.is_some_and(|p| p.is_running())
+        i.name != except && i.state == Phase::Running && i.process.is_some_and(|p| p.is_running())
     };
     let leader = topology::state_of(all).and_then(|q| q.leader);
     all.iter()
@@ -935,7 +981,7 @@ fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow>
         .or_else(|| {
             all.iter()
                 .filter(running)
-                .find(|i| topology::engine_elected(&i.role) && i.health == "healthy")
+                .find(|i| topology::engine_elected(&i.role) && i.health == Health::Healthy)
         })
 }
 
@@ -979,7 +1025,7 @@ async fn membership(
                 c.event(
                     &cl.name,
                     Some(&v.name),
-                    "info",
+                    Level::Info,
                     format!("{hook} on {}: {e}; again in {wait} s", admit.name),
                 );
                 tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
@@ -1005,13 +1051,13 @@ async fn remove_instance(
     c.save(&v);
     if quorum {
         membership(c, cl, &v, cr, false).await?;
-        c.event(&cl.name, Some(&v.name), "info", "left the membership");
+        c.event(&cl.name, Some(&v.name), Level::Info, "left the membership");
     }
     pre_terminate(c, cl, &v, &all, cr).await;
     c.stop_process(cl, &mut v, cr).await?;
     if !quorum && admitter(&all, &v.name).is_some() {
         if let Err(e) = membership(c, cl, &v, cr, false).await {
-            c.event(&cl.name, Some(&v.name), "warning", e);
+            c.event(&cl.name, Some(&v.name), Level::Warning, e);
         }
     }
     c.db(|s| s.delete_instance(&cl.name, &v.name))
@@ -1020,11 +1066,11 @@ async fn remove_instance(
         c.event(
             &cl.name,
             Some(&v.name),
-            "warning",
+            Level::Warning,
             format!("cannot remove {}: {e}", v.dir.display()),
         );
     }
-    c.event(&cl.name, Some(&v.name), "info", "removed");
+    c.event(&cl.name, Some(&v.name), Level::Info, "removed");
     Ok(())
 }
 
@@ -1054,7 +1100,7 @@ async fn pre_terminate(
         Err(e) => c.event(
             &cl.name,
             Some(&i.name),
-            "warning",
+            Level::Warning,
             format!("pre-terminate: {e}"),
         ),
     }
@@ -1135,7 +1181,7 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             .find(|x| x.name == i.name)
             .cloned()
             .ok_or("instance vanished")?;
-        c.event(name, Some(&i.name), "info", "restarting");
+        c.event(name, Some(&i.name), Level::Info, "restarting");
         c.stop_process(&cl, &mut i, &cr).await?;
         i.desired = Desired::Running;
         c.save(&i);
@@ -1167,10 +1213,15 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
         }
     }
     if let Err(e) = c.endpoints.remove(name).await {
-        c.event(name, None, "warning", format!("stable endpoints: {e}"));
+        c.event(name, None, Level::Warning, format!("stable endpoints: {e}"));
     }
     if let Err(e) = c.dcs.forget(name).await {
-        c.event(name, None, "warning", format!("coordination store: {e}"));
+        c.event(
+            name,
+            None,
+            Level::Warning,
+            format!("coordination store: {e}"),
+        );
     }
     let dir = c.cluster_dir(name);
     let kept = if purge {
@@ -1194,15 +1245,15 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
         None => {
             if let Some(u) = &cl.os_user {
                 if let Err(e) = shoal_local::users::remove_user(u) {
-                    c.event(name, None, "warning", format!("OS user {u}: {e}"));
+                    c.event(name, None, Level::Warning, format!("OS user {u}: {e}"));
                 }
             }
-            c.event(name, None, "info", "deleted with its data");
+            c.event(name, None, Level::Info, "deleted with its data");
         }
         Some(k) => c.event(
             name,
             None,
-            "info",
+            Level::Info,
             format!(
                 "deleted; data kept at {} (`shoal cluster delete {name} --purge` removes it); \
                  the name can be used again",
@@ -1232,14 +1283,14 @@ impl Controller {
             secrets::remove_kept(&self.home, &t.name, t.uid);
             if let Some(u) = &t.os_user {
                 if let Err(e) = shoal_local::users::remove_user(u) {
-                    self.event(name, None, "warning", format!("OS user {u}: {e}"));
+                    self.event(name, None, Level::Warning, format!("OS user {u}: {e}"));
                 }
             }
             self.db(|s| s.purged(t.uid))?;
             self.event(
                 name,
                 None,
-                "info",
+                Level::Info,
                 format!(
                     "data kept from deleted cluster {name} (uid {}) removed",
                     t.uid

@@ -18,8 +18,9 @@ use shoal_runtime::wit::{self, ApplyMode, ChangeEffect, Param, ParamChange, Para
 use shoal_runtime::CallContext;
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{now_ms, ClusterRow, Desired, InstanceRow};
+use crate::store::{now_ms, ClusterRow, Desired, InstanceRow, Phase};
 
 /// How long a restarted instance has to report healthy before the roll stops.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
@@ -371,7 +372,7 @@ impl Controller {
         };
         let params =
             serde_json::to_value(&target).map_err(|e| ApiError::internal(e.to_string()))?;
-        let op: OpView = self.submit(&cl.name, "reconfigure", params)?;
+        let op: OpView = self.submit(&cl.name, crate::operation::Op::Reconfigure(params))?;
         plan.op = Some(op);
         Ok(plan)
     }
@@ -413,6 +414,7 @@ pub(crate) async fn run(
     c: &Arc<Controller>,
     name: &str,
     params: &serde_json::Value,
+    op: i64,
 ) -> Result<(), String> {
     let target: Target = serde_json::from_value(params.clone())
         .map_err(|e| format!("the operation's parameters are unreadable: {e}"))?;
@@ -429,7 +431,7 @@ pub(crate) async fn run(
     let after = c.params_of(&new)?;
     let changes = param_changes(&before, &after);
     if target.restart {
-        roll(c, &old, &new, &cr, target.primary_first).await?;
+        roll(c, &old, &new, &cr, target.primary_first, op).await?;
     } else {
         live(c, &old, &new, &cr, &changes).await?;
     }
@@ -454,7 +456,7 @@ pub(crate) async fn run(
     c.event(
         name,
         None,
-        "info",
+        Level::Info,
         format!(
             "configuration version {version} applied ({})",
             target.reason
@@ -473,7 +475,7 @@ async fn live(
     changes: &[ParamChange],
 ) -> Result<(), String> {
     let all = c.db(|s| s.instances(&new.name)).map_err(|e| e.message)?;
-    let running: Vec<&InstanceRow> = all.iter().filter(|i| i.state == "running").collect();
+    let running: Vec<&InstanceRow> = all.iter().filter(|i| i.state == Phase::Running).collect();
     let undo: Vec<ParamChange> = changes
         .iter()
         .map(|ch| ParamChange {
@@ -489,7 +491,7 @@ async fn live(
                     c.event(
                         &old.name,
                         Some(&j.name),
-                        "error",
+                        Level::Error,
                         format!("cannot put the previous configuration back: {u}"),
                     );
                 }
@@ -502,7 +504,7 @@ async fn live(
         c.event(
             &new.name,
             Some(&i.name),
-            "info",
+            Level::Info,
             format!("applied live: {}", names(changes)),
         );
     }
@@ -544,6 +546,7 @@ async fn roll(
     new: &ClusterRow,
     cr: &Credentials,
     primary_first: bool,
+    op: i64,
 ) -> Result<(), String> {
     let name = &new.name;
     let _ = c.db(|s| s.set_cluster_state(name, "updating"));
@@ -589,7 +592,12 @@ async fn roll(
     if let (None, false, Some(p)) = (&failure, primary_first, &primary) {
         if let Some(to) = done.first() {
             // The primary's turn: hand the role to a replica that runs the new configuration.
-            if let Err(e) = crate::ha::switchover(c, name, &p.name, to).await {
+            let step = crate::operation::Op::Switchover {
+                from: p.name.clone(),
+                to: to.clone(),
+                resume: false,
+            };
+            if let Err(e) = crate::ops::run_step(c, name, op, step).await {
                 failure = Some((p.name.clone(), format!("switchover to {to} failed: {e}")));
             }
         }
@@ -607,7 +615,7 @@ async fn roll(
     c.event(
         name,
         Some(&who),
-        "error",
+        Level::Error,
         format!("did not come back healthy with the new configuration: {why}; rolling back"),
     );
     let mut back = done.clone();
@@ -693,7 +701,7 @@ async fn restart_with(
     c.event(
         &cl.name,
         Some(name),
-        "info",
+        Level::Info,
         format!("restarting with {which}"),
     );
     c.stop_process(cl, &mut i, cr).await?;

@@ -17,8 +17,9 @@ use std::time::Instant;
 use shoal_api::{ApiError, RestoreTestView};
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Desired, InstanceRow};
+use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase};
 
 /// Where throwaway instances live: `<home>/restore-tests/<name>`.
 fn tests_dir(c: &Controller) -> PathBuf {
@@ -48,7 +49,7 @@ impl Controller {
         self.event(
             &b.view.cluster,
             None,
-            "info",
+            Level::Info,
             format!("restore test of backup {id} started (events under {name})"),
         );
         // A sharded cluster's backup holds one part per shard: each is tested on its own.
@@ -86,7 +87,7 @@ impl Controller {
         self.event(
             &b.view.cluster,
             None,
-            if passed { "info" } else { "error" },
+            if passed { Level::Info } else { Level::Error },
             if passed {
                 format!(
                     "restore test of backup {id} passed in {:.1} s: {detail}",
@@ -169,10 +170,10 @@ impl Controller {
             ports: port_names.into_iter().zip(ports).collect(),
             dir: tests_dir(self).join(name).join(&instance),
             desired: Desired::Running,
-            state: "pending".into(),
+            state: Phase::Pending,
             process: None,
             restarts: 0,
-            health: "unknown".into(),
+            health: Health::Unknown,
             observed_role: None,
             writable: None,
             lag_bytes: None,

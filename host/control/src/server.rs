@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufR
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::controller::Controller;
+use crate::operation::Op;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 1 << 20;
@@ -204,13 +205,11 @@ async fn handle(
         Request::Ping => json(c.info()),
         Request::Engines => json(c.engine_views()),
         Request::Create { spec } => json(c.create(spec).await?),
-        Request::Delete { name, purge } => {
-            json(c.submit(&name, "delete", serde_json::json!({ "purge": purge }))?)
-        }
+        Request::Delete { name, purge } => json(c.submit(&name, Op::Delete { purge })?),
         Request::PurgeKept { name } => json(c.purge_kept(&name)?),
-        Request::Stop { name } => json(c.submit(&name, "stop", serde_json::json!({}))?),
-        Request::Start { name } => json(c.submit(&name, "start", serde_json::json!({}))?),
-        Request::Restart { name } => json(c.submit(&name, "restart", serde_json::json!({}))?),
+        Request::Stop { name } => json(c.submit(&name, Op::Stop {})?),
+        Request::Start { name } => json(c.submit(&name, Op::Start {})?),
+        Request::Restart { name } => json(c.submit(&name, Op::Restart {})?),
         Request::Scale {
             name,
             replicas,

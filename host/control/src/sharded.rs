@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::{Desired, InstanceRow};
+use crate::store::{Desired, Health, InstanceRow, Phase};
 use crate::topology::SHARD_MEMBER;
 
 /// The most shards a cluster may have (a documented default: the host allocates every
@@ -108,8 +108,8 @@ pub fn seen(rows: &[InstanceRow]) -> Vec<Seen<'_>> {
                 name: &i.name,
                 shard: i.shard?,
                 ordinal: i.ordinal,
-                healthy: i.state == "running"
-                    && i.health == "healthy"
+                healthy: i.state == Phase::Running
+                    && i.health == Health::Healthy
                     && i.process.is_some_and(|p| p.is_running()),
                 writable: i.writable == Some(true),
             })
@@ -167,10 +167,10 @@ pub fn hold_restart(
     }
     let others = || {
         all.iter().filter(|r| {
-            r.name != dead.name && r.shard == dead.shard && r.state == "running" && alive(r)
+            r.name != dead.name && r.shard == dead.shard && r.state == Phase::Running && alive(r)
         })
     };
-    let replica_up = others().any(|r| r.health == "healthy" || r.health == "degraded");
+    let replica_up = others().any(|r| r.health == Health::Healthy || r.health == Health::Degraded);
     let taken_over = others().any(|r| r.writable == Some(true));
     replica_up && !taken_over
 }
@@ -346,10 +346,10 @@ mod tests {
             ports: Default::default(),
             dir: "/nonexistent".into(),
             desired: Desired::Running,
-            state: state.into(),
+            state: crate::store::Phase::parse(state),
             process: None,
             restarts: 0,
-            health: health.into(),
+            health: crate::store::Health::parse(health),
             observed_role: None,
             writable: Some(writable),
             lag_bytes: None,
@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn a_dead_shard_primary_waits_for_the_engine_to_elect_its_replica() {
         use std::time::Duration;
-        let alive = |r: &InstanceRow| r.state == "running";
+        let alive = |r: &InstanceRow| r.state == Phase::Running;
         let dead = row("a0", 0, "crashed", "unhealthy", true);
         let cases = [
             // Its replica runs and has not taken over: wait.

@@ -171,7 +171,123 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX units_time ON units(cluster_uid, stored_ms);",
     // The shard of an instance in a sharded cluster.
     "ALTER TABLE instances ADD COLUMN shard INTEGER;",
+    // An operation run as a step of another (a roll's switchover) names that one.
+    "ALTER TABLE ops ADD COLUMN parent INTEGER;",
 ];
+
+/// Where an instance is in its life, as the host last set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Allocated, never started.
+    Pending,
+    /// Its `init` commands run (an empty data directory being seeded).
+    Initializing,
+    /// Started, not yet ready.
+    Starting,
+    /// Ready and serving.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Stopped on purpose.
+    Stopped,
+    /// Its process exited without being asked to; the supervisor restarts it.
+    Crashed,
+    /// A start or restore failed; left alone until an operation acts on it.
+    Failed,
+    /// Killed and kept down so it cannot take writes (a failed-over primary).
+    Fenced,
+    /// Being copied afresh from the primary.
+    Rebuilding,
+    /// Taking part in a switchover.
+    Switching,
+}
+
+impl Phase {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Initializing => "initializing",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Crashed => "crashed",
+            Phase::Failed => "failed",
+            Phase::Fenced => "fenced",
+            Phase::Rebuilding => "rebuilding",
+            Phase::Switching => "switching",
+        }
+    }
+
+    /// The phase stored as `s`; an unknown name (a newer Shoal's) reads as crashed, which
+    /// the supervisor restarts.
+    pub fn parse(s: &str) -> Phase {
+        match s {
+            "pending" => Phase::Pending,
+            "initializing" => Phase::Initializing,
+            "starting" => Phase::Starting,
+            "running" => Phase::Running,
+            "stopping" => Phase::Stopping,
+            "stopped" => Phase::Stopped,
+            "failed" => Phase::Failed,
+            "fenced" => Phase::Fenced,
+            "rebuilding" => Phase::Rebuilding,
+            "switching" => Phase::Switching,
+            _ => Phase::Crashed,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an instance's last probe said of its health (`unknown` before any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    /// Serving in its role.
+    Healthy,
+    /// Serving, but something is off.
+    Degraded,
+    /// Not serving (or its probe failed).
+    Unhealthy,
+    /// Starting up or recovering.
+    Starting,
+}
+
+impl Health {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unhealthy => "unhealthy",
+            Health::Starting => "starting",
+        }
+    }
+
+    /// The health stored as `s` (anything else reads as unknown).
+    pub fn parse(s: &str) -> Health {
+        match s {
+            "healthy" => Health::Healthy,
+            "degraded" => Health::Degraded,
+            "unhealthy" => Health::Unhealthy,
+            "starting" => Health::Starting,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A backup as stored.
 #[derive(Debug, Clone)]
@@ -305,10 +421,10 @@ pub struct InstanceRow {
     /// The instance's directory (data/, config/, log/ inside).
     pub dir: PathBuf,
     pub desired: Desired,
-    pub state: String,
+    pub state: Phase,
     pub process: Option<ProcessId>,
     pub restarts: u32,
-    pub health: String,
+    pub health: Health,
     pub observed_role: Option<String>,
     pub writable: Option<bool>,
     pub lag_bytes: Option<u64>,
@@ -680,7 +796,7 @@ impl Store {
                 serde_json::to_string(&i.ports)?,
                 i.dir.display().to_string(),
                 i.desired.as_str(),
-                i.state,
+                i.state.as_str(),
                 i.shard
             ],
         )?;
@@ -700,12 +816,12 @@ impl Store {
                 i.name,
                 i.role,
                 i.desired.as_str(),
-                i.state,
+                i.state.as_str(),
                 i.process.map(|p| p.pid),
                 i.process
                     .map(|p| i64::try_from(p.start_time).unwrap_or(i64::MAX)),
                 i.restarts,
-                i.health,
+                i.health.as_str(),
                 i.observed_role,
                 i.writable,
                 i.lag_bytes.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
@@ -761,7 +877,7 @@ impl Store {
                     } else {
                         Desired::Running
                     },
-                    state: r.get(8)?,
+                    state: Phase::parse(&r.get::<_, String>(8)?),
                     process: match (pid, start) {
                         (Some(pid), Some(start)) => Some(ProcessId {
                             pid: u32::try_from(pid).unwrap_or(0),
@@ -770,7 +886,7 @@ impl Store {
                         _ => None,
                     },
                     restarts: r.get(11)?,
-                    health: r.get(12)?,
+                    health: Health::parse(&r.get::<_, String>(12)?),
                     observed_role: r.get(13)?,
                     writable: r.get(14)?,
                     lag_bytes: r.get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
@@ -1051,6 +1167,7 @@ impl Store {
             .query_row(
                 "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
                  WHERE cluster_uid = (SELECT uid FROM clusters WHERE name = ?1)
+                   AND parent IS NULL
                  ORDER BY id DESC LIMIT 1",
                 params![cluster],
                 Self::op_from,
@@ -1076,10 +1193,37 @@ impl Store {
     pub fn unfinished_ops(&self) -> Result<Vec<OpView>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, cluster, kind, state, reason, created_ms, finished_ms FROM ops
-             WHERE state IN ('pending', 'running') ORDER BY id",
+             WHERE state IN ('pending', 'running') AND parent IS NULL ORDER BY id",
         )?;
         let rows = stmt.query_map([], Self::op_from)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Record operation `kind` as a step of operation `parent`, already running; its id.
+    pub fn insert_step(
+        &self,
+        cluster: &str,
+        kind: &str,
+        params: &serde_json::Value,
+        parent: i64,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO ops (cluster, kind, params, state, created_ms, cluster_uid, parent)
+             VALUES (?1, ?2, ?3, 'running', ?4,
+                     COALESCE((SELECT uid FROM clusters WHERE name = ?1), 0), ?5)",
+            params![cluster, kind, params.to_string(), now_ms(), parent],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Steps a host restart cut short: failed, naming the operation that settles them.
+    pub fn fail_interrupted_steps(&self) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE ops SET state = 'failed', finished_ms = ?1,
+                 reason = 'interrupted by a host restart; settled with operation ' || parent
+             WHERE parent IS NOT NULL AND state IN ('pending', 'running')",
+            params![now_ms()],
+        )?)
     }
 
     // ----- events -----
@@ -1189,10 +1333,10 @@ mod tests {
             ports: [("client".to_string(), port)].into(),
             dir: PathBuf::from("/x"),
             desired: Desired::Running,
-            state: "pending".into(),
+            state: Phase::Pending,
             process: None,
             restarts: 0,
-            health: "unknown".into(),
+            health: Health::Unknown,
             observed_role: None,
             writable: None,
             lag_bytes: None,
@@ -1223,7 +1367,7 @@ mod tests {
                 pid: 42,
                 start_time: 7,
             });
-            i.state = "running".into();
+            i.state = Phase::Running;
             s.update_instance(&i).unwrap();
             s.set_op(op, OpState::Succeeded, None).unwrap();
             s.add_event("pg", Some("pg-0"), "info", "started").unwrap();

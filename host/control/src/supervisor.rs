@@ -14,20 +14,21 @@ use tokio::time::Instant;
 use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
+use crate::events::Level;
 use crate::ha;
+use crate::operation::{Op, Settle};
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Desired, InstanceRow};
+use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase};
 use crate::topology::{self, Family};
 
 /// Store what a probe said on the row.
 pub(crate) fn record_probe(i: &mut InstanceRow, r: &wit::RoleReport) {
     i.health = match r.health {
-        wit::Health::Healthy => "healthy",
-        wit::Health::Degraded => "degraded",
-        wit::Health::Unhealthy => "unhealthy",
-        wit::Health::Starting => "starting",
-    }
-    .into();
+        wit::Health::Healthy => Health::Healthy,
+        wit::Health::Degraded => Health::Degraded,
+        wit::Health::Unhealthy => Health::Unhealthy,
+        wit::Health::Starting => Health::Starting,
+    };
     i.observed_role = Some(r.role.clone());
     i.writable = Some(r.writable);
     i.lag_bytes = r.lag_bytes;
@@ -51,7 +52,7 @@ pub async fn adopt(c: &Arc<Controller>) -> usize {
             c.event(
                 &cl.name,
                 None,
-                "info",
+                Level::Info,
                 format!(
                     "host {} stands by: {}",
                     c.host_id,
@@ -70,6 +71,8 @@ pub async fn adopt(c: &Arc<Controller>) -> usize {
 /// start time), and mark the others for a restart — or, for a dead primary with a live
 /// replica, for a failover. Returns how many instances were re-adopted.
 pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
+    // Steps of an operation (a roll's switchover) are settled with that operation.
+    let _ = c.db(|s| s.fail_interrupted_steps());
     let interrupted: Vec<shoal_api::OpView> = c
         .db(|s| s.unfinished_ops())
         .unwrap_or_default()
@@ -99,34 +102,34 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
         match i.process {
             Some(p) if p.is_running() => {
                 adopted += 1;
-                i.state = "running".into();
+                i.state = Phase::Running;
                 c.save(&i);
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "info",
+                    Level::Info,
                     format!("re-adopted running process (pid {})", p.pid),
                 );
             }
-            _ if matches!(i.state.as_str(), ha::FENCED | "failed") => {}
+            _ if matches!(i.state, Phase::Fenced | Phase::Failed) => {}
             // The supervisor's next tick fails it over, as for any primary found dead.
             _ if i.role == "primary" && fails_over(cl, &all) && replica_up(&i) => {
-                i.state = "running".into();
+                i.state = Phase::Running;
                 c.save(&i);
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     "the primary was not running when this host took over; failing over",
                 );
             }
             _ => {
-                i.state = "crashed".into();
+                i.state = Phase::Crashed;
                 c.save(&i);
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     "not running when this host took over; starting it",
                 );
             }
@@ -140,53 +143,46 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
     adopted
 }
 
-/// What happens to an operation a previous host left unfinished, so that desired state,
-/// observed state and the processes agree again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// Run it again from the start: it is idempotent, or continues from what it finds (a
-    /// failover from the coordination store, a scale from the instances there are, a
-    /// configuration change rolls every instance to its target and only then stores it).
-    Finish,
-    /// Take it back: a create that never finished is deleted with what it made.
-    Undo,
-    /// It cannot be repeated by itself (a backup): recorded as failed.
-    Fail,
-}
-
-/// How an interrupted operation of `kind` is settled.
-pub(crate) fn settle_for(kind: &str) -> Settle {
-    match kind {
-        "create" => Settle::Undo,
-        "backup" => Settle::Fail,
-        "failover" | "switchover" | "scale" | "reconfigure" | "password" | "start" | "stop"
-        | "restart" | "rebuild" | "delete" => Settle::Finish,
-        _ => Settle::Fail,
-    }
-}
-
 /// Settle operation `op` of `cl`, which a previous host left pending or running, and say so.
 fn settle_interrupted(c: &Arc<Controller>, cl: &ClusterRow, op: &shoal_api::OpView) {
     let params = c.db(|s| s.op_params(op.id)).unwrap_or_default();
     let began = op.state == OpState::Running;
-    let (kind, params, did) = match settle_for(&op.kind) {
-        Settle::Finish => (op.kind.clone(), params, "finishing it"),
-        Settle::Undo => (
-            "delete".to_string(),
-            serde_json::json!({ "purge": true }),
+    let typed = Op::from_stored(&op.kind, &params);
+    let (next, did) = match typed.as_ref().map(Op::settle) {
+        Ok(Settle::Finish) => match typed {
+            // A switchover cut midway continues from where it stood.
+            Ok(Op::Switchover { from, to, .. }) => (
+                Op::Switchover {
+                    from,
+                    to,
+                    resume: true,
+                },
+                "finishing it",
+            ),
+            Ok(other) => (other, "finishing it"),
+            Err(_) => return,
+        },
+        Ok(Settle::Undo) => (
+            Op::Delete { purge: true },
             "undoing it: the cluster is deleted with what it made; create it again",
         ),
-        Settle::Fail => {
-            let reason = if began {
-                "the Shoal host stopped during this operation; run it again"
-            } else {
-                "the Shoal host stopped before this operation began; run it again"
+        Ok(Settle::Fail) | Err(_) => {
+            let reason = match (&typed, began) {
+                (Err(e), _) => {
+                    format!("the Shoal host stopped during an operation it cannot read ({e})")
+                }
+                (Ok(_), true) => {
+                    "the Shoal host stopped during this operation; run it again".into()
+                }
+                (Ok(_), false) => {
+                    "the Shoal host stopped before this operation began; run it again".into()
+                }
             };
-            let _ = c.db(|s| s.set_op(op.id, OpState::Failed, Some(reason)));
+            let _ = c.db(|s| s.set_op(op.id, OpState::Failed, Some(&reason)));
             c.event(
                 &op.cluster,
                 None,
-                "warning",
+                Level::Warning,
                 format!("{} (op {}): {reason}", op.kind, op.id),
             );
             return;
@@ -200,18 +196,14 @@ fn settle_interrupted(c: &Arc<Controller>, cl: &ClusterRow, op: &shoal_api::OpVi
         )
     });
     // A create never finished has nothing a user relies on yet; its state says why it goes.
-    if kind == "delete" && op.kind == "create" {
+    if matches!(next, Op::Delete { .. }) && op.kind == "create" {
         let _ = c.db(|s| s.set_cluster_state(&cl.name, "creating"));
     }
-    let mut params = params;
-    if kind == "switchover" {
-        params["resume"] = serde_json::Value::Bool(true);
-    }
-    match c.submit_resumed(&op.cluster, &kind, params) {
+    match c.submit_resumed(&op.cluster, next) {
         Ok(new) => c.event(
             &op.cluster,
             None,
-            "warning",
+            Level::Warning,
             format!(
                 "{} (op {}) was interrupted by a host restart; {did} (op {})",
                 op.kind, op.id, new.id
@@ -220,7 +212,7 @@ fn settle_interrupted(c: &Arc<Controller>, cl: &ClusterRow, op: &shoal_api::OpVi
         Err(e) => c.event(
             &op.cluster,
             None,
-            "error",
+            Level::Error,
             format!(
                 "{} (op {}) was interrupted by a host restart and cannot be settled: {e}",
                 op.kind, op.id
@@ -341,13 +333,15 @@ fn fails_over(cl: &ClusterRow, all: &[InstanceRow]) -> bool {
 fn start_failover(c: &Arc<Controller>, cl: &ClusterRow, i: &InstanceRow, reason: String) {
     if let Err(e) = c.submit(
         &cl.name,
-        "failover",
-        serde_json::json!({ "old": i.name, "reason": reason }),
+        crate::operation::Op::Failover {
+            old: i.name.clone(),
+            reason,
+        },
     ) {
         c.event(
             &cl.name,
             Some(&i.name),
-            "error",
+            Level::Error,
             format!("cannot start a failover: {e}"),
         );
     }
@@ -375,7 +369,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                         c.event(
                             &cl.name,
                             None,
-                            "info",
+                            Level::Info,
                             format!("host {} manages this cluster now", c.host_id),
                         );
                         adopt_cluster(c, cl);
@@ -384,7 +378,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                     c.event(
                         &cl.name,
                         None,
-                        "warning",
+                        Level::Warning,
                         format!(
                             "host {} no longer manages this cluster (another host does, or \
                              the coordination store is unreachable)",
@@ -427,7 +421,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
         let mut together = Vec::new();
         for i in all
             .iter()
-            .filter(|i| i.role != "primary" || i.state != "running")
+            .filter(|i| i.role != "primary" || i.state != Phase::Running)
         {
             mem.suspects.remove(&(cl.name.clone(), i.name.clone()));
         }
@@ -438,7 +432,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                 if let Some(p) = i.process {
                     c.watch_exit(p);
                 }
-                if i.state == "running" {
+                if i.state == Phase::Running {
                     probes.push(Probe {
                         cl: cl.clone(),
                         i: i.clone(),
@@ -448,17 +442,21 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                 }
                 continue;
             }
-            if matches!(i.state.as_str(), ha::FENCED | "failed") {
+            if matches!(i.state, Phase::Fenced | Phase::Failed) {
                 continue;
             }
             let tail = last_line(&shoal_local::log_tail(&i.log_file(), 400));
             // A dead primary with replicas: fail over at once (no probe misses needed).
             let replica_up = all.iter().any(|r| {
                 r.name != i.name
-                    && r.state == "running"
+                    && r.state == Phase::Running
                     && r.process.is_some_and(|p| p.is_running())
             });
-            if i.role == "primary" && i.state == "running" && fails_over(&cl, &all) && replica_up {
+            if i.role == "primary"
+                && i.state == Phase::Running
+                && fails_over(&cl, &all)
+                && replica_up
+            {
                 start_failover(c, &cl, i, format!("process exited: {tail}"));
                 continue;
             }
@@ -473,7 +471,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                     c.event(
                         &cl.name,
                         Some(&i.name),
-                        "warning",
+                        Level::Warning,
                         format!(
                             "this shard primary's process exited ({tail}); left down until \
                              the engine elects a replica in its place (at most {} s), then \
@@ -498,7 +496,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                     c.event(
                         &cl.name,
                         Some(&i.name),
-                        "warning",
+                        Level::Warning,
                         format!("killed {n} leftover process(es) of the exited server"),
                     );
                 }
@@ -512,7 +510,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             c.event(
                 &cl.name,
                 Some(&row.name),
-                "warning",
+                Level::Warning,
                 format!(
                     "process is not running; restarting (restart {}): {tail}",
                     row.restarts
@@ -592,8 +590,8 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
 /// Record that `row`'s process is gone (crashed, unhealthy, no pid) and drop its kept addon
 /// instance; the row as saved.
 fn mark_crashed(c: &Controller, cluster: &str, mut row: InstanceRow) -> InstanceRow {
-    row.state = "crashed".into();
-    row.health = "unhealthy".into();
+    row.state = Phase::Crashed;
+    row.health = Health::Unhealthy;
     row.process = None;
     c.save(&row);
     c.drop_live(cluster, &row.name);
@@ -621,7 +619,7 @@ fn restarted(
     c.event(
         cluster,
         Some(instance),
-        "error",
+        Level::Error,
         format!("restart failed, next try in {:?}: {e}", b.delay),
     );
     let third = b.delay == Duration::from_secs(4);
@@ -643,7 +641,7 @@ fn restarted(
             Ok(op) => c.event(
                 cluster,
                 Some(instance),
-                "warning",
+                Level::Warning,
                 format!(
                     "it failed to come back three times; replacing it (operation {})",
                     op.id
@@ -652,7 +650,7 @@ fn restarted(
             Err(e) => c.event(
                 cluster,
                 Some(instance),
-                "error",
+                Level::Error,
                 format!("it failed to come back three times and cannot be replaced: {e}"),
             ),
         }
@@ -663,7 +661,7 @@ fn restarted(
         .into_iter()
         .find(|i| i.name == instance)
     {
-        row.state = "crashed".into();
+        row.state = Phase::Crashed;
         c.save(&row);
     }
 }
@@ -704,7 +702,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
         .db(|s| s.instances(&p.cl.name))
         .unwrap_or_default()
         .into_iter()
-        .find(|x| x.name == p.i.name && x.role == p.i.role && x.state == "running")
+        .find(|x| x.name == p.i.name && x.role == p.i.role && x.state == Phase::Running)
     else {
         return;
     };
@@ -745,7 +743,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                             c.event(
                                 &p.cl.name,
                                 Some(&i.name),
-                                "error",
+                                Level::Error,
                                 format!("split brain averted: {why}; fencing it"),
                             );
                             fence_and_rebuild(
@@ -760,7 +758,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                             c.event(
                                 &p.cl.name,
                                 Some(&i.name),
-                                "warning",
+                                Level::Warning,
                                 format!("cannot renew the leader lease: {e}"),
                             );
                         }
@@ -772,7 +770,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                 c.event(
                     &p.cl.name,
                     Some(&i.name),
-                    "error",
+                    Level::Error,
                     "claims to be a writable primary but is not the elected leader; fencing it",
                 );
                 fence_and_rebuild(c, &p.cl, i, "unexpected writable primary").await;
@@ -790,7 +788,7 @@ async fn fence_and_rebuild(c: &Arc<Controller>, cl: &ClusterRow, mut i: Instance
         c.event(
             &cl.name,
             Some(&i.name),
-            "error",
+            Level::Error,
             format!("cannot rebuild it: {e}"),
         );
     }
@@ -828,33 +826,33 @@ async fn probe_live(
     // Re-read: an operation may have changed the row meanwhile.
     let current = c.db(|s| s.instances(&cl.name)).ok()?;
     let fresh = current.into_iter().find(|x| x.name == i.name)?;
-    if fresh.state != "running" || fresh.role != i.role {
+    if fresh.state != Phase::Running || fresh.role != i.role {
         return None;
     }
     i = fresh;
     match &result {
         Ok(r) => {
-            let was = i.health.clone();
+            let was = i.health;
             record_probe(&mut i, r);
-            if was != i.health && was != "unknown" {
+            if was != i.health && was != Health::Unknown {
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "info",
+                    Level::Info,
                     format!("health {was} -> {}: {}", i.health, r.detail),
                 );
             }
         }
         Err(e) => {
-            if i.health != "unhealthy" {
+            if i.health != Health::Unhealthy {
                 c.event(
                     &cl.name,
                     Some(&i.name),
-                    "warning",
+                    Level::Warning,
                     format!("probe failed: {e}"),
                 );
             }
-            i.health = "unhealthy".into();
+            i.health = Health::Unhealthy;
             i.detail = e.clone();
             i.probed_ms = Some(now_ms());
         }
@@ -876,27 +874,27 @@ fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
                 c.event(
                     &cl.name,
                     None,
-                    "error",
+                    Level::Error,
                     format!(
                         "quorum lost: {q}; it takes no writes until a majority of members \
                          answer (dead members are restarted; see docs/engines for recovery)"
                     ),
                 );
             } else if q.has_quorum && mem.quorum_lost.remove(&cl.name) {
-                c.event(&cl.name, None, "info", format!("quorum back: {q}"));
+                c.event(&cl.name, None, Level::Info, format!("quorum back: {q}"));
             }
         }
         let ok = all
             .iter()
             .filter(|i| i.desired == Desired::Running)
-            .all(|i| i.state == "running" && i.health == "healthy");
+            .all(|i| i.state == Phase::Running && i.health == Health::Healthy);
         let want = if ok { "running" } else { "degraded" };
         if want != cl.state {
             let _ = c.db(|s| s.set_cluster_state(&cl.name, want));
             c.event(
                 &cl.name,
                 None,
-                if ok { "info" } else { "warning" },
+                if ok { Level::Info } else { Level::Warning },
                 format!("cluster {want}"),
             );
         }

@@ -5,7 +5,7 @@
 
 use shoal_runtime::wit;
 
-use crate::store::{Desired, InstanceRow};
+use crate::store::{Desired, Health, InstanceRow, Phase};
 
 /// The role recorded for every member of a quorum cluster: the host does not decide who
 /// leads, so the row holds no leader/follower role; the probe's `observed_role` does.
@@ -305,8 +305,8 @@ pub fn voters(rows: &[InstanceRow]) -> Vec<Voter<'_>> {
         .map(|i| Voter {
             name: &i.name,
             ordinal: i.ordinal,
-            healthy: i.state == "running"
-                && i.health == "healthy"
+            healthy: i.state == Phase::Running
+                && i.health == Health::Healthy
                 && i.process.is_some_and(|p| p.is_running()),
             leads: leader.as_deref() == Some(i.name.as_str()),
         })
@@ -321,7 +321,7 @@ pub fn state_of(rows: &[InstanceRow]) -> Option<QuorumState> {
         .filter(|i| i.role == MEMBER && i.desired == Desired::Running)
         .map(|i| MemberSeen {
             name: &i.name,
-            healthy: i.state == "running" && i.health == "healthy",
+            healthy: i.state == Phase::Running && i.health == Health::Healthy,
             leads: i.writable == Some(true),
             term: i.term,
         })
