@@ -301,6 +301,7 @@ pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
     i.state = Phase::Fenced;
     i.health = Health::Unhealthy;
     c.save(i);
+    c.observe(i);
     c.drop_live(&i.cluster, &i.name);
     let _ = std::fs::remove_file(i.pid_file());
     c.event(

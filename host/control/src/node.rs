@@ -542,6 +542,7 @@ impl Controller {
             .await
             .map_err(|e| e.to_string())?;
         crate::supervisor::record_probe(i, &r);
+        self.observe(i);
         Ok(r)
     }
 
@@ -606,15 +607,25 @@ impl Controller {
         i.state = Phase::Stopped;
         i.health = Health::Unknown;
         self.save(i);
+        self.observe(i);
         let _ = std::fs::remove_file(i.pid_file());
         self.event(&c.name, Some(&i.name), Level::Info, "stopped");
         Ok(())
     }
 
     /// Store the row, logging (not failing) on a store error.
+    /// Store what the host decided about `i` (role, desired state, phase, process).
     pub(crate) fn save(&self, i: &InstanceRow) {
         if let Err(e) = self.db(|s| s.update_instance(i)) {
             tracing::error!("cannot store instance {}: {e}", i.name);
+        }
+    }
+
+    /// Store what was observed of `i` (a probe's answer, a process seen gone): the only
+    /// writer of those facts.
+    pub(crate) fn observe(&self, i: &InstanceRow) {
+        if let Err(e) = self.db(|s| s.record_observed(i)) {
+            tracing::error!("cannot store what was observed of {}: {e}", i.name);
         }
     }
 

@@ -495,8 +495,8 @@ async fn probed(
         if let Err(e) = c.probe_once(cl, &mut i, &all, cr).await {
             i.health = Health::Unhealthy;
             i.detail = e;
+            c.observe(&i);
         }
-        c.save(&i);
     }
     instances(c, &cl.name)
 }

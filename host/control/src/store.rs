@@ -804,12 +804,14 @@ impl Store {
         Ok(())
     }
 
-    /// Write every mutable field of an instance.
+    /// Write what the host decides about an instance: its role, desired state, phase,
+    /// process and restart count. What probes observe is written by [`Self::record_observed`]
+    /// alone (one writer per fact: an operation's save never overwrites a probe's finding,
+    /// nor a probe an operation's decision).
     pub fn update_instance(&self, i: &InstanceRow) -> Result<()> {
         self.conn.execute(
             "UPDATE instances SET role = ?3, desired = ?4, state = ?5, pid = ?6, start_time = ?7,
-                restarts = ?8, health = ?9, observed_role = ?10, writable = ?11, lag_bytes = ?12,
-                position = ?13, detail = ?14, probed_ms = ?15, term = ?16
+                restarts = ?8
              WHERE cluster = ?1 AND name = ?2",
             params![
                 i.cluster,
@@ -821,6 +823,21 @@ impl Store {
                 i.process
                     .map(|p| i64::try_from(p.start_time).unwrap_or(i64::MAX)),
                 i.restarts,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Write what was observed of an instance: health, role, writability, lag, position,
+    /// term, the probe's detail and when.
+    pub fn record_observed(&self, i: &InstanceRow) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET health = ?3, observed_role = ?4, writable = ?5, lag_bytes = ?6,
+                position = ?7, detail = ?8, probed_ms = ?9, term = ?10
+             WHERE cluster = ?1 AND name = ?2",
+            params![
+                i.cluster,
+                i.name,
                 i.health.as_str(),
                 i.observed_role,
                 i.writable,
@@ -1495,6 +1512,47 @@ mod tests {
             "orphan schedule removed"
         );
         assert!(s.unfinished_ops().unwrap().is_empty(), "orphan op settled");
+    }
+
+    #[test]
+    fn decisions_and_observations_have_one_writer_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("shoal.db")).unwrap();
+        s.insert_cluster(&cluster("pg"), None, &serde_json::json!({}), None)
+            .unwrap();
+        let row = instance("pg", "pg-0", 15000);
+        s.insert_instance(&row).unwrap();
+        // A probe's finding and an operation's decision, each made on its own copy.
+        let mut probed = row.clone();
+        probed.health = Health::Healthy;
+        probed.writable = Some(true);
+        probed.detail = "primary".into();
+        let mut decided = row.clone();
+        decided.state = Phase::Stopping;
+        decided.desired = Desired::Stopped;
+        s.record_observed(&probed).unwrap();
+        s.update_instance(&decided).unwrap();
+        let got = &s.instances("pg").unwrap()[0];
+        assert_eq!(
+            (got.state, got.desired),
+            (Phase::Stopping, Desired::Stopped)
+        );
+        assert_eq!(
+            got.health,
+            Health::Healthy,
+            "the decision kept the observation"
+        );
+        assert_eq!(got.writable, Some(true));
+        assert_eq!(got.detail, "primary");
+        // And the other way round.
+        s.record_observed(&row).unwrap();
+        let got = &s.instances("pg").unwrap()[0];
+        assert_eq!(
+            got.state,
+            Phase::Stopping,
+            "the observation kept the decision"
+        );
+        assert_eq!(got.health, Health::Unknown);
     }
 
     #[test]

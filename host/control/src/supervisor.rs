@@ -594,6 +594,7 @@ fn mark_crashed(c: &Controller, cluster: &str, mut row: InstanceRow) -> Instance
     row.health = Health::Unhealthy;
     row.process = None;
     c.save(&row);
+    c.observe(&row);
     c.drop_live(cluster, &row.name);
     row
 }
@@ -857,7 +858,7 @@ async fn probe_live(
             i.probed_ms = Some(now_ms());
         }
     }
-    c.save(&i);
+    c.observe(&i);
     Some(result)
 }
 
