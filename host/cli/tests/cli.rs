@@ -59,7 +59,7 @@ fn inspect_shows_manifest_hooks_digest_and_uses_the_cache() {
     assert_eq!(v["api_version"], "0.1.0");
     assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
     let hooks = v["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 23);
+    assert_eq!(hooks.len(), 25);
     let probe = hooks.iter().find(|h| h["hook"] == "probe").unwrap();
     assert_eq!(probe["timeout_ms"], 1000);
     assert_eq!(probe["declared"], true);

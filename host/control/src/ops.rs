@@ -585,7 +585,7 @@ async fn post_provision_once(
 /// Recover a lost quorum: every member stopped; the most advanced one (the highest change-log
 /// position its probes reported; on a tie, one that answered last) started alone by the addon's
 /// `recover-quorum` plan until healthy, then stopped and started normally; the others' data
-/// set aside (`data.before-recovery`) and their rows removed; then the quorum grown back to
+/// set aside (`<member>.before-recovery-<ms>`) and their rows removed; then the quorum grown back to
 /// its size one member at a time (`member-join`, fresh data).
 async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cl = cluster(c, name)?;
@@ -653,9 +653,13 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     c.stop_process(&cl, &mut s, &cr).await?;
     for mut lost in all.into_iter().filter(|i| i.name != survivor.name) {
         let data = lost.data_dir();
-        let aside = lost
-            .dir
-            .with_file_name(format!("{}.before-recovery", lost.name));
+        // Beside the members (a new member may take the name later), never over an
+        // earlier recovery's copy.
+        let aside = lost.dir.with_file_name(format!(
+            "{}.before-recovery-{}",
+            lost.name,
+            crate::store::now_ms()
+        ));
         lost.desired = Desired::Stopped;
         c.save(&lost);
         if data.exists() && !crate::node::is_empty(&data) {
