@@ -222,6 +222,11 @@ fn redis_cluster_shards_fail_over_rebuild_back_up_restore_and_grow() {
             }
         },
     );
+    let events = h.ok(&["cluster", "events", "rc"]);
+    assert!(
+        events.contains("left down until the engine elects a replica"),
+        "{events}"
+    );
     eprintln!(
         "shard {} primary {} killed: {new_primary} serves it after {:?}",
         victim.1,
@@ -265,6 +270,14 @@ fn redis_cluster_shards_fail_over_rebuild_back_up_restore_and_grow() {
         "{} writes acknowledged, 0 lost, longest pause {:?}",
         acked.len(),
         longest_gap(&acked)
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the shards whole again, as an event",
+        || {
+            h.ok(&["cluster", "events", "rc"])
+                .contains("every shard has its primary")
+        },
     );
     // The killed node is restarted by the host and comes back as its shard's replica.
     wait_until(
@@ -370,4 +383,24 @@ fn redis_cluster_shards_fail_over_rebuild_back_up_restore_and_grow() {
     let info = cluster_cli(ports2[0] as u64, &pw2, &["CLUSTER", "INFO"]);
     assert!(info.contains("cluster_known_nodes:9"), "{info}");
     assert!(d2["shards"].as_str().unwrap().contains("3/3"), "{d2:#}");
+    // And back: the newest replica of every shard leaves and is forgotten by the others.
+    h.ok(&["cluster", "scale", "rc2", "--replicas", "2"]);
+    let d2 = h.wait_healthy("rc2");
+    let m2 = members(&d2);
+    assert_eq!(m2.len(), 6);
+    for s in 0..3 {
+        assert_eq!(m2.iter().filter(|m| m.1 == s && m.4).count(), 1, "{d2:#}");
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the removed nodes forgotten",
+        || {
+            cluster_cli(m2[0].2 as u64, &pw2, &["CLUSTER", "INFO"])
+                .contains("cluster_known_nodes:6")
+        },
+    );
+    assert_eq!(
+        total(&m2.iter().map(|m| m.2).collect::<Vec<_>>(), &pw2),
+        keys
+    );
 }

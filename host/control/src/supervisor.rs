@@ -253,6 +253,9 @@ struct Memory {
     /// Quorum clusters whose healthy members are no majority (said once, and again when the
     /// quorum is back).
     quorum_lost: std::collections::HashSet<String>,
+    /// Sharded clusters with a shard that has no primary (said once, and again when every
+    /// shard has one).
+    shard_down: std::collections::HashSet<String>,
     /// Dead shard primaries left down while the engine elects a replica, since when.
     handover: HashMap<(String, String), Instant>,
 }
@@ -883,6 +886,27 @@ fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
                 );
             } else if q.has_quorum && mem.quorum_lost.remove(&cl.name) {
                 c.event(&cl.name, None, Level::Info, format!("quorum back: {q}"));
+            }
+        }
+        if let Some(shards) = crate::sharded::state_of(&all) {
+            let (line, whole) = crate::sharded::summary(&shards);
+            if !whole && mem.shard_down.insert(cl.name.clone()) {
+                c.event(
+                    &cl.name,
+                    None,
+                    Level::Error,
+                    format!(
+                        "a shard has no primary: {line}; the engine elects a replica where one \
+                         is left (dead members are restarted)"
+                    ),
+                );
+            } else if whole && mem.shard_down.remove(&cl.name) {
+                c.event(
+                    &cl.name,
+                    None,
+                    Level::Info,
+                    format!("every shard has its primary: {line}"),
+                );
             }
         }
         let ok = all
