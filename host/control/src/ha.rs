@@ -373,24 +373,11 @@ async fn repoint(
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
     let pm = Controller::wit_member(primary);
     for r in all.iter().filter(|i| i.name != primary.name) {
-        let ctx = c.call_ctx(primary, &all, false);
-        match addon
-            .call(&ctx)
-            .member_join(
-                &c.wit_instance(cl, primary, cr, false),
-                &Controller::wit_member(r),
-                &Controller::members_of(primary, &all),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_unsupported() => {}
-            Err(e) => {
-                return Err(format!(
-                    "member-join of {} on {}: {e}",
-                    r.name, primary.name
-                ))
-            }
+        if let Err(e) = c.hooks(cl, primary, &all, cr)?.member_join(r).await {
+            return Err(format!(
+                "member-join of {} on {}: {e}",
+                r.name, primary.name
+            ));
         }
         if r.state != Phase::Running {
             continue;

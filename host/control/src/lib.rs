@@ -28,6 +28,7 @@ pub mod endpoints;
 pub mod engines;
 pub mod events;
 pub mod ha;
+mod hooks;
 mod node;
 pub mod operation;
 pub mod ops;

@@ -10,6 +10,7 @@ use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
 use crate::events::Level;
+use crate::hooks::Ran;
 use crate::operation::Op;
 use crate::secrets::{self, Credentials};
 use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase};
@@ -184,22 +185,10 @@ async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Resul
         .find(|i| i.role == "primary")
         .ok_or("the cluster has no primary to add a replica to")?
         .clone();
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
-    let ctx = c.call_ctx(&primary, &all, false);
-    let joining = Controller::wit_member(&row);
-    match addon
-        .call(&ctx)
-        .member_join(
-            &c.wit_instance(cl, &primary, cr, false),
-            &joining,
-            &Controller::members_of(&primary, &all),
-        )
+    c.hooks(cl, &primary, &all, cr)?
+        .member_join(&row)
         .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => return Err(e.to_string()),
-    }
+        .map_err(|e| e.to_string())?;
     c.bring_up(cl, &mut row, &all, cr).await
 }
 
@@ -330,23 +319,14 @@ async fn create(
     }
     crate::ha::failpoint("create-primary-up").await;
     let all = instances(c, name)?;
-    let ctx = c.call_ctx(&primary, &all, false);
-    match addon
-        .call(&ctx)
-        .post_provision(
-            &c.wit_instance(&cl, &primary, &cr, false),
-            &Controller::members_of(&primary, &all),
-        )
-        .await
-    {
-        Ok(()) => c.event(
+    let ran = c.hooks(&cl, &primary, &all, &cr)?.post_provision().await;
+    if ran.map_err(|e| e.to_string())? == Ran::Yes {
+        c.event(
             name,
             Some(&primary.name),
             Level::Info,
             "post-provision done",
-        ),
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => return Err(e.to_string()),
+        );
     }
     for _ in 1..cl.spec.replicas {
         add_replica(c, &cl, &cr).await?;
@@ -560,24 +540,14 @@ async fn post_provision_once(
         .find(|i| i.writable == Some(true))
         .or_else(|| all.first())
         .ok_or("the cluster has no members")?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
-    let ctx = c.call_ctx(first, &all, false);
-    match addon
-        .call(&ctx)
-        .post_provision(
-            &c.wit_instance(cl, first, cr, false),
-            &Controller::members_of(first, &all),
-        )
-        .await
-    {
-        Ok(()) => c.event(
+    let ran = c.hooks(cl, first, &all, cr)?.post_provision().await;
+    if ran.map_err(|e| e.to_string())? == Ran::Yes {
+        c.event(
             &cl.name,
             Some(&first.name),
             Level::Info,
             "post-provision done",
-        ),
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => return Err(e.to_string()),
+        );
     }
     Ok(())
 }
@@ -750,7 +720,6 @@ pub(crate) async fn form_shards(
     cl: &ClusterRow,
     cr: &Credentials,
 ) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let mut waits = MEMBERSHIP_RETRIES.iter();
     loop {
         let all = probed(c, cl, cr).await?;
@@ -759,20 +728,12 @@ pub(crate) async fn form_shards(
             .filter(|i| i.state == Phase::Running && i.process.is_some_and(|p| p.is_running()))
             .min_by_key(|i| (i.writable != Some(true), i.ordinal))
             .ok_or("form-shards: no running member to ask")?;
-        let ctx = c.call_ctx(on, &all, false);
-        let r = addon
-            .call(&ctx)
-            .form_shards(
-                &c.wit_instance(cl, on, cr, false),
-                &Controller::members_of(on, &all),
-            )
-            .await;
-        match r {
-            Ok(()) => {
+        match c.hooks(cl, on, &all, cr)?.form_shards().await {
+            Ok(Ran::Yes) => {
                 c.event(&cl.name, Some(&on.name), Level::Info, "shards formed");
                 break;
             }
-            Err(e) if e.is_unsupported() => {
+            Ok(Ran::Unsupported) => {
                 return Err(format!(
                     "{} declares a sharded topology but has no form-shards hook",
                     cl.engine
@@ -1001,7 +962,6 @@ async fn membership(
     cr: &Credentials,
     join: bool,
 ) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let hook = if join { "member-join" } else { "member-leave" };
     let mut waits = MEMBERSHIP_RETRIES.iter();
     loop {
@@ -1009,21 +969,14 @@ async fn membership(
         let Some(admit) = admitter(&all, &v.name) else {
             return Err(format!("{hook}: no running member to ask"));
         };
-        let ctx = c.call_ctx(admit, &all, false);
-        let inst = c.wit_instance(cl, admit, cr, false);
-        let (member, members) = (
-            Controller::wit_member(v),
-            Controller::members_of(admit, &all),
-        );
-        let call = addon.call(&ctx);
+        let hooks = c.hooks(cl, admit, &all, cr)?;
         let r = if join {
-            call.member_join(&inst, &member, &members).await
+            hooks.member_join(v).await
         } else {
-            call.member_leave(&inst, &member, &members).await
+            hooks.member_leave(v).await
         };
         match r {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_unsupported() => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(e) if e.is_retryable() && waits.len() > 0 => {
                 let wait = waits.next().copied().unwrap_or(1);
                 c.event(
@@ -1089,24 +1042,16 @@ async fn pre_terminate(
     if !i.process.is_some_and(|p| p.is_running()) {
         return;
     }
-    let Ok(addon) = c.addon(&cl.engine) else {
+    let Ok(hooks) = c.hooks(cl, i, all, cr) else {
         return;
     };
-    let ctx = c.call_ctx(i, all, false);
-    let inst = c.wit_instance(cl, i, cr, false);
-    match addon
-        .call(&ctx)
-        .pre_terminate(&inst, &Controller::members_of(i, all))
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => c.event(
+    if let Err(e) = hooks.pre_terminate().await {
+        c.event(
             &cl.name,
             Some(&i.name),
             Level::Warning,
             format!("pre-terminate: {e}"),
-        ),
+        );
     }
 }
 
