@@ -32,9 +32,9 @@ else
 fi
 export SHOAL_HOME="$home"
 mkdir -p "$home/addons"
-# Every engine addon (PostgreSQL, Redis, MariaDB, etcd): creating a cluster of another
+# Every engine addon (PostgreSQL, Redis, MariaDB, etcd, ZooKeeper): creating a cluster of another
 # engine needs only its packages (the error names them).
-for engine in postgresql redis mysql etcd; do
+for engine in postgresql redis mysql etcd zookeeper; do
     install -m 0644 "target/wasm32-wasip2/release/shoal_addon_$engine.wasm" "$home/addons/$engine.wasm"
 done
 
