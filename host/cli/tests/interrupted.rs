@@ -100,7 +100,9 @@ fn an_interrupted_scale_and_rolling_change_are_finished() {
     let d = h.wait_healthy("is");
     assert_eq!(d["replicas"], 3, "the spec says what runs: {d:#}");
     assert_eq!(d["instances"].as_array().unwrap().len(), 3);
-    assert_eq!(d["state"], "running");
+    wait_until(Duration::from_secs(10), "is running", || {
+        h.describe("is")["state"] == "running"
+    });
     for (_, port, _) in ports(&d) {
         eventually(
             &instance_uri(&h.uri("is"), port),

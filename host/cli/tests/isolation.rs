@@ -473,7 +473,10 @@ fn passwords_stay_off_command_lines_and_out_of_logs_and_change_only_through_shoa
         h.ok(&["cluster", "events", "pp"])
             .contains("refused the platform account")
     });
-    assert_eq!(h.describe("pp")["state"], "degraded");
+    // (The cluster's state follows its instances' at the end of the supervisor's tick.)
+    wait_until(Duration::from_secs(10), "pp degraded", || {
+        h.describe("pp")["state"] == "degraded"
+    });
     std::thread::sleep(Duration::from_secs(2));
     let d = h.describe("pp");
     assert_eq!(d["term"], before["term"], "no failover: {d:#}");
