@@ -38,6 +38,7 @@ pub mod bindings {
 }
 
 pub mod accounts;
+pub mod encoding;
 mod engine;
 mod export;
 pub mod host;
