@@ -401,8 +401,8 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
     let d = h.describe("ec");
     assert!(d["quorum"].as_str().unwrap().contains("lost"), "{d:#}");
     // (The cluster's state follows at the end of the supervisor's tick.)
-    wait_until(Duration::from_secs(10), "ec degraded", || {
-        h.describe("ec")["state"] == "degraded"
+    wait_until(Duration::from_secs(10), "ec quorum-lost", || {
+        h.describe("ec")["state"] == "quorum-lost"
     });
     for p in &frozen {
         unsafe {

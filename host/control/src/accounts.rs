@@ -12,7 +12,7 @@ use shoal_api::{ApiError, OpView};
 use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets;
-use crate::store::Phase;
+use crate::store::{Phase, Role};
 
 /// Shortest password a user may choose.
 const MIN_PASSWORD: usize = 12;
@@ -102,7 +102,7 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         password: pw,
     };
     let mut all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
-    all.sort_by_key(|i| (i.role != "primary", i.ordinal));
+    all.sort_by_key(|i| (i.role != Role::Primary, i.ordinal));
     let mut warnings = Vec::new();
     for (n, i) in all.iter().filter(|i| i.state == Phase::Running).enumerate() {
         match c.provision_account(&cl, i, &all, &platform, &new).await {

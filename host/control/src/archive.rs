@@ -262,11 +262,9 @@ fn poll_due(c: &Controller, cl: &ClusterRow, i: &InstanceRow) -> bool {
     let Ok(addon) = c.addon(&cl.engine) else {
         return false;
     };
-    let archives_here = addon
-        .manifest()
-        .backup_methods
-        .iter()
-        .any(|m| m.kind == BackupKind::Continuous && m.target_role.as_deref() == Some(&i.role));
+    let archives_here = addon.manifest().backup_methods.iter().any(|m| {
+        m.kind == BackupKind::Continuous && m.target_role.as_deref() == Some(i.role.as_str())
+    });
     if !archives_here {
         return false;
     }

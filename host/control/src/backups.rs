@@ -23,7 +23,7 @@ use shoal_runtime::{CallContext, HostSink, HostSource};
 use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{now_ms, BackupRow, ClusterRow, Desired, Health, InstanceRow, Phase};
+use crate::store::{now_ms, BackupRow, ClusterRow, Desired, Health, InstanceRow, Phase, Role};
 
 /// zstd level of backup objects: fast, as `zstd -1`.
 const ZSTD_LEVEL: i32 = 1;
@@ -858,17 +858,19 @@ fn progress_events(
 
 /// The instance a backup of `method` reads: a healthy running replica when the method
 /// prefers one (the least lagging), else the primary.
-fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Option<&'a InstanceRow> {
+fn backup_source<'a>(
+    nodes: &dyn crate::nodes::Nodes,
+    all: &'a [InstanceRow],
+    target_role: Option<&str>,
+) -> Option<&'a InstanceRow> {
     let running = |i: &&InstanceRow| {
-        i.desired == Desired::Running
-            && i.state == Phase::Running
-            && i.process.is_some_and(|p| p.is_running())
+        i.desired == Desired::Running && i.state == Phase::Running && nodes.alive(i)
     };
     if target_role == Some("replica") {
         if let Some(r) = all
             .iter()
             .filter(running)
-            .filter(|i| i.role == "replica" && i.health == Health::Healthy)
+            .filter(|i| i.role == Role::Replica && i.health == Health::Healthy)
             .min_by_key(|i| i.lag_bytes.unwrap_or(u64::MAX))
         {
             return Some(r);
@@ -878,16 +880,19 @@ fn backup_source<'a>(all: &'a [InstanceRow], target_role: Option<&str>) -> Optio
     let leader = crate::topology::state_of(all).and_then(|q| q.leader);
     all.iter()
         .filter(running)
-        .find(|i| i.role == "primary" || leader.as_deref() == Some(i.name.as_str()))
+        .find(|i| i.role == Role::Primary || leader.as_deref() == Some(i.name.as_str()))
 }
 
 /// The member a sharded cluster's backup reads for one shard (given that shard's rows): a
 /// healthy running replica (the shard's primary keeps serving undisturbed), else its primary.
-fn shard_source(members: &[InstanceRow]) -> Option<&InstanceRow> {
+fn shard_source<'a>(
+    nodes: &dyn crate::nodes::Nodes,
+    members: &'a [InstanceRow],
+) -> Option<&'a InstanceRow> {
     let running = |i: &&InstanceRow| {
         i.desired == Desired::Running
             && i.state == Phase::Running
-            && i.process.is_some_and(|p| p.is_running())
+            && nodes.alive(i)
             && i.health == Health::Healthy
     };
     members
@@ -943,12 +948,12 @@ pub(crate) async fn run_backup(
                     .filter(|i| i.shard == Some(shard))
                     .cloned()
                     .collect();
-                shard_source(&members)
+                shard_source(&*c.nodes, &members)
                     .cloned()
                     .ok_or_else(|| format!("shard {shard} has no running member to back up"))
             })
             .collect::<Result<_, _>>()?,
-        None => vec![backup_source(&all, m.target_role.as_deref())
+        None => vec![backup_source(&*c.nodes, &all, m.target_role.as_deref())
             .ok_or("no running instance to back up")?
             .clone()],
     };

@@ -26,7 +26,7 @@ use crate::operation::Op;
 use crate::proxy::Routes;
 use crate::quantity;
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Health, InstanceRow, Phase, Store};
+use crate::store::{now_ms, ClusterRow, ClusterState, Health, InstanceRow, Phase, Role, Store};
 use crate::topology::{family, Family};
 
 /// The running host.
@@ -36,6 +36,9 @@ pub struct Controller {
     store: Mutex<Store>,
     pub engines: Engines,
     pub runtime: AddonRuntime,
+    /// Where instance processes run: every start, stop, kill and liveness check goes
+    /// through it.
+    pub nodes: Arc<dyn crate::nodes::Nodes>,
     /// User engines of clusters without their own OS user run as (None: the host's own
     /// user). Clusters created by a root host each get their own user (see [`Self::run_as`]).
     pub engine_user: Option<RunAs>,
@@ -153,6 +156,7 @@ impl Controller {
             host_id,
             wake: tokio::sync::Notify::new(),
             watched: Mutex::new(Default::default()),
+            nodes: Arc::new(crate::nodes::LocalNodes),
             home,
             engine_user_name: if engine_user.is_some() {
                 cfg.engine_user.clone()
@@ -279,8 +283,9 @@ impl Controller {
             return;
         }
         let me = self.clone();
+        let exited = self.nodes.exited(pid);
         tokio::spawn(async move {
-            pid.exited().await;
+            exited.await;
             me.watched
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -634,7 +639,7 @@ impl Controller {
         addon: &LoadedAddon,
         version: &str,
         params: &[Param],
-        roles: &[&str],
+        roles: &[Role],
     ) -> Result<(), ApiError> {
         let search = engines::binaries(&self.cfg, addon, version);
         let draft_ports: Vec<wit::NamedPort> = addon
@@ -660,7 +665,7 @@ impl Controller {
                 data_dir: Some("/nonexistent/data".into()),
                 config_dir: Some("/nonexistent/config".into()),
                 archive_dir: None,
-                role: Some((*role).into()),
+                role: Some(role.as_str().into()),
                 shard: None,
                 term: 0,
                 credentials: Some(wit::Credentials {
@@ -732,14 +737,14 @@ impl Controller {
                 spec.name
             )));
         }
-        let roles: &[&str] = if spec.shards.is_some() {
-            &[crate::topology::SHARD_MEMBER]
+        let roles: &[Role] = if spec.shards.is_some() {
+            &[Role::ShardMember]
         } else if crate::topology::family(addon.manifest()) == Family::Quorum {
-            &[crate::topology::MEMBER]
+            &[Role::Member]
         } else if spec.replicas > 1 {
-            &["primary", "replica"]
+            &[Role::Primary, Role::Replica]
         } else {
-            &["primary"]
+            &[Role::Primary]
         };
         self.check_binaries(addon, &version, &params, roles).await?;
         let per_instance = addon.manifest().ports.len().max(1);
@@ -762,7 +767,7 @@ impl Controller {
             version,
             spec: spec.clone(),
             addon_digest: addon.info().digest.clone(),
-            state: "creating".into(),
+            state: ClusterState::Creating,
             created_ms: now_ms(),
             uid: 0,
             os_user: None,
@@ -790,7 +795,7 @@ impl Controller {
         let c = self
             .db(|s| s.cluster(cluster))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {cluster:?}")))?;
-        if c.state == "deleting" {
+        if c.state == ClusterState::Deleting {
             return Err(ApiError::conflict(format!(
                 "cluster {cluster} is being deleted"
             )));
@@ -892,7 +897,7 @@ impl Controller {
         }
         let (steps, _notes) = crate::topology::plan_scale(
             &c.engine,
-            &crate::topology::voters(&all),
+            &crate::topology::voters(&*self.nodes, &all),
             replicas,
             q.min_members,
             q.max_members,
@@ -942,7 +947,7 @@ impl Controller {
         }
         let steps = crate::sharded::plan_resize(
             &c.engine,
-            &crate::sharded::seen(&all),
+            &crate::sharded::seen(&*self.nodes, &all),
             replicas,
             t.min_members,
             t.max_members,
@@ -1032,7 +1037,7 @@ impl Controller {
             .addon(&c.engine)
             .map(|a| crate::topology::family_of(a.manifest(), &c.spec))
             .unwrap_or(Family::PrimaryReplica);
-        let shards = crate::sharded::state_of(&instances)
+        let shards = crate::sharded::state_of(&*self.nodes, &instances)
             .filter(|_| family == Family::Sharded)
             .map(|s| crate::sharded::summary(&s).0);
         // A quorum's leader and term are the engine's, as its members' probes report them.
@@ -1051,7 +1056,7 @@ impl Controller {
             engine: c.engine.clone(),
             version: c.version.clone(),
             replicas: c.spec.replicas,
-            state: c.state.clone(),
+            state: c.state.as_str().to_string(),
             resources: c.spec.resources.clone(),
             resource_limits: self.limits_text(),
             parameters: c.spec.parameters.clone(),
@@ -1099,21 +1104,21 @@ impl Controller {
             let ip = i.host.parse::<std::net::IpAddr>().ok()?;
             Some(std::net::SocketAddr::new(ip, i.client_port()?))
         };
-        let serving = |i: &&InstanceRow| {
-            i.state == Phase::Running && i.process.is_some_and(|p| p.is_running())
-        };
+        let serving = |i: &&InstanceRow| i.state == Phase::Running && self.nodes.alive(i);
         // The writer: the elected primary, or in a quorum the member whose last healthy
         // probe said it leads (the engine elects it).
         // In a sharded cluster, every shard's primary (a cluster-aware client connecting
         // through the read-write endpoint learns the shard map from it and follows it).
         let leader = crate::topology::state_of(&all).and_then(|q| q.leader);
-        let primaries: Vec<String> = crate::sharded::state_of(&all)
+        let primaries: Vec<String> = crate::sharded::state_of(&*self.nodes, &all)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|s| s.primary)
             .collect();
         let writes = |i: &InstanceRow| {
-            i.role == "primary" || leader.as_deref() == Some(&i.name) || primaries.contains(&i.name)
+            i.role == Role::Primary
+                || leader.as_deref() == Some(&i.name)
+                || primaries.contains(&i.name)
         };
         let routes = Routes {
             rw: all
@@ -1164,7 +1169,7 @@ impl Controller {
         for i in &all {
             let mut row = shoal_api::InstanceMetrics {
                 instance: i.name.clone(),
-                role: i.role.clone(),
+                role: i.role.as_str().to_string(),
                 samples: Vec::new(),
                 error: None,
             };
@@ -1207,7 +1212,7 @@ impl Controller {
         let instances = self.db(|s| s.instances(name))?;
         let primary = instances
             .iter()
-            .find(|i| i.role == "primary")
+            .find(|i| i.role == Role::Primary)
             .or_else(|| instances.first())
             .ok_or_else(|| ApiError::conflict(format!("cluster {name} has no instances yet")))?;
         // The account users get; never the platform's own.
@@ -1272,7 +1277,7 @@ pub(crate) fn scale_plan(
             .collect();
         return (add, Vec::new());
     }
-    let mut victims: Vec<&InstanceRow> = all.iter().filter(|i| i.role != "primary").collect();
+    let mut victims: Vec<&InstanceRow> = all.iter().filter(|i| i.role != Role::Primary).collect();
     victims.sort_by_key(|i| std::cmp::Reverse(i.ordinal));
     let remove = victims
         .into_iter()
@@ -1286,7 +1291,7 @@ pub(crate) fn scale_plan(
 pub fn instance_view(i: &InstanceRow) -> InstanceView {
     InstanceView {
         name: i.name.clone(),
-        role: i.role.clone(),
+        role: i.role.as_str().to_string(),
         state: i.state.to_string(),
         pid: i.process.map(|p| p.pid),
         host: i.host.clone(),
@@ -1321,7 +1326,7 @@ mod tests {
             cluster: "c".into(),
             name: name.into(),
             ordinal,
-            role: role.into(),
+            role: Role::parse(role),
             host: "127.0.0.1".into(),
             ports: Default::default(),
             dir: PathBuf::from("/x"),

@@ -27,7 +27,7 @@ use crate::engines;
 use crate::events::Level;
 use crate::quantity;
 use crate::secrets::{self, Credentials};
-use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase};
+use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase, Role};
 
 /// Pauses between attempts to re-point a replica whose `demote` failed retryably (the last
 /// entry ends the attempts): about 10 s in all before it is copied afresh instead.
@@ -100,7 +100,7 @@ impl Controller {
         }
         let primary = all
             .iter()
-            .find(|i| i.role == "primary")
+            .find(|i| i.role == Role::Primary)
             .ok_or_else(|| ApiError::conflict(format!("cluster {name} has no primary now")))?;
         let candidate = match to {
             Some(t) => all.iter().find(|i| i.name == t).ok_or_else(|| {
@@ -112,7 +112,7 @@ impl Controller {
             })?,
             None => all
                 .iter()
-                .filter(|i| i.role != "primary" && i.health == Health::Healthy)
+                .filter(|i| i.role != Role::Primary && i.health == Health::Healthy)
                 .max_by_key(|i| i.position.unwrap_or(0))
                 .ok_or_else(|| {
                     ApiError::conflict(format!(
@@ -146,7 +146,7 @@ impl Controller {
         if c.spec.shards.is_some() {
             // A shard member is replaced: forgotten, fresh data, a copy of its shard's primary.
             let all = self.db(|s| s.instances(name))?;
-            crate::sharded::check_replace(&crate::sharded::seen(&all), instance)
+            crate::sharded::check_replace(&crate::sharded::seen(&*self.nodes, &all), instance)
                 .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
             return self.submit(
                 name,
@@ -158,7 +158,7 @@ impl Controller {
         if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
             // A quorum member is replaced: out of the membership, fresh data, back in.
             let all = self.db(|s| s.instances(name))?;
-            crate::topology::check_replace(&crate::topology::voters(&all), instance)
+            crate::topology::check_replace(&crate::topology::voters(&*self.nodes, &all), instance)
                 .map_err(|e| ApiError::invalid(format!("cannot replace it: {e}")))?;
             return self.submit(
                 name,
@@ -171,14 +171,14 @@ impl Controller {
         let i = all.iter().find(|i| i.name == instance).ok_or_else(|| {
             ApiError::not_found(format!("cluster {name} has no instance {instance:?}"))
         })?;
-        if i.role == "primary" {
+        if i.role == Role::Primary {
             return Err(ApiError::invalid(format!(
                 "{instance} is the primary of {name}; switch over first, then rebuild it"
             )));
         }
         if !all
             .iter()
-            .any(|p| p.role == "primary" && p.state == Phase::Running)
+            .any(|p| p.role == Role::Primary && p.state == Phase::Running)
         {
             return Err(ApiError::conflict(format!(
                 "cluster {name} has no running primary to rebuild {instance} from"
@@ -278,22 +278,22 @@ fn lag_behind(primary: &InstanceRow, cand: &InstanceRow) -> u64 {
 pub(crate) async fn fence(c: &Controller, i: &mut InstanceRow, why: &str) {
     let mut how = String::from("process already gone");
     if let Some(p) = i.process {
-        if p.is_running() {
-            let n = p.kill_tree();
+        if c.nodes.is_running(p) {
+            let n = c.nodes.kill(p);
             how = format!(
                 "killed pid {} and its {} descendant(s)",
                 p.pid,
                 n.saturating_sub(1)
             );
         }
-        let n = p.kill_leftovers();
+        let n = c.nodes.kill_leftovers(p);
         if n > 0 {
             how.push_str(&format!(", and {n} leftover process(es)"));
         }
         // Gone from the kernel, not only exited (a zombie of a process an earlier host
         // started lingers until init reaps it), so nothing — a lock file check, a rewind —
         // mistakes it for alive.
-        if !p.wait_gone(GONE_WITHIN).await {
+        if !c.nodes.wait_gone(p, GONE_WITHIN).await {
             how.push_str(&format!(" (still not gone after {GONE_WITHIN:?})"));
         }
     }
@@ -456,7 +456,8 @@ async fn run_commands(
     let search = engines::binaries(&c.cfg, addon, &cl.version);
     for cmd in cmds {
         let spec = crate::node::process_spec(&search, cmd, i, c.run_as(cl)?)?;
-        spec.run(Duration::from_millis(c.cfg.init_timeout_ms))
+        c.nodes
+            .run(&spec, Duration::from_millis(c.cfg.init_timeout_ms))
             .await
             .map_err(|e| format!("{}: {e}", cmd.program))?;
     }
@@ -478,7 +479,7 @@ async fn rebuild_from(
     if i.process.is_some() {
         c.stop_process(cl, i, cr).await?;
     }
-    i.role = "replica".into();
+    i.role = Role::Replica;
     i.state = Phase::Rebuilding;
     c.save(i);
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
@@ -632,7 +633,7 @@ pub(crate) async fn failover(
     };
     let leader = leader_named(c, cluster).await?;
     let resumed = leader.as_ref().is_some_and(|l| l.holder != old);
-    if old_row.role != "primary" && !resumed {
+    if old_row.role != Role::Primary && !resumed {
         c.event(
             cluster,
             Some(old),
@@ -696,9 +697,9 @@ pub(crate) async fn failover(
         format!("elected leader in term {} (+{})", new.term, since(t0)),
     );
     failpoint("failover-elected").await;
-    old_row.role = "replica".into();
+    old_row.role = Role::Replica;
     c.save(&old_row);
-    cand.role = "primary".into();
+    cand.role = Role::Primary;
     c.save(&cand);
     promote(c, &cl, &mut cand, new.term, &cr).await?;
     c.refresh_routes(cluster).await;
@@ -760,7 +761,7 @@ async fn choose(
     let mut why = Vec::new();
     for r in &replicas {
         let mut r = (*r).clone();
-        if !(r.state == Phase::Running && r.process.is_some_and(|p| p.is_running())) {
+        if !(r.state == Phase::Running && c.nodes.alive(&r)) {
             why.push(format!("{} is {}", r.name, r.state));
             continue;
         }
@@ -838,7 +839,7 @@ pub(crate) async fn switchover(
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let mut old = all
         .iter()
-        .find(|i| i.name == from && i.role == "primary")
+        .find(|i| i.name == from && i.role == Role::Primary)
         .cloned()
         .ok_or_else(|| format!("{from} is no longer the primary; nothing switched"))?;
     let mut cand = all
@@ -896,10 +897,10 @@ pub(crate) async fn switchover(
     c.stop_process(&cl, &mut fenced, &cr).await?;
     // 4. Elect and promote.
     let new = elect(c, cluster, from, to).await?;
-    fenced.role = "replica".into();
+    fenced.role = Role::Replica;
     fenced.state = Phase::Fenced;
     c.save(&fenced);
-    cand.role = "primary".into();
+    cand.role = Role::Primary;
     c.save(&cand);
     promote(c, &cl, &mut cand, new.term, &cr).await?;
     c.refresh_routes(cluster).await;
@@ -948,7 +949,7 @@ pub(crate) async fn resume_switchover(
     };
     if let Some(l) = leader.as_ref().filter(|l| l.holder == to) {
         let mut cand = find(&all, to)?;
-        cand.role = "primary".into();
+        cand.role = Role::Primary;
         c.save(&cand);
         promote(c, &cl, &mut cand, l.term, &cr).await?;
         c.refresh_routes(cluster).await;
@@ -956,9 +957,9 @@ pub(crate) async fn resume_switchover(
         apply_sync(c, &cl, &cr).await;
         let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
         let mut old = find(&all, from)?;
-        let serving = old.state == Phase::Running && old.process.is_some_and(|p| p.is_running());
-        if old.role != "replica" || !serving {
-            old.role = "replica".into();
+        let serving = old.state == Phase::Running && c.nodes.alive(&old);
+        if old.role != Role::Replica || !serving {
+            old.role = Role::Replica;
             c.save(&old);
             rebuild_from(c, &cl, &mut old, &cand, &cr).await?;
         }
@@ -972,8 +973,8 @@ pub(crate) async fn resume_switchover(
         return Ok(());
     }
     let mut old = find(&all, from)?;
-    old.role = "primary".into();
-    if old.process.is_some_and(|p| p.is_running()) {
+    old.role = Role::Primary;
+    if c.nodes.alive(&old) {
         old.state = Phase::Running;
         c.save(&old);
     } else {
@@ -1012,7 +1013,7 @@ pub(crate) async fn rebuild(
     }
     let primary = all
         .iter()
-        .find(|i| i.role == "primary" && i.state == Phase::Running)
+        .find(|i| i.role == Role::Primary && i.state == Phase::Running)
         .cloned()
         .ok_or_else(|| format!("cluster {cluster} has no running primary"))?;
     let mut i = all
@@ -1020,7 +1021,7 @@ pub(crate) async fn rebuild(
         .find(|i| i.name == instance)
         .cloned()
         .ok_or_else(|| format!("{instance} is no longer part of {cluster}"))?;
-    if i.role == "primary" {
+    if i.role == Role::Primary {
         return Err(format!("{instance} became the primary; not rebuilding it"));
     }
     c.refresh_routes(cluster).await;

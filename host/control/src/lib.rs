@@ -30,6 +30,7 @@ pub mod events;
 pub mod ha;
 mod hooks;
 mod node;
+pub mod nodes;
 pub mod operation;
 pub mod ops;
 pub mod primary_replica;

@@ -144,7 +144,7 @@ impl Controller {
             config_dir: config,
             archive_dir: (process_paths && self.archived(&c.name))
                 .then(|| i.archive_dir().display().to_string()),
-            role: Some(i.role.clone()),
+            role: Some(i.role.as_str().into()),
             shard: i.shard,
             term: 0,
             credentials: Some(wit::Credentials {
@@ -168,7 +168,7 @@ impl Controller {
                 port: i.client_port().unwrap_or(0),
             },
             ports: wit_ports(i),
-            role: Some(i.role.clone()),
+            role: Some(i.role.as_str().into()),
             healthy: i.health == Health::Healthy,
             shard: i.shard,
         }
@@ -367,10 +367,10 @@ impl Controller {
                     Level::Info,
                     format!("running {}", cmd.program),
                 );
-                spec_for(cmd)?
-                    .run(Duration::from_millis(self.cfg.init_timeout_ms))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let spec = spec_for(cmd)?;
+                self.nodes
+                    .run(&spec, Duration::from_millis(self.cfg.init_timeout_ms))
+                    .await?;
                 if n == 0 {
                     crate::ha::failpoint("init-step").await;
                 }
@@ -379,7 +379,7 @@ impl Controller {
         }
         i.state = Phase::Starting;
         let server = spec_for(&plan.server)?;
-        let pid = server.spawn().map_err(|e| e.to_string())?;
+        let pid = self.nodes.start(&server)?;
         i.process = Some(pid);
         self.save(i);
         let _ = std::fs::write(i.pid_file(), format!("{} {}\n", pid.pid, pid.start_time));
@@ -481,7 +481,7 @@ impl Controller {
         let pid = i.process.ok_or("no process")?;
         let mut last = String::from("not checked yet");
         loop {
-            if !pid.is_running() {
+            if !self.nodes.is_running(pid) {
                 return Err(format!(
                     "{} exited while starting: {}",
                     i.name,
@@ -579,7 +579,7 @@ impl Controller {
             ),
             Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
         };
-        let killed = pid.stop(signal, grace).await;
+        let killed = self.nodes.stop(pid, signal, grace).await;
         if killed {
             self.event(
                 &c.name,
@@ -591,7 +591,7 @@ impl Controller {
         // Killed, it left its lock files: gone from the kernel (a zombie of an earlier host
         // lingers until init reaps it) before anything reads them. A clean stop removed its
         // own, and a planned switchover should not wait on init.
-        if killed && !pid.wait_gone(crate::ha::GONE_WITHIN).await {
+        if killed && !self.nodes.wait_gone(pid, crate::ha::GONE_WITHIN).await {
             self.event(
                 &c.name,
                 Some(&i.name),

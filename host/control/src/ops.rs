@@ -13,7 +13,7 @@ use crate::events::Level;
 use crate::hooks::Ran;
 use crate::operation::Op;
 use crate::secrets::{self, Credentials};
-use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase};
+use crate::store::{ClusterRow, ClusterState, Desired, Health, InstanceRow, Phase, Role};
 use crate::topology::{self, Family};
 
 /// Run operation `id` (waits for the cluster's earlier operations first).
@@ -77,7 +77,7 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             // supervisor reports it degraded or running.
             // A failed reconfigure has put the previous configuration back.
             if !typed.as_ref().is_ok_and(Op::failure_keeps_cluster_state) {
-                let _ = c.db(|s| s.set_cluster_state(&op.cluster, "failed"));
+                let _ = c.db(|s| s.set_cluster_state(&op.cluster, ClusterState::Failed));
             }
             c.event(
                 &op.cluster,
@@ -107,7 +107,7 @@ fn creds(c: &Controller, name: &str) -> Result<Credentials, String> {
 fn add_instance(
     c: &Controller,
     cl: &ClusterRow,
-    role: &str,
+    role: Role,
     shard: Option<u32>,
 ) -> Result<InstanceRow, String> {
     let existing = instances(c, &cl.name)?;
@@ -133,7 +133,7 @@ fn add_instance(
         cluster: cl.name.clone(),
         name: name.clone(),
         ordinal,
-        role: role.into(),
+        role,
         host: "127.0.0.1".into(),
         ports: Default::default(),
         dir: c.cluster_dir(&cl.name).join(&name),
@@ -178,11 +178,11 @@ fn add_instance(
 
 /// Add one replica: the primary admits it (member-join), then it is seeded and started.
 async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Result<(), String> {
-    let mut row = add_instance(c, cl, "replica", None)?;
+    let mut row = add_instance(c, cl, Role::Replica, None)?;
     let all = instances(c, &cl.name)?;
     let primary = all
         .iter()
-        .find(|i| i.role == "primary")
+        .find(|i| i.role == Role::Primary)
         .ok_or("the cluster has no primary to add a replica to")?
         .clone();
     c.hooks(cl, &primary, &all, cr)?
@@ -264,7 +264,7 @@ async fn create(
     c.prepare_cluster_dir(&cl)?;
     if let Some(shards) = cl.spec.shards {
         create_sharded(c, &cl, &cr, shards, restore.map(|(id, _)| id)).await?;
-        c.db(|s| s.set_cluster_state(name, "running"))
+        c.db(|s| s.set_cluster_state(name, ClusterState::Running))
             .map_err(|e| e.message)?;
         return Ok(());
     }
@@ -286,11 +286,11 @@ async fn create(
                 .ok_or("the new quorum has no leader to restore into")?;
             crate::backups::restore_into(c, &cl, leader, &cr, id, None, None).await?;
         }
-        c.db(|s| s.set_cluster_state(name, "running"))
+        c.db(|s| s.set_cluster_state(name, ClusterState::Running))
             .map_err(|e| e.message)?;
         return Ok(());
     }
-    let mut primary = add_instance(c, &cl, "primary", None)?;
+    let mut primary = add_instance(c, &cl, Role::Primary, None)?;
     let before_start = match restore {
         Some((id, _)) => crate::backups::restores_before_start(c, id)?,
         None => false,
@@ -338,7 +338,7 @@ async fn create(
         ));
     }
     crate::ha::apply_sync(c, &cl, &cr).await;
-    c.db(|s| s.set_cluster_state(name, "running"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -372,7 +372,7 @@ async fn scale_quorum(
     let all = probed(c, &cl, cr).await?;
     let (steps, notes) = topology::plan_scale(
         &cl.engine,
-        &topology::voters(&all),
+        &topology::voters(&*c.nodes, &all),
         target,
         q.min_members,
         q.max_members,
@@ -383,7 +383,7 @@ async fn scale_quorum(
     for step in steps {
         match step {
             topology::Step::Add => {
-                let mut row = add_instance(c, &cl, topology::MEMBER, None)?;
+                let mut row = add_instance(c, &cl, Role::Member, None)?;
                 membership(c, &cl, &row, cr, true).await?;
                 c.event(
                     &cl.name,
@@ -411,7 +411,7 @@ async fn scale_quorum(
         c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
             .map_err(|e| e.message)?;
     }
-    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -426,13 +426,13 @@ pub(crate) async fn replace_member(
     cr: &Credentials,
 ) -> Result<(), String> {
     let all = probed(c, cl, cr).await?;
-    topology::check_replace(&topology::voters(&all), name)?;
+    topology::check_replace(&topology::voters(&*c.nodes, &all), name)?;
     let mut v = all
         .iter()
         .find(|i| i.name == name)
         .cloned()
         .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
-    c.db(|s| s.set_cluster_state(&cl.name, "updating"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Updating))
         .map_err(|e| e.message)?;
     membership(c, cl, &v, cr, false).await?;
     c.event(
@@ -455,7 +455,7 @@ pub(crate) async fn replace_member(
     c.bring_up(cl, &mut v, &all, cr).await?;
     membership(c, cl, &v, cr, true).await?;
     wait_quorum(c, cl, cr).await?;
-    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -469,7 +469,7 @@ async fn probed(
 ) -> Result<Vec<InstanceRow>, String> {
     let all = instances(c, &cl.name)?;
     for mut i in all.clone() {
-        if i.state != Phase::Running || !i.process.is_some_and(|p| p.is_running()) {
+        if i.state != Phase::Running || !c.nodes.alive(&i) {
             continue;
         }
         if let Err(e) = c.probe_once(cl, &mut i, &all, cr).await {
@@ -517,7 +517,7 @@ async fn create_quorum(
 ) -> Result<(), String> {
     let mut rows = Vec::new();
     for _ in 0..cl.spec.replicas {
-        rows.push(add_instance(c, cl, topology::MEMBER, None)?);
+        rows.push(add_instance(c, cl, Role::Member, None)?);
     }
     let all = instances(c, &cl.name)?;
     for (name, result) in bring_up_together(c, cl, rows, &all, cr).await {
@@ -563,7 +563,7 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let size = cl.spec.replicas;
     let all = probed(c, &cl, &cr).await?;
-    let alive = |i: &InstanceRow| i.process.is_some_and(|p| p.is_running());
+    let alive = |i: &InstanceRow| c.nodes.alive(i);
     let survivor = all
         .iter()
         .filter(|i| !crate::node::is_empty(&i.data_dir()))
@@ -676,7 +676,7 @@ async fn create_sharded(
     for shard in 0..shards {
         let present = have.iter().filter(|i| i.shard == Some(shard)).count() as u32;
         for _ in present..cl.spec.replicas {
-            add_instance(c, cl, topology::SHARD_MEMBER, Some(shard))?;
+            add_instance(c, cl, Role::ShardMember, Some(shard))?;
         }
     }
     have = instances(c, &cl.name)?;
@@ -699,11 +699,7 @@ async fn create_sharded(
             }
         }
     }
-    let down: Vec<InstanceRow> = have
-        .iter()
-        .filter(|i| !i.process.is_some_and(|p| p.is_running()))
-        .cloned()
-        .collect();
+    let down: Vec<InstanceRow> = have.iter().filter(|i| !c.nodes.alive(i)).cloned().collect();
     for (name, result) in bring_up_together(c, cl, down, &have, cr).await {
         result.map_err(|e| format!("{name}: {e}"))?;
     }
@@ -725,7 +721,7 @@ pub(crate) async fn form_shards(
         let all = probed(c, cl, cr).await?;
         let on = all
             .iter()
-            .filter(|i| i.state == Phase::Running && i.process.is_some_and(|p| p.is_running()))
+            .filter(|i| i.state == Phase::Running && c.nodes.alive(i))
             .min_by_key(|i| (i.writable != Some(true), i.ordinal))
             .ok_or("form-shards: no running member to ask")?;
         match c.hooks(cl, on, &all, cr)?.form_shards().await {
@@ -755,7 +751,7 @@ pub(crate) async fn form_shards(
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let all = probed(c, cl, cr).await?;
-        let states = crate::sharded::state_of(&all).unwrap_or_default();
+        let states = crate::sharded::state_of(&*c.nodes, &all).unwrap_or_default();
         let (line, whole) = crate::sharded::summary(&states);
         if whole && states.iter().all(|s| s.healthy == s.members) {
             return Ok(());
@@ -782,7 +778,7 @@ async fn scale_sharded(
     let all = probed(c, &cl, cr).await?;
     let steps = crate::sharded::plan_resize(
         &cl.engine,
-        &crate::sharded::seen(&all),
+        &crate::sharded::seen(&*c.nodes, &all),
         replicas,
         t.min_members,
         t.max_members,
@@ -791,7 +787,7 @@ async fn scale_sharded(
     for step in &steps {
         match step {
             crate::sharded::Step::Add(shard) => {
-                added.push(add_instance(c, &cl, topology::SHARD_MEMBER, Some(*shard))?);
+                added.push(add_instance(c, &cl, Role::ShardMember, Some(*shard))?);
             }
             crate::sharded::Step::Remove(victim) => {
                 let Some(v) = instances(c, &cl.name)?
@@ -814,7 +810,7 @@ async fn scale_sharded(
     cl.spec.replicas = replicas;
     c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
         .map_err(|e| e.message)?;
-    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -828,13 +824,13 @@ pub(crate) async fn replace_shard_member(
     cr: &Credentials,
 ) -> Result<(), String> {
     let all = probed(c, cl, cr).await?;
-    crate::sharded::check_replace(&crate::sharded::seen(&all), name)?;
+    crate::sharded::check_replace(&crate::sharded::seen(&*c.nodes, &all), name)?;
     let mut v = all
         .iter()
         .find(|i| i.name == name)
         .cloned()
         .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
-    c.db(|s| s.set_cluster_state(&cl.name, "updating"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Updating))
         .map_err(|e| e.message)?;
     c.stop_process(cl, &mut v, cr).await?;
     membership(c, cl, &v, cr, false).await?;
@@ -850,7 +846,7 @@ pub(crate) async fn replace_shard_member(
     let all = instances(c, &cl.name)?;
     c.bring_up(cl, &mut v, &all, cr).await?;
     form_shards(c, cl, cr).await?;
-    c.db(|s| s.set_cluster_state(&cl.name, "running"))
+    c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -884,7 +880,7 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     let mut cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let current = instances(c, name)?;
-    c.db(|s| s.set_cluster_state(name, "updating"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Updating))
         .map_err(|e| e.message)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     if cl.spec.shards.is_some() {
@@ -895,10 +891,9 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     }
     // Instances an interrupted scale (or create) left half made: never started, or stopped
     // in their initialization. They go, and the plan is made from what is left.
-    for broken in current
-        .iter()
-        .filter(|i| matches!(i.state, Phase::Pending | Phase::Initializing) && i.role != "primary")
-    {
+    for broken in current.iter().filter(|i| {
+        matches!(i.state, Phase::Pending | Phase::Initializing) && i.role != Role::Primary
+    }) {
         c.event(
             name,
             Some(&broken.name),
@@ -923,21 +918,24 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
     c.db(|s| s.set_cluster_spec(name, &cl.spec))
         .map_err(|e| e.message)?;
     crate::ha::apply_sync(c, &cl, &cr).await;
-    c.db(|s| s.set_cluster_state(name, "running"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
 
 /// The member that admits or forgets others: the primary, or in a quorum the leader, else
 /// any healthy running member; never `except`.
-fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow> {
-    let running = |i: &&InstanceRow| {
-        i.name != except && i.state == Phase::Running && i.process.is_some_and(|p| p.is_running())
-    };
+fn admitter<'a>(
+    nodes: &dyn crate::nodes::Nodes,
+    all: &'a [InstanceRow],
+    except: &str,
+) -> Option<&'a InstanceRow> {
+    let running =
+        |i: &&InstanceRow| i.name != except && i.state == Phase::Running && nodes.alive(i);
     let leader = topology::state_of(all).and_then(|q| q.leader);
     all.iter()
         .filter(running)
-        .find(|i| i.role == "primary")
+        .find(|i| i.role == Role::Primary)
         .or_else(|| {
             all.iter()
                 .filter(running)
@@ -946,7 +944,7 @@ fn admitter<'a>(all: &'a [InstanceRow], except: &str) -> Option<&'a InstanceRow>
         .or_else(|| {
             all.iter()
                 .filter(running)
-                .find(|i| topology::engine_elected(&i.role) && i.health == Health::Healthy)
+                .find(|i| i.role.engine_elected() && i.health == Health::Healthy)
         })
 }
 
@@ -966,7 +964,7 @@ async fn membership(
     let mut waits = MEMBERSHIP_RETRIES.iter();
     loop {
         let all = instances(c, &cl.name)?;
-        let Some(admit) = admitter(&all, &v.name) else {
+        let Some(admit) = admitter(&*c.nodes, &all, &v.name) else {
             return Err(format!("{hook}: no running member to ask"));
         };
         let hooks = c.hooks(cl, admit, &all, cr)?;
@@ -1012,7 +1010,7 @@ async fn remove_instance(
     }
     pre_terminate(c, cl, &v, &all, cr).await;
     c.stop_process(cl, &mut v, cr).await?;
-    if !quorum && admitter(&all, &v.name).is_some() {
+    if !quorum && admitter(&*c.nodes, &all, &v.name).is_some() {
         if let Err(e) = membership(c, cl, &v, cr, false).await {
             c.event(&cl.name, Some(&v.name), Level::Warning, e);
         }
@@ -1039,7 +1037,7 @@ async fn pre_terminate(
     all: &[InstanceRow],
     cr: &Credentials,
 ) {
-    if !i.process.is_some_and(|p| p.is_running()) {
+    if !c.nodes.alive(i) {
         return;
     }
     let Ok(hooks) = c.hooks(cl, i, all, cr) else {
@@ -1060,13 +1058,13 @@ async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut all = instances(c, name)?;
-    all.sort_by_key(|i| (i.role == "primary", std::cmp::Reverse(i.ordinal)));
+    all.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)));
     for mut i in all {
         i.desired = Desired::Stopped;
         c.save(&i);
         c.stop_process(&cl, &mut i, &cr).await?;
     }
-    c.db(|s| s.set_cluster_state(name, "stopped"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Stopped))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -1081,7 +1079,7 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         for mut i in instances(c, name)? {
             i.desired = Desired::Running;
             c.save(&i);
-            if !i.process.is_some_and(|p| p.is_running()) {
+            if !c.nodes.alive(&i) {
                 down.push(i);
             }
         }
@@ -1089,12 +1087,12 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         for (member, result) in bring_up_together(c, &cl, down, &all, &cr).await {
             result.map_err(|e| format!("{member}: {e}"))?;
         }
-        c.db(|s| s.set_cluster_state(name, "running"))
+        c.db(|s| s.set_cluster_state(name, ClusterState::Running))
             .map_err(|e| e.message)?;
         return Ok(());
     }
     let mut order = instances(c, name)?;
-    order.sort_by_key(|i| (i.role != "primary", i.ordinal));
+    order.sort_by_key(|i| (i.role != Role::Primary, i.ordinal));
     for i in order {
         let all = instances(c, name)?;
         let mut i = all
@@ -1104,12 +1102,12 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             .ok_or("instance vanished")?;
         i.desired = Desired::Running;
         c.save(&i);
-        if i.process.is_some_and(|p| p.is_running()) {
+        if c.nodes.alive(&i) {
             continue;
         }
         c.bring_up(&cl, &mut i, &all, &cr).await?;
     }
-    c.db(|s| s.set_cluster_state(name, "running"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -1120,8 +1118,8 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut order = instances(c, name)?;
-    order.sort_by_key(|i| (i.role == "primary", i.ordinal));
-    c.db(|s| s.set_cluster_state(name, "updating"))
+    order.sort_by_key(|i| (i.role == Role::Primary, i.ordinal));
+    c.db(|s| s.set_cluster_state(name, ClusterState::Updating))
         .map_err(|e| e.message)?;
     for i in order {
         let all = instances(c, name)?;
@@ -1136,7 +1134,7 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.save(&i);
         c.bring_up(&cl, &mut i, &all, &cr).await?;
     }
-    c.db(|s| s.set_cluster_state(name, "running"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Running))
         .map_err(|e| e.message)?;
     Ok(())
 }
@@ -1145,11 +1143,11 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
 /// data and credentials too.
 async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), String> {
     let cl = cluster(c, name)?;
-    c.db(|s| s.set_cluster_state(name, "deleting"))
+    c.db(|s| s.set_cluster_state(name, ClusterState::Deleting))
         .map_err(|e| e.message)?;
     let cr = creds(c, name).ok();
     let mut all = instances(c, name)?;
-    all.sort_by_key(|i| (i.role == "primary", std::cmp::Reverse(i.ordinal)));
+    all.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)));
     for mut i in all.clone() {
         i.desired = Desired::Stopped;
         c.save(&i);

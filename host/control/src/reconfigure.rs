@@ -20,7 +20,7 @@ use shoal_runtime::CallContext;
 use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets::Credentials;
-use crate::store::{now_ms, ClusterRow, Desired, InstanceRow, Phase};
+use crate::store::{now_ms, ClusterRow, ClusterState, Desired, InstanceRow, Phase, Role};
 
 /// How long a restarted instance has to report healthy before the roll stops.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
@@ -549,15 +549,15 @@ async fn roll(
     op: i64,
 ) -> Result<(), String> {
     let name = &new.name;
-    let _ = c.db(|s| s.set_cluster_state(name, "updating"));
+    let _ = c.db(|s| s.set_cluster_state(name, ClusterState::Updating));
     let all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
     let mut order: Vec<InstanceRow> = all
         .iter()
-        .filter(|i| i.role != "primary")
+        .filter(|i| i.role != Role::Primary)
         .cloned()
         .collect();
     order.sort_by_key(|i| i.ordinal);
-    let primary = all.iter().find(|i| i.role == "primary").cloned();
+    let primary = all.iter().find(|i| i.role == Role::Primary).cloned();
     let mut done: Vec<String> = Vec::new();
     let mut failure = None;
     // With the primary first, each replica must have replayed past the restarted primary's
@@ -609,7 +609,7 @@ async fn roll(
         }
     }
     let Some((who, why)) = failure else {
-        let _ = c.db(|s| s.set_cluster_state(name, "running"));
+        let _ = c.db(|s| s.set_cluster_state(name, ClusterState::Running));
         return Ok(());
     };
     c.event(
@@ -629,7 +629,7 @@ async fn roll(
         }
     }
     let untouched = all.len() - back.len();
-    let _ = c.db(|s| s.set_cluster_state(name, "running"));
+    let _ = c.db(|s| s.set_cluster_state(name, ClusterState::Running));
     Err(format!(
         "{who} did not come back healthy with the new configuration: {why}. {} rolled back to \
          the previous configuration{}{}",

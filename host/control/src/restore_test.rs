@@ -19,7 +19,7 @@ use shoal_api::{ApiError, RestoreTestView};
 use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase};
+use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase, Role};
 
 /// Where throwaway instances live: `<home>/restore-tests/<name>`.
 fn tests_dir(c: &Controller) -> PathBuf {
@@ -131,7 +131,7 @@ impl Controller {
             version: m.engine_version.clone(),
             spec,
             addon_digest: addon.info().digest.clone(),
-            state: "restore-test".into(),
+            state: crate::store::ClusterState::Creating,
             created_ms: now_ms(),
             uid,
             os_user,
@@ -165,7 +165,7 @@ impl Controller {
             cluster: name.to_string(),
             name: instance.clone(),
             ordinal: 0,
-            role: "primary".into(),
+            role: Role::Primary,
             host: "127.0.0.1".into(),
             ports: port_names.into_iter().zip(ports).collect(),
             dir: tests_dir(self).join(name).join(&instance),

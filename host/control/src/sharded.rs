@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::{Desired, Health, InstanceRow, Phase};
-use crate::topology::SHARD_MEMBER;
+use crate::store::{Desired, Health, InstanceRow, Phase, Role};
+use crate::topology::Refusal;
 
 /// The most shards a cluster may have (a documented default: the host allocates every
 /// member of every shard on one machine).
@@ -20,17 +20,20 @@ pub fn check_shape(
     per_shard: u32,
     min: u32,
     max: u32,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     if shards == 0 || shards > MAX_SHARDS {
-        return Err(format!(
-            "shards must be between 1 and {MAX_SHARDS} (got {shards})"
-        ));
+        return Err(Refusal::ShardCount {
+            max: MAX_SHARDS,
+            got: shards,
+        });
     }
     if per_shard < min || per_shard > max {
-        return Err(format!(
-            "{engine} runs {min} to {max} members per shard (replicas counts the members of \
-             each shard; got {per_shard})"
-        ));
+        return Err(Refusal::ShardSize {
+            engine: engine.into(),
+            min,
+            max,
+            got: per_shard,
+        });
     }
     Ok(())
 }
@@ -100,17 +103,15 @@ pub fn summary(states: &[ShardState]) -> (String, bool) {
 }
 
 /// The members of a sharded cluster among its instance rows, as [`shards`] takes them.
-pub fn seen(rows: &[InstanceRow]) -> Vec<Seen<'_>> {
+pub fn seen<'a>(nodes: &dyn crate::nodes::Nodes, rows: &'a [InstanceRow]) -> Vec<Seen<'a>> {
     rows.iter()
-        .filter(|i| i.role == SHARD_MEMBER && i.desired == Desired::Running)
+        .filter(|i| i.role == Role::ShardMember && i.desired == Desired::Running)
         .filter_map(|i| {
             Some(Seen {
                 name: &i.name,
                 shard: i.shard?,
                 ordinal: i.ordinal,
-                healthy: i.state == Phase::Running
-                    && i.health == Health::Healthy
-                    && i.process.is_some_and(|p| p.is_running()),
+                healthy: i.state == Phase::Running && i.health == Health::Healthy && nodes.alive(i),
                 writable: i.writable == Some(true),
             })
         })
@@ -118,29 +119,29 @@ pub fn seen(rows: &[InstanceRow]) -> Vec<Seen<'_>> {
 }
 
 /// The shard states of a cluster's instance rows; `None` when they are not sharded.
-pub fn state_of(rows: &[InstanceRow]) -> Option<Vec<ShardState>> {
-    let members = seen(rows);
+pub fn state_of(nodes: &dyn crate::nodes::Nodes, rows: &[InstanceRow]) -> Option<Vec<ShardState>> {
+    let members = seen(nodes, rows);
     (!members.is_empty()).then(|| shards(&members))
 }
 
 /// Whether member `name` may be replaced (taken out of the engine cluster, given fresh
 /// data, admitted again as a copy of its shard): another member of its shard must be
 /// healthy and take the shard's writes, since the new copy is made from it.
-pub fn check_replace(members: &[Seen<'_>], name: &str) -> Result<(), String> {
+pub fn check_replace(members: &[Seen<'_>], name: &str) -> Result<(), Refusal> {
     let me = members
         .iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| format!("{name} is not a member of this sharded cluster"))?;
+        .ok_or_else(|| Refusal::NotAShardMember {
+            member: name.into(),
+        })?;
     let source = members
         .iter()
         .any(|m| m.shard == me.shard && m.name != name && m.healthy && m.writable);
     if !source {
-        return Err(format!(
-            "{name} cannot be replaced: no other member of shard {} is a healthy primary to \
-             copy its data from (replacing it would lose the shard's data; bring a member of \
-             the shard back first)",
-            me.shard
-        ));
+        return Err(Refusal::NoShardSource {
+            member: name.into(),
+            shard: me.shard,
+        });
     }
     Ok(())
 }
@@ -162,7 +163,7 @@ pub fn hold_restart(
     down_for: std::time::Duration,
     alive: impl Fn(&InstanceRow) -> bool,
 ) -> bool {
-    if dead.role != SHARD_MEMBER || dead.writable != Some(true) || down_for >= HANDOVER {
+    if dead.role != Role::ShardMember || dead.writable != Some(true) || down_for >= HANDOVER {
         return false;
     }
     let others = || {
@@ -193,11 +194,14 @@ pub fn plan_resize(
     target: u32,
     min: u32,
     max: u32,
-) -> Result<Vec<Step>, String> {
+) -> Result<Vec<Step>, Refusal> {
     if target < min || target > max {
-        return Err(format!(
-            "{engine} runs {min} to {max} members per shard (got {target})"
-        ));
+        return Err(Refusal::ShardSize {
+            engine: engine.into(),
+            min,
+            max,
+            got: target,
+        });
     }
     let mut by: BTreeMap<u32, Vec<&Seen>> = BTreeMap::new();
     for m in members {
@@ -214,19 +218,18 @@ pub fn plan_resize(
         let mut left = ms.iter().filter(|m| m.healthy).count();
         for m in ms.iter().take(ms.len() - target) {
             if m.writable {
-                return Err(format!(
-                    "shard {shard}: removing {} would take the shard's primary; fail it over \
-                     first or keep {} members",
-                    m.name,
-                    ms.len()
-                ));
+                return Err(Refusal::RemovesShardPrimary {
+                    shard,
+                    member: m.name.to_string(),
+                    members: ms.len(),
+                });
             }
             left -= usize::from(m.healthy);
             if left == 0 {
-                return Err(format!(
-                    "shard {shard}: removing {} would leave no healthy member",
-                    m.name
-                ));
+                return Err(Refusal::EmptiesShard {
+                    shard,
+                    member: m.name.to_string(),
+                });
             }
             steps.push(Step::Remove(m.name.to_string()));
         }
@@ -262,7 +265,7 @@ mod tests {
             let got = check_shape("redis", shards, per, 1, 5);
             match want {
                 Ok(()) => assert_eq!(got, Ok(()), "{shards}x{per}"),
-                Err(w) => assert!(got.unwrap_err().contains(w), "{shards}x{per}"),
+                Err(w) => assert!(got.unwrap_err().to_string().contains(w), "{shards}x{per}"),
             }
         }
     }
@@ -329,9 +332,9 @@ mod tests {
         ];
         assert_eq!(check_replace(&members, "a1"), Ok(()));
         assert_eq!(check_replace(&members, "b1"), Ok(()));
-        let e = check_replace(&members, "a0").unwrap_err();
+        let e = check_replace(&members, "a0").unwrap_err().to_string();
         assert!(e.contains("no other member of shard 0"), "{e}");
-        let e = check_replace(&members, "b0").unwrap_err();
+        let e = check_replace(&members, "b0").unwrap_err().to_string();
         assert!(e.contains("shard 1"), "{e}");
         assert!(check_replace(&members, "zz").is_err());
     }
@@ -341,7 +344,7 @@ mod tests {
             cluster: "r".into(),
             name: name.into(),
             ordinal: 0,
-            role: SHARD_MEMBER.into(),
+            role: Role::ShardMember,
             host: "127.0.0.1".into(),
             ports: Default::default(),
             dir: "/nonexistent".into(),
@@ -359,6 +362,75 @@ mod tests {
             term: None,
             shard: Some(shard),
         }
+    }
+
+    /// Nodes whose processes run when their pid is in the list (no process is touched).
+    struct Fake(Vec<u32>);
+
+    impl crate::nodes::Nodes for Fake {
+        fn start(&self, _: &shoal_local::ProcessSpec) -> Result<shoal_local::ProcessId, String> {
+            Err("not in a test".into())
+        }
+        fn run<'a>(
+            &'a self,
+            _: &'a shoal_local::ProcessSpec,
+            _: std::time::Duration,
+        ) -> crate::nodes::NodeFuture<'a, Result<(), String>> {
+            Box::pin(async { Err("not in a test".into()) })
+        }
+        fn is_running(&self, p: shoal_local::ProcessId) -> bool {
+            self.0.contains(&p.pid)
+        }
+        fn stop(
+            &self,
+            _: shoal_local::ProcessId,
+            _: i32,
+            _: std::time::Duration,
+        ) -> crate::nodes::NodeFuture<'_, bool> {
+            Box::pin(async { false })
+        }
+        fn kill(&self, _: shoal_local::ProcessId) -> usize {
+            0
+        }
+        fn kill_leftovers(&self, _: shoal_local::ProcessId) -> usize {
+            0
+        }
+        fn wait_gone(
+            &self,
+            _: shoal_local::ProcessId,
+            _: std::time::Duration,
+        ) -> crate::nodes::NodeFuture<'_, bool> {
+            Box::pin(async { true })
+        }
+        fn exited(&self, _: shoal_local::ProcessId) -> crate::nodes::NodeFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[test]
+    fn a_member_whose_process_is_gone_is_not_healthy_whatever_its_last_probe_said() {
+        let with_pid = |name: &str, shard: u32, pid: u32, writable: bool| {
+            let mut r = row(name, shard, "running", "healthy", writable);
+            r.process = Some(shoal_local::ProcessId { pid, start_time: 1 });
+            r
+        };
+        let rows = [
+            with_pid("a0", 0, 10, true),
+            with_pid("a1", 0, 11, false),
+            with_pid("b0", 1, 20, true),
+            with_pid("b1", 1, 21, false),
+        ];
+        // Every process runs: both shards whole, and a replica may be replaced.
+        let all = Fake(vec![10, 11, 20, 21]);
+        assert!(seen(&all, &rows).iter().all(|m| m.healthy));
+        assert_eq!(check_replace(&seen(&all, &rows), "a1"), Ok(()));
+        // Shard 1's primary process died before a probe noticed: replacing its replica
+        // would leave the shard with no copy, and is refused.
+        let b0_gone = Fake(vec![10, 11, 21]);
+        let members = seen(&b0_gone, &rows);
+        assert!(!members.iter().find(|m| m.name == "b0").unwrap().healthy);
+        assert!(check_replace(&members, "b1").is_err());
+        assert_eq!(check_replace(&members, "a1"), Ok(()));
     }
 
     #[test]
@@ -433,7 +505,9 @@ mod tests {
             Ok(vec![Step::Remove("a0".into())])
         );
         let members = [m("a0", 0, 0, true, true), m("a1", 0, 1, true, true)];
-        let e = plan_resize("redis", &members, 1, 1, 5).unwrap_err();
+        let e = plan_resize("redis", &members, 1, 1, 5)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("primary"), "{e}");
     }
 }

@@ -175,6 +175,139 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE ops ADD COLUMN parent INTEGER;",
 ];
 
+/// Where a cluster is, as a whole. Operations own `Creating`, `Updating`, `Stopped`,
+/// `Deleting` and `Failed`; the supervisor owns `Running`, `Degraded` and `QuorumLost`
+/// (from its probes, [`ClusterState::observed`]) and never overwrites an operation's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Its create operation is under way.
+    Creating,
+    /// Every instance that should run does, healthy.
+    Running,
+    /// Some instance that should run does not, or is unhealthy.
+    Degraded,
+    /// A quorum cluster without a majority of voting members: it takes no writes.
+    QuorumLost,
+    /// An operation is changing it (scale, restart, parameters, rebuild, …).
+    Updating,
+    /// Stopped on request.
+    Stopped,
+    /// Being deleted.
+    Deleting,
+    /// An operation failed and left it as it was; see its events.
+    Failed,
+}
+
+impl ClusterState {
+    /// The stored (and shown) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Creating => "creating",
+            ClusterState::Running => "running",
+            ClusterState::Degraded => "degraded",
+            ClusterState::QuorumLost => "quorum-lost",
+            ClusterState::Updating => "updating",
+            ClusterState::Stopped => "stopped",
+            ClusterState::Deleting => "deleting",
+            ClusterState::Failed => "failed",
+        }
+    }
+
+    /// The state stored as `s`; an unknown name (a newer Shoal's) reads as degraded, which
+    /// the supervisor settles from its next probes.
+    pub fn parse(s: &str) -> ClusterState {
+        match s {
+            "creating" => ClusterState::Creating,
+            "running" => ClusterState::Running,
+            "quorum-lost" => ClusterState::QuorumLost,
+            "updating" => ClusterState::Updating,
+            "stopped" => ClusterState::Stopped,
+            "deleting" => ClusterState::Deleting,
+            "failed" => ClusterState::Failed,
+            _ => ClusterState::Degraded,
+        }
+    }
+
+    /// Whether the supervisor sets this state from its probes (an operation's state it
+    /// leaves alone).
+    pub fn is_observed(self) -> bool {
+        matches!(
+            self,
+            ClusterState::Running | ClusterState::Degraded | ClusterState::QuorumLost
+        )
+    }
+
+    /// The state the probes say: quorum lost above all, else running when every instance
+    /// that should run does and is healthy, else degraded.
+    pub fn observed(all_serving: bool, quorum_lost: bool) -> ClusterState {
+        if quorum_lost {
+            ClusterState::QuorumLost
+        } else if all_serving {
+            ClusterState::Running
+        } else {
+            ClusterState::Degraded
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The role the host gives an instance row (what it *observed* the engine doing is the
+/// probe's `observed_role`, named by the addon's manifest). Primary and replica are role
+/// names every primary-replica and sharded manifest declares (the loader checks: `primary`
+/// writable and exclusive, `replica` not writable); a quorum or shard member's leader is
+/// the engine's to elect, so its row says only that it is a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The writable primary the host elected (primary-replica family).
+    Primary,
+    /// A read-only replica of the primary (primary-replica family).
+    Replica,
+    /// A voting member of a quorum; the engine elects the leader.
+    Member,
+    /// A member of one shard's replica group; the engine fails the shard over.
+    ShardMember,
+}
+
+impl Role {
+    /// The stored name, and the role name hooks see in `instance.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Member => "member",
+            Role::ShardMember => "shard-member",
+        }
+    }
+
+    /// The role stored as `s`; an unknown name (a newer Shoal's) reads as a replica, which
+    /// the host neither writes to nor fences.
+    pub fn parse(s: &str) -> Role {
+        match s {
+            "primary" => Role::Primary,
+            "member" => Role::Member,
+            "shard-member" => Role::ShardMember,
+            _ => Role::Replica,
+        }
+    }
+
+    /// Whether the engine, not the host, decides who leads (a quorum or shard member): the
+    /// host never promotes, fences or records a leader for it.
+    pub fn engine_elected(self) -> bool {
+        matches!(self, Role::Member | Role::ShardMember)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where an instance is in its life, as the host last set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -372,7 +505,7 @@ pub struct ClusterRow {
     pub version: String,
     pub spec: ClusterSpec,
     pub addon_digest: String,
-    pub state: String,
+    pub state: ClusterState,
     pub created_ms: i64,
     /// Never reused, not even after the cluster is deleted (see the registry).
     pub uid: i64,
@@ -414,8 +547,8 @@ pub struct InstanceRow {
     pub cluster: String,
     pub name: String,
     pub ordinal: u32,
-    /// Role the host assigned: primary or replica.
-    pub role: String,
+    /// Role the host assigned.
+    pub role: Role,
     pub host: String,
     pub ports: BTreeMap<String, u16>,
     /// The instance's directory (data/, config/, log/ inside).
@@ -547,7 +680,7 @@ impl Store {
                 c.version,
                 serde_json::to_string(&c.spec)?,
                 c.addon_digest,
-                c.state,
+                c.state.as_str(),
                 c.created_ms,
                 uid
             ],
@@ -584,7 +717,7 @@ impl Store {
                 version: r.get(2)?,
                 spec: ClusterSpec::default(),
                 addon_digest: r.get(4)?,
-                state: r.get(5)?,
+                state: ClusterState::parse(&r.get::<_, String>(5)?),
                 created_ms: r.get(6)?,
                 uid: r.get(7)?,
                 os_user: r.get(8)?,
@@ -704,10 +837,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_cluster_state(&self, name: &str, state: &str) -> Result<()> {
+    pub fn set_cluster_state(&self, name: &str, state: ClusterState) -> Result<()> {
         self.conn.execute(
             "UPDATE clusters SET state = ?2 WHERE name = ?1",
-            params![name, state],
+            params![name, state.as_str()],
         )?;
         Ok(())
     }
@@ -791,7 +924,7 @@ impl Store {
                 i.cluster,
                 i.name,
                 i.ordinal,
-                i.role,
+                i.role.as_str(),
                 i.host,
                 serde_json::to_string(&i.ports)?,
                 i.dir.display().to_string(),
@@ -816,7 +949,7 @@ impl Store {
             params![
                 i.cluster,
                 i.name,
-                i.role,
+                i.role.as_str(),
                 i.desired.as_str(),
                 i.state.as_str(),
                 i.process.map(|p| p.pid),
@@ -885,7 +1018,7 @@ impl Store {
                     cluster: r.get(0)?,
                     name: r.get(1)?,
                     ordinal: r.get(2)?,
-                    role: r.get(3)?,
+                    role: Role::parse(&r.get::<_, String>(3)?),
                     host: r.get(4)?,
                     ports: BTreeMap::new(),
                     dir: PathBuf::from(dir),
@@ -1321,6 +1454,26 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_cluster_state_reads_back_as_stored_and_the_probes_decide_only_their_own() {
+        use ClusterState::*;
+        for st in [
+            Creating, Running, Degraded, QuorumLost, Updating, Stopped, Deleting, Failed,
+        ] {
+            assert_eq!(ClusterState::parse(st.as_str()), st);
+        }
+        assert_eq!(ClusterState::parse("from-a-newer-shoal"), Degraded);
+        // Quorum lost outranks everything; else all serving is running.
+        assert_eq!(ClusterState::observed(true, false), Running);
+        assert_eq!(ClusterState::observed(false, false), Degraded);
+        assert_eq!(ClusterState::observed(true, true), QuorumLost);
+        assert_eq!(ClusterState::observed(false, true), QuorumLost);
+        // The supervisor leaves an operation's state alone.
+        for st in [Creating, Updating, Stopped, Deleting, Failed] {
+            assert!(!st.is_observed(), "{st}");
+        }
+    }
+
     fn cluster(name: &str) -> ClusterRow {
         ClusterRow {
             name: name.into(),
@@ -1333,7 +1486,7 @@ mod tests {
                 ..Default::default()
             },
             addon_digest: "d".into(),
-            state: "creating".into(),
+            state: ClusterState::Creating,
             created_ms: now_ms(),
             uid: 0,
             os_user: None,
@@ -1345,7 +1498,7 @@ mod tests {
             cluster: cluster.into(),
             name: name.into(),
             ordinal: 0,
-            role: "primary".into(),
+            role: Role::Primary,
             host: "127.0.0.1".into(),
             ports: [("client".to_string(), port)].into(),
             dir: PathBuf::from("/x"),

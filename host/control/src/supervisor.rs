@@ -18,7 +18,7 @@ use crate::events::Level;
 use crate::ha;
 use crate::operation::{Op, Settle};
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase};
+use crate::store::{now_ms, ClusterRow, ClusterState, Desired, Health, InstanceRow, Phase, Role};
 use crate::topology::{self, Family};
 
 /// Store what a probe said on the row.
@@ -91,16 +91,13 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
     let mut adopted = 0;
     let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
     let replica_up = |me: &InstanceRow| {
-        all.iter().any(|r| {
-            r.name != me.name
-                && r.desired == Desired::Running
-                && r.process.is_some_and(|p| p.is_running())
-        })
+        all.iter()
+            .any(|r| r.name != me.name && r.desired == Desired::Running && c.nodes.alive(r))
     };
     for i in all.iter().filter(|i| i.desired == Desired::Running) {
         let mut i = i.clone();
         match i.process {
-            Some(p) if p.is_running() => {
+            Some(p) if c.nodes.is_running(p) => {
                 adopted += 1;
                 i.state = Phase::Running;
                 c.save(&i);
@@ -113,7 +110,7 @@ pub(crate) fn adopt_cluster(c: &Arc<Controller>, cl: &ClusterRow) -> usize {
             }
             _ if matches!(i.state, Phase::Fenced | Phase::Failed) => {}
             // The supervisor's next tick fails it over, as for any primary found dead.
-            _ if i.role == "primary" && fails_over(cl, &all) && replica_up(&i) => {
+            _ if i.role == Role::Primary && fails_over(cl, &all) && replica_up(&i) => {
                 i.state = Phase::Running;
                 c.save(&i);
                 c.event(
@@ -197,7 +194,7 @@ fn settle_interrupted(c: &Arc<Controller>, cl: &ClusterRow, op: &shoal_api::OpVi
     });
     // A create never finished has nothing a user relies on yet; its state says why it goes.
     if matches!(next, Op::Delete { .. }) && op.kind == "create" {
-        let _ = c.db(|s| s.set_cluster_state(&cl.name, "creating"));
+        let _ = c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Creating));
     }
     match c.submit_resumed(&op.cluster, next) {
         Ok(new) => c.event(
@@ -424,12 +421,12 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
         let mut together = Vec::new();
         for i in all
             .iter()
-            .filter(|i| i.role != "primary" || i.state != Phase::Running)
+            .filter(|i| i.role != Role::Primary || i.state != Phase::Running)
         {
             mem.suspects.remove(&(cl.name.clone(), i.name.clone()));
         }
         for i in all.iter().filter(|i| i.desired == Desired::Running) {
-            let alive = i.process.is_some_and(|p| p.is_running());
+            let alive = c.nodes.alive(i);
             let key = (cl.name.clone(), i.name.clone());
             if alive {
                 if let Some(p) = i.process {
@@ -450,12 +447,10 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             }
             let tail = last_line(&shoal_local::log_tail(&i.log_file(), 400));
             // A dead primary with replicas: fail over at once (no probe misses needed).
-            let replica_up = all.iter().any(|r| {
-                r.name != i.name
-                    && r.state == Phase::Running
-                    && r.process.is_some_and(|p| p.is_running())
-            });
-            if i.role == "primary"
+            let replica_up = all
+                .iter()
+                .any(|r| r.name != i.name && r.state == Phase::Running && c.nodes.alive(r));
+            if i.role == Role::Primary
                 && i.state == Phase::Running
                 && fails_over(&cl, &all)
                 && replica_up
@@ -467,7 +462,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             // (restarted first, it would lead again with only what it persisted).
             let first = !mem.handover.contains_key(&key);
             let since = *mem.handover.entry(key.clone()).or_insert_with(Instant::now);
-            let alive = |r: &InstanceRow| r.process.is_some_and(|p| p.is_running());
+            let alive = |r: &InstanceRow| c.nodes.alive(r);
             if crate::sharded::hold_restart(i, &all, since.elapsed(), alive) {
                 if first {
                     mark_crashed(c, &cl.name, i.clone());
@@ -494,7 +489,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                 continue;
             }
             if let Some(old) = i.process {
-                let n = old.kill_leftovers();
+                let n = c.nodes.kill_leftovers(old);
                 if n > 0 {
                     c.event(
                         &cl.name,
@@ -505,7 +500,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
                 }
                 // Its pid gone from the kernel (not a lingering zombie) before a restart
                 // reads its lock files.
-                old.wait_gone(ha::GONE_WITHIN).await;
+                c.nodes.wait_gone(old, ha::GONE_WITHIN).await;
             }
             let mut row = i.clone();
             row.restarts += 1;
@@ -712,13 +707,13 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
     };
     match r {
         Err(e) => {
-            if i.role == "primary" {
+            if i.role == Role::Primary {
                 mem.suspects.insert(key.clone());
             }
             let n = mem.misses.entry(key.clone()).or_insert(0);
             *n += 1;
             let limit = c.cfg.ha.failover_after_probes;
-            if i.role == "primary" && *n >= limit && fails_over(&p.cl, &p.all) {
+            if i.role == Role::Primary && *n >= limit && fails_over(&p.cl, &p.all) {
                 *n = 0;
                 mem.suspects.remove(&key);
                 start_failover(
@@ -732,7 +727,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
         Ok(rep) => {
             mem.misses.remove(&key);
             mem.suspects.remove(&key);
-            if i.role == "primary" {
+            if i.role == Role::Primary {
                 let due = mem
                     .renewed
                     .get(&format!("{}/leader", p.cl.name))
@@ -768,7 +763,8 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
                         }
                     }
                 }
-            } else if rep.writable && rep.role == "primary" && !topology::engine_elected(&i.role) {
+            } else if rep.writable && rep.role == Role::Primary.as_str() && !i.role.engine_elected()
+            {
                 // (A quorum or shard member that leads is the engine's business, whatever
                 // its role is called.)
                 c.event(
@@ -786,7 +782,7 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
 /// Fence `i` (kill it) and queue its rebuild as a replica of the elected leader.
 async fn fence_and_rebuild(c: &Arc<Controller>, cl: &ClusterRow, mut i: InstanceRow, why: &str) {
     ha::fence(c, &mut i, why).await;
-    i.role = "replica".into();
+    i.role = Role::Replica;
     c.save(&i);
     if let Err(e) = c.rebuild(&cl.name, &i.name) {
         c.event(
@@ -869,11 +865,12 @@ async fn probe_live(
 /// when some do not; states owned by operations (creating, updating, deleting, failed) stay.
 fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
     for cl in c.db(|s| s.clusters()).unwrap_or_default() {
-        if !matches!(cl.state.as_str(), "running" | "degraded") {
+        if !cl.state.is_observed() {
             continue;
         }
         let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
-        if let Some(q) = topology::state_of(&all) {
+        let quorum = topology::state_of(&all);
+        if let Some(q) = &quorum {
             if !q.has_quorum && mem.quorum_lost.insert(cl.name.clone()) {
                 c.event(
                     &cl.name,
@@ -888,7 +885,7 @@ fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
                 c.event(&cl.name, None, Level::Info, format!("quorum back: {q}"));
             }
         }
-        if let Some(shards) = crate::sharded::state_of(&all) {
+        if let Some(shards) = crate::sharded::state_of(&*c.nodes, &all) {
             let (line, whole) = crate::sharded::summary(&shards);
             if !whole && mem.shard_down.insert(cl.name.clone()) {
                 c.event(
@@ -913,15 +910,16 @@ fn refresh_cluster_states(c: &Arc<Controller>, mem: &mut Memory) {
             .iter()
             .filter(|i| i.desired == Desired::Running)
             .all(|i| i.state == Phase::Running && i.health == Health::Healthy);
-        let want = if ok { "running" } else { "degraded" };
+        let lost = quorum.as_ref().is_some_and(|q| !q.has_quorum);
+        let want = ClusterState::observed(ok, lost);
         if want != cl.state {
             let _ = c.db(|s| s.set_cluster_state(&cl.name, want));
-            c.event(
-                &cl.name,
-                None,
-                if ok { Level::Info } else { Level::Warning },
-                format!("cluster {want}"),
-            );
+            let level = match want {
+                ClusterState::Running => Level::Info,
+                ClusterState::QuorumLost => Level::Error,
+                _ => Level::Warning,
+            };
+            c.event(&cl.name, None, level, format!("cluster {want}"));
         }
     }
 }

@@ -5,21 +5,7 @@
 
 use shoal_runtime::wit;
 
-use crate::store::{Desired, Health, InstanceRow, Phase};
-
-/// The role recorded for every member of a quorum cluster: the host does not decide who
-/// leads, so the row holds no leader/follower role; the probe's `observed_role` does.
-pub const MEMBER: &str = "member";
-
-/// The role recorded for every member of a sharded cluster: the engine fails its shards
-/// over itself, so the row holds no primary/replica role; the probe's `observed_role` does.
-pub const SHARD_MEMBER: &str = "shard-member";
-
-/// Whether an instance row's role says the engine, not the host, decides who leads (a quorum
-/// or sharded member): the host never promotes, fences or records a leader for it.
-pub fn engine_elected(row_role: &str) -> bool {
-    row_role == MEMBER || row_role == SHARD_MEMBER
-}
+use crate::store::{Desired, Health, InstanceRow, Phase, Role};
 
 /// How a cluster is kept available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,22 +86,114 @@ pub fn quorum_topology(m: &wit::AddonManifest) -> Option<&wit::Topology> {
         .find(|t| t.kind == wit::TopologyKind::Quorum)
 }
 
+/// Why a quorum or sharded change is refused: the rule it breaks, with the members and
+/// counts involved. Refused changes change nothing; the message is what the user reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{engine} runs a quorum of {min} to {max} members (got {got})")]
+    QuorumSize {
+        engine: String,
+        min: u32,
+        max: u32,
+        got: u32,
+    },
+    #[error(
+        "{engine} is a quorum: its member count must be odd, so that a majority survives a \
+         split (got {got}; use {} or {})",
+        got - 1,
+        got + 1
+    )]
+    EvenQuorum { engine: String, got: u32 },
+    #[error(
+        "the quorum does not stand now ({healthy} of {members} members healthy, {needed} \
+         needed): a membership change could not be committed; bring the members back first"
+    )]
+    QuorumDown {
+        healthy: usize,
+        members: usize,
+        needed: usize,
+    },
+    #[error(
+        "removing {member} would leave {healthy_after} healthy of {members_after} members, \
+         fewer than the {needed} a quorum needs"
+    )]
+    RemovalLosesQuorum {
+        member: String,
+        healthy_after: usize,
+        members_after: usize,
+        needed: usize,
+    },
+    #[error("no member {member:?}; the members: {}", members.join(", "))]
+    NoSuchMember {
+        member: String,
+        members: Vec<String>,
+    },
+    #[error(
+        "replacing {member} needs {needed} healthy other members of {members} to commit it \
+         and copy the data from; {healthy} are healthy"
+    )]
+    ReplaceLosesQuorum {
+        member: String,
+        needed: usize,
+        members: usize,
+        healthy: usize,
+    },
+    #[error("shards must be between 1 and {max} (got {got})")]
+    ShardCount { max: u32, got: u32 },
+    #[error(
+        "{engine} runs {min} to {max} members per shard (replicas counts the members of each \
+         shard; got {got})"
+    )]
+    ShardSize {
+        engine: String,
+        min: u32,
+        max: u32,
+        got: u32,
+    },
+    #[error("{member} is not a member of this sharded cluster")]
+    NotAShardMember { member: String },
+    #[error(
+        "{member} cannot be replaced: no other member of shard {shard} is a healthy primary \
+         to copy its data from (replacing it would lose the shard's data; bring a member of \
+         the shard back first)"
+    )]
+    NoShardSource { member: String, shard: u32 },
+    #[error(
+        "shard {shard}: removing {member} would take the shard's primary; fail it over first \
+         or keep {members} members"
+    )]
+    RemovesShardPrimary {
+        shard: u32,
+        member: String,
+        members: usize,
+    },
+    #[error("shard {shard}: removing {member} would leave no healthy member")]
+    EmptiesShard { shard: u32, member: String },
+}
+
+impl From<Refusal> for String {
+    fn from(r: Refusal) -> String {
+        r.to_string()
+    }
+}
+
 /// Whether a quorum of `members` voting members may be created: odd (an even count
 /// tolerates no more failures than the odd one below it and can split evenly) and within
 /// the sizes the addon allows.
-pub fn check_size(engine: &str, members: u32, min: u32, max: u32) -> Result<(), String> {
+pub fn check_size(engine: &str, members: u32, min: u32, max: u32) -> Result<(), Refusal> {
     if members < min || members > max {
-        return Err(format!(
-            "{engine} runs a quorum of {min} to {max} members (got {members})"
-        ));
+        return Err(Refusal::QuorumSize {
+            engine: engine.into(),
+            min,
+            max,
+            got: members,
+        });
     }
     if members.is_multiple_of(2) {
-        return Err(format!(
-            "{engine} is a quorum: its member count must be odd, so that a majority \
-             survives a split (got {members}; use {} or {})",
-            members - 1,
-            members + 1
-        ));
+        return Err(Refusal::EvenQuorum {
+            engine: engine.into(),
+            got: members,
+        });
     }
     Ok(())
 }
@@ -222,16 +300,16 @@ pub fn plan_scale(
     target: u32,
     min: u32,
     max: u32,
-) -> Result<(Vec<Step>, Vec<String>), String> {
+) -> Result<(Vec<Step>, Vec<String>), Refusal> {
     check_size(engine, target, min, max)?;
     let n = members.len();
     let healthy = members.iter().filter(|m| m.healthy).count();
     if healthy < majority(n) {
-        return Err(format!(
-            "the quorum does not stand now ({healthy} of {n} members healthy, {} needed): \
-             a membership change could not be committed; bring the members back first",
-            majority(n)
-        ));
+        return Err(Refusal::QuorumDown {
+            healthy,
+            members: n,
+            needed: majority(n),
+        });
     }
     let target = target as usize;
     let mut steps = Vec::new();
@@ -256,13 +334,12 @@ pub fn plan_scale(
     for m in order.into_iter().take(n - target) {
         let after = up - usize::from(m.healthy);
         if after < majority(size - 1) {
-            return Err(format!(
-                "removing {} would leave {after} healthy of {} members, fewer than the {} \
-                 a quorum needs",
-                m.name,
-                size - 1,
-                majority(size - 1)
-            ));
+            return Err(Refusal::RemovalLosesQuorum {
+                member: m.name.to_string(),
+                healthy_after: after,
+                members_after: size - 1,
+                needed: majority(size - 1),
+            });
         }
         steps.push(Step::Remove(m.name.to_string()));
         size -= 1;
@@ -274,13 +351,12 @@ pub fn plan_scale(
 /// Whether member `name` may be replaced (taken out of the membership, given fresh data,
 /// admitted again): the other members alone must be a healthy majority, since they commit
 /// both changes and hold the data the new copy is made from.
-pub fn check_replace(members: &[Voter<'_>], name: &str) -> Result<(), String> {
+pub fn check_replace(members: &[Voter<'_>], name: &str) -> Result<(), Refusal> {
     if !members.iter().any(|m| m.name == name) {
-        let names: Vec<&str> = members.iter().map(|m| m.name).collect();
-        return Err(format!(
-            "no member {name:?}; the members: {}",
-            names.join(", ")
-        ));
+        return Err(Refusal::NoSuchMember {
+            member: name.into(),
+            members: members.iter().map(|m| m.name.to_string()).collect(),
+        });
     }
     let others = members
         .iter()
@@ -288,26 +364,25 @@ pub fn check_replace(members: &[Voter<'_>], name: &str) -> Result<(), String> {
         .count();
     let need = majority(members.len());
     if others < need {
-        return Err(format!(
-            "replacing {name} needs {need} healthy other members of {} to commit it and \
-             copy the data from; {others} are healthy",
-            members.len()
-        ));
+        return Err(Refusal::ReplaceLosesQuorum {
+            member: name.into(),
+            needed: need,
+            members: members.len(),
+            healthy: others,
+        });
     }
     Ok(())
 }
 
 /// The members of a quorum cluster's rows as a scale plan sees them.
-pub fn voters(rows: &[InstanceRow]) -> Vec<Voter<'_>> {
+pub fn voters<'a>(nodes: &dyn crate::nodes::Nodes, rows: &'a [InstanceRow]) -> Vec<Voter<'a>> {
     let leader = state_of(rows).and_then(|q| q.leader);
     rows.iter()
-        .filter(|i| i.role == MEMBER && i.desired == Desired::Running)
+        .filter(|i| i.role == Role::Member && i.desired == Desired::Running)
         .map(|i| Voter {
             name: &i.name,
             ordinal: i.ordinal,
-            healthy: i.state == Phase::Running
-                && i.health == Health::Healthy
-                && i.process.is_some_and(|p| p.is_running()),
+            healthy: i.state == Phase::Running && i.health == Health::Healthy && nodes.alive(i),
             leads: leader.as_deref() == Some(i.name.as_str()),
         })
         .collect()
@@ -318,7 +393,7 @@ pub fn voters(rows: &[InstanceRow]) -> Vec<Voter<'_>> {
 pub fn state_of(rows: &[InstanceRow]) -> Option<QuorumState> {
     let members: Vec<MemberSeen> = rows
         .iter()
-        .filter(|i| i.role == MEMBER && i.desired == Desired::Running)
+        .filter(|i| i.role == Role::Member && i.desired == Desired::Running)
         .map(|i| MemberSeen {
             name: &i.name,
             healthy: i.state == Phase::Running && i.health == Health::Healthy,
@@ -347,9 +422,9 @@ mod tests {
         assert!(check_size("etcd", 1, 1, 7).is_ok());
         assert!(check_size("etcd", 3, 1, 7).is_ok());
         assert!(check_size("etcd", 7, 1, 7).is_ok());
-        let e = check_size("etcd", 4, 1, 7).unwrap_err();
+        let e = check_size("etcd", 4, 1, 7).unwrap_err().to_string();
         assert!(e.contains("odd") && e.contains("use 3 or 5"), "{e}");
-        let e = check_size("etcd", 9, 1, 7).unwrap_err();
+        let e = check_size("etcd", 9, 1, 7).unwrap_err().to_string();
         assert!(e.contains("1 to 7"), "{e}");
         assert!(check_size("etcd", 0, 1, 7).is_err());
         assert!(check_size("zk", 1, 3, 7).is_err());
@@ -434,9 +509,10 @@ mod tests {
             vec![Step::Remove("e-2".into()), Step::Remove("e-1".into())]
         );
         // An even target, or one the addon does not allow: refused.
-        assert!(plan_scale("etcd", &three, 4, 1, 7)
-            .unwrap_err()
-            .contains("odd"));
+        assert!(matches!(
+            plan_scale("etcd", &three, 4, 1, 7),
+            Err(Refusal::EvenQuorum { got: 4, .. })
+        ));
         assert!(plan_scale("etcd", &three, 9, 1, 7).is_err());
         // 3 -> 1 while a member is down: the down one goes first (its removal is committed
         // by the two that run), then a follower; with two down no quorum stands at all.
@@ -452,7 +528,9 @@ mod tests {
             v("e-1", 1, false, false),
             v("e-2", 2, false, false),
         ];
-        let e = plan_scale("etcd", &two_down, 5, 1, 7).unwrap_err();
+        let e = plan_scale("etcd", &two_down, 5, 1, 7)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not stand"), "{e}");
         // 5 -> 3 with two down: removing them keeps 3 of 3.
         let five: Vec<Voter> = ["a", "b", "c", "d", "e"]
@@ -488,7 +566,7 @@ mod tests {
         ];
         assert!(check_replace(&three, "e-1").is_ok());
         // Replacing a healthy one while another is down leaves one other: refused.
-        let e = check_replace(&three, "e-0").unwrap_err();
+        let e = check_replace(&three, "e-0").unwrap_err().to_string();
         assert!(e.contains("needs 2 healthy other"), "{e}");
         // The only healthy member.
         let lone = [
@@ -497,9 +575,10 @@ mod tests {
             v("e-2", 2, false, false),
         ];
         assert!(check_replace(&lone, "e-0").is_err());
-        assert!(check_replace(&three, "e-9")
-            .unwrap_err()
-            .contains("no member"));
+        assert!(matches!(
+            check_replace(&three, "e-9"),
+            Err(Refusal::NoSuchMember { .. })
+        ));
         // A single-member quorum has nothing to copy from.
         assert!(check_replace(&[v("s-0", 0, true, true)], "s-0").is_err());
     }

@@ -309,6 +309,7 @@ pub(crate) fn validate_manifest(m: &AddonManifest) -> Result<(), String> {
             }
         }
     }
+    check_topology_roles(&m.topologies, &m.roles)?;
     for p in &m.parameters {
         if !name_ok(&p.name)
             && !p
@@ -450,9 +451,131 @@ fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), St
     Ok(())
 }
 
+/// The roles the host relies on per topology, as the manifest's role specs describe them:
+/// a primary-replica or sharded topology names a writable, exclusive `primary` and a
+/// read-only `replica` (the names the host gives its rows and the probe reports); a quorum
+/// names at least one voting role and at most one writable one, which must be exclusive
+/// (the leader the read-write endpoint follows).
+pub(crate) fn check_topology_roles(
+    topologies: &[crate::wit::Topology],
+    roles: &[crate::wit::RoleSpec],
+) -> Result<(), String> {
+    use crate::wit::TopologyKind;
+    let spec = |t: &crate::wit::Topology, name: &str| {
+        t.roles
+            .iter()
+            .any(|r| r == name)
+            .then(|| roles.iter().find(|x| x.name == name))
+            .flatten()
+    };
+    for t in topologies {
+        let kind = match t.kind {
+            TopologyKind::PrimaryReplica => "primary-replica",
+            TopologyKind::Sharded => "sharded",
+            TopologyKind::Quorum => "quorum",
+            TopologyKind::Standalone => continue,
+        };
+        if t.kind == TopologyKind::Quorum {
+            let in_t: Vec<_> = roles.iter().filter(|r| t.roles.contains(&r.name)).collect();
+            if !in_t.iter().any(|r| r.votes) {
+                return Err(format!(
+                    "topology quorum: none of its roles ({}) votes",
+                    t.roles.join(", ")
+                ));
+            }
+            let writable: Vec<_> = in_t.iter().filter(|r| r.writable).collect();
+            if writable.len() > 1 || writable.iter().any(|r| !r.exclusive) {
+                return Err(
+                    "topology quorum: at most one role may be writable, and it must be \
+                     exclusive (the leader)"
+                        .to_string(),
+                );
+            }
+            continue;
+        }
+        // (name, what it must be, the rule, what the host calls it)
+        let wanted: [(&str, fn(&crate::wit::RoleSpec) -> bool, &str, &str); 2] = [
+            (
+                "primary",
+                |r| r.writable && r.exclusive,
+                "must be writable and exclusive",
+                "the writable member",
+            ),
+            (
+                "replica",
+                |r| !r.writable,
+                "must not be writable",
+                "a read-only copy",
+            ),
+        ];
+        for (name, ok, rule, what) in wanted {
+            match spec(t, name) {
+                Some(r) if ok(r) => {}
+                Some(_) => return Err(format!("topology {kind}: role {name:?} {rule}")),
+                None => {
+                    return Err(format!(
+                        "topology {kind} must list a declared role {name:?} (the host's name \
+                         for {what})"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topology_needs_the_roles_the_host_relies_on() {
+        use crate::wit::{RoleSpec, Topology, TopologyKind};
+        let role = |name: &str, writable: bool, votes: bool, exclusive: bool| RoleSpec {
+            name: name.into(),
+            writable,
+            votes,
+            exclusive,
+            description: String::new(),
+        };
+        let top = |kind, roles: &[&str]| Topology {
+            kind,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            min_members: 1,
+            max_members: 3,
+            description: String::new(),
+        };
+        let pr = [
+            role("primary", true, false, true),
+            role("replica", false, false, false),
+        ];
+        let q = [
+            role("leader", true, true, true),
+            role("follower", false, true, false),
+            role("learner", false, false, false),
+        ];
+        for kind in [TopologyKind::PrimaryReplica, TopologyKind::Sharded] {
+            assert!(check_topology_roles(&[top(kind, &["primary", "replica"])], &pr).is_ok());
+            let e = check_topology_roles(&[top(kind, &["primary"])], &pr).unwrap_err();
+            assert!(e.contains("\"replica\""), "{e}");
+            let shared = [role("primary", true, false, false), pr[1].clone()];
+            let e =
+                check_topology_roles(&[top(kind, &["primary", "replica"])], &shared).unwrap_err();
+            assert!(e.contains("exclusive"), "{e}");
+        }
+        // A standalone topology may call its one role anything.
+        let solo = [role("standalone", true, false, true)];
+        assert!(
+            check_topology_roles(&[top(TopologyKind::Standalone, &["standalone"])], &solo).is_ok()
+        );
+        let all = ["leader", "follower", "learner"];
+        assert!(check_topology_roles(&[top(TopologyKind::Quorum, &all)], &q).is_ok());
+        let e = check_topology_roles(&[top(TopologyKind::Quorum, &["learner"])], &q).unwrap_err();
+        assert!(e.contains("votes"), "{e}");
+        let two = [role("a", true, true, true), role("b", true, true, true)];
+        let e = check_topology_roles(&[top(TopologyKind::Quorum, &["a", "b"])], &two).unwrap_err();
+        assert!(e.contains("at most one"), "{e}");
+    }
 
     #[test]
     fn a_client_shell_keeps_the_password_off_the_command_line() {
