@@ -329,27 +329,13 @@ pub(crate) async fn apply_sync_to(
     if cl.spec.ha.mode != ReplicationMode::Sync {
         return;
     }
-    let Ok(addon) = c.addon(&cl.engine) else {
-        return;
-    };
     let all = c.db(|s| s.instances(&cl.name)).unwrap_or_default();
-    let everyone: Vec<wit::Member> = all.iter().map(Controller::wit_member).collect();
     let chosen = |i: &&InstanceRow| i.state == Phase::Running && only.is_none_or(|n| n == i.name);
     for i in all.iter().filter(chosen) {
-        let standbys: Vec<wit::Member> = everyone
-            .iter()
-            .filter(|m| m.name != i.name)
-            .cloned()
-            .collect();
-        let r = addon
-            .call(&c.call_ctx(i, &all, false))
-            .set_sync(
-                &c.wit_instance(cl, i, cr, false),
-                &standbys,
-                cl.spec.ha.sync_quorum,
-            )
-            .await;
-        if let Err(e) = r {
+        let Ok(hooks) = c.hooks(cl, i, &all, cr) else {
+            return;
+        };
+        if let Err(e) = hooks.set_sync(cl.spec.ha.sync_quorum).await {
             c.event(
                 &cl.name,
                 Some(&i.name),
@@ -369,9 +355,7 @@ async fn repoint(
     cr: &Credentials,
     t0: Instant,
 ) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
-    let pm = Controller::wit_member(primary);
     for r in all.iter().filter(|i| i.name != primary.name) {
         if let Err(e) = c.hooks(cl, primary, &all, cr)?.member_join(r).await {
             return Err(format!(
@@ -386,13 +370,10 @@ async fn repoint(
         // retried before the replica's data is given up for a fresh copy.
         let mut outcome = Err(None);
         for (attempt, pause) in REPOINT_RETRIES.iter().enumerate() {
-            let r2 = addon
-                .call(&c.call_ctx(r, &all, true))
-                .demote(
-                    &c.wit_instance(cl, r, cr, false),
-                    Some(&pm),
-                    &Controller::members_of(r, &all),
-                )
+            let r2 = c
+                .hooks(cl, r, &all, cr)?
+                .with_dirs()
+                .demote(Some(primary))
                 .await;
             match r2 {
                 Ok(()) => {
@@ -475,7 +456,6 @@ async fn rebuild_from(
     cr: &Credentials,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     if i.process.is_some() {
         c.stop_process(cl, i, cr).await?;
     }
@@ -485,13 +465,10 @@ async fn rebuild_from(
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
     let mut rewound = false;
     if !crate::node::is_empty(&i.data_dir()) {
-        let plan = addon
-            .call(&c.call_ctx(i, &all, false))
-            .rebuild(
-                &c.wit_instance(cl, i, cr, true),
-                &Controller::wit_member(primary),
-                &Controller::members_of(i, &all),
-            )
+        let plan = c
+            .hooks(cl, i, &all, cr)?
+            .with_process_paths()
+            .rebuild(primary)
             .await;
         match plan {
             Ok(cmds) if !cmds.is_empty() => match run_commands(c, cl, i, &cmds).await {
@@ -605,13 +582,10 @@ async fn promote(
     term: u64,
     cr: &Credentials,
 ) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
-    let mut inst = c.wit_instance(cl, cand, cr, false);
-    inst.term = term;
-    addon
-        .call(&c.call_ctx(cand, &all, true))
-        .promote(&inst, term, &Controller::members_of(cand, &all))
+    c.hooks(cl, cand, &all, cr)?
+        .with_dirs()
+        .promote(term)
         .await
         .map_err(|e| format!("promote {}: {e}", cand.name))
 }
@@ -836,7 +810,6 @@ pub(crate) async fn switchover(
 ) -> Result<(), String> {
     let t0 = Instant::now();
     let (cl, all, cr) = rows(c, cluster)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let mut old = all
         .iter()
         .find(|i| i.name == from && i.role == Role::Primary)
@@ -851,15 +824,10 @@ pub(crate) async fn switchover(
     c.probe_once(&cl, &mut old, &all, &cr).await?;
     c.probe_once(&cl, &mut cand, &all, &cr).await?;
     check_candidate(&cl, &old, &cand)?;
-    let cm = Controller::wit_member(&cand);
     // 1. Fence the primary: read-only, following the candidate from its next start.
-    addon
-        .call(&c.call_ctx(&old, &all, true))
-        .demote(
-            &c.wit_instance(&cl, &old, &cr, false),
-            Some(&cm),
-            &Controller::members_of(&old, &all),
-        )
+    c.hooks(&cl, &old, &all, &cr)?
+        .with_dirs()
+        .demote(Some(&cand))
         .await
         .map_err(|e| format!("demote {from}: {e}"))?;
     // 2. No new writes through the endpoint; sessions ended; candidate caught up.
@@ -867,25 +835,16 @@ pub(crate) async fn switchover(
     fenced.state = Phase::Switching;
     c.save(&fenced);
     c.refresh_routes(cluster).await;
-    if let Err(e) = addon
-        .call(&c.call_ctx(&old, &all, false))
-        .switchover(
-            &c.wit_instance(&cl, &old, &cr, false),
-            &cm,
-            &Controller::members_of(&old, &all),
-        )
-        .await
-    {
-        if !e.is_unsupported() {
-            fenced.state = Phase::Running;
-            c.save(&fenced);
-            // Lift the fence: the old primary stays the primary.
-            let leader = leader_named(c, cluster).await.ok().flatten();
-            let term = leader.map(|l| l.term).unwrap_or(0);
-            let _ = promote(c, &cl, &mut old.clone(), term, &cr).await;
-            c.refresh_routes(cluster).await;
-            return Err(format!("switchover refused: {e}"));
-        }
+    // (An engine without the hook has nothing to wait for: `Ran::Unsupported`.)
+    if let Err(e) = c.hooks(&cl, &old, &all, &cr)?.switchover(&cand).await {
+        fenced.state = Phase::Running;
+        c.save(&fenced);
+        // Lift the fence: the old primary stays the primary.
+        let leader = leader_named(c, cluster).await.ok().flatten();
+        let term = leader.map(|l| l.term).unwrap_or(0);
+        let _ = promote(c, &cl, &mut old.clone(), term, &cr).await;
+        c.refresh_routes(cluster).await;
+        return Err(format!("switchover refused: {e}"));
     }
     c.event(
         cluster,

@@ -1,6 +1,8 @@
 //! Addon calls about one instance of a cluster, with the records its hooks see built in one
-//! place: the sandbox context (its own and its members' addresses), the `instance` record
-//! (guest paths) and the `members` list. Hooks an engine may leave out (`unsupported`) are
+//! place: the sandbox context (its own and its members' addresses, and its directories when
+//! the hook works on them), the `instance` record and the `members` list. The lifecycle
+//! hooks and the HA hooks (`promote`, `demote`, `switchover`, `rebuild`, `set-sync`) go
+//! through it. Hooks an engine may leave out (`unsupported`) are
 //! folded here into [`Ran::Unsupported`], once, instead of at every call site.
 
 use shoal_runtime::wit;
@@ -35,6 +37,10 @@ pub(crate) struct Hooks<'a> {
     on: &'a InstanceRow,
     all: &'a [InstanceRow],
     cr: &'a Credentials,
+    /// Grant the instance's data and config directories (hooks that read or change files).
+    dirs: bool,
+    /// Hand the directories as the server process sees them (a plan the host runs).
+    process_paths: bool,
 }
 
 impl Controller {
@@ -54,17 +60,77 @@ impl Controller {
             on,
             all,
             cr,
+            dirs: false,
+            process_paths: false,
         })
     }
 }
 
 impl Hooks<'_> {
+    /// The hook works on the instance's files: its data and config directories are granted.
+    pub(crate) fn with_dirs(mut self) -> Self {
+        self.dirs = true;
+        self
+    }
+
+    /// The hook returns commands the host runs: the instance record names the directories as
+    /// the server process sees them.
+    pub(crate) fn with_process_paths(mut self) -> Self {
+        self.process_paths = true;
+        self
+    }
+
     fn parts(&self) -> (shoal_runtime::CallContext, wit::Instance, Vec<wit::Member>) {
         (
-            self.c.call_ctx(self.on, self.all, false),
-            self.c.wit_instance(self.cl, self.on, self.cr, false),
+            self.c.call_ctx(self.on, self.all, self.dirs),
+            self.c
+                .wit_instance(self.cl, self.on, self.cr, self.process_paths),
             Controller::members_of(self.on, self.all),
         )
+    }
+
+    /// `promote` at `term`.
+    pub(crate) async fn promote(&self, term: u64) -> Result<(), CallError> {
+        let (ctx, mut inst, members) = self.parts();
+        inst.term = term;
+        self.addon.call(&ctx).promote(&inst, term, &members).await
+    }
+
+    /// `demote`, following `primary` (none: stand alone, read-only).
+    pub(crate) async fn demote(&self, primary: Option<&InstanceRow>) -> Result<(), CallError> {
+        let (ctx, inst, members) = self.parts();
+        let p = primary.map(Controller::wit_member);
+        self.addon
+            .call(&ctx)
+            .demote(&inst, p.as_ref(), &members)
+            .await
+    }
+
+    /// `switchover` to `to`: stop writes here and wait until `to` has everything.
+    pub(crate) async fn switchover(&self, to: &InstanceRow) -> Result<Ran, CallError> {
+        let (ctx, inst, members) = self.parts();
+        let m = Controller::wit_member(to);
+        optional(self.addon.call(&ctx).switchover(&inst, &m, &members).await)
+    }
+
+    /// `rebuild` from `primary`: the commands that rewind this instance onto it (none, or
+    /// `unsupported`: copy afresh).
+    pub(crate) async fn rebuild(
+        &self,
+        primary: &InstanceRow,
+    ) -> Result<Vec<wit::Command>, CallError> {
+        let (ctx, inst, members) = self.parts();
+        let p = Controller::wit_member(primary);
+        self.addon.call(&ctx).rebuild(&inst, &p, &members).await
+    }
+
+    /// `set-sync`: make `quorum` of the other members synchronous standbys.
+    pub(crate) async fn set_sync(&self, quorum: u32) -> Result<(), CallError> {
+        let (ctx, inst, members) = self.parts();
+        self.addon
+            .call(&ctx)
+            .set_sync(&inst, &members, quorum)
+            .await
     }
 
     /// `post-provision`.
