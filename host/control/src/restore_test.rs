@@ -1,9 +1,10 @@
 //! Restore tests: a backup counts only if it restores. `shoal backup verify --restore` (and a
 //! schedule set with `--verify`, after each backup it takes) restores the backup into a
 //! throwaway instance — its own directory under `<home>/restore-tests`, its own port, the
-//! backed-up cluster's OS user (the same tenant's data) and throwaway credentials — through
-//! the same code a real restore uses (checksums verified first, the addon's `restore`, then
-//! the server started and its health probe), then removes it. The result is recorded on the
+//! backed-up cluster's OS user (the same tenant's data) and throwaway credentials (for a
+//! physical copy of a quorum, the source's platform account the copy carries, kept with the
+//! backup) — through the same code a real restore uses (checksums verified first, the
+//! addon's `restore`, then the server started and its health probe), then removes it. The result is recorded on the
 //! backup (`restore_test`) and as an event of its cluster; a failed test keeps the server's
 //! log for diagnosis and names it.
 //!
