@@ -69,6 +69,9 @@ pub fn valid_account_name(name: &str) -> bool {
 
 /// Check an account `account-provision` is asked for: a plain name ([`valid_account_name`])
 /// that is not the platform's own (users must never be able to use or change that one).
+/// The one call with the platform's name comes from the host itself, after a quorum was
+/// restored from a physical copy carrying the source's password: an addon with such a
+/// method handles it before this check (`addons/etcd`).
 pub fn check_user_account(instance: &Instance, name: &str) -> HookResult<()> {
     if !valid_account_name(name) {
         return Err(HookError::invalid(format!(

@@ -166,11 +166,14 @@ pub trait Engine: 'static {
     }
 
     /// Restore `info` from `from` into the stopped, empty data directory of `instance`.
-    /// `recovery_follows`: `restore_to_time` comes next, so leave the data exactly as the
-    /// backup made it.
+    /// `members`: the other members of the cluster being created, none started yet (a
+    /// quorum engine restoring a physical copy into every member builds its initial
+    /// membership from them; empty for a single instance). `recovery_follows`:
+    /// `restore_to_time` comes next, so leave the data exactly as the backup made it.
     fn restore(
         &mut self,
         instance: &Instance,
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         recovery_follows: bool,

@@ -157,12 +157,13 @@ impl<P: Provider> backup::Guest for P {
 
     fn restore(
         instance: Instance,
+        members: Vec<Member>,
         info: backup::BackupInfo,
         from: &Source,
         recovery_follows: bool,
     ) -> Result<(), HookError> {
         let mut reader = SourceReader::new(from);
-        P::with(|e| e.restore(&instance, &info, &mut reader, recovery_follows))
+        P::with(|e| e.restore(&instance, &members, &info, &mut reader, recovery_follows))
     }
 
     fn archive_continuous(

@@ -175,6 +175,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
         .call(&ctx)
         .restore(
             &inst,
+            &[],
             &info("exec-stream", total),
             HostSource::new(Zeros {
                 left: total,
@@ -191,6 +192,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
         .call(&ctx)
         .restore(
             &inst,
+            &[],
             &info("exec-stream", total),
             HostSource::new(Zeros {
                 left: total - 1,
@@ -207,6 +209,7 @@ async fn restore_pipes_the_source_into_a_granted_program() {
         .call(&ctx)
         .restore(
             &inst,
+            &[],
             &info("exec-stream", total),
             HostSource::new(Zeros {
                 left: 1 << 20,
@@ -230,6 +233,7 @@ async fn restore_through_guest_reads() {
         .call(&ctx)
         .restore(
             &inst,
+            &[],
             &info("direct", total),
             HostSource::new(Zeros {
                 left: total,

@@ -49,19 +49,7 @@ impl Gateway {
         body: &Json,
         token: Option<&str>,
     ) -> std::io::Result<Answer> {
-        let body = body.to_string();
-        let auth = token
-            .map(|t| format!("Authorization: {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}\
-             Content-Length: {}\r\n\r\n{body}",
-            self.peer,
-            body.len()
-        );
-        let stream = self.reader.get_mut();
-        stream.write_all(request.as_bytes())?;
-        stream.flush()?;
+        self.send(path, body, token)?;
         let (status, text) = self.read_response()?;
         let json: Json = serde_json::from_str(&text).map_err(|e| {
             invalid(format!(
@@ -86,7 +74,122 @@ impl Gateway {
         Ok(Answer::Ok(json))
     }
 
-    fn read_response(&mut self) -> std::io::Result<(u16, String)> {
+    /// POST `body` to a server-streaming `path` (`/v3/maintenance/snapshot`) and hand each
+    /// message's `result` to `each` as it arrives: the gateway sends one JSON object a line,
+    /// chunked, so nothing larger than one message is held. A message carrying an `error`
+    /// ends the stream with the server's gRPC error.
+    pub fn post_stream(
+        &mut self,
+        path: &str,
+        body: &Json,
+        token: Option<&str>,
+        mut each: impl FnMut(&Json) -> std::io::Result<()>,
+    ) -> std::io::Result<Option<Answer>> {
+        self.send(path, body, token)?;
+        let (status, chunked, length) = self.read_head()?;
+        if !chunked {
+            // An error before the stream began: one JSON answer.
+            let n = length.ok_or_else(|| invalid("answer without a length".into()))?;
+            if n > MAX_BODY {
+                return Err(invalid("answer too large".into()));
+            }
+            let mut body = vec![0; n];
+            self.reader.read_exact(&mut body)?;
+            let text = String::from_utf8_lossy(&body);
+            return Ok(Some(error_answer(status, &text)));
+        }
+        let mut line = Vec::new();
+        loop {
+            let size = self.line()?;
+            let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| invalid(format!("bad chunk size {size:?}")))?;
+            if size == 0 {
+                while !self.line()?.is_empty() {}
+                break;
+            }
+            let mut chunk = vec![0; size];
+            self.reader.read_exact(&mut chunk)?;
+            self.line()?;
+            for piece in chunk.split_inclusive(|b| *b == b'\n') {
+                line.extend_from_slice(piece);
+                if line.len() > MAX_BODY {
+                    return Err(invalid("a streamed message is too large".into()));
+                }
+                if line.ends_with(b"\n") {
+                    if let Some(a) = self.message(&line, &mut each)? {
+                        return Ok(Some(a));
+                    }
+                    line.clear();
+                }
+            }
+        }
+        if !line.is_empty() {
+            if let Some(a) = self.message(&line, &mut each)? {
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One streamed message: its `result` to `each`, or the error it carries.
+    fn message(
+        &self,
+        line: &[u8],
+        each: &mut impl FnMut(&Json) -> std::io::Result<()>,
+    ) -> std::io::Result<Option<Answer>> {
+        let text = String::from_utf8_lossy(line);
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let json: Json = serde_json::from_str(text.trim()).map_err(|e| {
+            invalid(format!(
+                "{}: a streamed message is not JSON ({e})",
+                self.peer
+            ))
+        })?;
+        if let Some(error) = json.get("error") {
+            // grpc-gateway: {"error": {"grpc_code": 7, "message": "..."}} mid-stream.
+            let message = error
+                .get("message")
+                .and_then(Json::as_str)
+                .or_else(|| error.as_str())
+                .unwrap_or("error")
+                .to_string();
+            let code = error
+                .get("grpc_code")
+                .or_else(|| json.get("code"))
+                .and_then(Json::as_i64)
+                .unwrap_or(2);
+            return Ok(Some(Answer::Error { code, message }));
+        }
+        let result = json.get("result").ok_or_else(|| {
+            invalid(format!(
+                "{}: a streamed message without a result",
+                self.peer
+            ))
+        })?;
+        each(result)?;
+        Ok(None)
+    }
+
+    fn send(&mut self, path: &str, body: &Json, token: Option<&str>) -> std::io::Result<()> {
+        let body = body.to_string();
+        let auth = token
+            .map(|t| format!("Authorization: {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: {}\r\n\r\n{body}",
+            self.peer,
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(request.as_bytes())?;
+        stream.flush()
+    }
+
+    /// The status line and headers: (status, chunked, content length).
+    fn read_head(&mut self) -> std::io::Result<(u16, bool, Option<usize>)> {
         let status_line = self.line()?;
         let status: u16 = status_line
             .split_whitespace()
@@ -110,6 +213,11 @@ impl Gateway {
                 chunked = value.eq_ignore_ascii_case("chunked");
             }
         }
+        Ok((status, chunked, length))
+    }
+
+    fn read_response(&mut self) -> std::io::Result<(u16, String)> {
+        let (status, chunked, length) = self.read_head()?;
         let mut body = Vec::new();
         if chunked {
             loop {
@@ -149,6 +257,32 @@ impl Gateway {
             ));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// A whole answer that is not a stream: the gRPC error it carries, or the HTTP status.
+fn error_answer(status: u16, text: &str) -> Answer {
+    let json: Option<Json> = serde_json::from_str(text).ok();
+    match json.as_ref().and_then(|j| j.get("error")) {
+        Some(e) => Answer::Error {
+            code: json
+                .as_ref()
+                .and_then(|j| j.get("code"))
+                .and_then(Json::as_i64)
+                .unwrap_or(2),
+            message: e
+                .as_str()
+                .or_else(|| e.get("message").and_then(Json::as_str))
+                .unwrap_or("error")
+                .to_string(),
+        },
+        None => Answer::Error {
+            code: 2,
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+        },
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use gateway::{base64, u64_field, unbase64, Answer, Gateway};
 use serde_json::{json, Value as Json};
+use shoal_sdk::host::Exec;
 use shoal_sdk::params::Lookup;
 use shoal_sdk::prelude::*;
 
@@ -23,6 +24,26 @@ const IO_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Longest a membership or account change may wait for the Raft commit.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a read of the snapshot stream may wait for the next message.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The logical backup method (every key, written back through a new quorum's leader).
+const KEYS: &str = "keys";
+
+/// The physical backup method (etcd's own snapshot, restored into every new member).
+const SNAPSHOT: &str = "snapshot";
+
+/// Stages the snapshot a restore reads from stdin: `$1` the staging directory (made
+/// private), `$2` the file.
+const STAGE: &str = "set -eu; umask 077; mkdir -p \"$1\"; cat > \"$2\"";
+
+/// Moves the member directory `etcdctl snapshot restore` made (`$1/member`) into the data
+/// directory `$2`.
+const ADOPT: &str = "set -eu; mv \"$1/member\" \"$2/member\"";
+
+/// Removes the staging directory `$1`.
+const CLEAN: &str = "rm -rf \"$1\"";
 
 struct Etcd {
     /// The kept connection (the probe loop reuses it every second).
@@ -248,8 +269,12 @@ impl Etcd {
                 return Err(grpc_error("/v3/auth/user/add", code, &message))
             }
         }
-        let grant = json!({ "user": name, "role": role });
-        self.ok(instance, "/v3/auth/user/grant", &grant, token)?;
+        // A changed password ends that user's sessions, `token` among them when it is the
+        // user's own (the platform account given a new password): grant only what is missing.
+        if roles != Some(true) {
+            let grant = json!({ "user": name, "role": role });
+            self.ok(instance, "/v3/auth/user/grant", &grant, token)?;
+        }
         Ok(())
     }
 
@@ -315,6 +340,77 @@ impl Etcd {
         }
     }
 
+    /// `snapshot` backup: etcd's own snapshot of `instance`'s store, streamed from
+    /// `/v3/maintenance/snapshot` into the sink as etcd sends it (the database followed by
+    /// its SHA-256, which `etcdctl snapshot restore` checks); nothing is staged on the
+    /// member. The revision the member had when the stream began is recorded.
+    fn snapshot_backup(
+        &mut self,
+        instance: &Instance,
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        use std::io::Write;
+        let token = self.token(instance)?;
+        let all = base64(b"\0");
+        let count = self.ok(
+            instance,
+            "/v3/kv/range",
+            &json!({ "key": all, "range_end": all, "count_only": true }),
+            token.as_deref(),
+        )?;
+        let revision = u64_field(&count, "/header/revision");
+        let status = self.read(instance, "/v3/maintenance/status")?;
+        let server = status
+            .get("version")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let size = u64_field(&status, "/dbSize");
+        let addr = instance.address();
+        let path = "/v3/maintenance/snapshot";
+        let mut conn = Gateway::connect(&instance.endpoint, STREAM_TIMEOUT)
+            .map_err(|e| HookError::from(e).context(format!("connect {addr}")))?;
+        let mut written = 0u64;
+        let end = conn
+            .post_stream(path, &json!({}), token.as_deref(), |result| {
+                let Some(blob) = result.get("blob").and_then(Json::as_str) else {
+                    return Ok(());
+                };
+                let bytes = unbase64(blob).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a snapshot message not in base64",
+                    )
+                })?;
+                into.write_all(&bytes)?;
+                written += bytes.len() as u64;
+                shoal_sdk::host::progress(written, Some(size), "snapshot");
+                Ok(())
+            })
+            .map_err(|e| HookError::from(e).context(format!("{addr}{path}")))?;
+        if let Some(Answer::Error { code, message }) = end {
+            return Err(grpc_error(path, code, &message));
+        }
+        // The database (at least a page) and its 32-byte SHA-256.
+        if written <= 32 {
+            return Err(HookError::failed(format!(
+                "{addr}{path}: the snapshot stream ended after {written} bytes"
+            )));
+        }
+        Ok(BackupInfo {
+            method: SNAPSHOT.into(),
+            engine_version: instance.engine_version.clone(),
+            start_position: Some(revision.to_string()),
+            end_position: None,
+            labels: vec![
+                ("tool".into(), path.into()),
+                ("revision".into(), revision.to_string()),
+                ("bytes".into(), written.to_string()),
+                ("server-version".into(), server),
+            ],
+        })
+    }
+
     fn seen(&mut self, instance: &Instance) -> HookResult<Seen> {
         let status = self.read(instance, "/v3/maintenance/status")?;
         let list = self.read(instance, "/v3/cluster/member/list")?;
@@ -376,6 +472,84 @@ fn peer_entry(name: &str, host: &str, ports: &[NamedPort]) -> HookResult<String>
         .map(|p| p.port)
         .ok_or_else(|| HookError::invalid(format!("{name} has no port named \"peer\"")))?;
     Ok(format!("{name}={}", url(host, peer)))
+}
+
+/// This member's peer URL and the initial membership (`name=peer-url`, sorted) of it and
+/// `members`: what `run-spec` starts a new member with and a snapshot restore writes.
+fn initial_cluster(instance: &Instance, members: &[Member]) -> HookResult<(String, Vec<String>)> {
+    let me = peer_entry(&instance.name, &instance.endpoint.host, &instance.ports)?;
+    let peer_url = me
+        .split_once('=')
+        .map(|(_, u)| u.to_string())
+        .unwrap_or_default();
+    let mut initial = vec![me];
+    for m in members {
+        initial.push(peer_entry(&m.name, &m.endpoint.host, &m.ports)?);
+    }
+    initial.sort();
+    Ok((peer_url, initial))
+}
+
+/// `snapshot` restore into `instance`'s empty data directory (a host path: the programs
+/// run on the host as the engine's user). The stream is staged in a private file,
+/// `etcdctl snapshot restore` (which checks the snapshot's SHA-256) writes a member of the
+/// new cluster from it — this member and `members` as the initial membership, the cluster's
+/// name as the token, exactly as `run-spec` starts them — and its `member` directory is
+/// moved into the data directory. The staging goes whatever happened.
+fn snapshot_restore(
+    instance: &Instance,
+    members: &[Member],
+    info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+) -> HookResult<()> {
+    let data = instance
+        .data_dir
+        .clone()
+        .ok_or_else(|| HookError::invalid("the host gave no data directory"))?;
+    let staging = format!("{data}/snapshot-restore");
+    let file = format!("{staging}/snapshot.db");
+    let out = format!("{staging}/out");
+    let want: Option<u64> = info
+        .labels
+        .iter()
+        .find(|(k, _)| k == "bytes")
+        .and_then(|(_, v)| v.parse().ok());
+    let result = (|| -> HookResult<()> {
+        let staged = Exec::new("sh")
+            .args(["-c", STAGE, "shoal-etcd-stage", &staging, &file])
+            .run_from(from)?
+            .ok_or_failed("staging the snapshot")?;
+        if let Some(want) = want.filter(|w| *w != staged.streamed_bytes) {
+            return Err(HookError::failed(format!(
+                "the backup holds {} bytes of snapshot, its record says {want}",
+                staged.streamed_bytes
+            )));
+        }
+        let (peer_url, initial) = initial_cluster(instance, members)?;
+        Exec::new("etcdctl")
+            .args(["snapshot", "restore", &file])
+            .args(["--name", &instance.name])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-token", &instance.cluster])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--data-dir", &out])
+            .run()?
+            .ok_or_failed("etcdctl snapshot restore")?;
+        Exec::new("sh")
+            .args(["-c", ADOPT, "shoal-etcd-adopt", &out, &data])
+            .run()?
+            .ok_or_failed("moving the restored member into the data directory")?;
+        shoal_sdk::info!(
+            "{}: snapshot restored as one of {} member(s)",
+            instance.name,
+            initial.len()
+        );
+        Ok(())
+    })();
+    let _ = Exec::new("sh")
+        .args(["-c", CLEAN, "shoal-etcd-clean", &staging])
+        .run();
+    result
 }
 
 fn url(host: &str, port: u16) -> String {
@@ -455,16 +629,31 @@ impl Engine for Etcd {
                     description: "Raft traffic between members.".into(),
                 },
             ],
-            backup_methods: vec![BackupMethod {
-                name: "keys".into(),
-                kind: BackupKind::Logical,
-                target_role: None,
-                point_in_time: false,
-                description: "Every key and value at one revision, read through the leader \
-                              and written back with transactions (no history, leases or \
-                              accounts)."
-                    .into(),
-            }],
+            backup_methods: vec![
+                BackupMethod {
+                    name: KEYS.into(),
+                    kind: BackupKind::Logical,
+                    target_role: None,
+                    point_in_time: false,
+                    description: "Every key and value at one revision, read through the \
+                                  leader and written back with transactions (no history, \
+                                  leases or accounts)."
+                        .into(),
+                },
+                BackupMethod {
+                    name: SNAPSHOT.into(),
+                    // Physical: restored into every member's empty data directory before any
+                    // starts (etcdctl snapshot restore).
+                    kind: BackupKind::Full,
+                    target_role: None,
+                    point_in_time: false,
+                    description: "etcd's own snapshot of the leader's store \
+                                  (/v3/maintenance/snapshot): every key with its revisions, \
+                                  leases and the accounts; restored into every member of a \
+                                  new quorum before it starts."
+                        .into(),
+                },
+            ],
             parameters: vec![
                 ParamSpec {
                     name: "heartbeat-interval".into(),
@@ -517,7 +706,12 @@ impl Engine for Etcd {
                     versions: vec![],
                 },
             ],
-            capabilities: vec![],
+            // A snapshot restore: etcdctl snapshot restore, sh to stage the snapshot and move
+            // the restored member into place.
+            capabilities: vec![
+                Capability::Exec("etcdctl".into()),
+                Capability::Exec("sh".into()),
+            ],
             limits: vec![
                 HookLimit {
                     hook: Hook::Probe,
@@ -575,16 +769,7 @@ impl Engine for Etcd {
         let p = Lookup::new(&schema, params);
         let host = &instance.endpoint.host;
         let client = url(host, instance.endpoint.port);
-        let me = peer_entry(&instance.name, host, &instance.ports)?;
-        let peer_url = me
-            .split_once('=')
-            .map(|(_, u)| u.to_string())
-            .unwrap_or_default();
-        let mut initial = vec![me];
-        for m in members {
-            initial.push(peer_entry(&m.name, &m.endpoint.host, &m.ports)?);
-        }
-        initial.sort();
+        let (peer_url, initial) = initial_cluster(instance, members)?;
         // A member that joins a running cluster (scale, replacement) starts "existing";
         // at creation no member has answered a probe yet. Ignored once data exists.
         let state = if members.iter().any(|m| m.healthy) {
@@ -714,6 +899,24 @@ impl Engine for Etcd {
 
     fn account_provision(&mut self, instance: &Instance, account: &Account) -> HookResult<()> {
         let name = &account.credentials.username;
+        if name == shoal_sdk::accounts::platform_user(instance)? {
+            // Only the host asks for the platform's own account: a quorum restored from a
+            // snapshot runs with the source's password (the snapshot holds its hash) until
+            // the host gives it the new cluster's own, logging in with the source's.
+            if account.role != AccountRole::Superuser {
+                return Err(HookError::invalid(format!(
+                    "{name} is the platform's own account and holds the root role"
+                )));
+            }
+            let token = self.token(instance)?;
+            return self.set_user(
+                instance,
+                token.as_deref(),
+                name,
+                &account.credentials.password,
+                "root",
+            );
+        }
         shoal_sdk::accounts::check_user_account(instance, name)?;
         let token = self.token(instance)?;
         let role = match account.role {
@@ -751,10 +954,15 @@ impl Engine for Etcd {
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
         use std::io::Write;
-        if method != "keys" {
-            return Err(HookError::invalid(format!(
-                "unknown backup method {method:?}: the etcd addon has \"keys\""
-            )));
+        match method {
+            KEYS => {}
+            SNAPSHOT => return self.snapshot_backup(instance, into),
+            _ => {
+                return Err(HookError::invalid(format!(
+                    "unknown backup method {method:?}: the etcd addon has \"{KEYS}\" and \
+                     \"{SNAPSHOT}\""
+                )))
+            }
         }
         let token = self.token(instance)?;
         let all = base64(b"\0");
@@ -813,7 +1021,7 @@ impl Engine for Etcd {
             }
         }
         Ok(BackupInfo {
-            method: "keys".into(),
+            method: KEYS.into(),
             engine_version: instance.engine_version.clone(),
             start_position: Some(revision.to_string()),
             end_position: Some(revision.to_string()),
@@ -825,21 +1033,26 @@ impl Engine for Etcd {
         })
     }
 
-    /// Write every key of a "keys" backup into the running cluster, 100 to a transaction,
-    /// and check the count.
+    /// A "snapshot" backup: into this member's empty data directory, the whole membership
+    /// given (none started). A "keys" backup: every key into the running cluster, 100 to a
+    /// transaction, and the count checked.
     fn restore(
         &mut self,
         instance: &Instance,
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         _recovery_follows: bool,
     ) -> HookResult<()> {
         use std::io::BufRead;
-        if info.method != "keys" {
-            return Err(HookError::invalid(format!(
-                "cannot restore a backup made with method {:?}",
-                info.method
-            )));
+        match info.method.as_str() {
+            KEYS => {}
+            SNAPSHOT => return snapshot_restore(instance, members, info, from),
+            other => {
+                return Err(HookError::invalid(format!(
+                    "cannot restore a backup made with method {other:?}"
+                )))
+            }
         }
         let token = self.token(instance)?;
         let mut ops = Vec::new();

@@ -1045,6 +1045,7 @@ impl Engine for MariaDb {
     fn restore(
         &mut self,
         instance: &Instance,
+        _members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         _recovery_follows: bool,

@@ -980,6 +980,7 @@ impl Engine for Postgres {
     fn restore(
         &mut self,
         instance: &Instance,
+        _members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         recovery_follows: bool,

@@ -863,6 +863,7 @@ impl Engine for Redis {
     fn restore(
         &mut self,
         instance: &Instance,
+        _members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         _recovery_follows: bool,

@@ -1040,6 +1040,7 @@ impl Engine for ZooKeeper {
     fn restore(
         &mut self,
         instance: &Instance,
+        _members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         _recovery_follows: bool,

@@ -336,7 +336,7 @@ async fn dispatch(
                 .await
                 .map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?;
             let read = c
-                .restore(instance, &info, HostSource::new(file), false)
+                .restore(instance, members, &info, HostSource::new(file), false)
                 .await?;
             if let Some(size) = expected {
                 if read != size {

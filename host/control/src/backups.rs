@@ -286,6 +286,7 @@ impl Controller {
             .await
             .map_err(repo_failed)?;
         self.db(|s| s.delete_backup(id))?;
+        crate::secrets::remove_for_backup(&self.home, id);
         self.event(
             &b.view.cluster,
             None,
@@ -386,6 +387,13 @@ impl Controller {
                 )));
             }
             self.check_restore_time(&b.view, t)?;
+        }
+        // A physical copy restored into a quorum starts with its source's platform account:
+        // refused up front, nothing created, when this host does not keep it.
+        if method.kind != BackupKind::Logical
+            && crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum
+        {
+            kept_source_account(self, id).map_err(ApiError::invalid)?;
         }
         self.repo(&b.view.repo)?;
         let mut spec = b.spec.clone();
@@ -495,9 +503,10 @@ impl Controller {
                     names.join(", ")
                 ))
             })?,
+            // The manifest's first method taken once (every addon lists its default first).
             None => methods
                 .iter()
-                .find(|m| m.kind == BackupKind::Full)
+                .find(|m| m.kind != BackupKind::Continuous)
                 .unwrap_or(&methods[0]),
         };
         if m.kind == BackupKind::Continuous {
@@ -1009,12 +1018,24 @@ pub(crate) async fn run_backup(
         ),
     );
     let fail = |reason: String, mut row: BackupRow| {
+        crate::secrets::remove_for_backup(&c.home, &id);
         row.view.state = "failed".into();
         row.view.reason = Some(reason.clone());
         row.view.finished_unix_ms = Some(now_ms());
         let _ = c.db(|s| s.put_backup(&row));
         Err(format!("backup {id}: {reason}"))
     };
+    // A physical copy carries the source's accounts, its platform account's password with
+    // them: kept beside the host's secrets for as long as the backup lives, so that a cluster
+    // restored from it can log in before it gets its own.
+    if m.kind != BackupKind::Logical {
+        if let Err(e) = crate::secrets::keep_for_backup(&c.home, &id, &creds) {
+            return fail(
+                format!("cannot keep the source's platform account for a restore: {e}"),
+                row,
+            );
+        }
+    }
     let t = Instant::now();
     let mut parts: Vec<(wit::BackupInfo, StoredObject)> = Vec::new();
     for source in &sources {
@@ -1211,6 +1232,49 @@ pub(crate) fn check_shard_parts(c: &Controller, id: &str, shards: u32) -> Result
     }
 }
 
+/// The platform account of physical backup `id`'s source cluster, kept by this host since
+/// the backup was made ([`crate::secrets::keep_for_backup`]): a copy restored into a quorum
+/// carries the source's accounts, and its members run with this account until the host
+/// gives them their own. Missing (a backup made before Shoal kept it, or on another host):
+/// why, and which logical method to restore from instead.
+pub(crate) fn kept_source_account(c: &Controller, id: &str) -> Result<Credentials, String> {
+    let e = match crate::secrets::kept_for_backup(&c.home, id) {
+        Ok(cr) => return Ok(cr),
+        Err(e) => e,
+    };
+    let b = c
+        .db(|s| s.backup(id))
+        .map_err(|e| e.message)?
+        .ok_or_else(|| format!("backup {id} no longer exists"))?;
+    let logical: Vec<String> = c
+        .addon(&b.view.engine)
+        .map(|a| {
+            a.manifest()
+                .backup_methods
+                .iter()
+                .filter(|m| m.kind == BackupKind::Logical)
+                .map(|m| m.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let instead = if logical.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; back {} up with a logical method ({}) and restore that",
+            b.view.cluster,
+            logical.join(" or ")
+        )
+    };
+    Err(format!(
+        "backup {id} is a physical copy that carries the accounts of {}: a quorum restored \
+         from it starts with the source's platform account, which this host keeps only for \
+         physical backups it made itself, and it has none for this one ({}: {e}){instead}",
+        b.view.cluster,
+        crate::secrets::backup_path(&c.home, id).display()
+    ))
+}
+
 /// Whether backup `id` restores before the server first starts (a physical copy into the
 /// empty data directory) rather than into the running server (a logical dump).
 pub(crate) fn restores_before_start(c: &Controller, id: &str) -> Result<bool, String> {
@@ -1374,7 +1438,13 @@ async fn restore_steps(
         let inst = c.wit_instance(cl, i, creds, true);
         let result = addon
             .call(&ctx)
-            .restore(&inst, &info, source, to_unix_ms.is_some())
+            .restore(
+                &inst,
+                &Controller::members_of(i, &all),
+                &info,
+                source,
+                to_unix_ms.is_some(),
+            )
             .await;
         let checked = verdict.check().await;
         match (result, checked) {

@@ -271,10 +271,10 @@ async fn create(
     if topology::family(addon.manifest()) == Family::Quorum {
         if let Some((id, _)) = restore {
             if crate::backups::restores_before_start(c, id)? {
-                return Err(format!(
-                    "backup {id} is a physical copy; a quorum restores only a logical backup \
-                     (written into the running members)"
-                ));
+                create_quorum_from_copy(c, &cl, all_secrets, id).await?;
+                c.db(|s| s.set_cluster_state(name, ClusterState::Running))
+                    .map_err(|e| e.message)?;
+                return Ok(());
             }
         }
         create_quorum(c, &cl, &cr).await?;
@@ -525,6 +525,82 @@ async fn create_quorum(
     }
     crate::ha::failpoint("create-primary-up").await;
     post_provision_once(c, cl, cr).await
+}
+
+/// Create a quorum from physical backup `id`: every member allocated, the backup restored
+/// into every member's empty data directory (the addon's `restore`, given the whole
+/// membership) before any starts, then all started together as one cluster. A restore that
+/// fails on any member starts none (its data set aside as [`crate::backups::restore_into`]
+/// does). A physical copy carries the source's accounts, so the members first run with the
+/// source's platform account (kept with the backup, and saved as the cluster's meanwhile);
+/// once one leads, the platform account gets this cluster's own password
+/// (`account-provision` of the platform account), the secrets are saved with it, and the
+/// admin account and `post-provision` follow as at any create.
+async fn create_quorum_from_copy(
+    c: &Arc<Controller>,
+    cl: &ClusterRow,
+    mut own: secrets::ClusterSecrets,
+    id: &str,
+) -> Result<(), String> {
+    let source = crate::backups::kept_source_account(c, id)?;
+    // The cluster's own platform account (a create resumed after the switch to the source's
+    // gets a fresh one).
+    let platform = match own.platform.clone() {
+        Some(p) if p != source => p,
+        _ => Credentials {
+            user: secrets::PLATFORM_USER.into(),
+            password: secrets::generate_password()
+                .map_err(|e| format!("cannot generate passwords: {e}"))?,
+        },
+    };
+    let mut running = own.clone();
+    running.platform = Some(source.clone());
+    secrets::save(&c.home, &cl.name, &running)
+        .map_err(|e| format!("cannot store credentials: {e}"))?;
+    for _ in 0..cl.spec.replicas {
+        add_instance(c, cl, Role::Member, None)?;
+    }
+    let all = instances(c, &cl.name)?;
+    for i in &all {
+        c.prepare_dirs(cl, i)?;
+    }
+    for i in &all {
+        if let Err(e) = crate::backups::restore_into(c, cl, i, &source, id, None, None).await {
+            // Nothing starts on a partial restore (the supervisor skips failed members).
+            for mut m in all.clone() {
+                m.state = Phase::Failed;
+                c.save(&m);
+            }
+            return Err(format!("{}: {e}; no member was started", i.name));
+        }
+    }
+    for (name, result) in bring_up_together(c, cl, all.clone(), &all, &source).await {
+        result.map_err(|e| format!("{name}: {e}"))?;
+    }
+    crate::ha::failpoint("create-primary-up").await;
+    let all = wait_quorum(c, cl, &source).await?;
+    let leader = all
+        .iter()
+        .find(|i| i.writable == Some(true))
+        .ok_or("the restored quorum has no leader")?;
+    c.provision_account(cl, leader, &all, &source, &platform)
+        .await
+        .map_err(|e| format!("giving the restored platform account its own password: {e}"))?;
+    own.platform = Some(platform.clone());
+    secrets::save(&c.home, &cl.name, &own).map_err(|e| {
+        format!("cannot store credentials (the platform account already changed): {e}")
+    })?;
+    c.event(
+        &cl.name,
+        Some(&leader.name),
+        Level::Info,
+        format!(
+            "the platform account restored from backup {id} (the source's) has this \
+             cluster's own password now"
+        ),
+    );
+    c.provision_admin(cl, leader, &all, &platform).await?;
+    post_provision_once(c, cl, &platform).await
 }
 
 /// `post-provision` once, on a member that takes writes (else the first): for clusters

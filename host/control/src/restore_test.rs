@@ -1,9 +1,10 @@
 //! Restore tests: a backup counts only if it restores. `shoal backup verify --restore` (and a
 //! schedule set with `--verify`, after each backup it takes) restores the backup into a
 //! throwaway instance — its own directory under `<home>/restore-tests`, its own port, the
-//! backed-up cluster's OS user (the same tenant's data) and throwaway credentials — through
-//! the same code a real restore uses (checksums verified first, the addon's `restore`, then
-//! the server started and its health probe), then removes it. The result is recorded on the
+//! backed-up cluster's OS user (the same tenant's data) and throwaway credentials (for a
+//! physical copy of a quorum, the source's platform account the copy carries, kept with the
+//! backup) — through the same code a real restore uses (checksums verified first, the
+//! addon's `restore`, then the server started and its health probe), then removes it. The result is recorded on the
 //! backup (`restore_test`) and as an event of its cluster; a failed test keeps the server's
 //! log for diagnosis and names it.
 //!
@@ -20,6 +21,7 @@ use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase, Role};
+use crate::topology::{self, Family};
 
 /// Where throwaway instances live: `<home>/restore-tests/<name>`.
 fn tests_dir(c: &Controller) -> PathBuf {
@@ -219,15 +221,21 @@ impl Controller {
         b: &crate::store::BackupRow,
         part: Option<u32>,
     ) -> Result<String, String> {
-        let admin = self
-            .addon(&cl.engine)
-            .map_err(|e| e.message)?
+        let addon = self.addon(&cl.engine).map_err(|e| e.message)?.clone();
+        let admin = addon
             .manifest()
             .admin_user
             .clone()
             .unwrap_or_else(|| "admin".into());
-        let s = secrets::ClusterSecrets::generate(&admin)
+        let id = b.view.id.as_str();
+        let before_start = crate::backups::restores_before_start(self, id)?;
+        let mut s = secrets::ClusterSecrets::generate(&admin)
             .map_err(|e| format!("cannot generate passwords: {e}"))?;
+        if before_start && topology::family(addon.manifest()) == Family::Quorum {
+            // A physical copy of a quorum carries its source's accounts: the throwaway member
+            // runs with the source's platform account, as a restored quorum does at first.
+            s.platform = Some(crate::backups::kept_source_account(self, id)?);
+        }
         secrets::save(&self.home, &cl.name, &s)
             .map_err(|e| format!("cannot store credentials: {e}"))?;
         let cr = s.platform().clone();
@@ -239,8 +247,6 @@ impl Controller {
         )
         .map_err(|e| format!("cannot set the mode of {}: {e}", tests_dir(self).display()))?;
         crate::node::private_dir(&tests_dir(self).join(&cl.name), self.run_as(cl)?)?;
-        let id = b.view.id.as_str();
-        let before_start = crate::backups::restores_before_start(self, id)?;
         if before_start {
             self.prepare_dirs(cl, i)?;
             crate::backups::restore_into(self, cl, i, &cr, id, None, part).await?;

@@ -223,6 +223,38 @@ pub fn remove_kept(home: &Path, cluster: &str, uid: i64) {
     );
 }
 
+/// Where the source cluster's platform account is kept for physical backup `id`:
+/// `<home>/secrets/backups/<id>.json`.
+pub fn backup_path(home: &Path, id: &str) -> PathBuf {
+    home.join("secrets")
+        .join("backups")
+        .join(format!("{id}.json"))
+}
+
+/// Keep `platform`, the account the hooks of a physical backup's source cluster use, for the
+/// life of backup `id` (0600; `secrets/` and `secrets/backups/` 0700). A physical copy carries
+/// the source's accounts, so a cluster restored from it first runs with this account (see
+/// `ops::create`, a physical backup restored into a quorum). Never in the state database or
+/// the repository.
+pub fn keep_for_backup(home: &Path, id: &str, platform: &Credentials) -> std::io::Result<()> {
+    write_private(
+        home,
+        &backup_path(home, id),
+        &serde_json::to_vec_pretty(platform).map_err(std::io::Error::other)?,
+    )
+}
+
+/// The source's platform account kept for physical backup `id`.
+pub fn kept_for_backup(home: &Path, id: &str) -> std::io::Result<Credentials> {
+    let bytes = std::fs::read(backup_path(home, id))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
+
+/// Forget the account kept for backup `id` (the backup is deleted; nothing kept is fine).
+pub fn remove_for_backup(home: &Path, id: &str) {
+    let _ = std::fs::remove_file(backup_path(home, id));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +278,27 @@ mod tests {
         assert_eq!(load_admin(dir.path(), "pg").unwrap(), s.admin);
         // No password in debug output.
         assert!(!format!("{s:?}").contains(&s.admin.password));
+    }
+
+    #[test]
+    fn a_backups_source_account_is_kept_privately_until_the_backup_goes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        let cr = ClusterSecrets::generate("root").unwrap().platform().clone();
+        keep_for_backup(home, "kv-20260101t000000000z-snapshot", &cr).unwrap();
+        let p = backup_path(home, "kv-20260101t000000000z-snapshot");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(mode(&home.join("secrets").join("backups")), 0o700);
+        assert_eq!(mode(&home.join("secrets")), 0o700);
+        assert_eq!(
+            kept_for_backup(home, "kv-20260101t000000000z-snapshot").unwrap(),
+            cr
+        );
+        remove_for_backup(home, "kv-20260101t000000000z-snapshot");
+        assert!(!p.exists());
+        assert!(kept_for_backup(home, "kv-20260101t000000000z-snapshot").is_err());
     }
 
     #[test]

@@ -341,6 +341,7 @@ impl<'a> Caller<'a> {
     pub async fn restore(
         &self,
         instance: &Instance,
+        members: &[Member],
         info: &BackupInfo,
         source: HostSource,
         recovery_follows: bool,
@@ -350,7 +351,7 @@ impl<'a> Caller<'a> {
             let borrowed = Resource::new_borrow(res.rep());
             let out = a
                 .backup(&mut *s)?
-                .call_restore(&mut *s, instance, info, borrowed, recovery_follows)
+                .call_restore(&mut *s, instance, members, info, borrowed, recovery_follows)
                 .await;
             let source = take(&mut s.data_mut().table, res)?;
             Ok(out?.map(|()| source.read))

@@ -451,6 +451,15 @@ fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), St
     Ok(())
 }
 
+/// A role a topology needs: its name, what its spec must say, the rule in words, and what
+/// the host calls it.
+type RoleRule = (
+    &'static str,
+    fn(&crate::wit::RoleSpec) -> bool,
+    &'static str,
+    &'static str,
+);
+
 /// The roles the host relies on per topology, as the manifest's role specs describe them:
 /// a primary-replica or sharded topology names a writable, exclusive `primary` and a
 /// read-only `replica` (the names the host gives its rows and the probe reports); a quorum
@@ -494,7 +503,7 @@ pub(crate) fn check_topology_roles(
             continue;
         }
         // (name, what it must be, the rule, what the host calls it)
-        let wanted: [(&str, fn(&crate::wit::RoleSpec) -> bool, &str, &str); 2] = [
+        let wanted: [RoleRule; 2] = [
             (
                 "primary",
                 |r| r.writable && r.exclusive,
