@@ -403,4 +403,36 @@ fn redis_cluster_shards_fail_over_rebuild_back_up_restore_and_grow() {
         total(&m2.iter().map(|m| m.2).collect::<Vec<_>>(), &pw2),
         keys
     );
+
+    // A parameter that needs a restart rolls through every member, shard primaries included
+    // (a clean stop saves, so a primary back in place keeps its keys): every shard keeps a
+    // primary, no key is lost, every node runs the new value.
+    h.ok(&["cluster", "config", "set", "rc2", "databases=32"]);
+    let d2 = h.wait_healthy("rc2");
+    let rolled = members(&d2);
+    // (Read as the platform account: the users' has no CONFIG.)
+    let ppw = h.platform_password("rc2");
+    for (before, after) in m2.iter().zip(&rolled) {
+        assert_eq!(before.0, after.0);
+        assert_ne!(before.3, after.3, "{} was not restarted", after.0);
+        let got = redis_cli_as(
+            after.2 as u64,
+            "shoal",
+            &ppw,
+            &["CONFIG", "GET", "databases"],
+        )
+        .unwrap();
+        assert_eq!(got.lines().nth(1), Some("32"), "{}: {got}", after.0);
+    }
+    for s in 0..3 {
+        assert_eq!(
+            rolled.iter().filter(|m| m.1 == s && m.4).count(),
+            1,
+            "{d2:#}"
+        );
+    }
+    let ports2: Vec<u16> = rolled.iter().map(|m| m.2).collect();
+    wait_until(Duration::from_secs(20), "every key after the roll", || {
+        total(&ports2, &pw2) == keys
+    });
 }

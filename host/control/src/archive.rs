@@ -192,7 +192,7 @@ impl Controller {
                     .apply_dynamic(&self.wit_instance(cl, i, &creds, false), &[])
                     .await
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             if let Err(e) = r {
                 self.event(

@@ -26,6 +26,7 @@ pub mod config;
 pub mod controller;
 pub mod endpoints;
 pub mod engines;
+pub mod error;
 pub mod events;
 pub mod ha;
 mod hooks;

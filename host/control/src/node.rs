@@ -12,6 +12,7 @@ use shoal_runtime::{CallContext, RunAs};
 
 use crate::controller::{Controller, Resources};
 use crate::engines;
+use crate::error::{At, ControlError, Failure};
 use crate::events::Level;
 use crate::secrets::Credentials;
 use crate::store::{ClusterRow, Health, InstanceRow, Phase};
@@ -222,9 +223,16 @@ impl Controller {
         i: &InstanceRow,
         all: &[InstanceRow],
         creds: &Credentials,
-    ) -> Result<(), String> {
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
-        let params = self.params_of(c)?;
+    ) -> Result<(), ControlError> {
+        let at = |f: Failure| ControlError::on(&c.name, &i.name, f);
+        let io = |path: &Path, e: std::io::Error| {
+            at(Failure::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        };
+        let addon = self.addon(&c.engine).map_err(|e| at(e.message.into()))?;
+        let params = self.params_of(c).map_err(|e| at(e.into()))?;
         let inst = self.wit_instance(c, i, creds, true);
         let files = match addon
             .call(&CallContext::default())
@@ -234,7 +242,12 @@ impl Controller {
             Ok(files) => files,
             // Engines configured entirely by flags have no files to render.
             Err(e) if e.is_unsupported() => Vec::new(),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                return Err(at(Failure::Hook {
+                    hook: "render-config",
+                    source: e,
+                }))
+            }
         };
         let dir = i.config_dir();
         for f in files {
@@ -245,13 +258,13 @@ impl Controller {
                     .components()
                     .all(|c| matches!(c, std::path::Component::Normal(_)));
             if !safe {
-                return Err(format!(
+                return Err(at(Failure::Other(format!(
                     "addon {} rendered a file with an unsafe path {:?}",
                     c.engine, f.path
-                ));
+                ))));
             }
             let target = dir.join(rel);
-            let owner = self.run_as(c)?;
+            let owner = self.run_as(c).map_err(|e| at(e.into()))?;
             // Subdirectories of the config directory, the engine user's like the files.
             let mut made = dir.clone();
             for part in rel.parent().into_iter().flat_map(|p| p.components()) {
@@ -260,8 +273,9 @@ impl Controller {
                     std::fs::DirBuilder::new()
                         .mode(0o700)
                         .create(&made)
-                        .map_err(|e| format!("{}: {e}", made.display()))?;
-                    shoal_local::users::chown(&made, owner).map_err(|e| e.to_string())?;
+                        .map_err(|e| io(&made, e))?;
+                    shoal_local::users::chown(&made, owner)
+                        .map_err(|e| at(e.to_string().into()))?;
                 }
             }
             let tmp = target.with_extension("shoal-tmp");
@@ -273,14 +287,12 @@ impl Controller {
                     .truncate(true)
                     .mode(f.mode & 0o777)
                     .open(&tmp)
-                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
-                out.write_all(&f.contents)
-                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
-                out.sync_all()
-                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    .map_err(|e| io(&tmp, e))?;
+                out.write_all(&f.contents).map_err(|e| io(&tmp, e))?;
+                out.sync_all().map_err(|e| io(&tmp, e))?;
             }
-            shoal_local::users::chown(&tmp, owner).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+            shoal_local::users::chown(&tmp, owner).map_err(|e| at(e.to_string().into()))?;
+            std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))?;
         }
         Ok(())
     }
@@ -288,13 +300,13 @@ impl Controller {
     /// Bring `i` up: directories, config, init commands when its data directory is empty, the
     /// server process, and readiness. Updates and stores the row as it goes.
     /// Create `i`'s directories, owned by the engine user.
-    pub(crate) fn prepare_dirs(&self, c: &ClusterRow, i: &InstanceRow) -> Result<(), String> {
-        let owner = self.run_as(c)?;
+    pub(crate) fn prepare_dirs(&self, c: &ClusterRow, i: &InstanceRow) -> Result<(), ControlError> {
+        let owner = self.run_as(c).on(&c.name, &i.name)?;
         // The cluster's directory (the instance's parent), private to its user.
         if let Some(parent) = i.dir.parent() {
-            private_dir(parent, owner)?;
+            private_dir(parent, owner).on(&c.name, &i.name)?;
         }
-        ensure_dirs(i, owner)
+        ensure_dirs(i, owner).on(&c.name, &i.name)
     }
 
     pub(crate) async fn bring_up(
@@ -303,15 +315,28 @@ impl Controller {
         i: &mut InstanceRow,
         all: &[InstanceRow],
         creds: &Credentials,
-    ) -> Result<(), String> {
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
-        let params = self.params_of(c)?;
+    ) -> Result<(), ControlError> {
+        let addon = self
+            .addon(&c.engine)
+            .map_err(|e| e.message)
+            .on(&c.name, &i.name)?
+            .clone();
+        let params = self.params_of(c).on(&c.name, &i.name)?;
         let inst = self.wit_instance(c, i, creds, true);
         let plan = addon
             .call(&CallContext::default())
             .run_spec(&inst, &Self::members_of(i, all), &params)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                ControlError::on(
+                    &c.name,
+                    &i.name,
+                    Failure::Hook {
+                        hook: "run-spec",
+                        source: e,
+                    },
+                )
+            })?;
         self.bring_up_plan(c, i, all, creds, plan).await
     }
 
@@ -324,16 +349,23 @@ impl Controller {
         all: &[InstanceRow],
         creds: &Credentials,
         plan: wit::RunPlan,
-    ) -> Result<(), String> {
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?.clone();
+    ) -> Result<(), ControlError> {
+        let (cluster, name) = (c.name.clone(), i.name.clone());
+        let at = |f: Failure| ControlError::on(&cluster, &name, f);
+        let addon = self
+            .addon(&c.engine)
+            .map_err(|e| at(e.message.into()))?
+            .clone();
         self.prepare_dirs(c, i)?;
         self.render(c, i, all, creds).await?;
         let search = engines::binaries(&self.cfg, &addon, &c.version);
         // Every engine runs unprivileged when the host is root; `unprivileged` says the
         // engine itself insists (it would refuse root), which it never gets anyway.
-        let run_as = self.run_as(c)?;
+        let run_as = self.run_as(c).map_err(|e| at(e.into()))?;
         let row = i.clone();
-        let spec_for = |cmd: &wit::Command| process_spec(&search, cmd, &row, run_as);
+        let spec_for = |cmd: &wit::Command| {
+            process_spec(&search, cmd, &row, run_as).map_err(|e| at(Failure::Process(e)))
+        };
         // An initialization that never finished (the host stopped midway) left data no
         // server may start on — a copy not yet made consistent, half an initdb: set it aside
         // and start over.
@@ -341,9 +373,13 @@ impl Controller {
         if marker.exists() && !is_empty(&i.data_dir()) {
             let aside = i.dir.join("data.interrupted-init");
             let _ = std::fs::remove_dir_all(&aside);
-            std::fs::rename(i.data_dir(), &aside)
-                .map_err(|e| format!("cannot set {} aside: {e}", i.data_dir().display()))?;
-            private_dir(&i.data_dir(), run_as)?;
+            std::fs::rename(i.data_dir(), &aside).map_err(|e| {
+                at(Failure::Io {
+                    path: i.data_dir(),
+                    source: e,
+                })
+            })?;
+            private_dir(&i.data_dir(), run_as).map_err(|e| at(e.into()))?;
             self.event(
                 &c.name,
                 Some(&i.name),
@@ -358,8 +394,12 @@ impl Controller {
         if is_empty(&i.data_dir()) && !plan.init.is_empty() {
             i.state = Phase::Initializing;
             self.save(i);
-            std::fs::write(&marker, b"an initialization is under way\n")
-                .map_err(|e| format!("{}: {e}", marker.display()))?;
+            std::fs::write(&marker, b"an initialization is under way\n").map_err(|e| {
+                at(Failure::Io {
+                    path: marker.clone(),
+                    source: e,
+                })
+            })?;
             for (n, cmd) in plan.init.iter().enumerate() {
                 self.event(
                     &c.name,
@@ -370,7 +410,8 @@ impl Controller {
                 let spec = spec_for(cmd)?;
                 self.nodes
                     .run(&spec, Duration::from_millis(self.cfg.init_timeout_ms))
-                    .await?;
+                    .await
+                    .map_err(|e| at(Failure::Process(e)))?;
                 if n == 0 {
                     crate::ha::failpoint("init-step").await;
                 }
@@ -379,7 +420,10 @@ impl Controller {
         }
         i.state = Phase::Starting;
         let server = spec_for(&plan.server)?;
-        let pid = self.nodes.start(&server)?;
+        let pid = self
+            .nodes
+            .start(&server)
+            .map_err(|e| at(Failure::Process(e)))?;
         i.process = Some(pid);
         self.save(i);
         let _ = std::fs::write(i.pid_file(), format!("{} {}\n", pid.pid, pid.start_time));
@@ -429,9 +473,14 @@ impl Controller {
         i: &InstanceRow,
         all: &[InstanceRow],
         platform: &Credentials,
-    ) -> Result<(), String> {
-        let s = crate::secrets::load_all(&self.home, &c.name)
-            .map_err(|e| format!("cannot read the credentials of {}: {e}", c.name))?;
+    ) -> Result<(), ControlError> {
+        let s = crate::secrets::load_all(&self.home, &c.name).map_err(|e| {
+            ControlError::on(
+                &c.name,
+                &i.name,
+                format!("cannot read the cluster's credentials: {e}"),
+            )
+        })?;
         if s.platform.is_none() {
             return Ok(());
         }
@@ -446,8 +495,11 @@ impl Controller {
         all: &[InstanceRow],
         platform: &Credentials,
         account: &Credentials,
-    ) -> Result<(), String> {
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+    ) -> Result<(), ControlError> {
+        let addon = self
+            .addon(&c.engine)
+            .map_err(|e| e.message)
+            .on(&c.name, &i.name)?;
         let acc = wit::Account {
             credentials: wit::Credentials {
                 username: account.user.clone(),
@@ -462,9 +514,10 @@ impl Controller {
         {
             Ok(()) => Ok(()),
             Err(e) if e.is_unsupported() => Ok(()),
-            Err(e) => Err(format!(
-                "setting up account {} on {}: {e}",
-                account.user, i.name
+            Err(e) => Err(ControlError::on(
+                &c.name,
+                &i.name,
+                format!("setting up account {}: {e}", account.user),
             )),
         }
     }
@@ -476,17 +529,18 @@ impl Controller {
         all: &[InstanceRow],
         creds: &Credentials,
         readiness: &Readiness,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let until = tokio::time::Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
-        let pid = i.process.ok_or("no process")?;
+        let (cluster, name) = (c.name.clone(), i.name.clone());
+        let at = move |m: String| ControlError::on(&cluster, &name, Failure::Process(m));
+        let pid = i.process.ok_or_else(|| at("no process".into()))?;
         let mut last = String::from("not checked yet");
         loop {
             if !self.nodes.is_running(pid) {
-                return Err(format!(
-                    "{} exited while starting: {}",
-                    i.name,
+                return Err(at(format!(
+                    "exited while starting: {}",
                     log_tail(&i.log_file(), 600)
-                ));
+                )));
             }
             let ready = match readiness {
                 Readiness::TcpPort(name) => {
@@ -506,7 +560,7 @@ impl Controller {
                         false
                     }
                     Err(e) => {
-                        last = e;
+                        last = e.failure.to_string();
                         false
                     }
                 },
@@ -515,11 +569,10 @@ impl Controller {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= until {
-                return Err(format!(
-                    "{} not ready after {} s ({last})",
-                    i.name,
+                return Err(at(format!(
+                    "not ready after {} s ({last})",
                     self.cfg.ready_timeout_ms / 1000
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -532,15 +585,27 @@ impl Controller {
         i: &mut InstanceRow,
         all: &[InstanceRow],
         creds: &Credentials,
-    ) -> Result<wit::RoleReport, String> {
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+    ) -> Result<wit::RoleReport, ControlError> {
+        let addon = self
+            .addon(&c.engine)
+            .map_err(|e| e.message)
+            .on(&c.name, &i.name)?;
         let ctx = self.call_ctx(i, all, false);
         let inst = self.wit_instance(c, i, creds, false);
         let r = addon
             .call(&ctx)
             .probe(&inst, &Self::members_of(i, all))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                ControlError::on(
+                    &c.name,
+                    &i.name,
+                    Failure::Hook {
+                        hook: "probe",
+                        source: e,
+                    },
+                )
+            })?;
         crate::supervisor::record_probe(i, &r);
         self.observe(i);
         Ok(r)
@@ -552,7 +617,7 @@ impl Controller {
         c: &ClusterRow,
         i: &mut InstanceRow,
         creds: &Credentials,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let Some(pid) = i.process else {
             i.state = Phase::Stopped;
             self.save(i);
@@ -561,9 +626,12 @@ impl Controller {
         i.state = Phase::Stopping;
         self.save(i);
         self.drop_live(&c.name, &i.name);
-        let addon = self.addon(&c.engine).map_err(|e| e.message)?;
+        let addon = self
+            .addon(&c.engine)
+            .map_err(|e| e.message)
+            .on(&c.name, &i.name)?;
         let inst = self.wit_instance(c, i, creds, true);
-        let params = self.params_of(c)?;
+        let params = self.params_of(c).on(&c.name, &i.name)?;
         let (signal, grace) = match addon
             .call(&CallContext::default())
             .run_spec(&inst, &[], &params)

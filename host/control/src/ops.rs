@@ -9,6 +9,7 @@ use shoal_api::OpState;
 use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
+use crate::error::ControlError;
 use crate::events::Level;
 use crate::hooks::Ran;
 use crate::operation::Op;
@@ -189,7 +190,7 @@ async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Resul
         .member_join(&row)
         .await
         .map_err(|e| e.to_string())?;
-    c.bring_up(cl, &mut row, &all, cr).await
+    Ok(c.bring_up(cl, &mut row, &all, cr).await?)
 }
 
 /// Run `step` as a step of operation `parent` (which holds the cluster): recorded as an
@@ -474,7 +475,7 @@ async fn probed(
         }
         if let Err(e) = c.probe_once(cl, &mut i, &all, cr).await {
             i.health = Health::Unhealthy;
-            i.detail = e;
+            i.detail = e.failure.to_string();
             c.observe(&i);
         }
     }
@@ -520,8 +521,8 @@ async fn create_quorum(
         rows.push(add_instance(c, cl, Role::Member, None)?);
     }
     let all = instances(c, &cl.name)?;
-    for (name, result) in bring_up_together(c, cl, rows, &all, cr).await {
-        result.map_err(|e| format!("{name}: {e}"))?;
+    for (_, result) in bring_up_together(c, cl, rows, &all, cr).await {
+        result?;
     }
     crate::ha::failpoint("create-primary-up").await;
     post_provision_once(c, cl, cr).await
@@ -574,8 +575,8 @@ async fn create_quorum_from_copy(
             return Err(format!("{}: {e}; no member was started", i.name));
         }
     }
-    for (name, result) in bring_up_together(c, cl, all.clone(), &all, &source).await {
-        result.map_err(|e| format!("{name}: {e}"))?;
+    for (_, result) in bring_up_together(c, cl, all.clone(), &all, &source).await {
+        result?;
     }
     crate::ha::failpoint("create-primary-up").await;
     let all = wait_quorum(c, cl, &source).await?;
@@ -638,21 +639,29 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
     let cr = creds(c, name)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let size = cl.spec.replicas;
+    let asked = crate::store::now_ms();
     let all = probed(c, &cl, &cr).await?;
     let alive = |i: &InstanceRow| c.nodes.alive(i);
-    let survivor = all
+    let candidates: Vec<topology::Survivor> = all
         .iter()
         .filter(|i| !crate::node::is_empty(&i.data_dir()))
-        .max_by_key(|i| {
-            (
-                i.position.unwrap_or(0),
-                i.health == Health::Healthy,
-                alive(i),
-                std::cmp::Reverse(i.ordinal),
-            )
+        .map(|i| topology::Survivor {
+            name: &i.name,
+            position: i.position.unwrap_or(0),
+            answered: i.probed_ms.is_some_and(|t| t >= asked),
+            healthy: i.health == Health::Healthy,
+            alive: alive(i),
+            ordinal: i.ordinal,
         })
+        .collect();
+    let chosen = topology::pick_survivor(&candidates)
+        .ok_or("no member has data to recover from")?
+        .to_string();
+    let survivor = all
+        .iter()
+        .find(|i| i.name == chosen)
         .cloned()
-        .ok_or("no member has data to recover from")?;
+        .ok_or("the survivor vanished")?;
     c.event(
         name,
         Some(&survivor.name),
@@ -776,8 +785,8 @@ async fn create_sharded(
         }
     }
     let down: Vec<InstanceRow> = have.iter().filter(|i| !c.nodes.alive(i)).cloned().collect();
-    for (name, result) in bring_up_together(c, cl, down, &have, cr).await {
-        result.map_err(|e| format!("{name}: {e}"))?;
+    for (_, result) in bring_up_together(c, cl, down, &have, cr).await {
+        result?;
     }
     crate::ha::failpoint("create-primary-up").await;
     form_shards(c, cl, cr).await?;
@@ -878,8 +887,8 @@ async fn scale_sharded(
     }
     if !added.is_empty() {
         let all = instances(c, &cl.name)?;
-        for (name, result) in bring_up_together(c, &cl, added, &all, cr).await {
-            result.map_err(|e| format!("{name}: {e}"))?;
+        for (_, result) in bring_up_together(c, &cl, added, &all, cr).await {
+            result?;
         }
         form_shards(c, &cl, cr).await?;
     }
@@ -935,7 +944,7 @@ pub(crate) async fn bring_up_together(
     rows: Vec<InstanceRow>,
     all: &[InstanceRow],
     cr: &Credentials,
-) -> Vec<(String, Result<(), String>)> {
+) -> Vec<(String, Result<(), ControlError>)> {
     let mut set = tokio::task::JoinSet::new();
     for mut row in rows {
         let (c, cl, all, cr) = (c.clone(), cl.clone(), all.to_vec(), cr.clone());
@@ -946,7 +955,10 @@ pub(crate) async fn bring_up_together(
     }
     let mut out = Vec::new();
     while let Some(done) = set.join_next().await {
-        out.push(done.unwrap_or_else(|e| (String::from("?"), Err(format!("bring-up task: {e}")))));
+        out.push(done.unwrap_or_else(|e| {
+            let failed = ControlError::of(&cl.name, format!("a bring-up task failed: {e}"));
+            (String::from("?"), Err(failed))
+        }));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -1160,8 +1172,8 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             }
         }
         let all = instances(c, name)?;
-        for (member, result) in bring_up_together(c, &cl, down, &all, &cr).await {
-            result.map_err(|e| format!("{member}: {e}"))?;
+        for (_, result) in bring_up_together(c, &cl, down, &all, &cr).await {
+            result?;
         }
         c.db(|s| s.set_cluster_state(name, ClusterState::Running))
             .map_err(|e| e.message)?;

@@ -670,7 +670,7 @@ async fn wait_caught_up(
                 return Ok(())
             }
             Ok(r) => format!("at position {:?}: {}", r.position, r.detail),
-            Err(e) => e,
+            Err(e) => e.failure.to_string(),
         };
         if Instant::now() > until {
             return Err(format!(
@@ -717,7 +717,7 @@ async fn restart_with(
                 return Ok(r.position);
             }
             Ok(r) => r.detail,
-            Err(e) => e,
+            Err(e) => e.failure.to_string(),
         };
         if Instant::now() > until {
             return Err(format!(

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
+use crate::error::ControlError;
 use crate::events::Level;
 use crate::ha;
 use crate::operation::{Op, Settle};
@@ -603,7 +604,7 @@ fn restarted(
     mem: &mut Memory,
     cluster: &str,
     instance: &str,
-    result: Result<(), String>,
+    result: Result<(), ControlError>,
 ) {
     let key = (cluster.to_string(), instance.to_string());
     let Err(e) = result else {
@@ -619,7 +620,7 @@ fn restarted(
         cluster,
         Some(instance),
         Level::Error,
-        format!("restart failed, next try in {:?}: {e}", b.delay),
+        format!("restart failed, next try in {:?}: {}", b.delay, e.failure),
     );
     let third = b.delay == Duration::from_secs(4);
     b.delay = (b.delay * 2).min(Duration::from_secs(60));

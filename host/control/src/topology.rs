@@ -374,6 +374,38 @@ pub fn check_replace(members: &[Voter<'_>], name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// A member with data, as a lost quorum's recovery weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survivor<'a> {
+    pub name: &'a str,
+    /// The engine position (raft index) it last reported.
+    pub position: u64,
+    /// It answered the probe made for this recovery (its position is current, and it will
+    /// be stopped cleanly, keeping what it reported); a hung member's position is from an
+    /// earlier probe, and it is killed, losing what it had not written down.
+    pub answered: bool,
+    pub healthy: bool,
+    pub alive: bool,
+    pub ordinal: u32,
+}
+
+/// The member a lost quorum is recovered from: the most advanced position; among equals one
+/// that answered now, then a healthy one, a running one, the oldest.
+pub fn pick_survivor<'a>(members: &[Survivor<'a>]) -> Option<&'a str> {
+    members
+        .iter()
+        .max_by_key(|m| {
+            (
+                m.position,
+                m.answered,
+                m.healthy,
+                m.alive,
+                std::cmp::Reverse(m.ordinal),
+            )
+        })
+        .map(|m| m.name)
+}
+
 /// The members of a quorum cluster's rows as a scale plan sees them.
 pub fn voters<'a>(nodes: &dyn crate::nodes::Nodes, rows: &'a [InstanceRow]) -> Vec<Voter<'a>> {
     let leader = state_of(rows).and_then(|q| q.leader);
@@ -407,6 +439,34 @@ pub fn state_of(rows: &[InstanceRow]) -> Option<QuorumState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_quorum_recovers_from_the_most_advanced_member_that_answered() {
+        let m = |name, position, answered, ordinal| Survivor {
+            name,
+            position,
+            answered,
+            healthy: false,
+            alive: true,
+            ordinal,
+        };
+        // Two hung members (alive, silent) and the old leader, all at the same index: the
+        // one that answered, whatever its ordinal (the hung ones are killed, and what they
+        // had only in memory is gone).
+        let tie = [
+            m("e-0", 90, false, 0),
+            m("e-1", 90, false, 1),
+            m("e-2", 90, true, 2),
+        ];
+        assert_eq!(pick_survivor(&tie), Some("e-2"));
+        // A member that reported more before it hung is still more advanced.
+        let ahead = [m("e-0", 95, false, 0), m("e-2", 90, true, 2)];
+        assert_eq!(pick_survivor(&ahead), Some("e-0"));
+        // Among equals that all answered: the oldest.
+        let all = [m("e-1", 7, true, 1), m("e-0", 7, true, 0)];
+        assert_eq!(pick_survivor(&all), Some("e-0"));
+        assert_eq!(pick_survivor(&[]), None);
+    }
 
     fn m(name: &str, healthy: bool, leads: bool, term: u64) -> MemberSeen<'_> {
         MemberSeen {
