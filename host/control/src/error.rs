@@ -78,6 +78,15 @@ impl ControlError {
         }
     }
 
+    /// The text within the cluster's own record (an operation's error, an event of the
+    /// cluster): the instance, if any, and what failed.
+    pub fn within_cluster(&self) -> String {
+        match &self.instance {
+            Some(i) => format!("{i}: {}", self.failure),
+            None => self.failure.to_string(),
+        }
+    }
+
     /// Whether the addon said trying again may work.
     pub fn is_retryable(&self) -> bool {
         matches!(&*self.failure, Failure::Hook { source, .. } if source.is_retryable())
@@ -107,11 +116,16 @@ impl From<ControlError> for String {
 pub trait At<T> {
     /// The error happened on instance `instance` of `cluster`.
     fn on(self, cluster: &str, instance: &str) -> Result<T, ControlError>;
+    /// The error happened to `cluster` as a whole.
+    fn of(self, cluster: &str) -> Result<T, ControlError>;
 }
 
 impl<T, E: Into<Failure>> At<T> for Result<T, E> {
     fn on(self, cluster: &str, instance: &str) -> Result<T, ControlError> {
         self.map_err(|e| ControlError::on(cluster, instance, e))
+    }
+    fn of(self, cluster: &str) -> Result<T, ControlError> {
+        self.map_err(|e| ControlError::of(cluster, e))
     }
 }
 

@@ -24,6 +24,7 @@ use shoal_runtime::wit;
 
 use crate::controller::Controller;
 use crate::engines;
+use crate::error::{At, ControlError, Failure};
 use crate::events::Level;
 use crate::quantity;
 use crate::secrets::{self, Credentials};
@@ -45,14 +46,23 @@ fn ttl(c: &Controller) -> Duration {
     Duration::from_millis(c.cfg.ha.lease_ttl_ms)
 }
 
-fn rows(c: &Controller, name: &str) -> Result<(ClusterRow, Vec<InstanceRow>, Credentials), String> {
+fn rows(
+    c: &Controller,
+    name: &str,
+) -> Result<(ClusterRow, Vec<InstanceRow>, Credentials), ControlError> {
     let cl = c
         .db(|s| s.cluster(name))
-        .map_err(|e| e.message)?
-        .ok_or_else(|| format!("cluster {name} no longer exists"))?;
-    let all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
+        .map_err(|e| Failure::Store(e.message))
+        .of(name)?
+        .ok_or("it no longer exists")
+        .of(name)?;
+    let all = c
+        .db(|s| s.instances(name))
+        .map_err(|e| Failure::Store(e.message))
+        .of(name)?;
     let cr = secrets::load(&c.home, name)
-        .map_err(|e| format!("cannot read the credentials of {name}: {e}"))?;
+        .map_err(|e| format!("cannot read its credentials: {e}"))
+        .of(name)?;
     Ok((cl, all, cr))
 }
 
@@ -454,7 +464,7 @@ async fn rebuild_from(
     i: &mut InstanceRow,
     primary: &InstanceRow,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let t0 = Instant::now();
     if i.process.is_some() {
         c.stop_process(cl, i, cr).await?;
@@ -462,11 +472,15 @@ async fn rebuild_from(
     i.role = Role::Replica;
     i.state = Phase::Rebuilding;
     c.save(i);
-    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
+    let all = c
+        .db(|s| s.instances(&cl.name))
+        .map_err(|e| Failure::Store(e.message))
+        .on(&cl.name, &i.name)?;
     let mut rewound = false;
     if !crate::node::is_empty(&i.data_dir()) {
         let plan = c
-            .hooks(cl, i, &all, cr)?
+            .hooks(cl, i, &all, cr)
+            .on(&cl.name, &i.name)?
             .with_process_paths()
             .rebuild(primary)
             .await;
@@ -506,7 +520,10 @@ async fn rebuild_from(
                     &cl.name,
                     Some(&i.name),
                     Level::Warning,
-                    format!("did not come up after the rewind, copying afresh: {e}"),
+                    format!(
+                        "did not come up after the rewind, copying afresh: {}",
+                        e.failure
+                    ),
                 );
                 if i.process.is_some() {
                     c.stop_process(cl, i, cr).await?;
@@ -514,7 +531,7 @@ async fn rebuild_from(
             }
         }
     }
-    set_aside(i)?;
+    set_aside(i).on(&cl.name, &i.name)?;
     i.state = Phase::Rebuilding;
     c.save(i);
     c.bring_up(cl, i, &all, cr).await?;
@@ -581,13 +598,22 @@ async fn promote(
     cand: &mut InstanceRow,
     term: u64,
     cr: &Credentials,
-) -> Result<(), String> {
-    let all = c.db(|s| s.instances(&cl.name)).map_err(|e| e.message)?;
-    c.hooks(cl, cand, &all, cr)?
+) -> Result<(), ControlError> {
+    let at = |f: Failure| ControlError::on(&cl.name, &cand.name, f);
+    let all = c
+        .db(|s| s.instances(&cl.name))
+        .map_err(|e| at(Failure::Store(e.message)))?;
+    c.hooks(cl, cand, &all, cr)
+        .map_err(|e| at(e.into()))?
         .with_dirs()
         .promote(term)
         .await
-        .map_err(|e| format!("promote {}: {e}", cand.name))
+        .map_err(|e| {
+            at(Failure::Hook {
+                hook: "promote",
+                source: e,
+            })
+        })
 }
 
 // ----- operations -----
@@ -599,13 +625,17 @@ pub(crate) async fn failover(
     cluster: &str,
     old: &str,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let t0 = Instant::now();
     let (cl, all, cr) = rows(c, cluster)?;
     let Some(mut old_row) = all.iter().find(|i| i.name == old).cloned() else {
-        return Err(format!("{old} is no longer part of {cluster}"));
+        return Err(ControlError::on(
+            cluster,
+            old,
+            "no longer part of the cluster",
+        ));
     };
-    let leader = leader_named(c, cluster).await?;
+    let leader = leader_named(c, cluster).await.of(cluster)?;
     let resumed = leader.as_ref().is_some_and(|l| l.holder != old);
     if old_row.role != Role::Primary && !resumed {
         c.event(
@@ -651,19 +681,24 @@ pub(crate) async fn failover(
                     "no replica can take over; the old primary, still the elected leader, \
                      will be restarted",
                 );
-                return Err(e);
+                return Err(ControlError::on(cluster, old, format!("no failover: {e}")));
             }
         },
     };
     let Some(mut cand) = c
         .db(|s| s.instances(cluster))
-        .map_err(|e| e.message)?
+        .map_err(|e| Failure::Store(e.message))
+        .of(cluster)?
         .into_iter()
         .find(|i| i.name == cand_name)
     else {
-        return Err(format!("candidate {cand_name} vanished"));
+        return Err(ControlError::on(
+            cluster,
+            &cand_name,
+            "the candidate vanished",
+        ));
     };
-    let new = elect(c, cluster, old, &cand.name).await?;
+    let new = elect(c, cluster, old, &cand.name).await.of(cluster)?;
     c.event(
         cluster,
         Some(&cand.name),
@@ -686,15 +721,17 @@ pub(crate) async fn failover(
             since(t0)
         ),
     );
-    repoint(c, &cl, &cand, &cr, t0).await?;
+    repoint(c, &cl, &cand, &cr, t0).await.of(cluster)?;
     apply_sync(c, &cl, &cr).await;
     // The old primary comes back as a replica of the new one.
     let mut old_row = c
         .db(|s| s.instances(cluster))
-        .map_err(|e| e.message)?
+        .map_err(|e| Failure::Store(e.message))
+        .of(cluster)?
         .into_iter()
         .find(|i| i.name == old)
-        .ok_or("the old primary vanished")?;
+        .ok_or("the old primary vanished")
+        .on(cluster, old)?;
     if old_row.desired == Desired::Running {
         if let Err(e) = rebuild_from(c, &cl, &mut old_row, &cand, &cr).await {
             old_row.state = Phase::Failed;
@@ -703,7 +740,11 @@ pub(crate) async fn failover(
                 cluster,
                 Some(old),
                 Level::Error,
-                format!("could not rebuild as a replica: {e}; `shoal cluster rebuild {cluster} {old}` retries"),
+                format!(
+                    "could not rebuild as a replica: {}; `shoal cluster rebuild {cluster} {old}` \
+                     retries",
+                    e.failure
+                ),
             );
         }
         apply_sync(c, &cl, &cr).await;
@@ -807,36 +848,53 @@ pub(crate) async fn switchover(
     cluster: &str,
     from: &str,
     to: &str,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let t0 = Instant::now();
     let (cl, all, cr) = rows(c, cluster)?;
     let mut old = all
         .iter()
         .find(|i| i.name == from && i.role == Role::Primary)
         .cloned()
-        .ok_or_else(|| format!("{from} is no longer the primary; nothing switched"))?;
+        .ok_or("no longer the primary; nothing switched")
+        .on(cluster, from)?;
     let mut cand = all
         .iter()
         .find(|i| i.name == to)
         .cloned()
-        .ok_or_else(|| format!("{to} is no longer part of {cluster}"))?;
+        .ok_or("no longer part of the cluster")
+        .on(cluster, to)?;
     // Fresh look at both before touching anything.
     c.probe_once(&cl, &mut old, &all, &cr).await?;
     c.probe_once(&cl, &mut cand, &all, &cr).await?;
-    check_candidate(&cl, &old, &cand)?;
+    check_candidate(&cl, &old, &cand).on(cluster, to)?;
     // 1. Fence the primary: read-only, following the candidate from its next start.
-    c.hooks(&cl, &old, &all, &cr)?
+    c.hooks(&cl, &old, &all, &cr)
+        .on(cluster, from)?
         .with_dirs()
         .demote(Some(&cand))
         .await
-        .map_err(|e| format!("demote {from}: {e}"))?;
+        .map_err(|e| {
+            ControlError::on(
+                cluster,
+                from,
+                Failure::Hook {
+                    hook: "demote",
+                    source: e,
+                },
+            )
+        })?;
     // 2. No new writes through the endpoint; sessions ended; candidate caught up.
     let mut fenced = old.clone();
     fenced.state = Phase::Switching;
     c.save(&fenced);
     c.refresh_routes(cluster).await;
     // (An engine without the hook has nothing to wait for: `Ran::Unsupported`.)
-    if let Err(e) = c.hooks(&cl, &old, &all, &cr)?.switchover(&cand).await {
+    if let Err(e) = c
+        .hooks(&cl, &old, &all, &cr)
+        .on(cluster, from)?
+        .switchover(&cand)
+        .await
+    {
         fenced.state = Phase::Running;
         c.save(&fenced);
         // Lift the fence: the old primary stays the primary.
@@ -844,7 +902,14 @@ pub(crate) async fn switchover(
         let term = leader.map(|l| l.term).unwrap_or(0);
         let _ = promote(c, &cl, &mut old.clone(), term, &cr).await;
         c.refresh_routes(cluster).await;
-        return Err(format!("switchover refused: {e}"));
+        return Err(ControlError::on(
+            cluster,
+            from,
+            Failure::Hook {
+                hook: "switchover (refused)",
+                source: e,
+            },
+        ));
     }
     c.event(
         cluster,
@@ -855,7 +920,7 @@ pub(crate) async fn switchover(
     // 3. Stop the old primary cleanly (its last WAL reaches the candidate).
     c.stop_process(&cl, &mut fenced, &cr).await?;
     // 4. Elect and promote.
-    let new = elect(c, cluster, from, to).await?;
+    let new = elect(c, cluster, from, to).await.of(cluster)?;
     fenced.role = Role::Replica;
     fenced.state = Phase::Fenced;
     c.save(&fenced);
@@ -873,7 +938,7 @@ pub(crate) async fn switchover(
             since(t0)
         ),
     );
-    repoint(c, &cl, &cand, &cr, t0).await?;
+    repoint(c, &cl, &cand, &cr, t0).await.of(cluster)?;
     apply_sync(c, &cl, &cr).await;
     rebuild_from(c, &cl, &mut fenced, &cand, &cr).await?;
     apply_sync(c, &cl, &cr).await;
@@ -896,15 +961,16 @@ pub(crate) async fn resume_switchover(
     cluster: &str,
     from: &str,
     to: &str,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let t0 = Instant::now();
     let (cl, all, cr) = rows(c, cluster)?;
-    let leader = leader_named(c, cluster).await?;
+    let leader = leader_named(c, cluster).await.of(cluster)?;
     let find = |all: &[InstanceRow], n: &str| {
         all.iter()
             .find(|i| i.name == n)
             .cloned()
-            .ok_or_else(|| format!("{n} is no longer part of {cluster}"))
+            .ok_or("no longer part of the cluster")
+            .on(cluster, n)
     };
     if let Some(l) = leader.as_ref().filter(|l| l.holder == to) {
         let mut cand = find(&all, to)?;
@@ -912,9 +978,12 @@ pub(crate) async fn resume_switchover(
         c.save(&cand);
         promote(c, &cl, &mut cand, l.term, &cr).await?;
         c.refresh_routes(cluster).await;
-        repoint(c, &cl, &cand, &cr, t0).await?;
+        repoint(c, &cl, &cand, &cr, t0).await.of(cluster)?;
         apply_sync(c, &cl, &cr).await;
-        let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
+        let all = c
+            .db(|s| s.instances(cluster))
+            .map_err(|e| Failure::Store(e.message))
+            .of(cluster)?;
         let mut old = find(&all, from)?;
         let serving = old.state == Phase::Running && c.nodes.alive(&old);
         if old.role != Role::Replica || !serving {
@@ -961,32 +1030,44 @@ pub(crate) async fn rebuild(
     c: &Arc<Controller>,
     cluster: &str,
     instance: &str,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let (cl, all, cr) = rows(c, cluster)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).map_err(|e| e.message).of(cluster)?;
     if cl.spec.shards.is_some() {
-        return crate::ops::replace_shard_member(c, &cl, instance, &cr).await;
+        return crate::ops::replace_shard_member(c, &cl, instance, &cr)
+            .await
+            .on(cluster, instance);
     }
     if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
-        return crate::ops::replace_member(c, &cl, instance, &cr).await;
+        return crate::ops::replace_member(c, &cl, instance, &cr)
+            .await
+            .on(cluster, instance);
     }
     let primary = all
         .iter()
         .find(|i| i.role == Role::Primary && i.state == Phase::Running)
         .cloned()
-        .ok_or_else(|| format!("cluster {cluster} has no running primary"))?;
+        .ok_or("the cluster has no running primary")
+        .of(cluster)?;
     let mut i = all
         .iter()
         .find(|i| i.name == instance)
         .cloned()
-        .ok_or_else(|| format!("{instance} is no longer part of {cluster}"))?;
+        .ok_or("no longer part of the cluster")
+        .on(cluster, instance)?;
     if i.role == Role::Primary {
-        return Err(format!("{instance} became the primary; not rebuilding it"));
+        return Err(ControlError::on(
+            cluster,
+            instance,
+            "became the primary; not rebuilding it",
+        ));
     }
     c.refresh_routes(cluster).await;
     rebuild_from(c, &cl, &mut i, &primary, &cr).await?;
     // Its slot on the primary (member-join is idempotent).
-    repoint(c, &cl, &primary, &cr, Instant::now()).await?;
+    repoint(c, &cl, &primary, &cr, Instant::now())
+        .await
+        .of(cluster)?;
     apply_sync(c, &cl, &cr).await;
     c.refresh_routes(cluster).await;
     Ok(())

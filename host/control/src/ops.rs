@@ -28,28 +28,31 @@ pub async fn run(c: Arc<Controller>, id: i64) {
     }
     let params = c.db(|s| s.op_params(id)).unwrap_or_default();
     let typed = Op::from_stored(&op.kind, &params);
-    let result = match &typed {
-        Err(e) => Err(e.clone()),
+    // Operations still reporting text are placed in the cluster; the HA operations say
+    // which instance themselves.
+    let text = |r: Result<(), String>| r.map_err(|e| ControlError::of(&op.cluster, e));
+    let result: Result<(), ControlError> = match &typed {
+        Err(e) => text(Err(e.clone())),
         Ok(Op::Create {
             restore,
             to_unix_ms,
-        }) => {
+        }) => text(
             create(
                 &c,
                 &op.cluster,
                 restore.as_deref().map(|id| (id, *to_unix_ms)),
             )
-            .await
-        }
-        Ok(Op::Backup { .. }) => crate::backups::run_backup(&c, &op.cluster, &params).await,
-        Ok(Op::Reconfigure(p)) => crate::reconfigure::run(&c, &op.cluster, p, id).await,
-        Ok(Op::Scale { replicas }) => scale(&c, &op.cluster, *replicas).await,
-        Ok(Op::Password {}) => crate::accounts::run(&c, &op.cluster).await,
-        Ok(Op::Recover {}) => recover(&c, &op.cluster).await,
-        Ok(Op::Stop {}) => stop(&c, &op.cluster).await,
-        Ok(Op::Start {}) => start(&c, &op.cluster).await,
-        Ok(Op::Restart {}) => restart(&c, &op.cluster).await,
-        Ok(Op::Delete { purge }) => delete(&c, &op.cluster, *purge).await,
+            .await,
+        ),
+        Ok(Op::Backup { .. }) => text(crate::backups::run_backup(&c, &op.cluster, &params).await),
+        Ok(Op::Reconfigure(p)) => text(crate::reconfigure::run(&c, &op.cluster, p, id).await),
+        Ok(Op::Scale { replicas }) => text(scale(&c, &op.cluster, *replicas).await),
+        Ok(Op::Password {}) => text(crate::accounts::run(&c, &op.cluster).await),
+        Ok(Op::Recover {}) => text(recover(&c, &op.cluster).await),
+        Ok(Op::Stop {}) => text(stop(&c, &op.cluster).await),
+        Ok(Op::Start {}) => text(start(&c, &op.cluster).await),
+        Ok(Op::Restart {}) => text(restart(&c, &op.cluster).await),
+        Ok(Op::Delete { purge }) => text(delete(&c, &op.cluster, *purge).await),
         Ok(Op::Failover { old, reason }) => crate::ha::failover(&c, &op.cluster, old, reason).await,
         Ok(Op::Switchover {
             from,
@@ -72,7 +75,8 @@ pub async fn run(c: Arc<Controller>, id: i64) {
                 format!("{} succeeded", op.kind),
             );
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.within_cluster();
             let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
             // A failed HA operation leaves the cluster serving as well as it can; the
             // supervisor reports it degraded or running.
@@ -214,7 +218,9 @@ pub(crate) async fn run_step(
         format!("{} (op {id}) started as a step of op {parent}", step.kind()),
     );
     let result = match &step {
-        Op::Switchover { from, to, .. } => crate::ha::switchover(c, cluster, from, to).await,
+        Op::Switchover { from, to, .. } => crate::ha::switchover(c, cluster, from, to)
+            .await
+            .map_err(|e| e.within_cluster()),
         other => Err(format!("{} cannot run as a step", other.kind())),
     };
     match &result {
