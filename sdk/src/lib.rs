@@ -48,6 +48,7 @@ pub mod net;
 pub mod params;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod resp;
 pub mod time;
 
 pub use engine::{Engine, HookResult};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use shoal_sdk::prelude::*;
 
-use crate::resp::{Conn, Info, Reply};
+use shoal_sdk::resp::{Conn, Info, Reply};
 
 /// Hash slots of a Redis Cluster.
 pub const SLOTS: u32 = 16_384;

@@ -19,9 +19,8 @@ use shoal_sdk::prelude::*;
 
 mod cluster;
 mod config;
-mod resp;
 
-use resp::{Conn, Info, Reply};
+use shoal_sdk::resp::{self, Conn, Info, Reply};
 
 /// Connect, read and write timeout of the probe and of short commands: a healthy server
 /// answers in microseconds, a frozen one must be noticed before the probe's 2 s deadline.

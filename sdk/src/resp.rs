@@ -1,4 +1,5 @@
-//! A small RESP2 client over the SDK's TCP helpers: commands go out as RESP arrays (binary
+//! A small RESP2 client (Redis and the engines that speak its protocol: Valkey, KeyDB,
+//! Dragonfly) over the SDK's TCP helpers: commands go out as RESP arrays (binary
 //! safe, so passwords and values need no quoting), a pipeline of several commands in one
 //! write, replies parsed into [`Reply`], `INFO` text into name/value pairs. Timeouts are the
 //! SDK's: connect, read and write always bounded.
@@ -7,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use shoal_sdk::{Endpoint, HookError, HookResult};
+use crate::{Endpoint, HookError, HookResult};
 
 /// Nesting deeper than this is refused (no reply the addon asks for nests more than twice).
 const MAX_DEPTH: usize = 8;
@@ -55,7 +56,7 @@ impl Conn {
         timeout: Duration,
     ) -> HookResult<Conn> {
         let peer = endpoint.to_string();
-        let stream = shoal_sdk::net::connect(endpoint, timeout)
+        let stream = crate::net::connect(endpoint, timeout)
             .map_err(|e| HookError::from(e).context(format!("connect {peer}")))?;
         let mut c = Conn {
             reader: BufReader::new(stream),
