@@ -467,11 +467,8 @@ fn an_etcd_quorum_elects_its_own_leader_and_a_killed_leader_loses_no_acknowledge
     h.ok(&["cluster", "stop", "ec"]);
     h.ok(&["cluster", "start", "ec"]);
     let (_, _, d) = leader_of(&h, "ec");
-    let token = login(rw_port(&d), "root", &pw).unwrap();
-    assert_eq!(
-        stored(rw_port(&d), &token).expect("range").len(),
-        have.len()
-    );
+    let (_, after_start) = stored_eventually(rw_port(&d), "root", &pw);
+    assert_eq!(after_start.len(), have.len());
 
     // Two of three members frozen: the quorum is lost (a state and an event), and back when
     // they thaw. Nothing is promoted meanwhile.
@@ -558,8 +555,7 @@ fn etcd_3_5_from_the_second_version_runs_a_quorum_of_five_and_survives_its_leade
         d["quorum"].as_str().unwrap().starts_with("quorum 5/5"),
         "{d:#}"
     );
-    let token = login(rw_port(&d), "root", &pw).unwrap();
-    let have = stored(rw_port(&d), &token).expect("range");
+    let (_, have) = stored_eventually(rw_port(&d), "root", &pw);
     assert_none_lost(&acked, &have);
     h.ok(&["cluster", "delete", "e5", "--purge", "--yes"]);
 }
@@ -641,8 +637,7 @@ fn a_lost_quorum_is_recovered_only_on_request_from_its_most_advanced_member() {
         .count();
     assert_eq!(set_aside, 2);
     // Everything acknowledged before is there, and the cluster takes writes again.
-    let token = login(rw_port(&d), "root", &pw).unwrap();
-    let have = stored(rw_port(&d), &token).unwrap();
+    let (token, have) = stored_eventually(rw_port(&d), "root", &pw);
     assert_none_lost(&acked, &have);
     etcd(
         rw_port(&d),

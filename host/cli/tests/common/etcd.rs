@@ -128,6 +128,36 @@ pub fn stored(port: u16, token: &str) -> Result<std::collections::BTreeSet<u64>,
         .unwrap_or_default())
 }
 
+/// [`login`] and [`stored`] through `port` as `user`, tried again for up to 10 s while the
+/// connection itself fails (just after a leader change the endpoint may close a connection
+/// it accepted while it re-routes; what matters is what the cluster holds, not that one
+/// connection). An error from etcd itself is returned at once.
+pub fn stored_eventually(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> (String, std::collections::BTreeSet<u64>) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = login(port, user, password).and_then(|t| stored(port, &t).map(|s| (t, s)));
+        match got {
+            Ok(done) => return done,
+            Err(e)
+                if std::time::Instant::now() < until
+                    && (e.contains("no HTTP answer")
+                        || e.contains("refused")
+                        || e.contains("reset")
+                        || e.contains("timed out")
+                        || e.contains("Resource temporarily unavailable")
+                        || e.contains("EOF")) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("reading the keys through port {port}: {e}"),
+        }
+    }
+}
+
 pub fn decode64(s: &str) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut bits = 0u32;
