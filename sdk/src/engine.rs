@@ -314,9 +314,53 @@ impl Instance {
         self.ports.iter().find(|p| p.name == name).map(|p| p.port)
     }
 
+    /// [`Instance::port`], an `invalid-input` error naming the port when the host gave none.
+    pub fn need_port(&self, name: &str) -> HookResult<u16> {
+        self.port(name)
+            .ok_or_else(|| HookError::invalid(format!("no port named {name:?} was allocated")))
+    }
+
     /// `"host:port"` of the client endpoint.
     pub fn address(&self) -> String {
         self.endpoint.to_string()
+    }
+}
+
+impl RunPlan {
+    /// Run `program` with `args` as the server, with the usual rest: no init commands, ready
+    /// once the "client" port accepts connections, stopped by SIGTERM with 5 s of grace, run
+    /// as an unprivileged user, no container image. Set fields on the value to change them.
+    pub fn server<S: Into<String>>(program: &str, args: impl IntoIterator<Item = S>) -> Self {
+        RunPlan {
+            server: Command {
+                program: program.to_string(),
+                args: args.into_iter().map(Into::into).collect(),
+                env: vec![],
+            },
+            init: vec![],
+            readiness: crate::lifecycle::Readiness::TcpPort("client".into()),
+            stop_signal: crate::lifecycle::StopSignal::Term,
+            stop_timeout_ms: 5000,
+            unprivileged: true,
+            image: None,
+        }
+    }
+}
+
+impl crate::ha::RoleReport {
+    /// A healthy instance in `role` with no replication position or lag: what a standalone
+    /// engine's probe reports. Set the other fields on the value for more.
+    pub fn healthy(role: &str, writable: bool, detail: impl Into<String>) -> Self {
+        crate::ha::RoleReport {
+            role: role.to_string(),
+            writable,
+            term: None,
+            lag_bytes: None,
+            lag_ms: None,
+            health: crate::ha::Health::Healthy,
+            position: None,
+            detail: detail.into(),
+        }
     }
 }
 

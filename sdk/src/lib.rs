@@ -42,6 +42,8 @@ pub mod encoding;
 mod engine;
 mod export;
 pub mod host;
+pub mod kept;
+pub mod metrics;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod net;
@@ -52,6 +54,11 @@ pub mod resp;
 pub mod time;
 
 pub use engine::{Engine, HookResult};
+
+/// `manifest_file!("addon.toml")`: the addon manifest, read from that TOML file (relative to
+/// the crate's `Cargo.toml`) and checked when the addon is compiled. The format is in
+/// `docs/addon-manifest.md`.
+pub use shoal_sdk_macros::manifest_file;
 
 /// The addon API version this SDK builds against (the WIT package `shoal:addon` version).
 pub const API_VERSION: &str = "0.1.0";
@@ -108,8 +115,10 @@ pub mod prelude {
     pub use crate::config::{ChangeEffect, ClassifiedChange, ParamChange, ParamError};
     pub use crate::ha::{Health, RoleReport};
     pub use crate::host::{Exec, ExecOutput};
+    pub use crate::kept::Kept;
     pub use crate::lifecycle::{Account, AccountRole, Command, Readiness, RunPlan, StopSignal};
     pub use crate::manifest::*;
+    pub use crate::metrics::Metrics;
     pub use crate::telemetry::{Label, MetricKind, Sample};
     pub use crate::{
         Endpoint, Engine, EnvVar, File, HookError, HookResult, Instance, Member, NamedPort, Param,

@@ -57,9 +57,9 @@ async fn probe_and_metrics_of_a_real_server() {
             .unwrap_or_else(|| panic!("{name} missing from {samples:?}"))
             .value
     };
-    assert_eq!(get("memcached_limit_maxbytes"), (16u64 << 20) as f64);
-    assert!(get("memcached_curr_connections") >= 1.0);
-    assert!(get("memcached_total_connections") >= 2.0);
+    assert_eq!(get("memcached_limit_bytes"), (16u64 << 20) as f64);
+    assert!(get("memcached_current_connections") >= 1.0);
+    assert!(get("memcached_connections_total") >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,9 +155,9 @@ async fn run_spec_and_parameters() {
         .expect("run-spec");
     assert_eq!(plan.server.program, "memcached");
     let args = plan.server.args.join(" ");
-    assert!(args.contains("-p 11999"), "{args}");
-    assert!(args.contains("-m 128"), "{args}");
-    assert!(args.contains("-c 1024"), "defaults apply: {args}");
+    assert!(args.contains("-p11999"), "{args}");
+    assert!(args.contains("-m128"), "{args}");
+    assert!(args.contains("-c1024"), "defaults apply: {args}");
     assert_eq!(plan.readiness, Readiness::TcpPort("client".into()));
     assert!(plan.unprivileged);
 

@@ -100,9 +100,7 @@ impl Gateway {
         }
         let mut line = Vec::new();
         loop {
-            let size = self.line()?;
-            let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| invalid(format!("bad chunk size {size:?}")))?;
+            let size = self.chunk_size()?;
             if size == 0 {
                 while !self.line()?.is_empty() {}
                 break;
@@ -216,14 +214,19 @@ impl Gateway {
         Ok((status, chunked, length))
     }
 
+    /// The size line of the next chunk of a chunked body (extensions ignored).
+    fn chunk_size(&mut self) -> std::io::Result<usize> {
+        let line = self.line()?;
+        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| invalid(format!("bad chunk size {line:?}")))
+    }
+
     fn read_response(&mut self) -> std::io::Result<(u16, String)> {
         let (status, chunked, length) = self.read_head()?;
         let mut body = Vec::new();
         if chunked {
             loop {
-                let size = self.line()?;
-                let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| invalid(format!("bad chunk size {size:?}")))?;
+                let size = self.chunk_size()?;
                 if size == 0 {
                     // Trailers, then the blank line.
                     while !self.line()?.is_empty() {}

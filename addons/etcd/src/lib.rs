@@ -340,6 +340,22 @@ impl Etcd {
         }
     }
 
+    /// The store's current revision and how many keys it holds at it.
+    fn count_all(&mut self, instance: &Instance) -> HookResult<(u64, u64)> {
+        let token = self.token(instance)?;
+        let all = base64(b"\0");
+        let count = self.ok(
+            instance,
+            "/v3/kv/range",
+            &json!({ "key": all, "range_end": all, "count_only": true }),
+            token.as_deref(),
+        )?;
+        Ok((
+            u64_field(&count, "/header/revision"),
+            u64_field(&count, "/count"),
+        ))
+    }
+
     /// `snapshot` backup: etcd's own snapshot of `instance`'s store, streamed from
     /// `/v3/maintenance/snapshot` into the sink as etcd sends it (the database followed by
     /// its SHA-256, which `etcdctl snapshot restore` checks); nothing is staged on the
@@ -350,15 +366,8 @@ impl Etcd {
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
         use std::io::Write;
+        let (revision, _) = self.count_all(instance)?;
         let token = self.token(instance)?;
-        let all = base64(b"\0");
-        let count = self.ok(
-            instance,
-            "/v3/kv/range",
-            &json!({ "key": all, "range_end": all, "count_only": true }),
-            token.as_deref(),
-        )?;
-        let revision = u64_field(&count, "/header/revision");
         let status = self.read(instance, "/v3/maintenance/status")?;
         let server = status
             .get("version")
@@ -966,14 +975,7 @@ impl Engine for Etcd {
         }
         let token = self.token(instance)?;
         let all = base64(b"\0");
-        let count = self.ok(
-            instance,
-            "/v3/kv/range",
-            &json!({ "key": all, "range_end": all, "count_only": true }),
-            token.as_deref(),
-        )?;
-        let revision = u64_field(&count, "/header/revision");
-        let total = u64_field(&count, "/count");
+        let (revision, total) = self.count_all(instance)?;
         // The manifest's version (a restore creates its cluster with it); the server's own
         // goes into the labels.
         let server = self

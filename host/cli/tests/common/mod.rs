@@ -110,22 +110,45 @@ impl Host {
         } else {
             cmd.arg("serve");
         }
+        // The daemon's own output goes to `<home>/serve.log` (appended across restarts), so
+        // a daemon that does not come up says why.
+        let log_path = self.home.path().join("serve.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open serve.log");
         let child = cmd
             .env("SHOAL_HOME", self.home.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start shoal serve");
         self.serve = Some(child);
-        let until = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < until {
-            if self.shoal(&["cluster", "engines"]).status.success() {
+        let started = Instant::now();
+        let mut last = None;
+        while started.elapsed() < Duration::from_secs(60) {
+            let o = self.shoal(&["cluster", "engines"]);
+            if o.status.success() {
                 return;
+            }
+            last = Some(o);
+            if let Some(Ok(Some(status))) = self.serve.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "shoal serve exited ({status}) instead of coming up; its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("shoal serve did not come up");
+        panic!(
+            "shoal serve did not come up in {:?}; last answer: {}; its log:\n{}",
+            started.elapsed(),
+            last.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default(),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
     }
 
     /// Process id of the daemon.
