@@ -51,6 +51,7 @@ pub mod params;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod resp;
+pub mod testing;
 pub mod time;
 
 pub use engine::{Engine, HookResult};

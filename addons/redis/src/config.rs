@@ -355,30 +355,10 @@ mod tests {
 
     fn instance(role: &str) -> Instance {
         Instance {
-            cluster: "c".into(),
             component: "redis".into(),
-            name: "c-1".into(),
             engine_version: "7.0".into(),
-            endpoint: Endpoint {
-                host: "127.0.0.1".into(),
-                port: 7001,
-            },
-            ports: vec![NamedPort {
-                name: "client".into(),
-                port: 7001,
-            }],
-            data_dir: Some("/srv/c-1/data".into()),
-            config_dir: Some("/srv/c-1/config".into()),
-            archive_dir: None,
             role: Some(role.into()),
-            shard: None,
-            term: 1,
-            credentials: None,
-            resources: Resources {
-                cpu_millis: 0,
-                memory_bytes: 1 << 30,
-                storage_bytes: 0,
-            },
+            ..shoal_sdk::testing::instance("c-1", 7001)
         }
     }
 

@@ -2,6 +2,7 @@
 //! runtime, and dispatches to the subcommands. Exit codes: 0 success, 1 a hook call failed,
 //! 2 bad usage, a bad file or a bad configuration.
 
+mod addon_build;
 mod backup;
 mod call;
 mod cluster;
@@ -9,6 +10,7 @@ mod config;
 mod inspect;
 mod output;
 mod runtime_opts;
+mod scaffold;
 
 use std::process::ExitCode;
 
@@ -59,6 +61,10 @@ enum AddonCommand {
     Inspect(Box<inspect::InspectArgs>),
     /// Run one hook of an addon by hand, e.g. a probe against a running server.
     Call(Box<call::CallArgs>),
+    /// Start a new addon crate: manifest file, engine code, a unit test and a docs page.
+    New(scaffold::NewArgs),
+    /// Build an addon crate for wasm32-wasip2 and check that Shoal loads it.
+    Build(Box<addon_build::BuildArgs>),
 }
 
 /// An error with the exit code it should produce.
@@ -103,6 +109,8 @@ fn main() -> ExitCode {
             Command::Version { output } => version(output),
             Command::Addon(AddonCommand::Inspect(args)) => inspect::run(*args).await,
             Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
+            Command::Addon(AddonCommand::New(args)) => scaffold::new(args),
+            Command::Addon(AddonCommand::Build(args)) => addon_build::run(*args).await,
             Command::Serve(args) => cluster::serve(args).await,
             Command::Endpoints(args) => cluster::endpoints(args).await,
             Command::Cluster(args) => cluster::run(args).await,
