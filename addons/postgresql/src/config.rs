@@ -310,8 +310,13 @@ pub fn setting_matches(want: &Value, setting: &str, unit: &str) -> bool {
 /// directory (`.part` first, then renamed, so the host never sees half a file); otherwise it
 /// is let go at once.
 fn archive_settings(instance: &Instance, p: &Lookup<'_>) -> HookResult<String> {
+    // Rendered whether or not the cluster is archived, so that the value a user set is the
+    // one the server reports (a dynamic change is read back); it only matters while archived.
+    let timeout = format!("archive_timeout = {}\n", p.int("archive_timeout")? / 1000);
     let Some(dir) = instance.archive_dir.as_deref() else {
-        return Ok("archive_mode = on\narchive_command = '/bin/true'\n".into());
+        return Ok(format!(
+            "archive_mode = on\narchive_command = '/bin/true'\n{timeout}"
+        ));
     };
     if !dir.starts_with('/')
         || dir
@@ -326,8 +331,7 @@ fn archive_settings(instance: &Instance, p: &Lookup<'_>) -> HookResult<String> {
     Ok(format!(
         "archive_mode = on\n\
          archive_command = 'cp %p \"{dir}/%f.part\" && mv -f \"{dir}/%f.part\" \"{dir}/%f\"'\n\
-         archive_timeout = {}\n",
-        p.int("archive_timeout")? / 1000
+         {timeout}"
     ))
 }
 

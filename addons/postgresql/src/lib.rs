@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use shoal_sdk::metrics::{counter, gauge, Stat};
 use shoal_sdk::params::Lookup;
 use shoal_sdk::postgres::{quote_ident, quote_literal, PgConn, PgError};
 use shoal_sdk::prelude::*;
@@ -1236,58 +1237,30 @@ impl Engine for Postgres {
         let row = rows
             .first()
             .ok_or_else(|| HookError::failed("the metrics query returned no row"))?;
-        let metric = |i: usize, name: &str, kind: MetricKind, help: &str| Sample {
-            name: name.into(),
-            kind,
-            value: row.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0),
-            labels: vec![],
-            help: help.into(),
+        // The query's columns are in STATS's order; NULL (no databases yet) reads as 0.
+        let column = |stat: &str| {
+            let i = STATS.iter().position(|s| s.stat == stat)?;
+            Some(row.get(i).unwrap_or("0"))
         };
-        Ok(vec![
-            metric(
-                0,
-                "pg_backends",
-                MetricKind::Gauge,
-                "Open backend connections.",
-            ),
-            metric(
-                1,
-                "pg_xact_commit_total",
-                MetricKind::Counter,
-                "Committed transactions.",
-            ),
-            metric(
-                2,
-                "pg_xact_rollback_total",
-                MetricKind::Counter,
-                "Rolled-back transactions.",
-            ),
-            metric(
-                3,
-                "pg_blks_read_total",
-                MetricKind::Counter,
-                "Blocks read from disk.",
-            ),
-            metric(
-                4,
-                "pg_blks_hit_total",
-                MetricKind::Counter,
-                "Blocks found in shared buffers.",
-            ),
-            metric(
-                5,
-                "pg_deadlocks_total",
-                MetricKind::Counter,
-                "Deadlocks detected.",
-            ),
-            metric(
-                6,
-                "pg_database_size_bytes",
-                MetricKind::Gauge,
-                "Size of all databases.",
-            ),
-        ])
+        let mut m = Metrics::new("postgresql");
+        m.from_stats(column, STATS);
+        m.finish()
     }
 }
+
+/// What `metrics` reads from `pg_stat_database` (summed over databases), in query order.
+const STATS: &[Stat] = &[
+    gauge("numbackends", "backends", "Open backend connections."),
+    counter("xact_commit", "xact_commit", "Committed transactions."),
+    counter(
+        "xact_rollback",
+        "xact_rollback",
+        "Rolled-back transactions.",
+    ),
+    counter("blks_read", "blks_read", "Blocks read from disk."),
+    counter("blks_hit", "blks_hit", "Blocks found in shared buffers."),
+    counter("deadlocks", "deadlocks", "Deadlocks detected."),
+    gauge("size", "database_size_bytes", "Size of all databases."),
+];
 
 shoal_sdk::export_engine!(Postgres);

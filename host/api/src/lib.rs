@@ -991,7 +991,12 @@ impl Client {
             Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
             _ => home.join(SOCKET),
         };
-        let stream = UnixStream::connect(&path)
+        Client::connect_socket(&path).await
+    }
+
+    /// Connect to the daemon listening on socket `path` (whatever `$SHOAL_SOCKET` says).
+    pub async fn connect_socket(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
                 path: path.display().to_string(),

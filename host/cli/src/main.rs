@@ -3,6 +3,7 @@
 //! 2 bad usage, a bad file or a bad configuration.
 
 mod addon_build;
+mod addon_test;
 mod backup;
 mod call;
 mod cluster;
@@ -65,6 +66,8 @@ enum AddonCommand {
     New(scaffold::NewArgs),
     /// Build an addon crate for wasm32-wasip2 and check that Shoal loads it.
     Build(Box<addon_build::BuildArgs>),
+    /// Run the conformance kit: the addon against its real engine through a real host.
+    Test(Box<addon_test::TestArgs>),
 }
 
 /// An error with the exit code it should produce.
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::Addon(AddonCommand::Call(args)) => call::run(*args).await,
             Command::Addon(AddonCommand::New(args)) => scaffold::new(args),
             Command::Addon(AddonCommand::Build(args)) => addon_build::run(*args).await,
+            Command::Addon(AddonCommand::Test(args)) => addon_test::run(*args).await,
             Command::Serve(args) => cluster::serve(args).await,
             Command::Endpoints(args) => cluster::endpoints(args).await,
             Command::Cluster(args) => cluster::run(args).await,

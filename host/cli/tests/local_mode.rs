@@ -574,7 +574,7 @@ fn the_postgresql_addons_account_promote_and_demote_hooks_work_on_a_live_cluster
         .as_array()
         .unwrap()
         .iter()
-        .any(|s| s["name"] == "pg_xact_commit_total"));
+        .any(|s| s["name"] == "postgresql_xact_commit_total"));
 
     // demote the primary: fenced read-only at once.
     let o = call(&[

@@ -150,9 +150,13 @@ pub enum CallFailure {
     Setup(String),
 }
 
+/// How an error says the addon does not implement the hook (callers that relay errors as
+/// text can still tell "not written" from "failed").
+pub const UNSUPPORTED_TEXT: &str = "not supported by this addon";
+
 fn describe_hook_error(e: &HookError) -> String {
     match e {
-        HookError::Unsupported => "not supported by this addon".into(),
+        HookError::Unsupported => UNSUPPORTED_TEXT.into(),
         HookError::InvalidInput(m) => format!("invalid input: {m}"),
         HookError::Retryable(m) => format!("retryable failure: {m}"),
         HookError::Failed(m) => format!("failed: {m}"),

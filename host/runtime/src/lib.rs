@@ -33,7 +33,7 @@ pub use addon::{AddonInfo, HookLimits, LoadedAddon};
 pub use cache::CodeSource;
 pub use call::{CallStats, Caller};
 pub use config::{Grants, Pooling, RuntimeConfig};
-pub use error::{CallError, CallFailure, DeadlineCause, LoadError};
+pub use error::{CallError, CallFailure, DeadlineCause, LoadError, UNSUPPORTED_TEXT};
 pub use imports::set_engine_open_files;
 pub use live::LiveInstance;
 /// Whether a client shell element is an environment assignment (`NAME=VALUE`).

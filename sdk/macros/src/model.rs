@@ -308,30 +308,43 @@ pub fn capability(text: &str) -> Result<(&str, &str), String> {
     }
 }
 
+/// Size units, case-insensitive, as the host reads sizes users type: binary multiples
+/// whatever the spelling (`kb` = `kib` = `k` = 1024).
+const SIZE_UNITS: &[(&str, i64)] = &[
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kb", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mb", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gb", 1 << 30),
+    ("gib", 1 << 30),
+    ("t", 1 << 40),
+    ("tb", 1 << 40),
+    ("tib", 1 << 40),
+];
+
+/// Duration units, case-insensitive, as the host reads durations users type.
+const DURATION_UNITS: &[(&str, i64)] = &[
+    ("ms", 1),
+    ("s", 1000),
+    ("sec", 1000),
+    ("m", 60_000),
+    ("min", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
 /// A size ("64MiB", "1GB", 1048576) in bytes.
 pub fn size(v: &toml::Value) -> Result<i64, String> {
-    quantity(
-        v,
-        &[
-            ("B", 1),
-            ("kB", 1000),
-            ("KiB", 1 << 10),
-            ("MB", 1_000_000),
-            ("MiB", 1 << 20),
-            ("GB", 1_000_000_000),
-            ("GiB", 1 << 30),
-            ("TB", 1_000_000_000_000),
-            ("TiB", 1 << 40),
-        ],
-    )
+    quantity(v, SIZE_UNITS)
 }
 
 /// A duration ("500ms", "30s", "5min", 1000) in milliseconds.
 pub fn duration(v: &toml::Value) -> Result<i64, String> {
-    quantity(
-        v,
-        &[("ms", 1), ("s", 1000), ("min", 60_000), ("h", 3_600_000)],
-    )
+    quantity(v, DURATION_UNITS)
 }
 
 fn quantity(v: &toml::Value, units: &[(&str, i64)]) -> Result<i64, String> {
@@ -344,7 +357,7 @@ fn quantity(v: &toml::Value, units: &[(&str, i64)]) -> Result<i64, String> {
                 .ok_or_else(|| format!("{s:?}: a unit is needed (or write a bare integer)"))?;
             let (n, unit) = s.split_at(split);
             let n: i64 = n.parse().map_err(|_| format!("{s:?}: no number"))?;
-            let unit = unit.trim();
+            let unit = unit.trim().to_ascii_lowercase();
             let (_, mult) = units.iter().find(|(u, _)| *u == unit).ok_or_else(|| {
                 let names: Vec<&str> = units.iter().map(|(u, _)| *u).collect();
                 format!("{s:?}: unit {unit:?} is not one of {}", names.join(", "))
