@@ -201,6 +201,96 @@ fn value_kind(v: &Value) -> &'static str {
     }
 }
 
+/// A running engine's settings, as `apply-dynamic` sees them: set one live, read one back.
+/// Implement it on a small wrapper of the engine's connection and hand it to
+/// [`apply_and_read_back`], so every engine applies dynamic parameters the same way.
+pub trait LiveSettings {
+    /// The engine's name in messages ("Redis").
+    fn engine(&self) -> &str;
+    /// Set `name` to `value` on the running engine (an engine that reloads its config files
+    /// instead does nothing here and reloads before the driver runs).
+    fn set(&mut self, name: &str, value: &Value) -> HookResult<()>;
+    /// The engine's current value of `name`, as it reports it.
+    fn get(&mut self, name: &str) -> HookResult<String>;
+    /// `value` as the engine writes it (for messages).
+    fn shown(&self, name: &str, value: &Value) -> String {
+        let _ = name;
+        match value {
+            Value::Boolean(b) => b.to_string(),
+            Value::Integer(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Text(t) => t.clone(),
+        }
+    }
+    /// Whether the engine's `got` is `want` (units, rounding, spelling).
+    fn matches(&self, name: &str, want: &Value, got: &str) -> bool;
+}
+
+/// What each change must leave the engine at: its new value, or for an unset parameter the
+/// value `unset` gives (the schema default or a value derived from the resources). An unset
+/// for which `unset` gives `None` goes back to the engine's own default and is not read back.
+pub fn wanted(
+    changes: &[ParamChange],
+    unset: impl Fn(&str) -> HookResult<Option<Value>>,
+) -> HookResult<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for c in changes {
+        let v = match &c.new_value {
+            Some(v) => Some(v.clone()),
+            None => unset(&c.name)?,
+        };
+        if let Some(v) = v {
+            out.push((c.name.clone(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// The one apply-and-read-back driver of `apply-dynamic`: set every wanted value, then read
+/// each back until all match or `settle` has passed (an engine that applies a reload in the
+/// background needs a moment; `Duration::ZERO` reads once). A value the engine refuses, or
+/// still reports differently, is an error naming the parameter, what was asked and what
+/// the engine says.
+pub fn apply_and_read_back(
+    live: &mut impl LiveSettings,
+    wanted: &[(String, Value)],
+    settle: std::time::Duration,
+) -> HookResult<()> {
+    for (name, value) in wanted {
+        live.set(name, value).map_err(|e| {
+            e.context(format!(
+                "{} did not take {name}={}",
+                live.engine(),
+                live.shown(name, value)
+            ))
+        })?;
+    }
+    let until = std::time::Instant::now() + settle;
+    loop {
+        let mut wrong = Vec::new();
+        for (name, value) in wanted {
+            let got = live.get(name)?;
+            if !live.matches(name, value, &got) {
+                wrong.push(format!(
+                    "{name}: asked {}, it reports {got:?}",
+                    live.shown(name, value)
+                ));
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            return Err(HookError::failed(format!(
+                "{} did not take {}",
+                live.engine(),
+                wrong.join("; ")
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +390,85 @@ mod tests {
         assert_eq!(l.text("mode").unwrap(), "safe");
         assert!(l.text("locale").is_err());
         assert!(l.bool("threads").is_err());
+    }
+    /// An engine that takes values after `lag` reads, and refuses "bad".
+    struct Fake {
+        values: std::collections::BTreeMap<String, String>,
+        lag: u32,
+    }
+
+    impl LiveSettings for Fake {
+        fn engine(&self) -> &str {
+            "Fake"
+        }
+        fn set(&mut self, name: &str, value: &Value) -> HookResult<()> {
+            let v = self.shown(name, value);
+            if v == "bad" {
+                return Err(HookError::failed("refused"));
+            }
+            self.values.insert(name.into(), v);
+            Ok(())
+        }
+        fn get(&mut self, name: &str) -> HookResult<String> {
+            if self.lag > 0 {
+                self.lag -= 1;
+                return Ok("old".into());
+            }
+            Ok(self.values.get(name).cloned().unwrap_or_default())
+        }
+        fn matches(&self, name: &str, want: &Value, got: &str) -> bool {
+            self.shown(name, want) == got
+        }
+    }
+
+    #[test]
+    fn apply_and_read_back_waits_for_a_slow_engine_and_names_what_it_refused() {
+        let zero = std::time::Duration::ZERO;
+        let want = |v: &str| vec![("p".to_string(), Value::Text(v.into()))];
+        let mut f = Fake {
+            values: Default::default(),
+            lag: 3,
+        };
+        apply_and_read_back(&mut f, &want("new"), std::time::Duration::from_secs(5)).unwrap();
+        let mut f = Fake {
+            values: Default::default(),
+            lag: 3,
+        };
+        let e = apply_and_read_back(&mut f, &want("new"), zero).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("p: asked new, it reports"),
+            "{e:?}"
+        );
+        let mut f = Fake {
+            values: Default::default(),
+            lag: 0,
+        };
+        let e = apply_and_read_back(&mut f, &want("bad"), zero).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("Fake did not take p=bad"),
+            "{e:?}"
+        );
+
+        let changes = [
+            ParamChange {
+                name: "a".into(),
+                old_value: None,
+                new_value: Some(Value::Integer(1)),
+            },
+            ParamChange {
+                name: "b".into(),
+                old_value: Some(Value::Integer(1)),
+                new_value: None,
+            },
+            ParamChange {
+                name: "c".into(),
+                old_value: Some(Value::Integer(1)),
+                new_value: None,
+            },
+        ];
+        let w = wanted(&changes, |n| Ok((n == "b").then_some(Value::Integer(7)))).unwrap();
+        let names: Vec<&str> = w.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "c goes back to the engine's own default");
+        assert!(matches!(w[1].1, Value::Integer(7)));
     }
 }

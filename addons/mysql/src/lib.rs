@@ -1130,41 +1130,12 @@ impl Engine for MariaDb {
 
     fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
         let schema = config::schema();
-        // Unset means the default (or the derived value) again.
-        let mut wanted: Vec<(String, Value)> = Vec::new();
-        for c in changes {
-            let v = match &c.new_value {
-                Some(v) => Some(v.clone()),
-                None => config::effective_value(
-                    &shoal_sdk::params::Lookup::new(&schema, &[]),
-                    &c.name,
-                    &instance.resources,
-                )?,
-            };
-            let v =
-                v.ok_or_else(|| HookError::invalid(format!("{}: no value to apply", c.name)))?;
-            wanted.push((c.name.clone(), v));
-        }
+        let defaults = shoal_sdk::params::Lookup::new(&schema, &[]);
+        let wanted = shoal_sdk::params::wanted(changes, |name| {
+            config::effective_value(&defaults, name, &instance.resources)
+        })?;
         self.with(instance, |c| {
-            for (name, value) in &wanted {
-                let sql = format!("SET GLOBAL {name} = {}", config::sql_value(name, value));
-                c.query(&sql).map_err(|e| {
-                    HookError::failed(format!(
-                        "MariaDB did not take {name}={}: {e}",
-                        config::server_value(name, value)
-                    ))
-                })?;
-            }
-            for (name, value) in &wanted {
-                let got = value_of(c, name)?;
-                if !config::matches(name, value, &got) {
-                    return Err(HookError::failed(format!(
-                        "MariaDB did not take {name}: asked {}, it reports {got:?}",
-                        config::server_value(name, value)
-                    )));
-                }
-            }
-            Ok(())
+            shoal_sdk::params::apply_and_read_back(&mut Live(c), &wanted, Duration::ZERO)
         })
     }
 
@@ -1353,6 +1324,28 @@ exit 1
 "#;
 
 /// `@@GLOBAL.name` as text.
+/// MariaDB's global variables on a live connection: `SET GLOBAL`, `@@GLOBAL`.
+struct Live<'a>(&'a mut MyConn);
+
+impl shoal_sdk::params::LiveSettings for Live<'_> {
+    fn engine(&self) -> &str {
+        "MariaDB"
+    }
+    fn set(&mut self, name: &str, value: &Value) -> HookResult<()> {
+        let sql = format!("SET GLOBAL {name} = {}", config::sql_value(name, value));
+        self.0.query(&sql).map(|_| ()).map_err(HookError::from)
+    }
+    fn get(&mut self, name: &str) -> HookResult<String> {
+        value_of(self.0, name)
+    }
+    fn shown(&self, name: &str, value: &Value) -> String {
+        config::server_value(name, value)
+    }
+    fn matches(&self, name: &str, want: &Value, got: &str) -> bool {
+        config::matches(name, want, got)
+    }
+}
+
 fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {
     if !name
         .chars()

@@ -241,6 +241,50 @@ impl Postgres {
     }
 }
 
+/// PostgreSQL's settings as `pg_settings` reports them; changes arrive by reload, so `set`
+/// has nothing to do. A value is reported as its setting and unit ("8MB" is "1024 8kB"),
+/// with "(pending restart)" when the server needs a restart to take it.
+struct Live<'a> {
+    pg: &'a mut Postgres,
+    instance: &'a Instance,
+}
+
+const PENDING: &str = " (pending restart)";
+
+impl shoal_sdk::params::LiveSettings for Live<'_> {
+    fn engine(&self) -> &str {
+        "PostgreSQL"
+    }
+    fn set(&mut self, _: &str, _: &Value) -> HookResult<()> {
+        Ok(())
+    }
+    fn get(&mut self, name: &str) -> HookResult<String> {
+        let sql = format!(
+            "SELECT setting, coalesce(unit, ''), pending_restart FROM pg_settings WHERE name = {}",
+            quote_literal(name)
+        );
+        let rows = self.pg.exec(self.instance, &sql)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| HookError::failed(format!("the server has no setting {name}")))?;
+        let pending = if row.get(2) == Some("t") { PENDING } else { "" };
+        let (setting, unit) = (row.get(0).unwrap_or(""), row.get(1).unwrap_or(""));
+        let sep = if unit.is_empty() { "" } else { " " };
+        Ok(format!("{setting}{sep}{unit}{pending}"))
+    }
+    fn matches(&self, _: &str, want: &Value, got: &str) -> bool {
+        if got.ends_with(PENDING) {
+            return false;
+        }
+        // A number is reported as "SETTING UNIT" ("1024 8kB"); other settings whole.
+        let (setting, unit) = match want {
+            Value::Integer(_) | Value::Float(_) => got.split_once(' ').unwrap_or((got, "")),
+            _ => (got, ""),
+        };
+        config::setting_matches(want, setting, unit)
+    }
+}
+
 impl Engine for Postgres {
     fn new() -> Self {
         Postgres { conn: None }
@@ -1152,44 +1196,16 @@ impl Engine for Postgres {
     }
 
     fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
-        // The host has written the new postgresql.conf; a reload applies dynamic settings.
+        // The host has written the new postgresql.conf (an unset parameter back at its
+        // schema default); a reload applies the dynamic settings. The postmaster re-reads
+        // the file in the background and keeps the old value of what it cannot take, so
+        // every value is read back for a while.
+        let schema = config::schema();
+        let defaults = shoal_sdk::params::Lookup::new(&schema, &[]);
+        let wanted = shoal_sdk::params::wanted(changes, |name| Ok(defaults.get(name).cloned()))?;
         self.exec(instance, "SELECT pg_reload_conf()")?;
-        // Read every set value back: the postmaster re-reads the file asynchronously, and
-        // refuses (keeping the old value) what it cannot take.
-        let wanted: Vec<(&str, &Value)> = changes
-            .iter()
-            .filter_map(|c| c.new_value.as_ref().map(|v| (c.name.as_str(), v)))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = wanted.iter().map(|(n, _)| quote_literal(n)).collect();
-        let sql = format!(
-            "SELECT name, setting, coalesce(unit, ''), pending_restart FROM pg_settings \
-             WHERE name IN ({})",
-            names.join(", ")
-        );
-        let mut last = String::new();
-        for _ in 0..50 {
-            let rows = self.exec(instance, &sql)?;
-            let wrong: Vec<String> = wanted
-                .iter()
-                .filter_map(|(name, want)| {
-                    let row = rows.iter().find(|r| r.get(0) == Some(name))?;
-                    let (setting, unit) = (row.get(1).unwrap_or(""), row.get(2).unwrap_or(""));
-                    (!config::setting_matches(want, setting, unit) || row.get(3) == Some("t"))
-                        .then(|| format!("{name} is {setting}{unit}"))
-                })
-                .collect();
-            if wrong.is_empty() {
-                return Ok(());
-            }
-            last = wrong.join(", ");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(HookError::failed(format!(
-            "the server did not take the new values after a reload: {last} (its log says why)"
-        )))
+        let mut live = Live { pg: self, instance };
+        shoal_sdk::params::apply_and_read_back(&mut live, &wanted, Duration::from_secs(5))
     }
 
     fn classify(&mut self, changes: &[ParamChange]) -> HookResult<Vec<ClassifiedChange>> {

@@ -96,6 +96,33 @@ fn replication_summary(info: &Info) -> String {
     .join(" ")
 }
 
+/// Redis's settings on a live connection: `CONFIG SET`, `CONFIG GET`.
+struct Live<'a>(&'a mut Conn);
+
+impl shoal_sdk::params::LiveSettings for Live<'_> {
+    fn engine(&self) -> &str {
+        "Redis"
+    }
+    fn set(&mut self, name: &str, value: &Value) -> HookResult<()> {
+        self.0
+            .call(&["CONFIG", "SET", name, &config::redis_value(name, value)])
+            .map(|_| ())
+            .map_err(|e| HookError::failed(e.to_string()))
+    }
+    fn get(&mut self, name: &str) -> HookResult<String> {
+        Ok(match self.0.call(&["CONFIG", "GET", name])? {
+            Reply::Array(Some(items)) => items.get(1).and_then(Reply::text).unwrap_or_default(),
+            _ => String::new(),
+        })
+    }
+    fn shown(&self, name: &str, value: &Value) -> String {
+        config::redis_value(name, value)
+    }
+    fn matches(&self, name: &str, want: &Value, got: &str) -> bool {
+        config::matches(name, want, got)
+    }
+}
+
 impl Redis {
     /// A connection to `instance`, reusing the kept one when it still answers.
     fn conn(&mut self, instance: &Instance) -> HookResult<&mut Conn> {
@@ -930,43 +957,16 @@ impl Engine for Redis {
 
     fn apply_dynamic(&mut self, instance: &Instance, changes: &[ParamChange]) -> HookResult<()> {
         let schema = config::schema();
-        // Unset means the default (or the derived value) again.
-        let wanted: Vec<(String, Value)> = changes
-            .iter()
-            .map(|c| {
-                let v = match &c.new_value {
-                    Some(v) => Some(v.clone()),
-                    None => config::effective_value(
-                        &shoal_sdk::params::Lookup::new(&schema, &[]),
-                        &c.name,
-                        &instance.resources,
-                    ),
-                };
-                v.map(|v| (c.name.clone(), v))
-                    .ok_or_else(|| HookError::invalid(format!("{}: no value to apply", c.name)))
-            })
-            .collect::<HookResult<_>>()?;
+        let defaults = shoal_sdk::params::Lookup::new(&schema, &[]);
+        let wanted = shoal_sdk::params::wanted(changes, |name| {
+            Ok(config::effective_value(
+                &defaults,
+                name,
+                &instance.resources,
+            ))
+        })?;
         self.with(instance, |c| {
-            for (name, value) in &wanted {
-                let text = config::redis_value(name, value);
-                c.call(&["CONFIG", "SET", name, &text]).map_err(|e| {
-                    HookError::failed(format!("Redis did not take {name}={text}: {e}"))
-                })?;
-            }
-            for (name, value) in &wanted {
-                let got = match c.call(&["CONFIG", "GET", name])? {
-                    Reply::Array(Some(items)) => items.get(1).and_then(Reply::text),
-                    _ => None,
-                };
-                let got = got.unwrap_or_default();
-                if !config::matches(name, value, &got) {
-                    return Err(HookError::failed(format!(
-                        "Redis did not take {name}: asked {}, it reports {got:?}",
-                        config::redis_value(name, value)
-                    )));
-                }
-            }
-            Ok(())
+            shoal_sdk::params::apply_and_read_back(&mut Live(c), &wanted, Duration::ZERO)
         })
     }
 
