@@ -53,68 +53,11 @@ pub fn parse_value(ty: &ParamType, text: &str) -> Result<Value, String> {
                 .map_err(|_| format!("{t:?} is not a number"))?,
         ),
         ParamType::Text | ParamType::Choice(_) => Value::Text(t.to_string()),
-        ParamType::SizeBytes(_) => Value::Integer(parse_scaled(t, SIZE_UNITS, "size")?),
-        ParamType::DurationMs(_) => Value::Integer(parse_scaled(t, DURATION_UNITS, "duration")?),
+        ParamType::SizeBytes(_) => Value::Integer(shoal_units::size(t)?),
+        ParamType::DurationMs(_) => Value::Integer(shoal_units::duration(t)?),
     };
     check_value(ty, &value)?;
     Ok(value)
-}
-
-const SIZE_UNITS: &[(&str, i64)] = &[
-    ("", 1),
-    ("b", 1),
-    ("kb", 1 << 10),
-    ("kib", 1 << 10),
-    ("k", 1 << 10),
-    ("mb", 1 << 20),
-    ("mib", 1 << 20),
-    ("m", 1 << 20),
-    ("gb", 1 << 30),
-    ("gib", 1 << 30),
-    ("g", 1 << 30),
-    ("tb", 1 << 40),
-    ("tib", 1 << 40),
-    ("t", 1 << 40),
-];
-
-const DURATION_UNITS: &[(&str, i64)] = &[
-    ("", 1),
-    ("ms", 1),
-    ("s", 1000),
-    ("sec", 1000),
-    ("min", 60_000),
-    ("m", 60_000),
-    ("h", 3_600_000),
-    ("d", 86_400_000),
-];
-
-/// `<integer><unit>` with the unit from `units` (case-insensitive), as an integer.
-fn parse_scaled(t: &str, units: &[(&str, i64)], what: &str) -> Result<i64, String> {
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{t:?} is not a {what} (a whole number with an optional unit)"))?;
-    let scale = units
-        .iter()
-        .find(|(u, _)| *u == unit)
-        .map(|(_, s)| *s)
-        .ok_or_else(|| {
-            let known: Vec<&str> = units
-                .iter()
-                .map(|(u, _)| *u)
-                .filter(|u| !u.is_empty())
-                .collect();
-            format!(
-                "{t:?}: unknown {what} unit {unit:?} (known: {})",
-                known.join(", ")
-            )
-        })?;
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{t:?} is too large"))
 }
 
 #[cfg(test)]

@@ -308,63 +308,20 @@ pub fn capability(text: &str) -> Result<(&str, &str), String> {
     }
 }
 
-/// Size units, case-insensitive, as the host reads sizes users type: binary multiples
-/// whatever the spelling (`kb` = `kib` = `k` = 1024).
-const SIZE_UNITS: &[(&str, i64)] = &[
-    ("b", 1),
-    ("k", 1 << 10),
-    ("kb", 1 << 10),
-    ("kib", 1 << 10),
-    ("m", 1 << 20),
-    ("mb", 1 << 20),
-    ("mib", 1 << 20),
-    ("g", 1 << 30),
-    ("gb", 1 << 30),
-    ("gib", 1 << 30),
-    ("t", 1 << 40),
-    ("tb", 1 << 40),
-    ("tib", 1 << 40),
-];
-
-/// Duration units, case-insensitive, as the host reads durations users type.
-const DURATION_UNITS: &[(&str, i64)] = &[
-    ("ms", 1),
-    ("s", 1000),
-    ("sec", 1000),
-    ("m", 60_000),
-    ("min", 60_000),
-    ("h", 3_600_000),
-    ("d", 86_400_000),
-];
-
-/// A size ("64MiB", "1GB", 1048576) in bytes.
+/// A size ("64MiB", "1GB", 1048576) in bytes, in the units users type (`shoal_units`).
 pub fn size(v: &toml::Value) -> Result<i64, String> {
-    quantity(v, SIZE_UNITS)
+    quantity(v, shoal_units::size)
 }
 
 /// A duration ("500ms", "30s", "5min", 1000) in milliseconds.
 pub fn duration(v: &toml::Value) -> Result<i64, String> {
-    quantity(v, DURATION_UNITS)
+    quantity(v, shoal_units::duration)
 }
 
-fn quantity(v: &toml::Value, units: &[(&str, i64)]) -> Result<i64, String> {
+fn quantity(v: &toml::Value, read: fn(&str) -> Result<i64, String>) -> Result<i64, String> {
     match v {
         toml::Value::Integer(i) => Ok(*i),
-        toml::Value::String(s) => {
-            let s = s.trim();
-            let split = s
-                .find(|c: char| !c.is_ascii_digit())
-                .ok_or_else(|| format!("{s:?}: a unit is needed (or write a bare integer)"))?;
-            let (n, unit) = s.split_at(split);
-            let n: i64 = n.parse().map_err(|_| format!("{s:?}: no number"))?;
-            let unit = unit.trim().to_ascii_lowercase();
-            let (_, mult) = units.iter().find(|(u, _)| *u == unit).ok_or_else(|| {
-                let names: Vec<&str> = units.iter().map(|(u, _)| *u).collect();
-                format!("{s:?}: unit {unit:?} is not one of {}", names.join(", "))
-            })?;
-            n.checked_mul(*mult)
-                .ok_or_else(|| format!("{s:?} is too large"))
-        }
+        toml::Value::String(s) => read(s),
         other => Err(format!(
             "{other}: expected an integer or a string with a unit"
         )),
