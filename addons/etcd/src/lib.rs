@@ -839,6 +839,36 @@ impl Engine for Etcd {
         Ok(plan)
     }
 
+    fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
+        let status = self.read(instance, "/v3/maintenance/status")?;
+        let (revision, keys) = self.count_all(instance)?;
+        let member = u64_field(&status, "/header/member_id");
+        let leader = u64_field(&status, "/leader");
+        let f = |pointer: &str| u64_field(&status, pointer) as f64;
+        let mut m = Metrics::new("etcd");
+        m.gauge("db_size_bytes", "Size of the backend database file.", f("/dbSize"))
+            .gauge(
+                "db_size_in_use_bytes",
+                "Bytes of the backend database in use (the rest is free pages a defragmentation returns).",
+                f("/dbSizeInUse"),
+            )
+            .gauge("keys", "Keys in the store.", keys as f64)
+            .gauge("revision", "The store's revision.", revision as f64)
+            .gauge("raft_term", "The member's Raft term.", f("/raftTerm"))
+            .gauge("raft_index", "The member's Raft log index.", f("/raftIndex"))
+            .gauge(
+                "raft_applied_index",
+                "The Raft index the member has applied.",
+                f("/raftAppliedIndex"),
+            )
+            .gauge(
+                "is_leader",
+                "1 when this member leads the cluster.",
+                if member != 0 && member == leader { 1.0 } else { 0.0 },
+            );
+        m.finish()
+    }
+
     fn probe(&mut self, instance: &Instance, members: &[Member]) -> HookResult<RoleReport> {
         let seen = self.seen(instance)?;
         let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
