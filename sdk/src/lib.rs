@@ -42,6 +42,7 @@ pub mod encoding;
 mod engine;
 mod export;
 pub mod host;
+pub mod http;
 pub mod kept;
 pub mod metrics;
 #[cfg(feature = "mysql")]

@@ -1,12 +1,14 @@
-//! etcd's JSON gateway (grpc-gateway, `/v3/...`) over one kept HTTP/1.1 connection: POST a
-//! JSON body, read the JSON answer. Bodies come back with a `Content-Length` or chunked; both
-//! are read. gRPC errors arrive as `{"error": …, "code": N}` and become hook errors.
+//! etcd's JSON gateway (grpc-gateway, `/v3/...`) on the SDK's HTTP kit
+//! ([`shoal_sdk::http`]): POST a JSON body with the auth token, read the JSON answer. What
+//! is etcd's here: gRPC errors, which arrive as `{"error": …, "code": N}` (or mid-stream as
+//! `{"error": {"grpc_code": N, "message": …}}`) and become [`Answer::Error`], the
+//! server-streaming snapshot (one JSON message a line), 64-bit ids sent as strings, and
+//! base64 keys.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use shoal_sdk::http::{HttpConn, Request};
 use shoal_sdk::prelude::*;
 
 /// Largest answer read (a member list is ~1 KiB; a backup's page of 100 keys holds their
@@ -15,8 +17,7 @@ const MAX_BODY: usize = 64 << 20;
 
 /// A connection to one member's client port.
 pub struct Gateway {
-    reader: BufReader<TcpStream>,
-    peer: String,
+    http: HttpConn,
 }
 
 /// What a request ended with: the JSON answer, or the server's gRPC error.
@@ -30,16 +31,14 @@ pub enum Answer {
 impl Gateway {
     /// Connect to `endpoint` with `timeout` on every read and write.
     pub fn connect(endpoint: &Endpoint, timeout: Duration) -> std::io::Result<Self> {
-        let stream = shoal_sdk::net::connect(endpoint, timeout)?;
         Ok(Gateway {
-            reader: BufReader::new(stream),
-            peer: endpoint.to_string(),
+            http: HttpConn::connect(endpoint, timeout)?.with_max_body(MAX_BODY),
         })
     }
 
     /// `host:port` this connection goes to.
     pub fn peer(&self) -> &str {
-        &self.peer
+        self.http.peer()
     }
 
     /// POST `body` to `path` (with `token` as the `Authorization` header when given).
@@ -49,12 +48,13 @@ impl Gateway {
         body: &Json,
         token: Option<&str>,
     ) -> std::io::Result<Answer> {
-        self.send(path, body, token)?;
-        let (status, text) = self.read_response()?;
+        let body = body.to_string();
+        let answer = self.http.send(&request(path, &body, token))?;
+        let (status, text) = (answer.status, answer.text());
         let json: Json = serde_json::from_str(&text).map_err(|e| {
             invalid(format!(
                 "{}{path}: HTTP {status}, not JSON ({e}): {}",
-                self.peer,
+                self.peer(),
                 text.chars().take(200).collect::<String>()
             ))
         })?;
@@ -65,7 +65,7 @@ impl Gateway {
                 message: message.to_string(),
             });
         }
-        if !(200..300).contains(&status) {
+        if !answer.is_success() {
             return Ok(Answer::Error {
                 code: 2,
                 message: format!("HTTP {status}: {text}"),
@@ -85,182 +85,65 @@ impl Gateway {
         token: Option<&str>,
         mut each: impl FnMut(&Json) -> std::io::Result<()>,
     ) -> std::io::Result<Option<Answer>> {
-        self.send(path, body, token)?;
-        let (status, chunked, length) = self.read_head()?;
-        if !chunked {
+        let peer = self.peer().to_string();
+        let body = body.to_string();
+        let mut answer = self.http.stream(&request(path, &body, token))?;
+        if !answer.body.is_chunked() {
             // An error before the stream began: one JSON answer.
-            let n = length.ok_or_else(|| invalid("answer without a length".into()))?;
-            if n > MAX_BODY {
-                return Err(invalid("answer too large".into()));
-            }
-            let mut body = vec![0; n];
-            self.reader.read_exact(&mut body)?;
-            let text = String::from_utf8_lossy(&body);
-            return Ok(Some(error_answer(status, &text)));
+            let text = answer.body.read_all(MAX_BODY)?;
+            let text = String::from_utf8_lossy(&text);
+            return Ok(Some(error_answer(answer.status, &text)));
         }
-        let mut line = Vec::new();
-        loop {
-            let size = self.chunk_size()?;
-            if size == 0 {
-                while !self.line()?.is_empty() {}
-                break;
-            }
-            let mut chunk = vec![0; size];
-            self.reader.read_exact(&mut chunk)?;
-            self.line()?;
-            for piece in chunk.split_inclusive(|b| *b == b'\n') {
-                line.extend_from_slice(piece);
-                if line.len() > MAX_BODY {
-                    return Err(invalid("a streamed message is too large".into()));
-                }
-                if line.ends_with(b"\n") {
-                    if let Some(a) = self.message(&line, &mut each)? {
-                        return Ok(Some(a));
-                    }
-                    line.clear();
-                }
-            }
-        }
-        if !line.is_empty() {
-            if let Some(a) = self.message(&line, &mut each)? {
+        while let Some(line) = answer.body.next_line(MAX_BODY)? {
+            if let Some(a) = message(&peer, &line, &mut each)? {
                 return Ok(Some(a));
             }
         }
         Ok(None)
     }
+}
 
-    /// One streamed message: its `result` to `each`, or the error it carries.
-    fn message(
-        &self,
-        line: &[u8],
-        each: &mut impl FnMut(&Json) -> std::io::Result<()>,
-    ) -> std::io::Result<Option<Answer>> {
-        let text = String::from_utf8_lossy(line);
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        let json: Json = serde_json::from_str(text.trim()).map_err(|e| {
-            invalid(format!(
-                "{}: a streamed message is not JSON ({e})",
-                self.peer
-            ))
-        })?;
-        if let Some(error) = json.get("error") {
-            // grpc-gateway: {"error": {"grpc_code": 7, "message": "..."}} mid-stream.
-            let message = error
-                .get("message")
-                .and_then(Json::as_str)
-                .or_else(|| error.as_str())
-                .unwrap_or("error")
-                .to_string();
-            let code = error
-                .get("grpc_code")
-                .or_else(|| json.get("code"))
-                .and_then(Json::as_i64)
-                .unwrap_or(2);
-            return Ok(Some(Answer::Error { code, message }));
-        }
-        let result = json.get("result").ok_or_else(|| {
-            invalid(format!(
-                "{}: a streamed message without a result",
-                self.peer
-            ))
-        })?;
-        each(result)?;
-        Ok(None)
+/// A JSON POST of `body` to `path`, with `token` as the `Authorization` header when given.
+fn request<'a>(path: &'a str, body: &'a str, token: Option<&'a str>) -> Request<'a> {
+    let request = Request::post_json(path, body);
+    match token {
+        Some(t) => request.header("Authorization", t),
+        None => request,
     }
+}
 
-    fn send(&mut self, path: &str, body: &Json, token: Option<&str>) -> std::io::Result<()> {
-        let body = body.to_string();
-        let auth = token
-            .map(|t| format!("Authorization: {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}\
-             Content-Length: {}\r\n\r\n{body}",
-            self.peer,
-            body.len()
-        );
-        let stream = self.reader.get_mut();
-        stream.write_all(request.as_bytes())?;
-        stream.flush()
+/// One streamed message: its `result` to `each`, or the error it carries.
+fn message(
+    peer: &str,
+    line: &[u8],
+    each: &mut impl FnMut(&Json) -> std::io::Result<()>,
+) -> std::io::Result<Option<Answer>> {
+    let text = String::from_utf8_lossy(line);
+    if text.trim().is_empty() {
+        return Ok(None);
     }
-
-    /// The status line and headers: (status, chunked, content length).
-    fn read_head(&mut self) -> std::io::Result<(u16, bool, Option<usize>)> {
-        let status_line = self.line()?;
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid(format!("not an HTTP status line: {status_line:?}")))?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            let line = self.line()?;
-            if line.is_empty() {
-                break;
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-        Ok((status, chunked, length))
+    let json: Json = serde_json::from_str(text.trim())
+        .map_err(|e| invalid(format!("{peer}: a streamed message is not JSON ({e})")))?;
+    if let Some(error) = json.get("error") {
+        // grpc-gateway: {"error": {"grpc_code": 7, "message": "..."}} mid-stream.
+        let message = error
+            .get("message")
+            .and_then(Json::as_str)
+            .or_else(|| error.as_str())
+            .unwrap_or("error")
+            .to_string();
+        let code = error
+            .get("grpc_code")
+            .or_else(|| json.get("code"))
+            .and_then(Json::as_i64)
+            .unwrap_or(2);
+        return Ok(Some(Answer::Error { code, message }));
     }
-
-    /// The size line of the next chunk of a chunked body (extensions ignored).
-    fn chunk_size(&mut self) -> std::io::Result<usize> {
-        let line = self.line()?;
-        usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| invalid(format!("bad chunk size {line:?}")))
-    }
-
-    fn read_response(&mut self) -> std::io::Result<(u16, String)> {
-        let (status, chunked, length) = self.read_head()?;
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                let size = self.chunk_size()?;
-                if size == 0 {
-                    // Trailers, then the blank line.
-                    while !self.line()?.is_empty() {}
-                    break;
-                }
-                if body.len() + size > MAX_BODY {
-                    return Err(invalid("answer too large".into()));
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.reader.read_exact(&mut body[start..])?;
-                self.line()?;
-            }
-        } else {
-            let n = length.ok_or_else(|| invalid("answer without a length".into()))?;
-            if n > MAX_BODY {
-                return Err(invalid("answer too large".into()));
-            }
-            body.resize(n, 0);
-            self.reader.read_exact(&mut body)?;
-        }
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    fn line(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} closed the connection", self.peer),
-            ));
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_string())
-    }
+    let result = json
+        .get("result")
+        .ok_or_else(|| invalid(format!("{peer}: a streamed message without a result")))?;
+    each(result)?;
+    Ok(None)
 }
 
 /// A whole answer that is not a stream: the gRPC error it carries, or the HTTP status.

@@ -12,7 +12,7 @@
 pub mod files;
 pub mod jute;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use jute::{Acl, Session, ZkError};
@@ -28,6 +28,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The four-letter words the probe uses: the only ones zoo.cfg allows.
 const FOUR_LETTER_WORDS: &str = "srvr,mntr,ruok,conf";
+
+/// Largest answer to a four-letter word read (`mntr` is ~2 KiB; `conf` grows with the
+/// ensemble).
+const MAX_FOUR_LETTER_ANSWER: usize = 1 << 20;
 
 /// Where Debian's `zookeeper` package puts the server and what it needs besides.
 const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
@@ -288,16 +292,8 @@ pub fn report(srvr: Option<&Srvr>, me: u64, engine_ids: &[u64], shoal_ids: &[u64
 
 /// Send a four-letter word and read the answer to the end (the server closes).
 fn four_letter(endpoint: &Endpoint, word: &str) -> HookResult<String> {
-    let mut s = shoal_sdk::net::connect(endpoint, IO_TIMEOUT)
-        .map_err(|e| HookError::from(e).context(format!("connect {endpoint}")))?;
-    s.write_all(word.as_bytes())
-        .map_err(|e| HookError::from(e).context(format!("{word} to {endpoint}")))?;
-    let mut out = Vec::new();
-    Read::by_ref(&mut s)
-        .take(1 << 20)
-        .read_to_end(&mut out)
-        .map_err(|e| HookError::from(e).context(format!("{word} from {endpoint}")))?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    shoal_sdk::net::ask_and_read_to_close(endpoint, word, IO_TIMEOUT, MAX_FOUR_LETTER_ANSWER)
+        .map_err(|e| HookError::from(e).context(format!("{word} at {endpoint}")))
 }
 
 /// A ZooKeeper error as a hook error: connection trouble and a busy or quorum-less ensemble
