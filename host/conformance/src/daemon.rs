@@ -3,6 +3,7 @@
 //! with deadlines, and, when dropped, every cluster deleted, the daemon and the endpoint
 //! process stopped and the home removed (unless kept for a post-mortem).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,7 +48,12 @@ impl Daemon {
             ),
         )
         .map_err(|e| io("cannot write config.toml", e))?;
-        let log = std::fs::File::create(home.path().join("serve.log"))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(home.path().join("serve.log"))
             .map_err(|e| io("cannot create serve.log", e))?;
         let child = Command::new(shoal_exe)
             .arg("serve")

@@ -4,6 +4,7 @@
 
 pub mod etcd;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,11 +112,13 @@ impl Host {
             cmd.arg("serve");
         }
         // The daemon's own output goes to `<home>/serve.log` (appended across restarts), so
-        // a daemon that does not come up says why.
+        // a daemon that does not come up says why. Private to its owner, like every file
+        // in the home (the isolation test checks that).
         let log_path = self.home.path().join("serve.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .expect("open serve.log");
         let child = cmd
