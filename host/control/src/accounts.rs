@@ -10,6 +10,7 @@ use std::sync::Arc;
 use shoal_api::{ApiError, OpView};
 
 use crate::controller::Controller;
+use crate::error::{At, ControlError};
 use crate::events::Level;
 use crate::secrets;
 use crate::store::{Phase, Role};
@@ -86,13 +87,11 @@ impl Controller {
 
 /// The password operation: set the pending admin password on every running instance (the
 /// primary first), then make it the one handed out. If the primary refuses, nothing changed.
-pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
-    let cl = c
-        .db(|s| s.cluster(name))
-        .map_err(|e| e.message)?
-        .ok_or_else(|| format!("cluster {name} no longer exists"))?;
+pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
+    let cl = crate::ops::cluster(c, name)?;
     let mut all_secrets = secrets::load_all(&c.home, name)
-        .map_err(|e| format!("cannot read the credentials of {name}: {e}"))?;
+        .map_err(|e| format!("cannot read its credentials: {e}"))
+        .of(name)?;
     let Some(pw) = all_secrets.pending_admin.clone() else {
         return Ok(()); // finished already
     };
@@ -101,7 +100,7 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         user: all_secrets.admin.user.clone(),
         password: pw,
     };
-    let mut all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
+    let mut all = crate::ops::instances(c, name)?;
     all.sort_by_key(|i| (i.role != Role::Primary, i.ordinal));
     let mut warnings = Vec::new();
     for (n, i) in all.iter().filter(|i| i.state == Phase::Running).enumerate() {
@@ -110,17 +109,22 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             Err(e) if n == 0 => {
                 all_secrets.pending_admin = None;
                 let _ = secrets::save(&c.home, name, &all_secrets);
-                return Err(format!("{e}; the password is unchanged"));
+                return Err(ControlError::on(
+                    name,
+                    &i.name,
+                    format!("{}; the password is unchanged", e.failure),
+                ));
             }
             // A replica's own account store: it gets the password at its next start.
-            Err(e) => warnings.push(format!("{}: {e}", i.name)),
+            Err(e) => warnings.push(e.within_cluster()),
         }
     }
     all_secrets.admin = new;
     all_secrets.admin_version += 1;
     all_secrets.pending_admin = None;
     secrets::save(&c.home, name, &all_secrets)
-        .map_err(|e| format!("cannot store the new password: {e}"))?;
+        .map_err(|e| format!("cannot store the new password: {e}"))
+        .of(name)?;
     for w in warnings {
         c.event(
             name,

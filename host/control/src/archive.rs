@@ -6,9 +6,11 @@
 //! restore. What a unit is and how it is replayed is the addon's; this module moves and checks
 //! bytes.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use shoal_api::{ApiError, ArchiveUnitView, ArchiveView, BackupObjectView};
 use shoal_backup::{Repository, StoredObject};
@@ -55,13 +57,87 @@ pub(crate) fn unit_object(u: &ArchiveUnitView) -> StoredObject {
     }
 }
 
+/// (cluster, instance).
+type Slot = (String, String);
+
+/// What the archiver keeps in memory, written only here: which clusters are archived now
+/// (read back from the store at start), the unit each instance stored last (handed back to
+/// the addon as `after`), when each instance with nothing visibly waiting was last asked,
+/// and whether a pass runs.
+#[derive(Debug, Default)]
+pub(crate) struct ArchiverState {
+    clusters: Mutex<HashSet<String>>,
+    last: Mutex<HashMap<Slot, String>>,
+    asked: Mutex<HashMap<Slot, Instant>>,
+    busy: AtomicBool,
+}
+
+impl ArchiverState {
+    /// The state of a host whose store archives `clusters`.
+    pub(crate) fn new(clusters: HashSet<String>) -> ArchiverState {
+        ArchiverState {
+            clusters: Mutex::new(clusters),
+            ..Default::default()
+        }
+    }
+
+    /// Whether `cluster` is archived continuously now.
+    pub(crate) fn is_on(&self, cluster: &str) -> bool {
+        lock(&self.clusters).contains(cluster)
+    }
+
+    fn set(&self, cluster: &str, on: bool) {
+        let mut set = lock(&self.clusters);
+        if on {
+            set.insert(cluster.to_string());
+        } else {
+            set.remove(cluster);
+        }
+    }
+
+    fn clusters(&self) -> Vec<String> {
+        lock(&self.clusters).iter().cloned().collect()
+    }
+
+    /// Claim the next pass: false while one runs or when nothing is archived.
+    fn start_pass(&self) -> bool {
+        !lock(&self.clusters).is_empty() && !self.busy.swap(true, Ordering::AcqRel)
+    }
+
+    fn pass_done(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    fn last(&self, slot: &Slot) -> Option<String> {
+        lock(&self.last).get(slot).cloned()
+    }
+
+    fn stored(&self, slot: Slot, unit: String) {
+        lock(&self.last).insert(slot, unit);
+    }
+
+    /// Whether `slot` is due to be asked again (at most once per `every`); marks it asked.
+    fn ask_due(&self, slot: Slot, every: std::time::Duration) -> bool {
+        let mut asked = lock(&self.asked);
+        let now = Instant::now();
+        match asked.get(&slot) {
+            Some(t) if now.duration_since(*t) < every => false,
+            _ => {
+                asked.insert(slot, now);
+                true
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Controller {
     /// Whether `cluster` is archived continuously now.
     pub(crate) fn archived(&self, cluster: &str) -> bool {
-        self.archiving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(cluster)
+        self.archiver.is_on(cluster)
     }
 
     /// The continuous backup method of `engine`'s addon.
@@ -131,14 +207,7 @@ impl Controller {
             a
         };
         self.db(|s| s.put_archive(&view))?;
-        {
-            let mut set = self.archiving.lock().unwrap_or_else(|p| p.into_inner());
-            if on {
-                set.insert(cluster.to_string());
-            } else {
-                set.remove(cluster);
-            }
-        }
+        self.archiver.set(cluster, on);
         self.event(
             cluster,
             None,
@@ -222,18 +291,13 @@ impl Controller {
 
 /// Start an archiver pass unless one is running or nothing is archived.
 pub(crate) fn kick_archiver(c: &Arc<Controller>) {
-    if c.archiving
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        || c.archiver_busy.swap(true, Ordering::AcqRel)
-    {
+    if !c.archiver.start_pass() {
         return;
     }
     let c = c.clone();
     tokio::spawn(async move {
         archive_pass(&c).await;
-        c.archiver_busy.store(false, Ordering::Release);
+        c.archiver.pass_done();
     });
 }
 
@@ -268,28 +332,13 @@ fn poll_due(c: &Controller, cl: &ClusterRow, i: &InstanceRow) -> bool {
     if !archives_here {
         return false;
     }
-    let mut asked = c.archive_asked.lock().unwrap_or_else(|p| p.into_inner());
-    let key = (cl.name.clone(), i.name.clone());
-    let now = std::time::Instant::now();
-    match asked.get(&key) {
-        Some(t) if now.duration_since(*t) < POLL_EMPTY => false,
-        _ => {
-            asked.insert(key, now);
-            true
-        }
-    }
+    c.archiver
+        .ask_due((cl.name.clone(), i.name.clone()), POLL_EMPTY)
 }
 
 /// Ship what is waiting in the archive directories of the clusters this host manages.
 async fn archive_pass(c: &Arc<Controller>) {
-    let clusters: Vec<String> = c
-        .archiving
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .cloned()
-        .collect();
-    for cluster in clusters {
+    for cluster in c.archiver.clusters() {
         if !c.manages(&cluster) {
             continue;
         }
@@ -349,12 +398,7 @@ async fn ship_one(
 ) -> Result<bool, String> {
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let slot = (cl.name.clone(), i.name.clone());
-    let after = c
-        .archived_last
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&slot)
-        .cloned();
+    let after = c.archiver.last(&slot);
     let incoming = format!("{}/archive-{}/incoming-{}.zst", cl.name, cl.uid, i.name);
     let (writer, pending) = shoal_backup::write_object(repo, &incoming, ZSTD_LEVEL);
     let dir = i.archive_dir();
@@ -410,10 +454,7 @@ async fn ship_one(
     };
     c.db(|s| s.put_unit(cl.uid, &cl.name, &view))
         .map_err(|e| e.message)?;
-    c.archived_last
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(slot, unit.name);
+    c.archiver.stored(slot, unit.name);
     Ok(true)
 }
 
@@ -542,5 +583,34 @@ mod tests {
         ] {
             assert!(!safe_unit_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_archiver_pass_at_a_time_and_only_with_something_archived() {
+        let st = ArchiverState::new(HashSet::new());
+        assert!(!st.start_pass(), "nothing archived: no pass");
+        st.set("orders", true);
+        assert!(st.is_on("orders") && !st.is_on("users"));
+        assert!(st.start_pass());
+        assert!(!st.start_pass(), "a second pass while one runs");
+        st.pass_done();
+        assert!(st.start_pass());
+        st.pass_done();
+        st.set("orders", false);
+        assert!(!st.start_pass());
+        assert_eq!(st.clusters(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_idle_instance_is_asked_at_most_once_per_interval_and_remembers_its_last_unit() {
+        let st = ArchiverState::default();
+        let slot = ("orders".to_string(), "orders-0".to_string());
+        let every = std::time::Duration::from_secs(3600);
+        assert!(st.ask_due(slot.clone(), every));
+        assert!(!st.ask_due(slot.clone(), every));
+        assert!(st.ask_due(slot.clone(), std::time::Duration::ZERO));
+        assert_eq!(st.last(&slot), None);
+        st.stored(slot.clone(), "000000010000000000000003".into());
+        assert_eq!(st.last(&slot).as_deref(), Some("000000010000000000000003"));
     }
 }

@@ -1318,7 +1318,7 @@ pub(crate) async fn restore_into(
             let _ = std::fs::remove_dir_all(&aside);
             match std::fs::rename(i.data_dir(), &aside) {
                 Ok(()) => {
-                    let _ = crate::node::private_dir(&i.data_dir(), c.run_as(cl)?);
+                    let _ = crate::node::private_dir(&i.data_dir(), c.users.of(cl)?);
                     kept.push_str(&format!(", what was restored in {}", aside.display()));
                 }
                 Err(_) => empty_dir(&i.data_dir()),
@@ -1386,11 +1386,11 @@ async fn restore_steps(
             b.cluster_uid,
             b.view.started_unix_ms,
             staged,
-            c.run_as(cl)?,
+            c.users.of(cl)?,
         )
         .await
         .map_err(|e| format!("restore of backup {id} to {} refused: {e}", rfc3339(to)))?;
-        shoal_local::users::chown(staged, c.run_as(cl)?).map_err(|e| e.to_string())?;
+        shoal_local::users::chown(staged, c.users.of(cl)?).map_err(|e| e.to_string())?;
         c.event(
             &cl.name,
             Some(&i.name),

@@ -28,6 +28,7 @@ use crate::quantity;
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, ClusterState, Health, InstanceRow, Phase, Role, Store};
 use crate::topology::{family, Family};
+use crate::users::EngineUsers;
 
 /// The running host.
 pub struct Controller {
@@ -39,12 +40,8 @@ pub struct Controller {
     /// Where instance processes run: every start, stop, kill and liveness check goes
     /// through it.
     pub nodes: Arc<dyn crate::nodes::Nodes>,
-    /// User engines of clusters without their own OS user run as (None: the host's own
-    /// user). Clusters created by a root host each get their own user (see [`Self::run_as`]).
-    pub engine_user: Option<RunAs>,
-    pub engine_user_name: String,
-    /// The OS user of each cluster, by name, as looked up last.
-    users: Mutex<HashMap<String, Option<RunAs>>>,
+    /// The OS users engines run as: each cluster's own (a root host's), else the shared one.
+    pub users: EngineUsers,
     /// Held while a create is validated and stored: two requests for one name, or for the
     /// same free ports, cannot both pass.
     create_lock: tokio::sync::Mutex<()>,
@@ -65,14 +62,9 @@ pub struct Controller {
     /// looked yet). Only the manager probes, restarts, fails over, runs operations and opens
     /// the stable endpoints of a cluster.
     managing: Mutex<HashMap<String, bool>>,
-    /// Clusters archived continuously now (their instances get an `archive-dir`).
-    pub(crate) archiving: Mutex<std::collections::HashSet<String>>,
-    /// Per (cluster, instance): the archive unit stored last, handed back as `after`.
-    pub(crate) archived_last: Mutex<HashMap<(String, String), String>>,
-    /// Set while an archiver pass runs.
-    pub(crate) archiver_busy: std::sync::atomic::AtomicBool,
-    /// When the archiver last asked each (cluster, instance) with nothing visibly waiting.
-    pub(crate) archive_asked: Mutex<HashMap<(String, String), std::time::Instant>>,
+    /// The continuous archiver's memory (clusters archived now, their instances get an
+    /// `archive-dir`).
+    pub(crate) archiver: crate::archive::ArchiverState,
 }
 
 /// Resources of a cluster, parsed.
@@ -157,27 +149,18 @@ impl Controller {
             wake: tokio::sync::Notify::new(),
             watched: Mutex::new(Default::default()),
             nodes: Arc::new(crate::nodes::LocalNodes),
+            users: EngineUsers::new(&home, &cfg.engine_user, engine_user),
             home,
-            engine_user_name: if engine_user.is_some() {
-                cfg.engine_user.clone()
-            } else {
-                std::env::var("USER").unwrap_or_else(|_| "the host's user".into())
-            },
             cfg,
             store: Mutex::new(store),
             engines,
             runtime,
-            engine_user,
-            users: Mutex::new(HashMap::new()),
             create_lock: tokio::sync::Mutex::new(()),
             limits,
             locks: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             managing: Mutex::new(HashMap::new()),
-            archiving: Mutex::new(archiving),
-            archived_last: Mutex::new(HashMap::new()),
-            archiver_busy: Default::default(),
-            archive_asked: Mutex::new(HashMap::new()),
+            archiver: crate::archive::ArchiverState::new(archiving),
         }))
     }
 
@@ -193,64 +176,16 @@ impl Controller {
         })
     }
 
-    /// The OS user `cl`'s engine processes, init commands and hook programs run as: its own
-    /// (created when missing), else the shared engine user (clusters created before each got
-    /// their own), else none (the host is not root: its own user).
-    pub(crate) fn run_as(&self, cl: &ClusterRow) -> Result<Option<RunAs>, String> {
-        let Some(name) = cl.os_user.as_deref().filter(|_| self.engine_user.is_some()) else {
-            return Ok(self.engine_user);
-        };
-        if let Some(u) = self
-            .users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cl.name)
-        {
-            return Ok(*u);
-        }
-        let u = shoal_local::users::ensure_user(name).map_err(|e| e.to_string())?;
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cl.name.clone(), Some(u));
-        Ok(Some(u))
-    }
-
-    /// [`Self::run_as`] of the cluster named `cluster` (the shared engine user when it is
-    /// gone or its user cannot be had: never root).
+    /// The OS user the cluster named `cluster` runs as ([`EngineUsers::of`]; the shared
+    /// engine user when it is gone or its user cannot be had: never root).
     pub(crate) fn run_as_named(&self, cluster: &str) -> Option<RunAs> {
-        if let Some(u) = self
-            .users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(cluster)
-        {
-            return *u;
+        if let Some(u) = self.users.cached(cluster) {
+            return u;
         }
         match self.db(|s| s.cluster(cluster)).ok().flatten() {
-            Some(cl) => self.run_as(&cl).unwrap_or(self.engine_user),
-            None => self.engine_user,
+            Some(cl) => self.users.of(&cl).unwrap_or(self.users.shared()),
+            None => self.users.shared(),
         }
-    }
-
-    /// Forget the cached OS user of `cluster` (it was deleted).
-    pub(crate) fn forget_user(&self, cluster: &str) {
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(cluster);
-    }
-
-    /// The prefix of per-cluster OS users, when engines run as other users than the host's:
-    /// `<engine_user>-<6 hex digits of the home's path>-`, then the cluster's uid
-    /// (`shoal-3fa2c1-17`). The home's part keeps two homes on one machine (tests, a second
-    /// installation) from sharing users.
-    fn os_user_prefix(&self) -> Option<String> {
-        use sha2::Digest;
-        let home = sha2::Sha256::digest(self.home.as_os_str().as_encoded_bytes());
-        self.engine_user
-            .is_some()
-            .then(|| format!("{}-{}-", self.cfg.engine_user, &hex::encode(home)[..6]))
     }
 
     /// Record an event (and log it).
@@ -310,7 +245,7 @@ impl Controller {
             home: self.home.display().to_string(),
             pid: std::process::id(),
             resource_limits: self.limits_text(),
-            engine_user: self.engine_user_name.clone(),
+            engine_user: self.users.shown().to_string(),
             host_id: self.host_id.clone(),
         }
     }
@@ -410,7 +345,7 @@ impl Controller {
     /// Create `cl`'s directory, owned by its OS user and private to it (0700): no other
     /// cluster's engine, nor a database superuser of another cluster, can enter it.
     pub(crate) fn prepare_cluster_dir(&self, cl: &ClusterRow) -> Result<(), String> {
-        crate::node::private_dir(&self.cluster_dir(&cl.name), self.run_as(cl)?)
+        crate::node::private_dir(&self.cluster_dir(&cl.name), self.users.of(cl)?)
     }
 
     // ----- validation -----
@@ -772,9 +707,8 @@ impl Controller {
             uid: 0,
             os_user: None,
         };
-        let prefix = self.os_user_prefix();
-        let (_uid, id) =
-            self.db(|s| s.insert_cluster(&row, Some((rw, ro)), &op_params, prefix.as_deref()))?;
+        let prefix = self.users.prefix();
+        let (_uid, id) = self.db(|s| s.insert_cluster(&row, Some((rw, ro)), &op_params, prefix))?;
         drop(_one_at_a_time);
         self.event(
             &spec.name,

@@ -93,6 +93,24 @@ impl ControlError {
     }
 }
 
+impl Failure {
+    /// A failed hook call, named: `.map_err(Failure::hook("member-join"))`.
+    pub fn hook(hook: &'static str) -> impl FnOnce(CallError) -> Failure {
+        move |source| Failure::Hook { hook, source }
+    }
+}
+
+/// The controller's own lookups answer in the API's terms: a failed state store stays a
+/// store failure, anything else (an engine not loaded) its text.
+impl From<shoal_api::ApiError> for Failure {
+    fn from(e: shoal_api::ApiError) -> Failure {
+        match e.kind {
+            shoal_api::ErrorKind::Internal => Failure::Store(e.message),
+            _ => Failure::Other(e.message),
+        }
+    }
+}
+
 impl From<String> for Failure {
     fn from(s: String) -> Failure {
         Failure::Other(s)

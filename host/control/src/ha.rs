@@ -27,7 +27,7 @@ use crate::engines;
 use crate::error::{At, ControlError, Failure};
 use crate::events::Level;
 use crate::quantity;
-use crate::secrets::{self, Credentials};
+use crate::secrets::Credentials;
 use crate::store::{ClusterRow, Desired, Health, InstanceRow, Phase, Role};
 
 /// Pauses between attempts to re-point a replica whose `demote` failed retryably (the last
@@ -50,20 +50,11 @@ fn rows(
     c: &Controller,
     name: &str,
 ) -> Result<(ClusterRow, Vec<InstanceRow>, Credentials), ControlError> {
-    let cl = c
-        .db(|s| s.cluster(name))
-        .map_err(|e| Failure::Store(e.message))
-        .of(name)?
-        .ok_or("it no longer exists")
-        .of(name)?;
-    let all = c
-        .db(|s| s.instances(name))
-        .map_err(|e| Failure::Store(e.message))
-        .of(name)?;
-    let cr = secrets::load(&c.home, name)
-        .map_err(|e| format!("cannot read its credentials: {e}"))
-        .of(name)?;
-    Ok((cl, all, cr))
+    Ok((
+        crate::ops::cluster(c, name)?,
+        crate::ops::instances(c, name)?,
+        crate::ops::creds(c, name)?,
+    ))
 }
 
 /// Test hook: with `SHOAL_FAILPOINT=NAME:MS` in the daemon's environment, pause MS
@@ -446,7 +437,7 @@ async fn run_commands(
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
     let search = engines::binaries(&c.cfg, addon, &cl.version);
     for cmd in cmds {
-        let spec = crate::node::process_spec(&search, cmd, i, c.run_as(cl)?)?;
+        let spec = crate::node::process_spec(&search, cmd, i, c.users.of(cl)?)?;
         c.nodes
             .run(&spec, Duration::from_millis(c.cfg.init_timeout_ms))
             .await
@@ -1034,14 +1025,10 @@ pub(crate) async fn rebuild(
     let (cl, all, cr) = rows(c, cluster)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message).of(cluster)?;
     if cl.spec.shards.is_some() {
-        return crate::ops::replace_shard_member(c, &cl, instance, &cr)
-            .await
-            .on(cluster, instance);
+        return crate::ops::replace_shard_member(c, &cl, instance, &cr).await;
     }
     if crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum {
-        return crate::ops::replace_member(c, &cl, instance, &cr)
-            .await
-            .on(cluster, instance);
+        return crate::ops::replace_member(c, &cl, instance, &cr).await;
     }
     let primary = all
         .iter()

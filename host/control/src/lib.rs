@@ -45,6 +45,7 @@ pub mod sharded;
 pub mod store;
 pub mod supervisor;
 pub mod topology;
+pub mod users;
 
 pub use config::{default_home, HostConfig};
 pub use controller::Controller;

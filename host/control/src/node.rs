@@ -264,7 +264,7 @@ impl Controller {
                 ))));
             }
             let target = dir.join(rel);
-            let owner = self.run_as(c).map_err(|e| at(e.into()))?;
+            let owner = self.users.of(c).map_err(|e| at(e.into()))?;
             // Subdirectories of the config directory, the engine user's like the files.
             let mut made = dir.clone();
             for part in rel.parent().into_iter().flat_map(|p| p.components()) {
@@ -301,7 +301,7 @@ impl Controller {
     /// server process, and readiness. Updates and stores the row as it goes.
     /// Create `i`'s directories, owned by the engine user.
     pub(crate) fn prepare_dirs(&self, c: &ClusterRow, i: &InstanceRow) -> Result<(), ControlError> {
-        let owner = self.run_as(c).on(&c.name, &i.name)?;
+        let owner = self.users.of(c).on(&c.name, &i.name)?;
         // The cluster's directory (the instance's parent), private to its user.
         if let Some(parent) = i.dir.parent() {
             private_dir(parent, owner).on(&c.name, &i.name)?;
@@ -361,7 +361,7 @@ impl Controller {
         let search = engines::binaries(&self.cfg, &addon, &c.version);
         // Every engine runs unprivileged when the host is root; `unprivileged` says the
         // engine itself insists (it would refuse root), which it never gets anyway.
-        let run_as = self.run_as(c).map_err(|e| at(e.into()))?;
+        let run_as = self.users.of(c).map_err(|e| at(e.into()))?;
         let row = i.clone();
         let spec_for = |cmd: &wit::Command| {
             process_spec(&search, cmd, &row, run_as).map_err(|e| at(Failure::Process(e)))

@@ -9,7 +9,7 @@ use shoal_api::OpState;
 use shoal_dcs::Coordinator;
 
 use crate::controller::Controller;
-use crate::error::ControlError;
+use crate::error::{At, ControlError, Failure};
 use crate::events::Level;
 use crate::hooks::Ran;
 use crate::operation::Op;
@@ -28,31 +28,31 @@ pub async fn run(c: Arc<Controller>, id: i64) {
     }
     let params = c.db(|s| s.op_params(id)).unwrap_or_default();
     let typed = Op::from_stored(&op.kind, &params);
-    // Operations still reporting text are placed in the cluster; the HA operations say
-    // which instance themselves.
+    // A backup still reports text, placed in the cluster; the other operations say which
+    // instance themselves.
     let text = |r: Result<(), String>| r.map_err(|e| ControlError::of(&op.cluster, e));
     let result: Result<(), ControlError> = match &typed {
         Err(e) => text(Err(e.clone())),
         Ok(Op::Create {
             restore,
             to_unix_ms,
-        }) => text(
+        }) => {
             create(
                 &c,
                 &op.cluster,
                 restore.as_deref().map(|id| (id, *to_unix_ms)),
             )
-            .await,
-        ),
+            .await
+        }
         Ok(Op::Backup { .. }) => text(crate::backups::run_backup(&c, &op.cluster, &params).await),
-        Ok(Op::Reconfigure(p)) => text(crate::reconfigure::run(&c, &op.cluster, p, id).await),
-        Ok(Op::Scale { replicas }) => text(scale(&c, &op.cluster, *replicas).await),
-        Ok(Op::Password {}) => text(crate::accounts::run(&c, &op.cluster).await),
-        Ok(Op::Recover {}) => text(recover(&c, &op.cluster).await),
-        Ok(Op::Stop {}) => text(stop(&c, &op.cluster).await),
-        Ok(Op::Start {}) => text(start(&c, &op.cluster).await),
-        Ok(Op::Restart {}) => text(restart(&c, &op.cluster).await),
-        Ok(Op::Delete { purge }) => text(delete(&c, &op.cluster, *purge).await),
+        Ok(Op::Reconfigure(p)) => crate::reconfigure::run(&c, &op.cluster, p, id).await,
+        Ok(Op::Scale { replicas }) => scale(&c, &op.cluster, *replicas).await,
+        Ok(Op::Password {}) => crate::accounts::run(&c, &op.cluster).await,
+        Ok(Op::Recover {}) => recover(&c, &op.cluster).await,
+        Ok(Op::Stop {}) => stop(&c, &op.cluster).await,
+        Ok(Op::Start {}) => start(&c, &op.cluster).await,
+        Ok(Op::Restart {}) => restart(&c, &op.cluster).await,
+        Ok(Op::Delete { purge }) => delete(&c, &op.cluster, *purge).await,
         Ok(Op::Failover { old, reason }) => crate::ha::failover(&c, &op.cluster, old, reason).await,
         Ok(Op::Switchover {
             from,
@@ -94,18 +94,24 @@ pub async fn run(c: Arc<Controller>, id: i64) {
     }
 }
 
-fn cluster(c: &Controller, name: &str) -> Result<ClusterRow, String> {
+/// The stored row of cluster `name`, or an error naming it.
+pub(crate) fn cluster(c: &Controller, name: &str) -> Result<ClusterRow, ControlError> {
     c.db(|s| s.cluster(name))
-        .map_err(|e| e.message)?
-        .ok_or_else(|| format!("cluster {name} no longer exists"))
+        .of(name)?
+        .ok_or("it no longer exists")
+        .of(name)
 }
 
-fn instances(c: &Controller, name: &str) -> Result<Vec<InstanceRow>, String> {
-    c.db(|s| s.instances(name)).map_err(|e| e.message)
+/// The stored instances of cluster `name`.
+pub(crate) fn instances(c: &Controller, name: &str) -> Result<Vec<InstanceRow>, ControlError> {
+    c.db(|s| s.instances(name)).of(name)
 }
 
-fn creds(c: &Controller, name: &str) -> Result<Credentials, String> {
-    secrets::load(&c.home, name).map_err(|e| format!("cannot read the credentials of {name}: {e}"))
+/// The platform account of cluster `name`.
+pub(crate) fn creds(c: &Controller, name: &str) -> Result<Credentials, ControlError> {
+    secrets::load(&c.home, name)
+        .map_err(|e| format!("cannot read its credentials: {e}"))
+        .of(name)
 }
 
 /// Allocate and record a new instance with the next ordinal.
@@ -114,10 +120,10 @@ fn add_instance(
     cl: &ClusterRow,
     role: Role,
     shard: Option<u32>,
-) -> Result<InstanceRow, String> {
+) -> Result<InstanceRow, ControlError> {
     let existing = instances(c, &cl.name)?;
     let ordinal = existing.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).of(&cl.name)?;
     let names: Vec<String> = addon
         .manifest()
         .ports
@@ -170,8 +176,8 @@ fn add_instance(
                 Err(e) => Ok(Err(e.to_string())),
             }
         })
-        .map_err(|e| e.message)?;
-    allocated?;
+        .of(&cl.name)?;
+    allocated.on(&cl.name, &name)?;
     c.event(
         &cl.name,
         Some(&name),
@@ -182,19 +188,26 @@ fn add_instance(
 }
 
 /// Add one replica: the primary admits it (member-join), then it is seeded and started.
-async fn add_replica(c: &Controller, cl: &ClusterRow, cr: &Credentials) -> Result<(), String> {
+async fn add_replica(
+    c: &Controller,
+    cl: &ClusterRow,
+    cr: &Credentials,
+) -> Result<(), ControlError> {
     let mut row = add_instance(c, cl, Role::Replica, None)?;
     let all = instances(c, &cl.name)?;
     let primary = all
         .iter()
         .find(|i| i.role == Role::Primary)
-        .ok_or("the cluster has no primary to add a replica to")?
+        .ok_or("the cluster has no primary to add a replica to")
+        .of(&cl.name)?
         .clone();
-    c.hooks(cl, &primary, &all, cr)?
+    c.hooks(cl, &primary, &all, cr)
+        .of(&cl.name)?
         .member_join(&row)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(c.bring_up(cl, &mut row, &all, cr).await?)
+        .map_err(Failure::hook("member-join"))
+        .on(&cl.name, &primary.name)?;
+    c.bring_up(cl, &mut row, &all, cr).await
 }
 
 /// Run `step` as a step of operation `parent` (which holds the cluster): recorded as an
@@ -207,10 +220,10 @@ pub(crate) async fn run_step(
     cluster: &str,
     parent: i64,
     step: Op,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let id = c
         .db(|s| s.insert_step(cluster, step.kind(), &step.params(), parent))
-        .map_err(|e| e.message)?;
+        .of(cluster)?;
     c.event(
         cluster,
         None,
@@ -218,10 +231,11 @@ pub(crate) async fn run_step(
         format!("{} (op {id}) started as a step of op {parent}", step.kind()),
     );
     let result = match &step {
-        Op::Switchover { from, to, .. } => crate::ha::switchover(c, cluster, from, to)
-            .await
-            .map_err(|e| e.within_cluster()),
-        other => Err(format!("{} cannot run as a step", other.kind())),
+        Op::Switchover { from, to, .. } => crate::ha::switchover(c, cluster, from, to).await,
+        other => Err(ControlError::of(
+            cluster,
+            format!("{} cannot run as a step", other.kind()),
+        )),
     };
     match &result {
         Ok(()) => {
@@ -234,12 +248,13 @@ pub(crate) async fn run_step(
             );
         }
         Err(e) => {
-            let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(e)));
+            let reason = e.within_cluster();
+            let _ = c.db(|s| s.set_op(id, OpState::Failed, Some(&reason)));
             c.event(
                 cluster,
                 None,
                 Level::Error,
-                format!("{} (op {id}) failed: {e}", step.kind()),
+                format!("{} (op {id}) failed: {reason}", step.kind()),
             );
         }
     }
@@ -252,35 +267,37 @@ async fn create(
     c: &Arc<Controller>,
     name: &str,
     restore: Option<(&str, Option<i64>)>,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).of(name)?;
     // A create resumed after a host restart keeps the secrets it generated.
     let all_secrets = match secrets::load_all(&c.home, name) {
         Ok(s) => s,
         Err(_) => {
             let admin = addon.manifest().admin_user.as_deref().unwrap_or("admin");
             let s = secrets::ClusterSecrets::generate(admin)
-                .map_err(|e| format!("cannot generate passwords: {e}"))?;
+                .map_err(|e| format!("cannot generate passwords: {e}"))
+                .of(name)?;
             secrets::save(&c.home, name, &s)
-                .map_err(|e| format!("cannot store credentials: {e}"))?;
+                .map_err(|e| format!("cannot store credentials: {e}"))
+                .of(name)?;
             s
         }
     };
     let cr = all_secrets.platform().clone();
-    c.prepare_cluster_dir(&cl)?;
+    c.prepare_cluster_dir(&cl).of(name)?;
     if let Some(shards) = cl.spec.shards {
         create_sharded(c, &cl, &cr, shards, restore.map(|(id, _)| id)).await?;
         c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-            .map_err(|e| e.message)?;
+            .of(name)?;
         return Ok(());
     }
     if topology::family(addon.manifest()) == Family::Quorum {
         if let Some((id, _)) = restore {
-            if crate::backups::restores_before_start(c, id)? {
+            if crate::backups::restores_before_start(c, id).of(name)? {
                 create_quorum_from_copy(c, &cl, all_secrets, id).await?;
                 c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-                    .map_err(|e| e.message)?;
+                    .of(name)?;
                 return Ok(());
             }
         }
@@ -290,16 +307,19 @@ async fn create(
             let leader = topology::state_of(&all)
                 .and_then(|q| q.leader)
                 .and_then(|l| all.iter().find(|i| i.name == l))
-                .ok_or("the new quorum has no leader to restore into")?;
-            crate::backups::restore_into(c, &cl, leader, &cr, id, None, None).await?;
+                .ok_or("the new quorum has no leader to restore into")
+                .of(name)?;
+            crate::backups::restore_into(c, &cl, leader, &cr, id, None, None)
+                .await
+                .on(name, &leader.name)?;
         }
         c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-            .map_err(|e| e.message)?;
+            .of(name)?;
         return Ok(());
     }
     let mut primary = add_instance(c, &cl, Role::Primary, None)?;
     let before_start = match restore {
-        Some((id, _)) => crate::backups::restores_before_start(c, id)?,
+        Some((id, _)) => crate::backups::restores_before_start(c, id).of(name)?,
         None => false,
     };
     if let (Some((id, to)), true) = (restore, before_start) {
@@ -310,7 +330,7 @@ async fn create(
             // instances).
             primary.state = Phase::Failed;
             c.save(&primary);
-            return Err(e);
+            return Err(ControlError::on(name, &primary.name, e));
         }
     }
     let all = instances(c, name)?;
@@ -321,13 +341,19 @@ async fn create(
             let _ = c.stop_process(&cl, &mut primary, &cr).await;
             primary.state = Phase::Failed;
             c.save(&primary);
-            return Err(e);
+            return Err(ControlError::on(name, &primary.name, e));
         }
     }
     crate::ha::failpoint("create-primary-up").await;
     let all = instances(c, name)?;
-    let ran = c.hooks(&cl, &primary, &all, &cr)?.post_provision().await;
-    if ran.map_err(|e| e.to_string())? == Ran::Yes {
+    let ran = c
+        .hooks(&cl, &primary, &all, &cr)
+        .of(name)?
+        .post_provision()
+        .await
+        .map_err(Failure::hook("post-provision"))
+        .on(name, &primary.name)?;
+    if ran == Ran::Yes {
         c.event(
             name,
             Some(&primary.name),
@@ -340,13 +366,15 @@ async fn create(
     }
     // The first leader, at term 1.
     if let Err(e) = crate::ha::keep_leader(c, name, &primary.name).await {
-        return Err(format!(
-            "cannot record the leader in the coordination store: {e}"
+        return Err(ControlError::on(
+            name,
+            &primary.name,
+            format!("cannot record the leader in the coordination store: {e}"),
         ));
     }
     crate::ha::apply_sync(c, &cl, &cr).await;
     c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     Ok(())
 }
 
@@ -358,10 +386,11 @@ async fn scale_quorum(
     mut cl: ClusterRow,
     cr: &Credentials,
     target: u32,
-) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+) -> Result<(), ControlError> {
+    let addon = c.addon(&cl.engine).of(&cl.name)?.clone();
     let q = topology::quorum_topology(addon.manifest())
-        .ok_or("a quorum engine without a quorum topology")?
+        .ok_or("a quorum engine without a quorum topology")
+        .of(&cl.name)?
         .clone();
     // Members an interrupted scale left half made never ran: they leave and go.
     for broken in instances(c, &cl.name)?
@@ -383,7 +412,8 @@ async fn scale_quorum(
         target,
         q.min_members,
         q.max_members,
-    )?;
+    )
+    .of(&cl.name)?;
     for note in notes {
         c.event(&cl.name, None, Level::Warning, note);
     }
@@ -409,17 +439,18 @@ async fn scale_quorum(
                 let v = instances(c, &cl.name)?
                     .into_iter()
                     .find(|i| i.name == name)
-                    .ok_or_else(|| format!("{name} vanished"))?;
+                    .ok_or_else(|| format!("{name} vanished"))
+                    .of(&cl.name)?;
                 remove_instance(c, &cl, v, cr).await?;
             }
         }
         let all = wait_quorum(c, &cl, cr).await?;
         cl.spec.replicas = all.len() as u32;
         c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
-            .map_err(|e| e.message)?;
+            .of(&cl.name)?;
     }
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     Ok(())
 }
 
@@ -431,16 +462,17 @@ pub(crate) async fn replace_member(
     cl: &ClusterRow,
     name: &str,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let all = probed(c, cl, cr).await?;
-    topology::check_replace(&topology::voters(&*c.nodes, &all), name)?;
+    topology::check_replace(&topology::voters(&*c.nodes, &all), name).on(&cl.name, name)?;
     let mut v = all
         .iter()
         .find(|i| i.name == name)
         .cloned()
-        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
+        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))
+        .of(&cl.name)?;
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Updating))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     membership(c, cl, &v, cr, false).await?;
     c.event(
         &cl.name,
@@ -449,7 +481,7 @@ pub(crate) async fn replace_member(
         "left the membership to be replaced",
     );
     c.stop_process(cl, &mut v, cr).await?;
-    crate::ha::set_aside(&v)?;
+    crate::ha::set_aside(&v).on(&cl.name, name)?;
     membership(c, cl, &v, cr, true).await?;
     c.event(
         &cl.name,
@@ -463,7 +495,7 @@ pub(crate) async fn replace_member(
     membership(c, cl, &v, cr, true).await?;
     wait_quorum(c, cl, cr).await?;
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     Ok(())
 }
 
@@ -473,7 +505,7 @@ async fn probed(
     c: &Controller,
     cl: &ClusterRow,
     cr: &Credentials,
-) -> Result<Vec<InstanceRow>, String> {
+) -> Result<Vec<InstanceRow>, ControlError> {
     let all = instances(c, &cl.name)?;
     for mut i in all.clone() {
         if i.state != Phase::Running || !c.nodes.alive(&i) {
@@ -493,7 +525,7 @@ async fn wait_quorum(
     c: &Controller,
     cl: &ClusterRow,
     cr: &Credentials,
-) -> Result<Vec<InstanceRow>, String> {
+) -> Result<Vec<InstanceRow>, ControlError> {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let all = probed(c, cl, cr).await?;
@@ -504,9 +536,12 @@ async fn wait_quorum(
             }
         }
         if std::time::Instant::now() >= until {
-            return Err(format!(
-                "the quorum did not settle within 60 s: {}",
-                state.map(|q| q.to_string()).unwrap_or_default()
+            return Err(ControlError::of(
+                &cl.name,
+                format!(
+                    "the quorum did not settle within 60 s: {}",
+                    state.map(|q| q.to_string()).unwrap_or_default()
+                ),
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -521,7 +556,7 @@ async fn create_quorum(
     c: &Arc<Controller>,
     cl: &ClusterRow,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let mut rows = Vec::new();
     for _ in 0..cl.spec.replicas {
         rows.push(add_instance(c, cl, Role::Member, None)?);
@@ -548,8 +583,8 @@ async fn create_quorum_from_copy(
     cl: &ClusterRow,
     mut own: secrets::ClusterSecrets,
     id: &str,
-) -> Result<(), String> {
-    let source = crate::backups::kept_source_account(c, id)?;
+) -> Result<(), ControlError> {
+    let source = crate::backups::kept_source_account(c, id).of(&cl.name)?;
     // The cluster's own platform account (a create resumed after the switch to the source's
     // gets a fresh one).
     let platform = match own.platform.clone() {
@@ -557,13 +592,15 @@ async fn create_quorum_from_copy(
         _ => Credentials {
             user: secrets::PLATFORM_USER.into(),
             password: secrets::generate_password()
-                .map_err(|e| format!("cannot generate passwords: {e}"))?,
+                .map_err(|e| format!("cannot generate passwords: {e}"))
+                .of(&cl.name)?,
         },
     };
     let mut running = own.clone();
     running.platform = Some(source.clone());
     secrets::save(&c.home, &cl.name, &running)
-        .map_err(|e| format!("cannot store credentials: {e}"))?;
+        .map_err(|e| format!("cannot store credentials: {e}"))
+        .of(&cl.name)?;
     for _ in 0..cl.spec.replicas {
         add_instance(c, cl, Role::Member, None)?;
     }
@@ -578,7 +615,11 @@ async fn create_quorum_from_copy(
                 m.state = Phase::Failed;
                 c.save(&m);
             }
-            return Err(format!("{}: {e}; no member was started", i.name));
+            return Err(ControlError::on(
+                &cl.name,
+                &i.name,
+                format!("{e}; no member was started"),
+            ));
         }
     }
     for (_, result) in bring_up_together(c, cl, all.clone(), &all, &source).await {
@@ -589,14 +630,23 @@ async fn create_quorum_from_copy(
     let leader = all
         .iter()
         .find(|i| i.writable == Some(true))
-        .ok_or("the restored quorum has no leader")?;
+        .ok_or("the restored quorum has no leader")
+        .of(&cl.name)?;
     c.provision_account(cl, leader, &all, &source, &platform)
         .await
-        .map_err(|e| format!("giving the restored platform account its own password: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "giving the restored platform account its own password: {}",
+                e.failure
+            )
+        })
+        .on(&cl.name, &leader.name)?;
     own.platform = Some(platform.clone());
-    secrets::save(&c.home, &cl.name, &own).map_err(|e| {
-        format!("cannot store credentials (the platform account already changed): {e}")
-    })?;
+    secrets::save(&c.home, &cl.name, &own)
+        .map_err(|e| {
+            format!("cannot store credentials (the platform account already changed): {e}")
+        })
+        .of(&cl.name)?;
     c.event(
         &cl.name,
         Some(&leader.name),
@@ -616,15 +666,22 @@ async fn post_provision_once(
     c: &Arc<Controller>,
     cl: &ClusterRow,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let all = instances(c, &cl.name)?;
     let first = all
         .iter()
         .find(|i| i.writable == Some(true))
         .or_else(|| all.first())
-        .ok_or("the cluster has no members")?;
-    let ran = c.hooks(cl, first, &all, cr)?.post_provision().await;
-    if ran.map_err(|e| e.to_string())? == Ran::Yes {
+        .ok_or("the cluster has no members")
+        .of(&cl.name)?;
+    let ran = c
+        .hooks(cl, first, &all, cr)
+        .of(&cl.name)?
+        .post_provision()
+        .await
+        .map_err(Failure::hook("post-provision"))
+        .on(&cl.name, &first.name)?;
+    if ran == Ran::Yes {
         c.event(
             &cl.name,
             Some(&first.name),
@@ -640,10 +697,10 @@ async fn post_provision_once(
 /// `recover-quorum` plan until healthy, then stopped and started normally; the others' data
 /// set aside (`<member>.before-recovery-<ms>`) and their rows removed; then the quorum grown back to
 /// its size one member at a time (`member-join`, fresh data).
-async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let addon = c.addon(&cl.engine).of(name)?.clone();
     let size = cl.spec.replicas;
     let asked = crate::store::now_ms();
     let all = probed(c, &cl, &cr).await?;
@@ -661,13 +718,15 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         })
         .collect();
     let chosen = topology::pick_survivor(&candidates)
-        .ok_or("no member has data to recover from")?
+        .ok_or("no member has data to recover from")
+        .of(name)?
         .to_string();
     let survivor = all
         .iter()
         .find(|i| i.name == chosen)
         .cloned()
-        .ok_or("the survivor vanished")?;
+        .ok_or("the survivor vanished")
+        .of(name)?;
     c.event(
         name,
         Some(&survivor.name),
@@ -685,23 +744,29 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         stops.spawn(async move { c.stop_process(&cl, &mut i, &cr).await });
     }
     while let Some(done) = stops.join_next().await {
-        done.map_err(|e| format!("stopping a member: {e}"))??;
+        done.map_err(|e| format!("stopping a member: {e}"))
+            .of(name)??;
     }
     let mut s = instances(c, name)?
         .into_iter()
         .find(|i| i.name == survivor.name)
-        .ok_or("the survivor vanished")?;
+        .ok_or("the survivor vanished")
+        .of(name)?;
     let plan = addon
         .call(&shoal_runtime::CallContext::default())
-        .recover_quorum(&c.wit_instance(&cl, &s, &cr, true), &c.params_of(&cl)?)
+        .recover_quorum(
+            &c.wit_instance(&cl, &s, &cr, true),
+            &c.params_of(&cl).of(name)?,
+        )
         .await
         .map_err(|e| {
             if e.is_unsupported() {
-                format!("{} has no way to recover a lost quorum", cl.engine)
+                Failure::Other(format!("{} has no way to recover a lost quorum", cl.engine))
             } else {
-                format!("recover-quorum: {e}")
+                Failure::hook("recover-quorum")(e)
             }
-        })?;
+        })
+        .on(name, &s.name)?;
     s.desired = Desired::Running;
     let alone = vec![s.clone()];
     c.bring_up_plan(&cl, &mut s, &alone, &cr, plan).await?;
@@ -726,10 +791,13 @@ async fn recover(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         if data.exists() && !crate::node::is_empty(&data) {
             let _ = std::fs::remove_dir_all(&aside);
             std::fs::rename(&data, &aside)
-                .map_err(|e| format!("cannot set {} aside: {e}", data.display()))?;
+                .map_err(|source| Failure::Io {
+                    path: data.clone(),
+                    source,
+                })
+                .on(name, &lost.name)?;
         }
-        c.db(|st| st.delete_instance(name, &lost.name))
-            .map_err(|e| e.message)?;
+        c.db(|st| st.delete_instance(name, &lost.name)).of(name)?;
         let _ = std::fs::remove_dir_all(&lost.dir);
         c.event(
             name,
@@ -758,9 +826,9 @@ async fn create_sharded(
     cr: &Credentials,
     shards: u32,
     restore: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     if let Some(id) = restore {
-        crate::backups::check_shard_parts(c, id, shards)?;
+        crate::backups::check_shard_parts(c, id, shards).of(&cl.name)?;
     }
     // A create resumed after a host restart keeps the members it already allocated.
     let mut have = instances(c, &cl.name)?;
@@ -786,7 +854,7 @@ async fn create_sharded(
             {
                 first.state = Phase::Failed;
                 c.save(&first);
-                return Err(e);
+                return Err(ControlError::on(&cl.name, &first.name, e));
             }
         }
     }
@@ -806,7 +874,7 @@ pub(crate) async fn form_shards(
     c: &Controller,
     cl: &ClusterRow,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let mut waits = MEMBERSHIP_RETRIES.iter();
     loop {
         let all = probed(c, cl, cr).await?;
@@ -814,16 +882,20 @@ pub(crate) async fn form_shards(
             .iter()
             .filter(|i| i.state == Phase::Running && c.nodes.alive(i))
             .min_by_key(|i| (i.writable != Some(true), i.ordinal))
-            .ok_or("form-shards: no running member to ask")?;
-        match c.hooks(cl, on, &all, cr)?.form_shards().await {
+            .ok_or("form-shards: no running member to ask")
+            .of(&cl.name)?;
+        match c.hooks(cl, on, &all, cr).of(&cl.name)?.form_shards().await {
             Ok(Ran::Yes) => {
                 c.event(&cl.name, Some(&on.name), Level::Info, "shards formed");
                 break;
             }
             Ok(Ran::Unsupported) => {
-                return Err(format!(
-                    "{} declares a sharded topology but has no form-shards hook",
-                    cl.engine
+                return Err(ControlError::of(
+                    &cl.name,
+                    format!(
+                        "{} declares a sharded topology but has no form-shards hook",
+                        cl.engine
+                    ),
                 ))
             }
             Err(e) if e.is_retryable() && waits.len() > 0 => {
@@ -836,7 +908,13 @@ pub(crate) async fn form_shards(
                 );
                 tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
             }
-            Err(e) => return Err(format!("form-shards on {}: {e}", on.name)),
+            Err(e) => {
+                return Err(ControlError::on(
+                    &cl.name,
+                    &on.name,
+                    Failure::hook("form-shards")(e),
+                ))
+            }
         }
     }
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -848,7 +926,10 @@ pub(crate) async fn form_shards(
             return Ok(());
         }
         if std::time::Instant::now() >= until {
-            return Err(format!("the shards did not settle within 60 s: {line}"));
+            return Err(ControlError::of(
+                &cl.name,
+                format!("the shards did not settle within 60 s: {line}"),
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
@@ -862,10 +943,11 @@ async fn scale_sharded(
     mut cl: ClusterRow,
     cr: &Credentials,
     replicas: u32,
-) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+) -> Result<(), ControlError> {
+    let addon = c.addon(&cl.engine).of(&cl.name)?.clone();
     let t = topology::sharded_topology(addon.manifest())
-        .ok_or("a sharded cluster's addon has no sharded topology")?;
+        .ok_or("a sharded cluster's addon has no sharded topology")
+        .of(&cl.name)?;
     let all = probed(c, &cl, cr).await?;
     let steps = crate::sharded::plan_resize(
         &cl.engine,
@@ -873,7 +955,8 @@ async fn scale_sharded(
         replicas,
         t.min_members,
         t.max_members,
-    )?;
+    )
+    .of(&cl.name)?;
     let mut added = Vec::new();
     for step in &steps {
         match step {
@@ -900,9 +983,9 @@ async fn scale_sharded(
     }
     cl.spec.replicas = replicas;
     c.db(|s| s.set_cluster_spec(&cl.name, &cl.spec))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     Ok(())
 }
 
@@ -913,19 +996,21 @@ pub(crate) async fn replace_shard_member(
     cl: &ClusterRow,
     name: &str,
     cr: &Credentials,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let all = probed(c, cl, cr).await?;
-    crate::sharded::check_replace(&crate::sharded::seen(&*c.nodes, &all), name)?;
+    crate::sharded::check_replace(&crate::sharded::seen(&*c.nodes, &all), name)
+        .on(&cl.name, name)?;
     let mut v = all
         .iter()
         .find(|i| i.name == name)
         .cloned()
-        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))?;
+        .ok_or_else(|| format!("{name} is no longer part of {}", cl.name))
+        .of(&cl.name)?;
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Updating))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     c.stop_process(cl, &mut v, cr).await?;
     membership(c, cl, &v, cr, false).await?;
-    crate::ha::set_aside(&v)?;
+    crate::ha::set_aside(&v).on(&cl.name, name)?;
     c.event(
         &cl.name,
         Some(name),
@@ -938,7 +1023,7 @@ pub(crate) async fn replace_shard_member(
     c.bring_up(cl, &mut v, &all, cr).await?;
     form_shards(c, cl, cr).await?;
     c.db(|s| s.set_cluster_state(&cl.name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     Ok(())
 }
 
@@ -970,13 +1055,13 @@ pub(crate) async fn bring_up_together(
     out
 }
 
-async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), String> {
+async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), ControlError> {
     let mut cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let current = instances(c, name)?;
     c.db(|s| s.set_cluster_state(name, ClusterState::Updating))
-        .map_err(|e| e.message)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+        .of(name)?;
+    let addon = c.addon(&cl.engine).of(name)?;
     if cl.spec.shards.is_some() {
         return scale_sharded(c, cl, &cr, replicas).await;
     }
@@ -1009,11 +1094,10 @@ async fn scale(c: &Arc<Controller>, name: &str, replicas: u32) -> Result<(), Str
         remove_instance(c, &cl, v, &cr).await?;
     }
     cl.spec.replicas = replicas;
-    c.db(|s| s.set_cluster_spec(name, &cl.spec))
-        .map_err(|e| e.message)?;
+    c.db(|s| s.set_cluster_spec(name, &cl.spec)).of(name)?;
     crate::ha::apply_sync(c, &cl, &cr).await;
     c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     Ok(())
 }
 
@@ -1053,15 +1137,19 @@ async fn membership(
     v: &InstanceRow,
     cr: &Credentials,
     join: bool,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let hook = if join { "member-join" } else { "member-leave" };
     let mut waits = MEMBERSHIP_RETRIES.iter();
     loop {
         let all = instances(c, &cl.name)?;
         let Some(admit) = admitter(&*c.nodes, &all, &v.name) else {
-            return Err(format!("{hook}: no running member to ask"));
+            return Err(ControlError::on(
+                &cl.name,
+                &v.name,
+                format!("{hook}: no running member to ask"),
+            ));
         };
-        let hooks = c.hooks(cl, admit, &all, cr)?;
+        let hooks = c.hooks(cl, admit, &all, cr).of(&cl.name)?;
         let r = if join {
             hooks.member_join(v).await
         } else {
@@ -1079,7 +1167,13 @@ async fn membership(
                 );
                 tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
             }
-            Err(e) => return Err(format!("{hook} on {}: {e}", admit.name)),
+            Err(e) => {
+                return Err(ControlError::on(
+                    &cl.name,
+                    &v.name,
+                    format!("{hook} on {}: {e}", admit.name),
+                ))
+            }
         }
     }
 }
@@ -1092,8 +1186,8 @@ async fn remove_instance(
     cl: &ClusterRow,
     mut v: InstanceRow,
     cr: &Credentials,
-) -> Result<(), String> {
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+) -> Result<(), ControlError> {
+    let addon = c.addon(&cl.engine).of(&cl.name)?.clone();
     let quorum = topology::family(addon.manifest()) == Family::Quorum;
     let all = instances(c, &cl.name)?;
     v.desired = Desired::Stopped;
@@ -1106,11 +1200,16 @@ async fn remove_instance(
     c.stop_process(cl, &mut v, cr).await?;
     if !quorum && admitter(&*c.nodes, &all, &v.name).is_some() {
         if let Err(e) = membership(c, cl, &v, cr, false).await {
-            c.event(&cl.name, Some(&v.name), Level::Warning, e);
+            c.event(
+                &cl.name,
+                Some(&v.name),
+                Level::Warning,
+                e.failure.to_string(),
+            );
         }
     }
     c.db(|s| s.delete_instance(&cl.name, &v.name))
-        .map_err(|e| e.message)?;
+        .of(&cl.name)?;
     if let Err(e) = std::fs::remove_dir_all(&v.dir) {
         c.event(
             &cl.name,
@@ -1148,7 +1247,7 @@ async fn pre_terminate(
 }
 
 /// Stop every instance: replicas first, the primary last.
-async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut all = instances(c, name)?;
@@ -1159,15 +1258,15 @@ async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.stop_process(&cl, &mut i, &cr).await?;
     }
     c.db(|s| s.set_cluster_state(name, ClusterState::Stopped))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     Ok(())
 }
 
 /// Start every instance: the primary first; the members of a quorum all at once.
-async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+async fn start(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?;
+    let addon = c.addon(&cl.engine).of(name)?;
     if topology::family_of(addon.manifest(), &cl.spec).engine_elects() {
         let mut down = Vec::new();
         for mut i in instances(c, name)? {
@@ -1182,7 +1281,7 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             result?;
         }
         c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-            .map_err(|e| e.message)?;
+            .of(name)?;
         return Ok(());
     }
     let mut order = instances(c, name)?;
@@ -1193,7 +1292,8 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
             .iter()
             .find(|x| x.name == i.name)
             .cloned()
-            .ok_or("instance vanished")?;
+            .ok_or("instance vanished")
+            .of(name)?;
         i.desired = Desired::Running;
         c.save(&i);
         if c.nodes.alive(&i) {
@@ -1202,26 +1302,27 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.bring_up(&cl, &mut i, &all, &cr).await?;
     }
     c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     Ok(())
 }
 
 /// Rolling restart: one replica at a time (each back and ready before the next), then the
 /// primary.
-async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
+async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut order = instances(c, name)?;
     order.sort_by_key(|i| (i.role == Role::Primary, i.ordinal));
     c.db(|s| s.set_cluster_state(name, ClusterState::Updating))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     for i in order {
         let all = instances(c, name)?;
         let mut i = all
             .iter()
             .find(|x| x.name == i.name)
             .cloned()
-            .ok_or("instance vanished")?;
+            .ok_or("instance vanished")
+            .of(name)?;
         c.event(name, Some(&i.name), Level::Info, "restarting");
         c.stop_process(&cl, &mut i, &cr).await?;
         i.desired = Desired::Running;
@@ -1229,16 +1330,16 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), String> {
         c.bring_up(&cl, &mut i, &all, &cr).await?;
     }
     c.db(|s| s.set_cluster_state(name, ClusterState::Running))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     Ok(())
 }
 
 /// Delete: pre-terminate and stop every instance, free every port; with `purge` remove the
 /// data and credentials too.
-async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), String> {
+async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     c.db(|s| s.set_cluster_state(name, ClusterState::Deleting))
-        .map_err(|e| e.message)?;
+        .of(name)?;
     let cr = creds(c, name).ok();
     let mut all = instances(c, name)?;
     all.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)));
@@ -1266,22 +1367,22 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Stri
     }
     let dir = c.cluster_dir(name);
     let kept = if purge {
-        remove_tree(&dir)?;
+        remove_tree(&dir).of(name)?;
         secrets::remove(&c.home, name);
         None
     } else if dir.exists() {
         // Kept out of the way under its uid, so the name can be used again at once.
         let kept = c.kept_dir(name, cl.uid);
         std::fs::rename(&dir, &kept)
-            .map_err(|e| format!("cannot move {} to {}: {e}", dir.display(), kept.display()))?;
+            .map_err(|e| format!("cannot move {} to {}: {e}", dir.display(), kept.display()))
+            .of(name)?;
         secrets::keep(&c.home, name, cl.uid);
         Some(kept)
     } else {
         None
     };
-    c.db(|s| s.delete_cluster(name, kept.as_deref()))
-        .map_err(|e| e.message)?;
-    c.forget_user(name);
+    c.db(|s| s.delete_cluster(name, kept.as_deref())).of(name)?;
+    c.users.forget(name);
     match &kept {
         None => {
             if let Some(u) = &cl.os_user {

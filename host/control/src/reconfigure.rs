@@ -18,6 +18,7 @@ use shoal_runtime::wit::{self, ApplyMode, ChangeEffect, Param, ParamChange, Para
 use shoal_runtime::CallContext;
 
 use crate::controller::Controller;
+use crate::error::{At, ControlError};
 use crate::events::Level;
 use crate::secrets::Credentials;
 use crate::store::{now_ms, ClusterRow, ClusterState, Desired, InstanceRow, Phase, Role};
@@ -415,27 +416,24 @@ pub(crate) async fn run(
     name: &str,
     params: &serde_json::Value,
     op: i64,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let target: Target = serde_json::from_value(params.clone())
-        .map_err(|e| format!("the operation's parameters are unreadable: {e}"))?;
-    let old = c
-        .db(|s| s.cluster(name))
-        .map_err(|e| e.message)?
-        .ok_or_else(|| format!("cluster {name} no longer exists"))?;
-    let cr = crate::secrets::load(&c.home, name)
-        .map_err(|e| format!("cannot read the credentials of {name}: {e}"))?;
+        .map_err(|e| format!("the operation's parameters are unreadable: {e}"))
+        .of(name)?;
+    let old = crate::ops::cluster(c, name)?;
+    let cr = crate::ops::creds(c, name)?;
     let mut new = old.clone();
     new.spec.parameters = target.parameters.clone();
     new.spec.resources = target.resources.clone();
-    let before = c.params_of(&old)?;
-    let after = c.params_of(&new)?;
+    let before = c.params_of(&old).of(name)?;
+    let after = c.params_of(&new).of(name)?;
     let changes = param_changes(&before, &after);
     if target.restart {
         roll(c, &old, &new, &cr, target.primary_first, op).await?;
     } else {
         live(c, &old, &new, &cr, &changes).await?;
     }
-    let mut history = c.config_history(name).map_err(|e| e.message)?;
+    let mut history = c.config_history(name).of(name)?;
     let version = history.last().map_or(1, |v| v.version) + 1;
     let v = ConfigVersionView {
         version,
@@ -452,7 +450,7 @@ pub(crate) async fn run(
         }
         Ok(())
     })
-    .map_err(|e| e.message)?;
+    .of(name)?;
     c.event(
         name,
         None,
@@ -473,8 +471,8 @@ async fn live(
     new: &ClusterRow,
     cr: &Credentials,
     changes: &[ParamChange],
-) -> Result<(), String> {
-    let all = c.db(|s| s.instances(&new.name)).map_err(|e| e.message)?;
+) -> Result<(), ControlError> {
+    let all = crate::ops::instances(c, &new.name)?;
     let running: Vec<&InstanceRow> = all.iter().filter(|i| i.state == Phase::Running).collect();
     let undo: Vec<ParamChange> = changes
         .iter()
@@ -496,9 +494,10 @@ async fn live(
                     );
                 }
             }
-            return Err(format!(
-                "{}: {e}; the previous configuration is back on every instance",
-                i.name
+            return Err(ControlError::on(
+                &new.name,
+                &i.name,
+                format!("{e}; the previous configuration is back on every instance"),
             ));
         }
         c.event(
@@ -547,10 +546,10 @@ async fn roll(
     cr: &Credentials,
     primary_first: bool,
     op: i64,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let name = &new.name;
     let _ = c.db(|s| s.set_cluster_state(name, ClusterState::Updating));
-    let all = c.db(|s| s.instances(name)).map_err(|e| e.message)?;
+    let all = crate::ops::instances(c, name)?;
     let mut order: Vec<InstanceRow> = all
         .iter()
         .filter(|i| i.role != Role::Primary)
@@ -598,7 +597,10 @@ async fn roll(
                 resume: false,
             };
             if let Err(e) = crate::ops::run_step(c, name, op, step).await {
-                failure = Some((p.name.clone(), format!("switchover to {to} failed: {e}")));
+                failure = Some((
+                    p.name.clone(),
+                    format!("switchover to {to} failed: {}", e.within_cluster()),
+                ));
             }
         }
         if failure.is_none() {
@@ -630,20 +632,24 @@ async fn roll(
     }
     let untouched = all.len() - back.len();
     let _ = c.db(|s| s.set_cluster_state(name, ClusterState::Running));
-    Err(format!(
-        "{who} did not come back healthy with the new configuration: {why}. {} rolled back to \
-         the previous configuration{}{}",
-        back.join(", "),
-        if untouched > 0 {
-            format!("; {untouched} other instance(s) never saw the change")
-        } else {
-            String::new()
-        },
-        if unrolled.is_empty() {
-            String::new()
-        } else {
-            format!("; could not roll back: {}", unrolled.join(", "))
-        }
+    Err(ControlError::on(
+        name,
+        &who,
+        format!(
+            "did not come back healthy with the new configuration: {why}. {} rolled back to \
+             the previous configuration{}{}",
+            back.join(", "),
+            if untouched > 0 {
+                format!("; {untouched} other instance(s) never saw the change")
+            } else {
+                String::new()
+            },
+            if unrolled.is_empty() {
+                String::new()
+            } else {
+                format!("; could not roll back: {}", unrolled.join(", "))
+            }
+        ),
     ))
 }
 

@@ -202,7 +202,7 @@ impl Controller {
         }
         let _ = crate::ops::remove_tree(&tests_dir(self).join(name));
         secrets::remove(&self.home, name);
-        self.forget_user(name);
+        self.users.forget(name);
         let _ = self.db(|s| s.release_ports(name));
         let _ = self.db(|s| s.finish_scratch(uid));
         match (result, kept_log) {
@@ -246,7 +246,7 @@ impl Controller {
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )
         .map_err(|e| format!("cannot set the mode of {}: {e}", tests_dir(self).display()))?;
-        crate::node::private_dir(&tests_dir(self).join(&cl.name), self.run_as(cl)?)?;
+        crate::node::private_dir(&tests_dir(self).join(&cl.name), self.users.of(cl)?)?;
         if before_start {
             self.prepare_dirs(cl, i)?;
             crate::backups::restore_into(self, cl, i, &cr, id, None, part).await?;
