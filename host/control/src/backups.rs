@@ -21,6 +21,7 @@ use shoal_runtime::wit::{self, BackupKind};
 use shoal_runtime::{CallContext, HostSink, HostSource};
 
 use crate::controller::Controller;
+use crate::error::{At, ControlError};
 use crate::events::Level;
 use crate::secrets::Credentials;
 use crate::store::{now_ms, BackupRow, ClusterRow, Desired, Health, InstanceRow, Phase, Role};
@@ -921,7 +922,7 @@ pub(crate) async fn run_backup(
     c: &Arc<Controller>,
     cluster: &str,
     params: &serde_json::Value,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let arg = |k: &str| {
         params
             .get(k)
@@ -934,20 +935,18 @@ pub(crate) async fn run_backup(
         "schedule" => "schedule",
         _ => "manual",
     };
-    let cl = c
-        .db(|s| s.cluster(cluster))
-        .map_err(|e| e.message)?
-        .ok_or_else(|| format!("cluster {cluster} no longer exists"))?;
-    let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
+    let cl = crate::ops::cluster(c, cluster)?;
+    let addon = c.addon(&cl.engine).of(cluster)?.clone();
     let m = addon
         .manifest()
         .backup_methods
         .iter()
         .find(|x| x.name == method)
         .cloned()
-        .ok_or_else(|| format!("the addon has no backup method {method:?}"))?;
-    let repo = c.repo(&repo_name).map_err(|e| e.message)?;
-    let all = c.db(|s| s.instances(cluster)).map_err(|e| e.message)?;
+        .ok_or_else(|| format!("the addon has no backup method {method:?}"))
+        .of(cluster)?;
+    let repo = c.repo(&repo_name).of(cluster)?;
+    let all = crate::ops::instances(c, cluster)?;
     // A sharded cluster: one part per shard, each read from a member of its shard.
     let sources: Vec<InstanceRow> = match cl.spec.shards {
         Some(n) => (0..n)
@@ -961,14 +960,15 @@ pub(crate) async fn run_backup(
                     .cloned()
                     .ok_or_else(|| format!("shard {shard} has no running member to back up"))
             })
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<_, _>>()
+            .of(cluster)?,
         None => vec![backup_source(&*c.nodes, &all, m.target_role.as_deref())
-            .ok_or("no running instance to back up")?
+            .ok_or("no running instance to back up")
+            .of(cluster)?
             .clone()],
     };
     let src = sources[0].clone();
-    let creds = crate::secrets::load(&c.home, cluster)
-        .map_err(|e| format!("cannot read the credentials of {cluster}: {e}"))?;
+    let creds = crate::ops::creds(c, cluster)?;
     let started = now_ms();
     let stamp = utc_stamp(started);
     let id = format!("{cluster}-{stamp}-{method}");
@@ -1006,7 +1006,7 @@ pub(crate) async fn run_backup(
         spec: cl.spec.clone(),
         cluster_uid: cl.uid,
     };
-    c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
+    c.db(|s| s.put_backup(&row)).of(cluster)?;
     c.event(
         cluster,
         Some(&src.name),
@@ -1023,7 +1023,7 @@ pub(crate) async fn run_backup(
         row.view.reason = Some(reason.clone());
         row.view.finished_unix_ms = Some(now_ms());
         let _ = c.db(|s| s.put_backup(&row));
-        Err(format!("backup {id}: {reason}"))
+        Err(ControlError::of(cluster, format!("backup {id}: {reason}")))
     };
     // A physical copy carries the source's accounts, its platform account's password with
     // them: kept beside the host's secrets for as long as the backup lives, so that a cluster
@@ -1046,7 +1046,9 @@ pub(crate) async fn run_backup(
         let (writer, pending) = shoal_backup::write_object(&repo, &key, ZSTD_LEVEL);
         let total = Arc::new(Mutex::new(None));
         let stop = progress_events(c, cluster, "backup", pending.raw_bytes(), total.clone());
-        let ctx = c.bulk_ctx(&cl, source, &all, total)?;
+        let ctx = c
+            .bulk_ctx(&cl, source, &all, total)
+            .on(cluster, &source.name)?;
         let inst = c.wit_instance(&cl, source, &creds, true);
         let result = addon
             .call(&ctx)
@@ -1107,7 +1109,9 @@ pub(crate) async fn run_backup(
         compression: "zstd".into(),
         objects: objects.clone(),
     };
-    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| e.to_string())
+        .of(cluster)?;
     if let Err(e) = repo.put(&Manifest::key(cluster, &id), body.into()).await {
         for o in &objects {
             let _ = repo.delete(&o.key).await;
@@ -1124,7 +1128,7 @@ pub(crate) async fn run_backup(
     view.objects = objects.iter().map(object_view).collect();
     row.view = view;
     row.manifest = Some(manifest);
-    c.db(|s| s.put_backup(&row)).map_err(|e| e.message)?;
+    c.db(|s| s.put_backup(&row)).of(cluster)?;
     c.event(
         cluster,
         Some(&src.name),

@@ -28,11 +28,8 @@ pub async fn run(c: Arc<Controller>, id: i64) {
     }
     let params = c.db(|s| s.op_params(id)).unwrap_or_default();
     let typed = Op::from_stored(&op.kind, &params);
-    // A backup still reports text, placed in the cluster; the other operations say which
-    // instance themselves.
-    let text = |r: Result<(), String>| r.map_err(|e| ControlError::of(&op.cluster, e));
     let result: Result<(), ControlError> = match &typed {
-        Err(e) => text(Err(e.clone())),
+        Err(e) => Err(ControlError::of(&op.cluster, e.clone())),
         Ok(Op::Create {
             restore,
             to_unix_ms,
@@ -44,7 +41,7 @@ pub async fn run(c: Arc<Controller>, id: i64) {
             )
             .await
         }
-        Ok(Op::Backup { .. }) => text(crate::backups::run_backup(&c, &op.cluster, &params).await),
+        Ok(Op::Backup { .. }) => crate::backups::run_backup(&c, &op.cluster, &params).await,
         Ok(Op::Reconfigure(p)) => crate::reconfigure::run(&c, &op.cluster, p, id).await,
         Ok(Op::Scale { replicas }) => scale(&c, &op.cluster, *replicas).await,
         Ok(Op::Password {}) => crate::accounts::run(&c, &op.cluster).await,
