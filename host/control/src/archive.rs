@@ -175,9 +175,9 @@ impl Controller {
             let repo_name = match (repo, &existing) {
                 (Some(r), _) => r.to_string(),
                 (None, Some(a)) => a.repo.clone(),
-                (None, None) => self.default_repo()?,
+                (None, None) => self.repos().default_name()?,
             };
-            self.repo(&repo_name)?;
+            self.repos().open(&repo_name)?;
             let since = match &existing {
                 Some(a) if a.enabled && a.repo == repo_name => a.since_unix_ms,
                 _ => now_ms(),
@@ -352,7 +352,7 @@ async fn archive_pass(c: &Arc<Controller>) {
         if !a.enabled {
             continue;
         }
-        let repo = match c.repo(&a.repo) {
+        let repo = match c.repos().open(&a.repo) {
             Ok(r) => r,
             Err(e) => {
                 c.archive_error(&a, Some(e.message));
@@ -485,7 +485,9 @@ pub(crate) async fn prune_units(c: &Arc<Controller>, cluster: &str, uid: i64) {
     let mut deleted = 0u64;
     let mut bytes = 0u64;
     for u in old {
-        let Ok(repo) = c.repo(&u.repo) else { continue };
+        let Ok(repo) = c.repos().open(&u.repo) else {
+            continue;
+        };
         match repo.delete(&u.object.key).await {
             Ok(()) => {
                 let _ = c.db(|s| s.delete_unit(uid, &u.name));
@@ -533,7 +535,7 @@ pub(crate) async fn stage_units(
         .iter()
         .filter(|u| u.stored_unix_ms >= from_ms - PRUNE_SLACK_MS)
     {
-        let repo = c.repo(&u.repo).map_err(|e| e.message)?;
+        let repo = c.repos().open(&u.repo).map_err(|e| e.message)?;
         let (mut reader, verdict) = shoal_backup::read_object(&repo, &unit_object(u))
             .await
             .map_err(|e| format!("archive unit {}: {e}", u.name))?;

@@ -98,9 +98,27 @@ pub(crate) fn mib(b: u64) -> String {
 }
 
 impl Controller {
+    /// The backup repositories this host knows.
+    pub fn repos(&self) -> Repositories<'_> {
+        Repositories { c: self }
+    }
+
+    /// The backup schedules of this host's clusters.
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules { c: self }
+    }
+}
+
+/// The backup repositories (kept in `<home>/repositories.json`, private): add one after
+/// checking it works, list, check, remove one that holds no backup, open one by name.
+pub struct Repositories<'a> {
+    c: &'a Controller,
+}
+
+impl Repositories<'_> {
     /// The repository named `name`, opened.
-    pub(crate) fn repo(&self, name: &str) -> Result<Repository, ApiError> {
-        let repos = load_repos(&self.home)?;
+    pub(crate) fn open(&self, name: &str) -> Result<Repository, ApiError> {
+        let repos = load_repos(&self.c.home)?;
         let e = repos.get(name).ok_or_else(|| {
             ApiError::not_found(format!(
                 "no backup repository named {name:?} (see `shoal backup-repo list`)"
@@ -110,8 +128,8 @@ impl Controller {
     }
 
     /// The default repository's name.
-    pub(crate) fn default_repo(&self) -> Result<String, ApiError> {
-        let repos = load_repos(&self.home)?;
+    pub(crate) fn default_name(&self) -> Result<String, ApiError> {
+        let repos = load_repos(&self.c.home)?;
         repos
             .iter()
             .find(|(_, e)| e.default)
@@ -125,7 +143,7 @@ impl Controller {
     }
 
     /// Add a repository after checking it works (a write, read and delete of a probe object).
-    pub async fn repo_add(
+    pub async fn add(
         &self,
         name: &str,
         spec: RepoSpec,
@@ -133,7 +151,7 @@ impl Controller {
     ) -> Result<RepoCheckView, ApiError> {
         valid_name("repository", name)?;
         spec.validate().map_err(ApiError::invalid)?;
-        if load_repos(&self.home)?.contains_key(name) {
+        if load_repos(&self.c.home)?.contains_key(name) {
             return Err(ApiError::conflict(format!(
                 "a backup repository named {name:?} exists already"
             )));
@@ -144,8 +162,8 @@ impl Controller {
         })?;
         // Read, change and write the list under its lock: concurrent adds each see the
         // others' results, and of two adds of one name exactly one wins.
-        let _lock = repos_lock(&self.home)?;
-        let mut repos = load_repos(&self.home)?;
+        let _lock = repos_lock(&self.c.home)?;
+        let mut repos = load_repos(&self.c.home)?;
         if let Some(e) = repos.get(name) {
             return Err(ApiError::conflict(format!(
                 "a backup repository named {name:?} exists already ({}); nothing changed",
@@ -159,7 +177,7 @@ impl Controller {
             }
         }
         repos.insert(name.to_string(), RepoEntry { spec, default });
-        save_repos(&self.home, &repos)?;
+        save_repos(&self.c.home, &repos)?;
         Ok(RepoCheckView {
             name: name.to_string(),
             location: repo.spec.describe(),
@@ -169,9 +187,9 @@ impl Controller {
         })
     }
 
-    pub fn repo_list(&self) -> Result<Vec<RepoView>, ApiError> {
-        let backups = self.db(|s| s.backups(None))?;
-        Ok(load_repos(&self.home)?
+    pub fn list(&self) -> Result<Vec<RepoView>, ApiError> {
+        let backups = self.c.db(|s| s.backups(None))?;
+        Ok(load_repos(&self.c.home)?
             .into_iter()
             .map(|(name, e)| RepoView {
                 backups: backups.iter().filter(|b| b.view.repo == name).count() as u32,
@@ -182,8 +200,8 @@ impl Controller {
             .collect())
     }
 
-    pub async fn repo_check(&self, name: &str) -> Result<RepoCheckView, ApiError> {
-        let repo = self.repo(name)?;
+    pub async fn check(&self, name: &str) -> Result<RepoCheckView, ApiError> {
+        let repo = self.open(name)?;
         let c = repo.check().await.map_err(repo_failed)?;
         Ok(RepoCheckView {
             name: name.to_string(),
@@ -195,15 +213,16 @@ impl Controller {
     }
 
     /// Forget a repository (refused while backups are recorded in it).
-    pub fn repo_remove(&self, name: &str) -> Result<RepoView, ApiError> {
-        let _lock = repos_lock(&self.home)?;
-        let mut repos = load_repos(&self.home)?;
+    pub fn remove(&self, name: &str) -> Result<RepoView, ApiError> {
+        let _lock = repos_lock(&self.c.home)?;
+        let mut repos = load_repos(&self.c.home)?;
         let Some(e) = repos.get(name).cloned() else {
             return Err(ApiError::not_found(format!(
                 "no backup repository named {name:?}"
             )));
         };
         let n = self
+            .c
             .db(|s| s.backups(None))?
             .iter()
             .filter(|b| b.view.repo == name)
@@ -219,7 +238,7 @@ impl Controller {
                 first.default = true;
             }
         }
-        save_repos(&self.home, &repos)?;
+        save_repos(&self.c.home, &repos)?;
         Ok(RepoView {
             name: name.to_string(),
             location: e.spec.describe(),
@@ -227,23 +246,38 @@ impl Controller {
             backups: 0,
         })
     }
+}
 
+impl Controller {
+    /// The backups of this host's clusters.
+    pub fn backups(self: &Arc<Self>) -> Backups<'_> {
+        Backups { c: self }
+    }
+}
+
+/// Backups: take one (queued as an operation), list, describe, delete (its objects with it),
+/// verify (checksums, and optionally a restore test), and restore one into a new cluster.
+pub struct Backups<'a> {
+    c: &'a Arc<Controller>,
+}
+
+impl Backups<'_> {
     /// Validate a backup request and queue it; `origin` is `manual` (a user asked) or
     /// `schedule`.
-    pub fn backup_create(
-        self: &Arc<Self>,
+    pub fn create(
+        &self,
         cluster: &str,
         method: Option<&str>,
         repo: Option<&str>,
         origin: &str,
     ) -> Result<OpView, ApiError> {
-        let method = self.method_of(cluster, method)?;
+        let method = self.c.method_of(cluster, method)?;
         let repo = match repo {
             Some(r) => r.to_string(),
-            None => self.default_repo()?,
+            None => self.c.repos().default_name()?,
         };
-        self.repo(&repo)?;
-        self.submit(
+        self.c.repos().open(&repo)?;
+        self.c.submit(
             cluster,
             crate::operation::Op::Backup {
                 method: method.name,
@@ -253,63 +287,64 @@ impl Controller {
         )
     }
 
-    pub fn backup_list(&self, cluster: Option<&str>) -> Result<Vec<BackupView>, ApiError> {
+    pub fn list(&self, cluster: Option<&str>) -> Result<Vec<BackupView>, ApiError> {
         Ok(self
+            .c
             .db(|s| s.backups(cluster))?
             .into_iter()
             .map(|b| b.view)
             .collect())
     }
 
-    fn backup_row(&self, id: &str) -> Result<BackupRow, ApiError> {
-        self.db(|s| s.backup(id))?.ok_or_else(|| {
+    fn row(&self, id: &str) -> Result<BackupRow, ApiError> {
+        self.c.db(|s| s.backup(id))?.ok_or_else(|| {
             ApiError::not_found(format!(
                 "no backup with id {id:?} (see `shoal backup list`)"
             ))
         })
     }
 
-    pub fn backup_describe(&self, id: &str) -> Result<BackupView, ApiError> {
-        Ok(self.backup_row(id)?.view)
+    pub fn describe(&self, id: &str) -> Result<BackupView, ApiError> {
+        Ok(self.row(id)?.view)
     }
 
     /// Delete a backup's objects, then its record.
-    pub async fn backup_delete(self: &Arc<Self>, id: &str) -> Result<BackupView, ApiError> {
-        let b = self.backup_row(id)?;
+    pub async fn delete(&self, id: &str) -> Result<BackupView, ApiError> {
+        let b = self.row(id)?;
         if b.view.state == "running" {
             return Err(ApiError::conflict(format!("backup {id} is still running")));
         }
-        let repo = self.repo(&b.view.repo)?;
+        let repo = self.c.repos().open(&b.view.repo)?;
         for o in &b.view.objects {
             repo.delete(&o.key).await.map_err(repo_failed)?;
         }
         repo.delete(&Manifest::key(&b.view.cluster, id))
             .await
             .map_err(repo_failed)?;
-        self.db(|s| s.delete_backup(id))?;
-        crate::secrets::remove_for_backup(&self.home, id);
-        self.event(
+        self.c.db(|s| s.delete_backup(id))?;
+        crate::secrets::remove_for_backup(&self.c.home, id);
+        self.c.event(
             &b.view.cluster,
             None,
             Level::Info,
             format!("backup {id} deleted from repository {}", b.view.repo),
         );
-        crate::archive::prune_units(self, &b.view.cluster, b.cluster_uid).await;
+        crate::archive::prune_units(self.c, &b.view.cluster, b.cluster_uid).await;
         let mut v = b.view;
         v.state = "deleted".into();
         Ok(v)
     }
 
     /// Read every object of a backup whole and check its size, checksum and compression.
-    pub async fn backup_verify(&self, id: &str) -> Result<VerifyView, ApiError> {
-        let b = self.backup_row(id)?;
+    pub async fn verify(&self, id: &str) -> Result<VerifyView, ApiError> {
+        let b = self.row(id)?;
         let Some(m) = b.manifest else {
             return Err(ApiError::conflict(format!(
                 "backup {id} is {}, not completed: nothing to verify",
                 b.view.state
             )));
         };
-        let repo = self.repo(&b.view.repo)?;
+        let repo = self.c.repos().open(&b.view.repo)?;
         let t = Instant::now();
         // The manifest stored next to the objects must be the one recorded here.
         let stored = repo
@@ -346,20 +381,20 @@ impl Controller {
     /// Validate a restore and queue the creation of cluster `name` from backup `id` (and, with
     /// `to_unix_ms`, the source cluster's archive replayed up to that moment).
     pub async fn restore(
-        self: &Arc<Self>,
+        &self,
         name: &str,
         id: &str,
         replicas: Option<u32>,
         to_unix_ms: Option<i64>,
     ) -> Result<OpView, ApiError> {
-        let b = self.backup_row(id)?;
+        let b = self.row(id)?;
         let Some(m) = &b.manifest else {
             return Err(ApiError::conflict(format!(
                 "backup {id} is {}, not completed: it cannot be restored",
                 b.view.state
             )));
         };
-        let addon = self.addon(&m.engine)?;
+        let addon = self.c.addon(&m.engine)?;
         let Some(method) = addon
             .manifest()
             .backup_methods
@@ -394,20 +429,21 @@ impl Controller {
         if method.kind != BackupKind::Logical
             && crate::topology::family(addon.manifest()) == crate::topology::Family::Quorum
         {
-            kept_source_account(self, id).map_err(ApiError::invalid)?;
+            kept_source_account(self.c, id).map_err(ApiError::invalid)?;
         }
-        self.repo(&b.view.repo)?;
+        self.c.repos().open(&b.view.repo)?;
         let mut spec = b.spec.clone();
         spec.name = name.to_string();
         spec.version = Some(m.engine_version.clone());
         if let Some(r) = replicas {
             spec.replicas = r;
         }
-        self.create_with(
-            spec,
-            serde_json::json!({ "restore": id, "to_unix_ms": to_unix_ms }),
-        )
-        .await
+        self.c
+            .create_with(
+                spec,
+                serde_json::json!({ "restore": id, "to_unix_ms": to_unix_ms }),
+            )
+            .await
     }
 
     /// Whether the archive of `b`'s cluster can carry a restore of `b` to `t`: after the
@@ -422,7 +458,7 @@ impl Controller {
             )));
         }
         if t < finished {
-            let earlier = self.backup_list(Some(cluster))?.into_iter().rfind(|x| {
+            let earlier = self.list(Some(cluster))?.into_iter().rfind(|x| {
                 x.state == "completed"
                     && x.method == b.method
                     && x.finished_unix_ms.is_some_and(|f| f <= t)
@@ -446,8 +482,11 @@ impl Controller {
                 ),
             }));
         }
-        let uid = self.db(|s| s.backup(&b.id))?.map_or(-1, |r| r.cluster_uid);
-        let units = self.db(|s| s.units(uid))?;
+        let uid = self
+            .c
+            .db(|s| s.backup(&b.id))?
+            .map_or(-1, |r| r.cluster_uid);
+        let units = self.c.db(|s| s.units(uid))?;
         if let Some(gap) = archive_gap(&units, b.started_unix_ms, t) {
             return Err(ApiError::invalid(format!(
                 "archiving of {cluster} was switched on at {}, after backup {} started ({}): \
@@ -481,7 +520,9 @@ impl Controller {
             Some(_) => Ok(()),
         }
     }
+}
 
+impl Controller {
     /// The backup method `name` of `cluster`'s addon, or its full one when none is named.
     fn method_of(&self, cluster: &str, name: Option<&str>) -> Result<wit::BackupMethod, ApiError> {
         let cl = self
@@ -519,19 +560,50 @@ impl Controller {
         Ok(m.clone())
     }
 
+    /// The context of a backup or restore call on `i`: its ports, the engine user, the engine
+    /// version's programs and the system's, and progress into `progress`.
+    pub(crate) fn bulk_ctx(
+        &self,
+        cl: &ClusterRow,
+        i: &InstanceRow,
+        all: &[InstanceRow],
+        total: Arc<Mutex<Option<u64>>>,
+    ) -> Result<CallContext, String> {
+        let addon = self.addon(&cl.engine).map_err(|e| e.message)?;
+        let mut ctx = self.call_ctx(i, all, false);
+        let search = crate::engines::binaries(&self.cfg, addon, &cl.version);
+        ctx.exec_dirs = search.dirs.clone();
+        ctx.exec_dirs
+            .extend(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from));
+        ctx.progress = Some(Arc::new(move |p: &shoal_runtime::Progress| {
+            if p.total.is_some() {
+                *total.lock().unwrap_or_else(|e| e.into_inner()) = p.total;
+            }
+        }));
+        Ok(ctx)
+    }
+}
+
+/// Backup schedules: one per cluster and method (cron, repository, retention, optional
+/// restore test of each backup), fired by the scheduler in this module.
+pub struct Schedules<'a> {
+    c: &'a Controller,
+}
+
+impl Schedules<'_> {
     /// Create or replace the schedule of a cluster and method.
-    pub fn schedule_set(&self, mut v: ScheduleView) -> Result<ScheduleView, ApiError> {
-        let m = self.method_of(
+    pub fn set(&self, mut v: ScheduleView) -> Result<ScheduleView, ApiError> {
+        let m = self.c.method_of(
             &v.cluster,
             Some(v.method.as_str()).filter(|m| !m.is_empty()),
         )?;
         v.method = m.name;
         match &v.repo {
             Some(r) => {
-                self.repo(r)?;
+                self.c.repos().open(r)?;
             }
             None => {
-                self.default_repo()?;
+                self.c.repos().default_name()?;
             }
         }
         if v.keep == Some(0) {
@@ -547,8 +619,8 @@ impl Controller {
         }
         let cron = parse_cron(&v.cron)?;
         v.next_unix_ms = next_fire(&cron, &v.cron, now_ms())?;
-        self.db(|s| s.put_schedule(&v, v.next_unix_ms))?;
-        self.event(
+        self.c.db(|s| s.put_schedule(&v, v.next_unix_ms))?;
+        self.c.event(
             &v.cluster,
             None,
             Level::Info,
@@ -571,15 +643,15 @@ impl Controller {
         Ok(v)
     }
 
-    pub fn schedule_remove(&self, cluster: &str, method: Option<&str>) -> Result<(), ApiError> {
-        let m = self.method_of(cluster, method)?;
-        if self.db(|s| s.delete_schedule(cluster, &m.name))? == 0 {
+    pub fn remove(&self, cluster: &str, method: Option<&str>) -> Result<(), ApiError> {
+        let m = self.c.method_of(cluster, method)?;
+        if self.c.db(|s| s.delete_schedule(cluster, &m.name))? == 0 {
             return Err(ApiError::not_found(format!(
                 "cluster {cluster} has no {} backup schedule",
                 m.name
             )));
         }
-        self.event(
+        self.c.event(
             cluster,
             None,
             Level::Info,
@@ -588,8 +660,9 @@ impl Controller {
         Ok(())
     }
 
-    pub fn schedule_list(&self, cluster: Option<&str>) -> Result<Vec<ScheduleView>, ApiError> {
+    pub fn list(&self, cluster: Option<&str>) -> Result<Vec<ScheduleView>, ApiError> {
         Ok(self
+            .c
             .db(|s| s.schedules(cluster))?
             .into_iter()
             .map(|(mut v, next)| {
@@ -597,29 +670,6 @@ impl Controller {
                 v
             })
             .collect())
-    }
-
-    /// The context of a backup or restore call on `i`: its ports, the engine user, the engine
-    /// version's programs and the system's, and progress into `progress`.
-    pub(crate) fn bulk_ctx(
-        &self,
-        cl: &ClusterRow,
-        i: &InstanceRow,
-        all: &[InstanceRow],
-        total: Arc<Mutex<Option<u64>>>,
-    ) -> Result<CallContext, String> {
-        let addon = self.addon(&cl.engine).map_err(|e| e.message)?;
-        let mut ctx = self.call_ctx(i, all, false);
-        let search = crate::engines::binaries(&self.cfg, addon, &cl.version);
-        ctx.exec_dirs = search.dirs.clone();
-        ctx.exec_dirs
-            .extend(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from));
-        ctx.progress = Some(Arc::new(move |p: &shoal_runtime::Progress| {
-            if p.total.is_some() {
-                *total.lock().unwrap_or_else(|e| e.into_inner()) = p.total;
-            }
-        }));
-        Ok(ctx)
     }
 }
 
@@ -715,7 +765,10 @@ pub(crate) fn fire_schedules(c: &Arc<Controller>) {
             );
             continue;
         }
-        match c.backup_create(&v.cluster, Some(&v.method), v.repo.as_deref(), "schedule") {
+        match c
+            .backups()
+            .create(&v.cluster, Some(&v.method), v.repo.as_deref(), "schedule")
+        {
             Ok(op) => c.event(
                 &v.cluster,
                 None,
@@ -755,7 +808,7 @@ async fn apply_retention(c: &Arc<Controller>, cl: &ClusterRow, method: &str) {
         .filter(|b| b.method == method && (v.include_manual || b.origin == "schedule"))
         .collect();
     for (id, why) in expired(&done, &v, now_ms()) {
-        match c.backup_delete(&id).await {
+        match c.backups().delete(&id).await {
             Ok(_) => c.event(
                 cluster,
                 None,
@@ -945,7 +998,7 @@ pub(crate) async fn run_backup(
         .cloned()
         .ok_or_else(|| format!("the addon has no backup method {method:?}"))
         .of(cluster)?;
-    let repo = c.repo(&repo_name).of(cluster)?;
+    let repo = c.repos().open(&repo_name).of(cluster)?;
     let all = crate::ops::instances(c, cluster)?;
     // A sharded cluster: one part per shard, each read from a member of its shard.
     let sources: Vec<InstanceRow> = match cl.spec.shards {
@@ -1357,7 +1410,7 @@ async fn restore_steps(
     let m = b
         .manifest
         .ok_or_else(|| format!("backup {id} is not completed"))?;
-    let repo = c.repo(&b.view.repo).map_err(|e| e.message)?;
+    let repo = c.repos().open(&b.view.repo).map_err(|e| e.message)?;
     let addon = c.addon(&cl.engine).map_err(|e| e.message)?.clone();
     let before_start = b.view.kind != "logical";
     if !before_start {

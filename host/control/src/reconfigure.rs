@@ -73,16 +73,31 @@ struct Target {
 }
 
 impl Controller {
+    /// The configuration service of this host's clusters.
+    pub fn configuration(self: &Arc<Self>) -> Configuration<'_> {
+        Configuration { c: self }
+    }
+}
+
+/// A cluster's configuration: show it and its history, validate and queue a change of
+/// parameters or resources (or only say what it would do), roll back to a version. The
+/// change itself runs as a `reconfigure` operation ([`run`]).
+pub struct Configuration<'a> {
+    c: &'a Arc<Controller>,
+}
+
+impl Configuration<'_> {
     fn cluster_row(&self, name: &str) -> Result<ClusterRow, ApiError> {
-        self.db(|s| s.cluster(name))?
+        self.c
+            .db(|s| s.cluster(name))?
             .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}")))
     }
 
     /// The effective configuration of `name`.
-    pub async fn config_show(&self, name: &str) -> Result<ConfigView, ApiError> {
+    pub async fn show(&self, name: &str) -> Result<ConfigView, ApiError> {
         let cl = self.cluster_row(name)?;
-        let addon = self.addon(&cl.engine)?;
-        let (_, resources, params) = self.validate_spec(&cl.spec).await?;
+        let addon = self.c.addon(&cl.engine)?;
+        let (_, resources, params) = self.c.validate_spec(&cl.spec).await?;
         let effective = addon
             .call(&CallContext::default())
             .effective(&params, self.wit_resources(resources))
@@ -121,7 +136,7 @@ impl Controller {
             .collect();
         Ok(ConfigView {
             cluster: name.to_string(),
-            version: self.config_history(name)?.last().map_or(1, |v| v.version),
+            version: self.history(name)?.last().map_or(1, |v| v.version),
             resources: cl.spec.resources.clone(),
             params: out,
         })
@@ -129,9 +144,9 @@ impl Controller {
 
     /// The configuration history of `name`, oldest first (version 1 is the configuration it
     /// was created with).
-    pub fn config_history(&self, name: &str) -> Result<Vec<ConfigVersionView>, ApiError> {
+    pub fn history(&self, name: &str) -> Result<Vec<ConfigVersionView>, ApiError> {
         let cl = self.cluster_row(name)?;
-        let mut v = self.db(|s| s.config_versions(name))?;
+        let mut v = self.c.db(|s| s.config_versions(name))?;
         if v.is_empty() {
             v.push(ConfigVersionView {
                 version: 1,
@@ -146,8 +161,8 @@ impl Controller {
 
     /// Validate `set`/`unset` as one change and queue it (or, with `dry_run`, only say what
     /// it would do).
-    pub async fn config_set(
-        self: &Arc<Self>,
+    pub async fn set(
+        &self,
         name: &str,
         set: BTreeMap<String, String>,
         unset: Vec<String>,
@@ -179,14 +194,14 @@ impl Controller {
     }
 
     /// Go back to configuration version `to` (default: the one before the current).
-    pub async fn config_rollback(
-        self: &Arc<Self>,
+    pub async fn rollback(
+        &self,
         name: &str,
         to: Option<u32>,
         dry_run: bool,
     ) -> Result<ConfigPlanView, ApiError> {
         let cl = self.cluster_row(name)?;
-        let history = self.config_history(name)?;
+        let history = self.history(name)?;
         let current = history.last().map_or(1, |v| v.version);
         let want = match to {
             Some(t) => t,
@@ -214,7 +229,7 @@ impl Controller {
 
     /// Change the CPU and memory of every instance of `name`.
     pub async fn resize(
-        self: &Arc<Self>,
+        &self,
         name: &str,
         cpu: Option<String>,
         memory: Option<String>,
@@ -242,7 +257,7 @@ impl Controller {
     }
 
     fn schema_entry(&self, engine: &str, name: &str) -> Result<wit::ParamSpec, ApiError> {
-        let addon = self.addon(engine)?;
+        let addon = self.c.addon(engine)?;
         let schema = &addon.manifest().parameters;
         schema
             .iter()
@@ -260,19 +275,19 @@ impl Controller {
     /// Check the whole new configuration (schema, the addon's rules, immutability), say what
     /// changes and how, and queue it unless `dry_run`. Nothing is stored here.
     async fn plan(
-        self: &Arc<Self>,
+        &self,
         cl: &ClusterRow,
         parameters: BTreeMap<String, String>,
         resources: ResourceSpec,
         reason: String,
         dry_run: bool,
     ) -> Result<ConfigPlanView, ApiError> {
-        let addon = self.addon(&cl.engine)?;
+        let addon = self.c.addon(&cl.engine)?;
         let mut spec = cl.spec.clone();
         spec.parameters = parameters;
         spec.resources = resources;
-        let (_, old_res, old) = self.validate_spec(&cl.spec).await?;
-        let (_, new_res, new) = self.validate_spec(&spec).await?;
+        let (_, old_res, old) = self.c.validate_spec(&cl.spec).await?;
+        let (_, new_res, new) = self.c.validate_spec(&spec).await?;
         let ctx = CallContext::default();
         let call = addon.call(&ctx);
         let before = call
@@ -355,6 +370,7 @@ impl Controller {
             return Ok(plan);
         }
         if let Some(op) = self
+            .c
             .db(|s| s.unfinished_ops())?
             .into_iter()
             .find(|o| o.cluster == cl.name && o.kind == "reconfigure")
@@ -373,7 +389,9 @@ impl Controller {
         };
         let params =
             serde_json::to_value(&target).map_err(|e| ApiError::internal(e.to_string()))?;
-        let op: OpView = self.submit(&cl.name, crate::operation::Op::Reconfigure(params))?;
+        let op: OpView = self
+            .c
+            .submit(&cl.name, crate::operation::Op::Reconfigure(params))?;
         plan.op = Some(op);
         Ok(plan)
     }
@@ -433,7 +451,7 @@ pub(crate) async fn run(
     } else {
         live(c, &old, &new, &cr, &changes).await?;
     }
-    let mut history = c.config_history(name).of(name)?;
+    let mut history = c.configuration().history(name).of(name)?;
     let version = history.last().map_or(1, |v| v.version) + 1;
     let v = ConfigVersionView {
         version,

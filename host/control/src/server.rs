@@ -232,20 +232,23 @@ async fn handle(
             name,
             spec,
             default,
-        } => json(c.repo_add(&name, spec, default).await?),
-        Request::RepoList => json(c.repo_list()?),
-        Request::RepoCheck { name } => json(c.repo_check(&name).await?),
-        Request::RepoRemove { name } => json(c.repo_remove(&name)?),
+        } => json(c.repos().add(&name, spec, default).await?),
+        Request::RepoList => json(c.repos().list()?),
+        Request::RepoCheck { name } => json(c.repos().check(&name).await?),
+        Request::RepoRemove { name } => json(c.repos().remove(&name)?),
         Request::BackupCreate {
             cluster,
             method,
             repo,
-        } => json(c.backup_create(&cluster, method.as_deref(), repo.as_deref(), "manual")?),
-        Request::BackupList { cluster } => json(c.backup_list(cluster.as_deref())?),
-        Request::BackupDescribe { id } => json(c.backup_describe(&id)?),
-        Request::BackupDelete { id } => json(c.backup_delete(&id).await?),
+        } => json(
+            c.backups()
+                .create(&cluster, method.as_deref(), repo.as_deref(), "manual")?,
+        ),
+        Request::BackupList { cluster } => json(c.backups().list(cluster.as_deref())?),
+        Request::BackupDescribe { id } => json(c.backups().describe(&id)?),
+        Request::BackupDelete { id } => json(c.backups().delete(&id).await?),
         Request::BackupVerify { id, restore } => {
-            let mut v = c.backup_verify(&id).await?;
+            let mut v = c.backups().verify(&id).await?;
             if restore {
                 let t = restore_test(c, &id, w).await?;
                 if !t.passed {
@@ -263,8 +266,12 @@ async fn handle(
             backup,
             replicas,
             to_unix_ms,
-        } => json(c.restore(&name, &backup, replicas, to_unix_ms).await?),
-        Request::ConfigShow { name } => json(c.config_show(&name).await?),
+        } => json(
+            c.backups()
+                .restore(&name, &backup, replicas, to_unix_ms)
+                .await?,
+        ),
+        Request::ConfigShow { name } => json(c.configuration().show(&name).await?),
         Request::ConfigSet {
             name,
             set,
@@ -272,12 +279,12 @@ async fn handle(
             dry_run,
         } => {
             c.require_management(&name).await?;
-            json(c.config_set(&name, set, unset, dry_run).await?)
+            json(c.configuration().set(&name, set, unset, dry_run).await?)
         }
-        Request::ConfigHistory { name } => json(c.config_history(&name)?),
+        Request::ConfigHistory { name } => json(c.configuration().history(&name)?),
         Request::ConfigRollback { name, to, dry_run } => {
             c.require_management(&name).await?;
-            json(c.config_rollback(&name, to, dry_run).await?)
+            json(c.configuration().rollback(&name, to, dry_run).await?)
         }
         Request::Resize {
             name,
@@ -286,7 +293,11 @@ async fn handle(
             dry_run,
         } => {
             c.require_management(&name).await?;
-            json(c.resize(&name, cpu, memory, dry_run).await?)
+            json(
+                c.configuration()
+                    .resize(&name, cpu, memory, dry_run)
+                    .await?,
+            )
         }
         Request::ArchiveSet { cluster, repo, on } => {
             c.require_management(&cluster).await?;
@@ -295,12 +306,13 @@ async fn handle(
         Request::ArchiveList { cluster } => json(c.archive_list(cluster.as_deref())?),
         Request::ScheduleSet { schedule } => {
             c.require_management(&schedule.cluster).await?;
-            json(c.schedule_set(schedule)?)
+            json(c.schedules().set(schedule)?)
         }
-        Request::ScheduleRemove { cluster, method } => {
-            json(c.schedule_remove(&cluster, Some(method.as_str()).filter(|m| !m.is_empty()))?)
-        }
-        Request::ScheduleList { cluster } => json(c.schedule_list(cluster.as_deref())?),
+        Request::ScheduleRemove { cluster, method } => json(
+            c.schedules()
+                .remove(&cluster, Some(method.as_str()).filter(|m| !m.is_empty()))?,
+        ),
+        Request::ScheduleList { cluster } => json(c.schedules().list(cluster.as_deref())?),
         Request::Logs {
             name,
             instance,
