@@ -12,8 +12,9 @@ use shoal_api::{ApiError, OpView};
 use crate::controller::Controller;
 use crate::error::{At, ControlError};
 use crate::events::Level;
+use crate::primary_replica::{self, Sequence};
 use crate::secrets;
-use crate::store::{Phase, Role};
+use crate::store::Phase;
 
 /// Shortest password a user may choose.
 const MIN_PASSWORD: usize = 12;
@@ -101,7 +102,7 @@ pub(crate) async fn run(c: &Arc<Controller>, name: &str) -> Result<(), ControlEr
         password: pw,
     };
     let mut all = crate::ops::instances(c, name)?;
-    all.sort_by_key(|i| (i.role != Role::Primary, i.ordinal));
+    primary_replica::order(&mut all, Sequence::Start);
     let mut warnings = Vec::new();
     for (n, i) in all.iter().filter(|i| i.state == Phase::Running).enumerate() {
         match c.provision_account(&cl, i, &all, &platform, &new).await {

@@ -13,6 +13,7 @@ use crate::error::{At, ControlError, Failure};
 use crate::events::Level;
 use crate::hooks::Ran;
 use crate::operation::Op;
+use crate::primary_replica::{self, Sequence};
 use crate::secrets::{self, Credentials};
 use crate::store::{ClusterRow, ClusterState, Desired, Health, InstanceRow, Phase, Role};
 use crate::topology::{self, Family};
@@ -1248,7 +1249,7 @@ async fn stop(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut all = instances(c, name)?;
-    all.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)));
+    primary_replica::order(&mut all, Sequence::Stop);
     for mut i in all {
         i.desired = Desired::Stopped;
         c.save(&i);
@@ -1282,7 +1283,7 @@ async fn start(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
         return Ok(());
     }
     let mut order = instances(c, name)?;
-    order.sort_by_key(|i| (i.role != Role::Primary, i.ordinal));
+    primary_replica::order(&mut order, Sequence::Start);
     for i in order {
         let all = instances(c, name)?;
         let mut i = all
@@ -1309,7 +1310,7 @@ async fn restart(c: &Arc<Controller>, name: &str) -> Result<(), ControlError> {
     let cl = cluster(c, name)?;
     let cr = creds(c, name)?;
     let mut order = instances(c, name)?;
-    order.sort_by_key(|i| (i.role == Role::Primary, i.ordinal));
+    primary_replica::order(&mut order, Sequence::Restart);
     c.db(|s| s.set_cluster_state(name, ClusterState::Updating))
         .of(name)?;
     for i in order {
@@ -1339,7 +1340,7 @@ async fn delete(c: &Arc<Controller>, name: &str, purge: bool) -> Result<(), Cont
         .of(name)?;
     let cr = creds(c, name).ok();
     let mut all = instances(c, name)?;
-    all.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)));
+    primary_replica::order(&mut all, Sequence::Stop);
     for mut i in all.clone() {
         i.desired = Desired::Stopped;
         c.save(&i);

@@ -1,7 +1,100 @@
-//! The primary-replica family's failover decision, pure: given what the replicas that answered
-//! said, which one is promoted, or why none may be. `ha::failover` probes, fences and acts;
-//! this module only decides, so every branch has a table test beside it. (The quorum family's
-//! rules are in `topology`.)
+//! The primary-replica family's decisions, pure: what one probe answer means (keep the
+//! leader lease, count a miss, fail the primary over, fence a member that claims to be a
+//! primary it is not: [`judge`]), whether a member whose process is gone is failed over at
+//! once ([`fail_over_at_exit`]), which replica a failover promotes or why none may be
+//! ([`choose`]), and the order members are stopped, started and restarted in ([`order`]).
+//! The supervisor and `ha` probe, fence and act; this module only decides, so every branch
+//! has a table test beside it. (The quorum family's rules are in `topology`, the sharded
+//! ones in `sharded`.)
+
+use crate::store::{Desired, InstanceRow, Phase, Role};
+
+/// What a probe of one member said, as the supervisor's judgement needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// No answer (an error or a timeout).
+    Missed,
+    /// It answered: whether it takes writes and whether it calls itself the primary.
+    Answered { writable: bool, says_primary: bool },
+}
+
+/// What the supervisor does about one probe answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing beyond recording the answer.
+    Fine,
+    /// The primary missed a probe, fewer than the limit in a row: it is a suspect.
+    Suspect,
+    /// The primary missed the limit of probes in a row and the cluster fails over: fence it
+    /// and fail over (the count starts again).
+    FailOver,
+    /// The primary answered: keep (renew) its leader lease.
+    KeepLease,
+    /// A member the host does not hold as the primary says it is a writable primary (two
+    /// writers): fence it and rebuild it as a replica.
+    FenceUnexpectedPrimary,
+}
+
+/// Judge one probe answer of member `role` (`engine_elected`: its engine elects its own
+/// leaders, so a member that leads is the engine's business), `misses` its misses in a row
+/// counting this one, `limit` the `failover_after_probes` setting, `fails_over` whether the
+/// cluster is kept available by failover ([`fails_over`]).
+pub fn judge(
+    role: Role,
+    engine_elected: bool,
+    answer: Answer,
+    misses: u32,
+    limit: u32,
+    fails_over: bool,
+) -> Verdict {
+    let primary = role == Role::Primary;
+    match answer {
+        Answer::Missed if primary && misses >= limit && fails_over => Verdict::FailOver,
+        Answer::Missed if primary => Verdict::Suspect,
+        Answer::Missed => Verdict::Fine,
+        Answer::Answered { .. } if primary => Verdict::KeepLease,
+        Answer::Answered {
+            writable: true,
+            says_primary: true,
+        } if !engine_elected => Verdict::FenceUnexpectedPrimary,
+        Answer::Answered { .. } => Verdict::Fine,
+    }
+}
+
+/// Whether a cluster is kept available by failover: automatic failover on and at least two
+/// members that should run.
+pub fn fails_over(auto_failover: bool, all: &[InstanceRow]) -> bool {
+    auto_failover && all.iter().filter(|i| i.desired == Desired::Running).count() >= 2
+}
+
+/// Whether member `i`, whose process is gone, is failed over at once (no probe misses
+/// needed): a running primary of a cluster that fails over while another member runs
+/// (`replica_up`). Anything else is restarted (or held: `sharded::hold_restart`).
+pub fn fail_over_at_exit(i: &InstanceRow, fails_over: bool, replica_up: bool) -> bool {
+    i.role == Role::Primary && i.state == Phase::Running && fails_over && replica_up
+}
+
+/// An operation that goes through every member one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// Replicas first (the newest first), the primary last: it serves until the end.
+    Stop,
+    /// The primary first (replicas follow it), then the replicas by ordinal.
+    Start,
+    /// Replicas by ordinal, the primary last (one restart of the writer).
+    Restart,
+}
+
+/// Put `rows` in the order `seq` goes through them.
+pub fn order(rows: &mut [InstanceRow], seq: Sequence) {
+    match seq {
+        Sequence::Stop => {
+            rows.sort_by_key(|i| (i.role == Role::Primary, std::cmp::Reverse(i.ordinal)))
+        }
+        Sequence::Start => rows.sort_by_key(|i| (i.role != Role::Primary, i.ordinal)),
+        Sequence::Restart => rows.sort_by_key(|i| (i.role == Role::Primary, i.ordinal)),
+    }
+}
 
 /// A replica that answered the failover's probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,5 +317,135 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("79 bytes behind"), "{e}");
+    }
+
+    #[test]
+    fn a_probe_answer_is_judged_by_role_misses_and_settings() {
+        use Answer::*;
+        use Verdict::*;
+        let said = |writable, says_primary| Answered {
+            writable,
+            says_primary,
+        };
+        // (role, engine elects, answer, misses in a row, limit 3, fails over) -> verdict
+        let table = [
+            // The leader killed or hung: suspect until the limit, then failover.
+            (Role::Primary, false, Missed, 1, true, Suspect),
+            (Role::Primary, false, Missed, 2, true, Suspect),
+            (Role::Primary, false, Missed, 3, true, FailOver),
+            (Role::Primary, false, Missed, 7, true, FailOver),
+            // No failover (auto-failover off, or nobody to take over): only a suspect.
+            (Role::Primary, false, Missed, 3, false, Suspect),
+            // A replica's misses never fail anything over.
+            (Role::Replica, false, Missed, 9, true, Fine),
+            // The primary answers: its lease is kept, whatever it says.
+            (Role::Primary, false, said(true, true), 0, true, KeepLease),
+            (Role::Primary, false, said(false, false), 0, true, KeepLease),
+            // A partitioned old primary that came back writable as a replica: two writers.
+            (
+                Role::Replica,
+                false,
+                said(true, true),
+                0,
+                true,
+                FenceUnexpectedPrimary,
+            ),
+            (
+                Role::Replica,
+                false,
+                said(true, true),
+                0,
+                false,
+                FenceUnexpectedPrimary,
+            ),
+            // Read-only, or writable without calling itself primary: fine.
+            (Role::Replica, false, said(false, true), 0, true, Fine),
+            (Role::Replica, false, said(true, false), 0, true, Fine),
+            (Role::Replica, false, said(false, false), 0, true, Fine),
+            // A quorum or shard member that leads is the engine's business.
+            (Role::Member, true, said(true, true), 0, true, Fine),
+            (Role::ShardMember, true, said(true, true), 0, true, Fine),
+        ];
+        for (role, elected, answer, misses, fails, want) in table {
+            assert_eq!(
+                judge(role, elected, answer, misses, 3, fails),
+                want,
+                "{role:?} {answer:?} misses {misses} fails over {fails}"
+            );
+        }
+    }
+
+    fn row(name: &str, ordinal: u32, role: Role, should_run: bool) -> InstanceRow {
+        InstanceRow {
+            cluster: "c".into(),
+            name: name.into(),
+            ordinal,
+            role,
+            host: "127.0.0.1".into(),
+            ports: Default::default(),
+            dir: format!("/x/{name}").into(),
+            desired: if should_run {
+                Desired::Running
+            } else {
+                Desired::Stopped
+            },
+            state: Phase::Running,
+            process: None,
+            restarts: 0,
+            health: crate::store::Health::Unknown,
+            observed_role: None,
+            writable: None,
+            lag_bytes: None,
+            position: None,
+            detail: String::new(),
+            probed_ms: None,
+            term: None,
+            shard: None,
+        }
+    }
+
+    #[test]
+    fn a_dead_primary_fails_over_at_once_only_with_someone_to_take_over() {
+        let p = row("c-0", 0, Role::Primary, true);
+        let r = row("c-1", 1, Role::Replica, true);
+        let both = [p.clone(), r.clone()];
+        assert!(fails_over(true, &both));
+        assert!(!fails_over(false, &both), "auto-failover off");
+        assert!(!fails_over(true, &both[..1]), "a single member");
+        let stopped_replica = [p.clone(), row("c-1", 1, Role::Replica, false)];
+        assert!(
+            !fails_over(true, &stopped_replica),
+            "the replica should not run"
+        );
+        assert!(fail_over_at_exit(&p, true, true));
+        assert!(
+            !fail_over_at_exit(&p, true, false),
+            "no replica up: restart it"
+        );
+        assert!(!fail_over_at_exit(&p, false, true));
+        assert!(!fail_over_at_exit(&r, true, true), "a replica is restarted");
+        let mut starting = p.clone();
+        starting.state = Phase::Starting;
+        assert!(
+            !fail_over_at_exit(&starting, true, true),
+            "not yet running: its start failed, it is not a lost primary"
+        );
+    }
+
+    #[test]
+    fn members_are_gone_through_in_a_safe_order() {
+        let mut rows = vec![
+            row("c-2", 2, Role::Replica, true),
+            row("c-0", 0, Role::Replica, true),
+            row("c-1", 1, Role::Primary, true),
+            row("c-3", 3, Role::Replica, true),
+        ];
+        let names = |rows: &[InstanceRow]| rows.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        order(&mut rows, Sequence::Stop);
+        assert_eq!(names(&rows), ["c-3", "c-2", "c-0", "c-1"]);
+        order(&mut rows, Sequence::Start);
+        assert_eq!(names(&rows), ["c-1", "c-0", "c-2", "c-3"]);
+        order(&mut rows, Sequence::Restart);
+        assert_eq!(names(&rows), ["c-0", "c-2", "c-3", "c-1"]);
     }
 }

@@ -18,6 +18,7 @@ use crate::error::ControlError;
 use crate::events::Level;
 use crate::ha;
 use crate::operation::{Op, Settle};
+use crate::primary_replica::{self, Verdict};
 use crate::secrets;
 use crate::store::{now_ms, ClusterRow, ClusterState, Desired, Health, InstanceRow, Phase, Role};
 use crate::topology::{self, Family};
@@ -324,10 +325,9 @@ pub async fn run(c: Arc<Controller>) {
     }
 }
 
-/// Whether `cl` is kept available by failover: auto-failover on and another instance that
-/// should run.
+/// Whether `cl` is kept available by failover ([`primary_replica::fails_over`]).
 fn fails_over(cl: &ClusterRow, all: &[InstanceRow]) -> bool {
-    cl.spec.ha.auto_failover && all.iter().filter(|i| i.desired == Desired::Running).count() >= 2
+    primary_replica::fails_over(cl.spec.ha.auto_failover, all)
 }
 
 /// Fence `i` and queue a failover from it.
@@ -451,11 +451,7 @@ async fn tick(c: &Arc<Controller>, mem: &mut Memory) {
             let replica_up = all
                 .iter()
                 .any(|r| r.name != i.name && r.state == Phase::Running && c.nodes.alive(r));
-            if i.role == Role::Primary
-                && i.state == Phase::Running
-                && fails_over(&cl, &all)
-                && replica_up
-            {
+            if primary_replica::fail_over_at_exit(i, fails_over(&cl, &all), replica_up) {
                 start_failover(c, &cl, i, format!("process exited: {tail}"));
                 continue;
             }
@@ -706,76 +702,96 @@ async fn judge(c: &Arc<Controller>, mem: &mut Memory, p: &Probe, r: ProbeResult,
     else {
         return;
     };
-    match r {
-        Err(e) => {
-            if i.role == Role::Primary {
-                mem.suspects.insert(key.clone());
-            }
+    let limit = c.cfg.ha.failover_after_probes;
+    let (answer, misses) = match &r {
+        Err(_) => {
             let n = mem.misses.entry(key.clone()).or_insert(0);
             *n += 1;
-            let limit = c.cfg.ha.failover_after_probes;
-            if i.role == Role::Primary && *n >= limit && fails_over(&p.cl, &p.all) {
-                *n = 0;
-                mem.suspects.remove(&key);
-                start_failover(
-                    c,
-                    &p.cl,
-                    &i,
-                    format!("{limit} consecutive probes failed, the last: {e}"),
-                );
-            }
+            (primary_replica::Answer::Missed, *n)
         }
         Ok(rep) => {
             mem.misses.remove(&key);
-            mem.suspects.remove(&key);
-            if i.role == Role::Primary {
-                let due = mem
-                    .renewed
-                    .get(&format!("{}/leader", p.cl.name))
-                    .is_none_or(|t| t.elapsed() >= ttl / 3);
-                if due {
-                    match ha::keep_leader(c, &p.cl.name, &i.name).await {
-                        Ok(_) => {
-                            mem.renewed
-                                .insert(format!("{}/leader", p.cl.name), Instant::now());
-                        }
-                        Err(shoal_dcs::DcsError::Conflict(why)) => {
-                            c.event(
-                                &p.cl.name,
-                                Some(&i.name),
-                                Level::Error,
-                                format!("split brain averted: {why}; fencing it"),
-                            );
-                            fence_and_rebuild(
-                                c,
-                                &p.cl,
-                                i,
-                                "the coordination store names another leader",
-                            )
-                            .await;
-                        }
-                        Err(e) => {
-                            c.event(
-                                &p.cl.name,
-                                Some(&i.name),
-                                Level::Warning,
-                                format!("cannot renew the leader lease: {e}"),
-                            );
-                        }
+            let says_primary = rep.role == Role::Primary.as_str();
+            (
+                primary_replica::Answer::Answered {
+                    writable: rep.writable,
+                    says_primary,
+                },
+                0,
+            )
+        }
+    };
+    let verdict = primary_replica::judge(
+        i.role,
+        i.role.engine_elected(),
+        answer,
+        misses,
+        limit,
+        fails_over(&p.cl, &p.all),
+    );
+    if !matches!(verdict, Verdict::Suspect) {
+        mem.suspects.remove(&key);
+    }
+    match verdict {
+        Verdict::Fine => {}
+        Verdict::Suspect => {
+            mem.suspects.insert(key.clone());
+        }
+        Verdict::FailOver => {
+            mem.misses.remove(&key);
+            let last = r.err().map(|e| e.to_string()).unwrap_or_default();
+            start_failover(
+                c,
+                &p.cl,
+                &i,
+                format!("{limit} consecutive probes failed, the last: {last}"),
+            );
+        }
+        Verdict::KeepLease => {
+            let due = mem
+                .renewed
+                .get(&format!("{}/leader", p.cl.name))
+                .is_none_or(|t| t.elapsed() >= ttl / 3);
+            if due {
+                match ha::keep_leader(c, &p.cl.name, &i.name).await {
+                    Ok(_) => {
+                        mem.renewed
+                            .insert(format!("{}/leader", p.cl.name), Instant::now());
+                    }
+                    Err(shoal_dcs::DcsError::Conflict(why)) => {
+                        c.event(
+                            &p.cl.name,
+                            Some(&i.name),
+                            Level::Error,
+                            format!("split brain averted: {why}; fencing it"),
+                        );
+                        fence_and_rebuild(
+                            c,
+                            &p.cl,
+                            i,
+                            "the coordination store names another leader",
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        c.event(
+                            &p.cl.name,
+                            Some(&i.name),
+                            Level::Warning,
+                            format!("cannot renew the leader lease: {e}"),
+                        );
                     }
                 }
-            } else if rep.writable && rep.role == Role::Primary.as_str() && !i.role.engine_elected()
-            {
-                // (A quorum or shard member that leads is the engine's business, whatever
-                // its role is called.)
-                c.event(
-                    &p.cl.name,
-                    Some(&i.name),
-                    Level::Error,
-                    "claims to be a writable primary but is not the elected leader; fencing it",
-                );
-                fence_and_rebuild(c, &p.cl, i, "unexpected writable primary").await;
             }
+        }
+        Verdict::FenceUnexpectedPrimary => {
+            c.event(
+                &p.cl.name,
+                Some(&i.name),
+                Level::Error,
+                "claims to be a writable primary but is not the elected leader; fencing it",
+            );
+            fence_and_rebuild(c, &p.cl, i, "unexpected writable primary").await;
         }
     }
 }
