@@ -25,16 +25,11 @@ use shoal_sdk::resp::{self, Conn, Info, Reply};
 /// Connect, read and write timeout of the probe and of short commands: a healthy server
 /// answers in microseconds, a frozen one must be noticed before the probe's 2 s deadline.
 const IO_TIMEOUT: Duration = Duration::from_millis(1000);
-/// The account users get (Redis's built-in `default` user), provisioned by
-/// `account-provision`.
-const ADMIN_USER: &str = "default";
 /// What the users' account may run: everything but the administrative commands, with the
 /// harmless read-only ones among those given back.
 pub const USER_COMMANDS: &str = "+@all -@admin +role +client|list +slowlog|get +slowlog|len \
      +latency|latest +latency|history +latency|doctor +latency|histogram +latency|graph \
      +lastsave";
-/// Deadline of a backup or a restore.
-const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 /// `min-replicas-to-write` while fenced: no write is ever accepted (NOREPLICAS).
 const FENCE: i64 = i32::MAX as i64;
 /// How long a fence also pauses writes (`CLIENT PAUSE … WRITE`): clients wait instead of
@@ -347,146 +342,7 @@ impl Engine for Redis {
     }
 
     fn manifest(&self) -> AddonManifest {
-        AddonManifest {
-            engine: "redis".into(),
-            display_name: "Redis".into(),
-            description: "Redis with asynchronous primary-replica replication.".into(),
-            addon_version: "0.1.0".into(),
-            versions: vec![EngineVersion {
-                version: "7.0".into(),
-                is_default: true,
-                binary_paths: vec!["/usr/bin".into()],
-                packages: vec![
-                    "redis-server and redis-tools (Debian: apt-get install redis-server)".into(),
-                ],
-            }],
-            topologies: vec![
-                Topology {
-                    kind: TopologyKind::Standalone,
-                    roles: vec!["primary".into()],
-                    min_members: 1,
-                    max_members: 1,
-                    description: "One server.".into(),
-                },
-                Topology {
-                    kind: TopologyKind::PrimaryReplica,
-                    roles: vec!["primary".into(), "replica".into()],
-                    min_members: 1,
-                    max_members: 16,
-                    description: "A primary and replicas following it with `replicaof` \
-                                  (asynchronous: a failover can lose the latest writes)."
-                        .into(),
-                },
-                Topology {
-                    kind: TopologyKind::Sharded,
-                    roles: vec!["primary".into(), "replica".into()],
-                    min_members: 1,
-                    max_members: 5,
-                    description: "Redis Cluster: the 16,384 hash slots split evenly across \
-                                  the shards, each shard a primary and replicas; Redis fails \
-                                  a shard over itself (a replica elected by the primaries: \
-                                  at least 3 shards for that to work)."
-                        .into(),
-                },
-            ],
-            roles: vec![
-                RoleSpec {
-                    name: "primary".into(),
-                    writable: true,
-                    votes: false,
-                    exclusive: true,
-                    description: "Accepts writes; replicas follow it.".into(),
-                },
-                RoleSpec {
-                    name: "replica".into(),
-                    writable: false,
-                    votes: false,
-                    exclusive: false,
-                    description: "Read-only copy following the primary.".into(),
-                },
-            ],
-            ports: vec![
-                PortSpec {
-                    name: "client".into(),
-                    description: "RESP (clients and replication).".into(),
-                },
-                PortSpec {
-                    name: "bus".into(),
-                    description: "Redis Cluster bus (node to node; used in the sharded \
-                                  topology only)."
-                        .into(),
-                },
-            ],
-            backup_methods: vec![
-                BackupMethod {
-                    name: "rdb".into(),
-                    kind: BackupKind::Full,
-                    target_role: Some("replica".into()),
-                    point_in_time: false,
-                    description: "An RDB snapshot streamed by `redis-cli --rdb -` (an rdb-only \
-                              sync from a replica, else the primary); restored as the new \
-                              primary's dump.rdb before its first start"
-                        .into(),
-                },
-                BackupMethod {
-                    name: "aof".into(),
-                    kind: BackupKind::Full,
-                    target_role: Some("replica".into()),
-                    point_in_time: false,
-                    description: "The append-only file (needs appendonly yes): a rewrite \
-                              (BGREWRITEAOF), then the base, increment and manifest files of \
-                              appendonlydir as a tar stream; restored into the new primary's \
-                              appendonlydir and checked with redis-check-aof"
-                        .into(),
-                },
-            ],
-            parameters: config::schema(),
-            capabilities: [
-                "redis-cli",
-                "dd",
-                "truncate",
-                "redis-check-rdb",
-                "tar",
-                "redis-check-aof",
-            ]
-            .into_iter()
-            .map(|p| Capability::Exec(p.into()))
-            .collect(),
-            limits: vec![
-                HookLimit {
-                    hook: Hook::Probe,
-                    timeout_ms: 2000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Backup,
-                    timeout_ms: BULK_TIMEOUT_MS,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Restore,
-                    timeout_ms: BULK_TIMEOUT_MS,
-                    memory_bytes: None,
-                },
-            ],
-            client: Some(ClientInfo {
-                uri_template: "redis://{user}:{password}@{host}:{port}".into(),
-                // The password in the environment, never on the command line.
-                shell: vec![
-                    "REDISCLI_AUTH={password}".into(),
-                    "redis-cli".into(),
-                    "-h".into(),
-                    "{host}".into(),
-                    "-p".into(),
-                    "{port}".into(),
-                    "--user".into(),
-                    "{user}".into(),
-                    "--no-auth-warning".into(),
-                ],
-            }),
-            admin_user: Some(ADMIN_USER.into()),
-            sync_replication: SyncSupport::None,
-        }
+        shoal_sdk::manifest_file!("addon.toml")
     }
 
     fn run_spec(
