@@ -29,8 +29,6 @@ use config::{ADMIN_USER, CONTROL_USER, FILES_DIR, SEED_FILE};
 /// Connect, read and write timeout of the probe and of short statements: a healthy server
 /// answers in milliseconds, a frozen one must be noticed before the probe's 2 s deadline.
 const IO_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Deadline of a backup or a restore.
-const BULK_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
 /// How long a promotion waits for the replica to apply what it received.
 const APPLY_WAIT_S: u64 = 60;
 /// How long a switchover waits for the candidate to apply everything the old primary wrote.
@@ -39,8 +37,6 @@ const CATCH_UP_S: u64 = 30;
 /// current event group first (seconds under write load), which is no reason to give up on
 /// the replica and copy it afresh.
 const REPOINT_S: u64 = 60;
-/// The MariaDB version this addon runs.
-const VERSION: &str = "10.11";
 
 struct MariaDb {
     /// A connection kept between calls of a live instance (the probe loop).
@@ -276,163 +272,7 @@ impl Engine for MariaDb {
     }
 
     fn manifest(&self) -> AddonManifest {
-        AddonManifest {
-            engine: "mariadb".into(),
-            display_name: "MariaDB".into(),
-            description: "MariaDB with GTID replication (asynchronous, or semi-synchronous in \
-                          ha.mode sync)."
-                .into(),
-            addon_version: "0.1.0".into(),
-            versions: vec![EngineVersion {
-                version: VERSION.into(),
-                is_default: true,
-                binary_paths: vec!["/usr/sbin".into(), "/usr/bin".into()],
-                packages: vec![
-                    "mariadb-server, mariadb-client and mariadb-backup (Debian: apt-get install \
-                     mariadb-server mariadb-backup)"
-                        .into(),
-                ],
-            }],
-            topologies: vec![
-                Topology {
-                    kind: TopologyKind::Standalone,
-                    roles: vec!["primary".into()],
-                    min_members: 1,
-                    max_members: 1,
-                    description: "One server.".into(),
-                },
-                Topology {
-                    kind: TopologyKind::PrimaryReplica,
-                    roles: vec!["primary".into(), "replica".into()],
-                    min_members: 1,
-                    max_members: 16,
-                    description: "A primary and read-only replicas, seeded by mariadb-backup \
-                                  and following it by GTID."
-                        .into(),
-                },
-            ],
-            roles: vec![
-                RoleSpec {
-                    name: "primary".into(),
-                    writable: true,
-                    votes: false,
-                    exclusive: true,
-                    description: "Accepts writes; replicas follow its binary log.".into(),
-                },
-                RoleSpec {
-                    name: "replica".into(),
-                    writable: false,
-                    votes: false,
-                    exclusive: false,
-                    description: "Read-only copy applying the primary's binary log.".into(),
-                },
-            ],
-            ports: vec![PortSpec {
-                name: "client".into(),
-                description: "MySQL protocol (clients and replication).".into(),
-            }],
-            backup_methods: vec![
-                BackupMethod {
-                    name: "physical".into(),
-                    kind: BackupKind::Full,
-                    target_role: Some("replica".into()),
-                    point_in_time: true,
-                    description: "mariadb-backup --stream=xbstream of the whole server (hot, \
-                                  InnoDB-consistent); restored with mbstream and \
-                                  mariadb-backup --prepare to the same major version"
-                        .into(),
-                },
-                BackupMethod {
-                    name: "logical".into(),
-                    kind: BackupKind::Logical,
-                    target_role: Some("replica".into()),
-                    point_in_time: false,
-                    description: "mariadb-dump --single-transaction of every user database \
-                                  (routines, events, triggers) and the accounts other than \
-                                  root; restored into a running server"
-                        .into(),
-                },
-                BackupMethod {
-                    name: "binlog".into(),
-                    kind: BackupKind::Continuous,
-                    target_role: Some("primary".into()),
-                    point_in_time: false,
-                    description: "continuous archiving of the primary's binary logs (rotated \
-                                  at least every minute while they hold transactions): with a \
-                                  physical backup, restores to any second since"
-                        .into(),
-                },
-            ],
-            parameters: config::schema(),
-            capabilities: [
-                "mariadb-backup",
-                "mbstream",
-                "mariadb-dump",
-                "mariadb",
-                "mariadb-binlog",
-                "cat",
-                "ls",
-                "sh",
-            ]
-            .into_iter()
-            .map(|p| Capability::Exec(p.into()))
-            .collect(),
-            limits: vec![
-                HookLimit {
-                    hook: Hook::Probe,
-                    timeout_ms: 2000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Promote,
-                    timeout_ms: (APPLY_WAIT_S + 30) * 1000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Switchover,
-                    timeout_ms: (CATCH_UP_S + 30) * 1000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Demote,
-                    timeout_ms: (REPOINT_S + 10) * 1000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Backup,
-                    timeout_ms: BULK_TIMEOUT_MS,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::Restore,
-                    timeout_ms: BULK_TIMEOUT_MS,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::ArchiveContinuous,
-                    timeout_ms: 3600 * 1000,
-                    memory_bytes: None,
-                },
-                HookLimit {
-                    hook: Hook::RestoreToTime,
-                    timeout_ms: BULK_TIMEOUT_MS,
-                    memory_bytes: None,
-                },
-            ],
-            client: Some(ClientInfo {
-                uri_template: "mysql://{user}:{password}@{host}:{port}/".into(),
-                // The password in the environment, never on the command line.
-                shell: vec![
-                    "MYSQL_PWD={password}".into(),
-                    "mariadb".into(),
-                    "--host={host}".into(),
-                    "--port={port}".into(),
-                    "--user={user}".into(),
-                ],
-            }),
-            admin_user: Some(ADMIN_USER.into()),
-            sync_replication: SyncSupport::MayFallBack,
-        }
+        shoal_sdk::manifest_file!("addon.toml")
     }
 
     fn run_spec(
@@ -1362,6 +1202,21 @@ fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {
 mod tests {
     use super::*;
     use shoal_sdk::Credentials;
+
+    #[test]
+    fn the_ha_hooks_deadlines_in_addon_toml_cover_the_waits_they_make() {
+        let m = <MariaDb as shoal_sdk::Engine>::new().manifest();
+        let limit = |h: Hook| {
+            m.limits
+                .iter()
+                .find(|l| l.hook == h)
+                .map(|l| l.timeout_ms)
+                .unwrap_or(0)
+        };
+        assert!(limit(Hook::Promote) >= (APPLY_WAIT_S + 30) * 1000);
+        assert!(limit(Hook::Switchover) >= (CATCH_UP_S + 30) * 1000);
+        assert!(limit(Hook::Demote) >= (REPOINT_S + 10) * 1000);
+    }
 
     #[test]
     fn reads_the_gtid_from_a_mariadb_backup_log() {
