@@ -1253,31 +1253,11 @@ pub(crate) fn for_version(s: &wit::ParamSpec, version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Desired;
 
     fn row(name: &str, ordinal: u32, role: &str) -> InstanceRow {
-        InstanceRow {
-            cluster: "c".into(),
-            name: name.into(),
-            ordinal,
-            role: Role::parse(role),
-            host: "127.0.0.1".into(),
-            ports: Default::default(),
-            dir: PathBuf::from("/x"),
-            desired: Desired::Running,
-            state: Phase::Running,
-            process: None,
-            restarts: 0,
-            health: Health::Healthy,
-            observed_role: None,
-            writable: None,
-            lag_bytes: None,
-            position: None,
-            detail: String::new(),
-            probed_ms: None,
-            term: None,
-            shard: None,
-        }
+        let mut i = InstanceRow::for_test("c", name, ordinal, Role::parse(role));
+        i.health = Health::Healthy;
+        i
     }
 
     #[test]

@@ -138,28 +138,14 @@ fn add_instance(
         Some(n) => format!("{}-s{n}-{ordinal}", cl.name),
         None => format!("{}-{ordinal}", cl.name),
     };
-    let mut row = InstanceRow {
-        cluster: cl.name.clone(),
-        name: name.clone(),
+    let mut row = InstanceRow::new(
+        &cl.name,
+        &name,
         ordinal,
         role,
-        host: "127.0.0.1".into(),
-        ports: Default::default(),
-        dir: c.cluster_dir(&cl.name).join(&name),
-        desired: Desired::Running,
-        state: Phase::Pending,
-        process: None,
-        restarts: 0,
-        health: Health::Unknown,
-        observed_role: None,
-        writable: None,
-        lag_bytes: None,
-        position: None,
-        detail: String::new(),
-        probed_ms: None,
-        term: None,
-        shard,
-    };
+        c.cluster_dir(&cl.name).join(&name),
+    );
+    row.shard = shard;
     // Allocate and reserve under one hold of the store: another cluster's operation cannot
     // take the same ports in between.
     let allocated = c

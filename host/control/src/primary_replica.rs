@@ -376,32 +376,11 @@ mod tests {
     }
 
     fn row(name: &str, ordinal: u32, role: Role, should_run: bool) -> InstanceRow {
-        InstanceRow {
-            cluster: "c".into(),
-            name: name.into(),
-            ordinal,
-            role,
-            host: "127.0.0.1".into(),
-            ports: Default::default(),
-            dir: format!("/x/{name}").into(),
-            desired: if should_run {
-                Desired::Running
-            } else {
-                Desired::Stopped
-            },
-            state: Phase::Running,
-            process: None,
-            restarts: 0,
-            health: crate::store::Health::Unknown,
-            observed_role: None,
-            writable: None,
-            lag_bytes: None,
-            position: None,
-            detail: String::new(),
-            probed_ms: None,
-            term: None,
-            shard: None,
+        let mut i = InstanceRow::for_test("c", name, ordinal, role);
+        if !should_run {
+            i.desired = Desired::Stopped;
         }
+        i
     }
 
     #[test]

@@ -20,7 +20,7 @@ use shoal_api::{ApiError, RestoreTestView};
 use crate::controller::Controller;
 use crate::events::Level;
 use crate::secrets;
-use crate::store::{now_ms, ClusterRow, Desired, Health, InstanceRow, Phase, Role};
+use crate::store::{now_ms, ClusterRow, InstanceRow, Role};
 use crate::topology::{self, Family};
 
 /// Where throwaway instances live: `<home>/restore-tests/<name>`.
@@ -163,28 +163,14 @@ impl Controller {
                 }
             })
             .map_err(|e| e.message)??;
-        let mut i = InstanceRow {
-            cluster: name.to_string(),
-            name: instance.clone(),
-            ordinal: 0,
-            role: Role::Primary,
-            host: "127.0.0.1".into(),
-            ports: port_names.into_iter().zip(ports).collect(),
-            dir: tests_dir(self).join(name).join(&instance),
-            desired: Desired::Running,
-            state: Phase::Pending,
-            process: None,
-            restarts: 0,
-            health: Health::Unknown,
-            observed_role: None,
-            writable: None,
-            lag_bytes: None,
-            position: None,
-            detail: String::new(),
-            probed_ms: None,
-            term: None,
-            shard: None,
-        };
+        let mut i = InstanceRow::new(
+            name,
+            &instance,
+            0,
+            Role::Primary,
+            tests_dir(self).join(name).join(&instance),
+        );
+        i.ports = port_names.into_iter().zip(ports).collect();
         let result = self.restore_and_probe(&cl, &mut i, b, part).await;
         // Gone, whatever happened; a failure keeps the server's log.
         let kept_log = if result.is_err() {

@@ -571,6 +571,35 @@ pub struct InstanceRow {
 }
 
 impl InstanceRow {
+    /// A new member `name` (ordinal `ordinal`, role `role`) of `cluster` living in `dir`,
+    /// on this host: meant to run, not started yet, no ports yet, nothing observed.
+    pub fn new(cluster: &str, name: &str, ordinal: u32, role: Role, dir: PathBuf) -> InstanceRow {
+        InstanceRow {
+            cluster: cluster.into(),
+            name: name.into(),
+            ordinal,
+            role,
+            host: "127.0.0.1".into(),
+            ports: Default::default(),
+            dir,
+            desired: Desired::Running,
+            state: Phase::Pending,
+            process: None,
+            restarts: 0,
+            health: Health::Unknown,
+            observed_role: None,
+            writable: None,
+            lag_bytes: None,
+            position: None,
+            detail: String::new(),
+            probed_ms: None,
+            term: None,
+            shard: None,
+        }
+    }
+}
+
+impl InstanceRow {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -1451,6 +1480,17 @@ impl Store {
 }
 
 #[cfg(test)]
+impl InstanceRow {
+    /// A row for unit tests: member `name` (ordinal `ordinal`, role `role`) of `cluster`,
+    /// meant to run and running, no ports, nothing observed yet.
+    pub(crate) fn for_test(cluster: &str, name: &str, ordinal: u32, role: Role) -> InstanceRow {
+        let mut i = InstanceRow::new(cluster, name, ordinal, role, PathBuf::from("/x").join(name));
+        i.state = Phase::Running;
+        i
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1494,28 +1534,10 @@ mod tests {
     }
 
     fn instance(cluster: &str, name: &str, port: u16) -> InstanceRow {
-        InstanceRow {
-            cluster: cluster.into(),
-            name: name.into(),
-            ordinal: 0,
-            role: Role::Primary,
-            host: "127.0.0.1".into(),
-            ports: [("client".to_string(), port)].into(),
-            dir: PathBuf::from("/x"),
-            desired: Desired::Running,
-            state: Phase::Pending,
-            process: None,
-            restarts: 0,
-            health: Health::Unknown,
-            observed_role: None,
-            writable: None,
-            lag_bytes: None,
-            position: None,
-            detail: String::new(),
-            probed_ms: None,
-            term: None,
-            shard: None,
-        }
+        let mut i = InstanceRow::for_test(cluster, name, 0, Role::Primary);
+        i.ports = [("client".to_string(), port)].into();
+        i.state = Phase::Pending;
+        i
     }
 
     #[test]
