@@ -239,6 +239,34 @@ pub trait Engine: 'static {
     fn metrics(&mut self, instance: &Instance) -> HookResult<Vec<Sample>> {
         Err(HookError::Unsupported)
     }
+
+    // ----- data (markers for the conformance kit; API 0.2.0) -----
+
+    /// Store `value` under `key` on the writer, apart from users' data (own table, key
+    /// prefix or path), as durably as an acknowledged client write; return once the engine
+    /// acknowledged it. `retryable` while the instance does not take writes. Leave it
+    /// unsupported when the engine cannot keep a value truthfully (a cache): the kit then
+    /// reports its data scenarios as not declared.
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        Err(HookError::Unsupported)
+    }
+
+    /// The values stored under `keys` as this instance sees them now, one per key in order
+    /// (`None`: absent). Read-only.
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        Err(HookError::Unsupported)
+    }
 }
 
 impl HookError {

@@ -2,7 +2,9 @@
 //! provider type in the addon crate that owns the one engine value, and the blanket impls below
 //! route every export to it.
 
-use crate::bindings::exports::shoal::addon::{backup, config, ha, lifecycle, metadata, telemetry};
+use crate::bindings::exports::shoal::addon::{
+    backup, config, data, ha, lifecycle, metadata, telemetry,
+};
 use crate::bindings::shoal::addon::host::{Sink, Source};
 use crate::host::{SinkWriter, SourceReader};
 use crate::lifecycle::Command;
@@ -211,5 +213,24 @@ impl<P: Provider> config::Guest for P {
 impl<P: Provider> telemetry::Guest for P {
     fn metrics(instance: Instance) -> Result<Vec<telemetry::Sample>, HookError> {
         P::with(|e| e.metrics(&instance))
+    }
+}
+
+impl<P: Provider> data::Guest for P {
+    fn write_marker(
+        instance: Instance,
+        members: Vec<Member>,
+        key: String,
+        value: String,
+    ) -> Result<(), HookError> {
+        P::with(|e| e.write_marker(&instance, &members, &key, &value))
+    }
+
+    fn read_markers(
+        instance: Instance,
+        members: Vec<Member>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<String>>, HookError> {
+        P::with(|e| e.read_markers(&instance, &members, &keys))
     }
 }

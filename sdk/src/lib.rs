@@ -63,7 +63,7 @@ pub use engine::{Engine, HookResult};
 pub use shoal_sdk_macros::manifest_file;
 
 /// The addon API version this SDK builds against (the WIT package `shoal:addon` version).
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 pub use bindings::shoal::addon::types::{
     Credentials, Endpoint, EnvVar, File, HookError, Instance, Member, NamedPort, Param, Resources,

@@ -25,7 +25,7 @@ async fn manifest_describes_memcached() {
         .expect("memory-limit parameter");
     assert!(matches!(mem.type_, ParamType::SizeBytes(_)));
     assert_eq!(mem.apply, ApplyMode::Restart);
-    assert_eq!(addon.info().api_version, "0.1.0");
+    assert_eq!(addon.info().api_version, "0.2.0");
     assert_eq!(addon.info().digest.len(), 64);
     let probe = addon.limits(shoal_runtime::wit::Hook::Probe);
     assert_eq!(probe.timeout.as_millis(), 1000);

@@ -2,7 +2,7 @@
 //! compiled-code cache is used, verified and repaired.
 
 use shoal_runtime::{CodeSource, LoadError};
-use shoal_tests::{runtime_with, wasm};
+use shoal_tests::{instance, load, runtime_with, wasm};
 
 async fn load_err(bytes: Vec<u8>, origin: &str) -> LoadError {
     let rt = runtime_with(|c| c.max_instances = 8);
@@ -41,15 +41,96 @@ async fn wrong_api_version() {
         LoadError::ApiVersion {
             found, supported, ..
         } => {
-            assert_eq!(found, "0.2.0");
-            assert_eq!(supported, "0.1.0");
+            assert_eq!(found, "9.0.0");
+            assert_eq!(supported, "0.2.0, 0.1.0");
         }
         other => panic!("expected an API version error, got {other:?}"),
     }
     assert!(
-        err.to_string().contains("targets Shoal addon API 0.2.0"),
+        err.to_string().contains("targets Shoal addon API 9.0.0"),
         "{err}"
     );
+}
+
+/// An addon built from the frozen API 0.1.0 WIT (`tests/fixtures/api-v0-1-0`, no SDK) loads
+/// through the adapter: its manifest (an interface that changed) converted, its other
+/// interfaces and the host imports linked as they are, and the interface it lacks (`data`)
+/// answering `unsupported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_addon_of_api_0_1_0_still_loads_and_answers() {
+    use shoal_runtime::wit::{Hook, ParamChange, Readiness, Value};
+    use shoal_runtime::{CallContext, CallFailure};
+    let rt = runtime_with(|c| c.max_instances = 8);
+    let addon = load(&rt, "shoal_fixture_api_v0_1_0.wasm").await;
+    assert_eq!(addon.info().api_version, "0.1.0");
+    let m = addon.manifest();
+    assert_eq!(m.engine, "oldtimer");
+    assert_eq!(m.parameters[0].name, "greeting");
+    assert_eq!(addon.limits(Hook::Probe).timeout.as_millis(), 1500);
+
+    let ctx = CallContext::default();
+    let inst = instance("old-0", "127.0.0.1:4100".parse().unwrap(), &[]);
+    let plan = addon
+        .call(&ctx)
+        .run_spec(&inst, &[], &[])
+        .await
+        .expect("run-spec");
+    assert_eq!(plan.server.program, "oldtimer-server");
+    assert_eq!(plan.server.args, ["--port=4100"]);
+    assert_eq!(plan.readiness, Readiness::TcpPort("client".into()));
+    let caller = addon.call(&ctx);
+    let report = caller.probe(&inst, &[]).await.expect("probe");
+    assert_eq!(report.detail, "API 0.1.0 addon, 0 member(s)");
+    assert!(report.writable);
+    // The probe logged through the host import (linked under its 0.1.0 name's successor).
+    assert!(
+        caller
+            .last_stats()
+            .is_some_and(|s| s.logs.emitted_bytes > 0),
+        "{:?}",
+        caller.last_stats()
+    );
+    let bad = addon
+        .call(&ctx)
+        .validate(&[shoal_runtime::wit::Param {
+            name: "greeting".into(),
+            value: Value::Text("yo".into()),
+        }])
+        .await
+        .expect("validate");
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let classified = addon
+        .call(&ctx)
+        .classify(&[ParamChange {
+            name: "greeting".into(),
+            old_value: None,
+            new_value: Some(Value::Text("hi".into())),
+        }])
+        .await
+        .expect("classify");
+    assert_eq!(classified.len(), 1);
+    let samples = addon.call(&ctx).metrics(&inst).await.expect("metrics");
+    assert_eq!(samples[0].name, "oldtimer_calls_total");
+
+    // What API 0.1.0 did not have answers unsupported, not a link error.
+    let e = addon
+        .call(&ctx)
+        .write_marker(&inst, &[], "k", "v")
+        .await
+        .expect_err("no data interface in 0.1.0");
+    assert!(
+        matches!(
+            &e.failure,
+            CallFailure::Hook(shoal_runtime::wit::HookError::Unsupported)
+        ),
+        "{e:?}"
+    );
+    let e = addon
+        .call(&ctx)
+        .read_markers(&inst, &[], &["k".to_string()])
+        .await
+        .expect_err("no data interface in 0.1.0");
+    assert!(e.to_string().contains("read-markers"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

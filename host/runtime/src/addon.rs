@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
+use crate::adapter::ApiVersion;
 use crate::cache::CodeSource;
 use crate::call::Caller;
 use crate::live::LiveInstance;
@@ -50,25 +51,44 @@ pub struct AddonInfo {
 /// Export indices of every hook interface, resolved once per addon version so a call looks up
 /// (and type-checks) only the interface it uses.
 pub(crate) struct Indices {
-    pub metadata: wit::exports::shoal::addon::metadata::GuestIndices,
+    pub metadata: MetadataIndices,
     pub lifecycle: wit::exports::shoal::addon::lifecycle::GuestIndices,
     pub ha: wit::exports::shoal::addon::ha::GuestIndices,
     pub backup: wit::exports::shoal::addon::backup::GuestIndices,
     pub config: wit::exports::shoal::addon::config::GuestIndices,
     pub telemetry: wit::exports::shoal::addon::telemetry::GuestIndices,
+    /// `None`: the addon does not export `data` (API 0.1.0); its hooks are unsupported.
+    pub data: Option<wit::exports::shoal::addon::data::GuestIndices>,
+}
+
+/// The `metadata` interface of this API, or of 0.1.0 (whose `hook` enum is shorter).
+pub(crate) enum MetadataIndices {
+    Current(wit::exports::shoal::addon::metadata::GuestIndices),
+    V0_1_0(wit::since_v0_1_0::exports::shoal::addon::metadata::GuestIndices),
 }
 
 impl Indices {
-    /// Resolve every interface's export indices of the (already type-checked) component.
-    pub(crate) fn new(pre: &InstancePre<HostState>) -> wasmtime::Result<Self> {
+    /// Resolve every interface's export indices of a component speaking `api` (0.1.0 ones
+    /// already adapted, see `crate::adapter`).
+    pub(crate) fn new(pre: &InstancePre<HostState>, api: ApiVersion) -> wasmtime::Result<Self> {
         use wit::exports::shoal::addon as x;
+        let metadata = match api {
+            ApiVersion::V0_2_0 => MetadataIndices::Current(x::metadata::GuestIndices::new(pre)?),
+            ApiVersion::V0_1_0 => MetadataIndices::V0_1_0(
+                wit::since_v0_1_0::exports::shoal::addon::metadata::GuestIndices::new(pre)?,
+            ),
+        };
         Ok(Indices {
-            metadata: x::metadata::GuestIndices::new(pre)?,
+            metadata,
             lifecycle: x::lifecycle::GuestIndices::new(pre)?,
             ha: x::ha::GuestIndices::new(pre)?,
             backup: x::backup::GuestIndices::new(pre)?,
             config: x::config::GuestIndices::new(pre)?,
             telemetry: x::telemetry::GuestIndices::new(pre)?,
+            data: match api {
+                ApiVersion::V0_2_0 => Some(x::data::GuestIndices::new(pre)?),
+                ApiVersion::V0_1_0 => None,
+            },
         })
     }
 }
@@ -95,7 +115,55 @@ macro_rules! export_accessors {
     };
 }
 
-export_accessors!(metadata, lifecycle, ha, backup, config, telemetry);
+export_accessors!(lifecycle, ha, backup, config, telemetry);
+
+impl Exports<'_> {
+    /// The `data` interface, if the addon exports it.
+    pub(crate) fn data(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Option<wit::exports::shoal::addon::data::Guest>> {
+        self.indices
+            .data
+            .as_ref()
+            .map(|d| d.load(store, &self.instance))
+            .transpose()
+    }
+
+    /// The manifest, whichever API version the addon speaks.
+    pub(crate) async fn manifest(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Result<AddonManifest, wit::HookError>> {
+        match &self.indices.metadata {
+            MetadataIndices::Current(i) => {
+                let m = i.load(&mut *store, &self.instance)?;
+                m.call_manifest(store).await.map(Ok)
+            }
+            MetadataIndices::V0_1_0(i) => {
+                let m = i.load(&mut *store, &self.instance)?;
+                let old = m.call_manifest(store).await?;
+                Ok(wit::since_v0_1_0::current_manifest(old).map_err(wit::HookError::Failed))
+            }
+        }
+    }
+
+    /// Type-check every interface the addon exports against this host's WIT (at load, so a
+    /// mismatch is a load error rather than a failed call later).
+    pub(crate) fn check_all(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
+        match &self.indices.metadata {
+            MetadataIndices::Current(i) => drop(i.load(&mut *store, &self.instance)?),
+            MetadataIndices::V0_1_0(i) => drop(i.load(&mut *store, &self.instance)?),
+        }
+        self.lifecycle(store)?;
+        self.ha(store)?;
+        self.backup(store)?;
+        self.config(store)?;
+        self.telemetry(store)?;
+        self.data(store)?;
+        Ok(())
+    }
+}
 
 /// What every call needs: the runtime, the pre-linked component, and the addon's permissions.
 pub(crate) struct AddonCore {

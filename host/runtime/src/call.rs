@@ -101,8 +101,15 @@ impl<'a> Caller<'a> {
 
     /// `metadata.manifest`.
     pub async fn manifest(&self) -> Result<AddonManifest, CallError> {
+        self.invoke(Hook::Manifest, async |a, s| a.manifest(s).await)
+            .await
+    }
+
+    /// The manifest, after type-checking every interface the addon exports (at load).
+    pub(crate) async fn checked_manifest(&self) -> Result<AddonManifest, CallError> {
         self.invoke(Hook::Manifest, async |a, s| {
-            a.metadata(s)?.call_manifest(s).await.map(Ok)
+            a.check_all(s)?;
+            a.manifest(s).await
         })
         .await
     }
@@ -442,6 +449,35 @@ impl<'a> Caller<'a> {
     pub async fn metrics(&self, instance: &Instance) -> Result<Vec<Sample>, CallError> {
         self.invoke(Hook::Metrics, async |a, s| {
             a.telemetry(s)?.call_metrics(s, instance).await
+        })
+        .await
+    }
+
+    /// `data.write-marker` (`unsupported` for addons of API 0.1.0).
+    pub async fn write_marker(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> Result<(), CallError> {
+        self.invoke(Hook::WriteMarker, async |a, s| match a.data(s)? {
+            Some(d) => d.call_write_marker(s, instance, members, key, value).await,
+            None => Ok(Err(HookError::Unsupported)),
+        })
+        .await
+    }
+
+    /// `data.read-markers` (`unsupported` for addons of API 0.1.0).
+    pub async fn read_markers(
+        &self,
+        instance: &Instance,
+        members: &[Member],
+        keys: &[String],
+    ) -> Result<Vec<Option<String>>, CallError> {
+        self.invoke(Hook::ReadMarkers, async |a, s| match a.data(s)? {
+            Some(d) => d.call_read_markers(s, instance, members, keys).await,
+            None => Ok(Err(HookError::Unsupported)),
         })
         .await
     }

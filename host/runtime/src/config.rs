@@ -189,7 +189,7 @@ pub fn default_timeout(hook: Hook) -> Duration {
         | Hook::RunSpec
         | Hook::RenderConfig => 5,
         Hook::Probe => 2,
-        Hook::Metrics => 5,
+        Hook::Metrics | Hook::WriteMarker | Hook::ReadMarkers => 5,
         Hook::PostProvision
         | Hook::PreTerminate
         | Hook::MemberJoin

@@ -13,6 +13,7 @@
 //! one call; the host and every other call carry on. The runtime knows nothing about any
 //! particular engine.
 
+mod adapter;
 mod addon;
 mod cache;
 mod call;
@@ -29,6 +30,7 @@ mod state;
 mod streams;
 pub mod wit;
 
+pub use adapter::ApiVersion;
 pub use addon::{AddonInfo, HookLimits, LoadedAddon};
 pub use cache::CodeSource;
 pub use call::{CallStats, Caller};

@@ -8,6 +8,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use crate::adapter::{self, ApiVersion};
 use crate::addon::{AddonCore, AddonInfo, HookLimits, Indices, LoadedAddon};
 use crate::cache::CodeSource;
 use crate::error::LoadError;
@@ -25,12 +26,29 @@ pub(crate) async fn load(
     let digest = hex::encode(Sha256::digest(&bytes));
     let size = bytes.len() as u64;
 
+    // Which API it speaks, from its interface names, before compiling: an addon of an older
+    // API is adapted to this one first (see `crate::adapter`).
+    let api = api_version(origin, &bytes)?;
+    let bytes = match api {
+        ApiVersion::V0_2_0 => bytes,
+        ApiVersion::V0_1_0 => {
+            adapter::adapt_v0_1_0(&bytes).map_err(|detail| LoadError::Invalid {
+                origin: origin.to_string(),
+                detail: format!("adapting an addon of API 0.1.0: {detail}"),
+            })?
+        }
+    };
+    // The compiled code is cached under the digest of what is compiled.
+    let code_digest = match api {
+        ApiVersion::V0_2_0 => digest.clone(),
+        ApiVersion::V0_1_0 => hex::encode(Sha256::digest(&bytes)),
+    };
+
     let compile_rt = rt.clone();
-    let compile_digest = digest.clone();
     let (component, code_source) = tokio::task::spawn_blocking(move || {
         let inner = &compile_rt.inner;
         match &inner.cache {
-            Some(cache) => cache.load(&inner.engine, &bytes, &compile_digest),
+            Some(cache) => cache.load(&inner.engine, &bytes, &code_digest),
             None => Component::new(&inner.engine, &bytes).map(|c| (c, CodeSource::Compiled)),
         }
     })
@@ -44,7 +62,7 @@ pub(crate) async fn load(
         detail: format!("{e:#}"),
     })?;
 
-    let (exports, imports) = check_interfaces(origin, &rt, &component)?;
+    let (exports, imports) = check_interfaces(origin, &rt, &component, api)?;
 
     let pre =
         rt.inner
@@ -54,16 +72,12 @@ pub(crate) async fn load(
                 origin: origin.to_string(),
                 detail: format!("{e:#}"),
             })?;
-    // Type-check every export against this host's WIT once, here, so calls can skip it.
-    let checked = wit::AddonPre::new(pre).map_err(|e| LoadError::MissingExports {
-        origin: origin.to_string(),
-        missing: format!("{e:#}"),
-    })?;
-    let pre = checked.instance_pre().clone();
-    let indices = Arc::new(Indices::new(&pre).map_err(|e| LoadError::MissingExports {
-        origin: origin.to_string(),
-        missing: format!("{e:#}"),
-    })?);
+    let indices = Arc::new(
+        Indices::new(&pre, api).map_err(|e| LoadError::MissingExports {
+            origin: origin.to_string(),
+            missing: format!("{e:#}"),
+        })?,
+    );
 
     // Ask the addon who it is, with no capabilities and the default manifest deadline.
     let file_name: Arc<str> = std::path::Path::new(origin)
@@ -79,8 +93,9 @@ pub(crate) async fn load(
         sandbox: Arc::new(Sandbox::default()),
         limits: limits_for(&rt, None),
     });
+    // Every export is type-checked against this host's WIT in the same call, once, here.
     let manifest = crate::call::Caller::fresh(&probe_core, &CallContext::default())
-        .manifest()
+        .checked_manifest()
         .await
         .map_err(|source| LoadError::Manifest {
             origin: origin.to_string(),
@@ -116,7 +131,7 @@ pub(crate) async fn load(
         origin: origin.to_string(),
         digest,
         size,
-        api_version: wit::API_VERSION.to_string(),
+        api_version: api.as_str().to_string(),
         exports,
         imports,
         code_source,
@@ -163,46 +178,54 @@ fn sniff(origin: &str, bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-/// The component's export and import names, after checking they speak this API version and
-/// export every required interface.
+/// The addon API a component speaks, from the versions of its `shoal:addon` names: one
+/// supported version, or 0.1.0 throughout.
+fn api_version(origin: &str, bytes: &[u8]) -> Result<ApiVersion, LoadError> {
+    let versions = adapter::api_versions(bytes).map_err(|detail| LoadError::Invalid {
+        origin: origin.to_string(),
+        detail,
+    })?;
+    let shown = |v: &str| {
+        if v.is_empty() {
+            "(unversioned)".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    match versions.as_slice() {
+        // Not an addon at all: said after compiling, with what it does export.
+        [] => Ok(ApiVersion::V0_2_0),
+        [one] => ApiVersion::parse(one).ok_or_else(|| LoadError::ApiVersion {
+            origin: origin.to_string(),
+            found: shown(one),
+            supported: ApiVersion::supported_list(),
+        }),
+        several => Err(LoadError::ApiVersion {
+            origin: origin.to_string(),
+            found: several
+                .iter()
+                .map(|v| shown(v))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            supported: ApiVersion::supported_list(),
+        }),
+    }
+}
+
+/// The component's export and import names, after checking it exports every required
+/// interface of API `api` (0.1.0 components seen after adaptation).
 fn check_interfaces(
     origin: &str,
     rt: &AddonRuntime,
     component: &Component,
+    api: ApiVersion,
 ) -> Result<(Vec<String>, Vec<String>), LoadError> {
     let engine = &rt.inner.engine;
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
-
-    let ours = |names: &[String]| -> Vec<(String, String)> {
-        names
-            .iter()
-            .filter_map(|n| {
-                let rest = n.strip_prefix(wit::PACKAGE)?.strip_prefix('/')?;
-                let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
-                Some((format!("{}/{iface}", wit::PACKAGE), version.to_string()))
-            })
-            .collect()
-    };
-    let our_exports = ours(&exports);
-    let our_imports = ours(&imports);
-    if let Some((_, found)) = our_exports
-        .iter()
-        .chain(our_imports.iter())
-        .find(|(_, v)| v != wit::API_VERSION)
-    {
-        return Err(LoadError::ApiVersion {
-            origin: origin.to_string(),
-            found: if found.is_empty() {
-                "(unversioned)".into()
-            } else {
-                found.clone()
-            },
-            supported: wit::API_VERSION.to_string(),
-        });
-    }
-    if our_exports.is_empty() {
+    let ours = |n: &String| n.starts_with(&format!("{}/", wit::PACKAGE));
+    if !exports.iter().any(ours) {
         return Err(LoadError::NotAnAddon {
             origin: origin.to_string(),
             exports: if exports.is_empty() {
@@ -212,10 +235,16 @@ fn check_interfaces(
             },
         });
     }
+    // What each required interface is named in a component of `api`, as adapted.
+    let expected = |req: &str| match (api, req) {
+        (ApiVersion::V0_1_0, "shoal:addon/metadata") => format!("{req}@0.1.0"),
+        _ => format!("{req}@{}", wit::API_VERSION),
+    };
     let missing: Vec<String> = wit::REQUIRED_EXPORTS
         .iter()
-        .filter(|req| !our_exports.iter().any(|(name, _)| name == *req))
-        .map(|req| format!("{req}@{}", wit::API_VERSION))
+        .map(|req| expected(req))
+        .filter(|name| !exports.contains(name))
+        .map(|name| name.replace("@0.2.0", &format!("@{}", api.as_str())))
         .collect();
     if !missing.is_empty() {
         return Err(LoadError::MissingExports {

@@ -3,7 +3,7 @@
 //! host imports are implemented in [`crate::imports`].
 
 /// The addon API version this host speaks: the WIT package version.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// The WIT package name, without version.
 pub const PACKAGE: &str = "shoal:addon";
@@ -18,6 +18,9 @@ pub const REQUIRED_EXPORTS: &[&str] = &[
     "shoal:addon/telemetry",
 ];
 
+/// Interfaces an addon may leave out (the hooks then answer `unsupported`), without version.
+pub const OPTIONAL_EXPORTS: &[&str] = &["shoal:addon/data"];
+
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "addon",
@@ -29,6 +32,31 @@ wasmtime::component::bindgen!({
     },
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
+
+/// Bindings of the frozen addon API 0.1.0 (`wit/since_v0_1_0/`), for what changed since:
+/// the manifest of a 0.1.0 addon is read through them and converted (see `crate::adapter`).
+pub mod since_v0_1_0 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/since_v0_1_0",
+        world: "addon",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "shoal:addon/host.sink": crate::streams::HostSink,
+            "shoal:addon/host.source": crate::streams::HostSource,
+        },
+        additional_derives: [serde::Serialize, serde::Deserialize],
+    });
+
+    /// A 0.1.0 manifest as this API's: every 0.1.0 value has the same name and shape here.
+    pub fn current_manifest(
+        m: exports::shoal::addon::metadata::AddonManifest,
+    ) -> Result<super::AddonManifest, String> {
+        serde_json::to_value(m)
+            .and_then(serde_json::from_value)
+            .map_err(|e| format!("converting a 0.1.0 manifest: {e}"))
+    }
+}
 
 pub use exports::shoal::addon::backup::{ArchiveUnit, BackupInfo, RecoveryTarget};
 pub use exports::shoal::addon::config::{ChangeEffect, ClassifiedChange, ParamChange, ParamError};
@@ -49,7 +77,7 @@ pub use shoal::addon::types::{
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 25] = [
+    pub const ALL: [Hook; 27] = [
         Hook::Manifest,
         Hook::RunSpec,
         Hook::RenderConfig,
@@ -75,6 +103,8 @@ impl Hook {
         Hook::ApplyDynamic,
         Hook::Effective,
         Hook::Metrics,
+        Hook::WriteMarker,
+        Hook::ReadMarkers,
     ];
 
     /// The hook's WIT name ("run-spec").
@@ -105,6 +135,8 @@ impl Hook {
             Hook::ApplyDynamic => "apply-dynamic",
             Hook::Effective => "effective",
             Hook::Metrics => "metrics",
+            Hook::WriteMarker => "write-marker",
+            Hook::ReadMarkers => "read-markers",
         }
     }
 
@@ -137,6 +169,7 @@ impl Hook {
             }
             Hook::Validate | Hook::Classify | Hook::ApplyDynamic | Hook::Effective => "config",
             Hook::Metrics => "telemetry",
+            Hook::WriteMarker | Hook::ReadMarkers => "data",
         }
     }
 }

@@ -183,6 +183,8 @@ pub const HOOKS: &[&str] = &[
     "apply-dynamic",
     "effective",
     "metrics",
+    "write-marker",
+    "read-markers",
 ];
 
 /// Read and check the file's text.
