@@ -516,6 +516,22 @@ pub enum Request {
     Metrics {
         name: String,
     },
+    /// Store a marker (a small key/value kept apart from users' data) through the addon's
+    /// `write-marker` hook on the member that takes writes; answered once the engine
+    /// acknowledged it. The conformance kit counts lost writes with these.
+    MarkerWrite {
+        name: String,
+        key: String,
+        value: String,
+    },
+    /// Read markers back through `read-markers` on the member that takes writes, or on
+    /// `instance`.
+    MarkerRead {
+        name: String,
+        keys: Vec<String>,
+        #[serde(default)]
+        instance: Option<String>,
+    },
     /// The last `lines` lines of an instance's log (all instances when none), then new lines
     /// while `follow`.
     Logs {
@@ -895,6 +911,16 @@ pub struct EventView {
     /// info, warning, error.
     pub level: String,
     pub message: String,
+}
+
+/// Markers as one instance read them (`MarkerRead`), or the instance that acknowledged a
+/// `MarkerWrite` (with no values).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkersView {
+    pub instance: String,
+    /// One per key asked for, in order; `None` for a key the instance does not have.
+    #[serde(default)]
+    pub values: Vec<Option<String>>,
 }
 
 /// The metrics of one instance, as its addon read them.

@@ -133,6 +133,27 @@ impl Hooks<'_> {
             .await
     }
 
+    /// `write-marker`: store `value` under `key` through this instance.
+    pub(crate) async fn write_marker(&self, key: &str, value: &str) -> Result<(), CallError> {
+        let (ctx, inst, members) = self.parts();
+        self.addon
+            .call(&ctx)
+            .write_marker(&inst, &members, key, value)
+            .await
+    }
+
+    /// `read-markers`: the values under `keys` as this instance sees them.
+    pub(crate) async fn read_markers(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<String>>, CallError> {
+        let (ctx, inst, members) = self.parts();
+        self.addon
+            .call(&ctx)
+            .read_markers(&inst, &members, keys)
+            .await
+    }
+
     /// `post-provision`.
     pub(crate) async fn post_provision(&self) -> Result<Ran, CallError> {
         let addon = self.addon;

@@ -30,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod ha;
 mod hooks;
+pub mod markers;
 mod node;
 pub mod nodes;
 pub mod operation;

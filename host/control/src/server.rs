@@ -219,6 +219,14 @@ async fn handle(
         Request::Describe { name } => json(c.describe(&name).await?),
         Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),
         Request::Metrics { name } => json(c.metrics(&name).await?),
+        Request::MarkerWrite { name, key, value } => {
+            json(c.write_marker(&name, &key, &value).await?)
+        }
+        Request::MarkerRead {
+            name,
+            keys,
+            instance,
+        } => json(c.read_markers(&name, &keys, instance.as_deref()).await?),
         Request::Connect { name } => json(c.connect(&name)?),
         Request::Password { name, password } => json(c.password(&name, password)?),
         Request::Wait { op } => wait(c, op, w).await,
