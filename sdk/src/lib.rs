@@ -44,6 +44,7 @@ mod export;
 pub mod host;
 pub mod http;
 pub mod kept;
+pub mod markers;
 pub mod metrics;
 #[cfg(feature = "mysql")]
 pub mod mysql;

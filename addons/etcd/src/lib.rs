@@ -156,6 +156,9 @@ fn already_exists(message: &str) -> bool {
     message.contains("already exists")
 }
 
+/// Where markers are kept, apart from users' keys.
+const MARKERS: &str = "shoal/markers/";
+
 impl Etcd {
     /// POST to `instance` on the kept connection; a failure on a reused connection is tried
     /// once more on a fresh one.
@@ -958,6 +961,60 @@ impl Engine for Etcd {
             }
         }
         Ok(errors)
+    }
+
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        // Apart from users' keys; acknowledged once a majority has it, like any put.
+        let token = self.token(instance)?;
+        let k = base64(format!("{MARKERS}{key}").as_bytes());
+        self.ok(
+            instance,
+            "/v3/kv/put",
+            &json!({ "key": k, "value": base64(value.as_bytes()) }),
+            token.as_deref(),
+        )
+        .map(|_| ())
+    }
+
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        // Every marker in one range (the kit writes a few thousand at most).
+        let token = self.token(instance)?;
+        let mut end = MARKERS.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let page = self.ok(
+            instance,
+            "/v3/kv/range",
+            &json!({ "key": base64(MARKERS.as_bytes()), "range_end": base64(&end) }),
+            token.as_deref(),
+        )?;
+        let found = page
+            .get("kvs")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| {
+                let key = unbase64(kv.get("key")?.as_str()?)?;
+                let value = unbase64(kv.get("value").and_then(Json::as_str).unwrap_or(""))?;
+                let key = String::from_utf8(key).ok()?;
+                Some((
+                    key.strip_prefix(MARKERS)?.to_string(),
+                    String::from_utf8(value).ok()?,
+                ))
+            });
+        Ok(shoal_sdk::markers::in_key_order(keys, found))
     }
 }
 

@@ -1123,6 +1123,62 @@ impl Engine for MariaDb {
         }
         Ok(out)
     }
+
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        // Kept apart from users' data in the platform's own database, committed like any
+        // client transaction (the cluster's own durability and semi-sync settings).
+        let (k, v) = (quote_literal(key), quote_literal(value));
+        self.with(instance, |c| {
+            run(c, "CREATE DATABASE IF NOT EXISTS shoal")?;
+            run(
+                c,
+                "CREATE TABLE IF NOT EXISTS shoal.markers \
+                 (k VARCHAR(64) PRIMARY KEY, v VARCHAR(256) NOT NULL) ENGINE=InnoDB",
+            )?;
+            run(c, &format!("REPLACE INTO shoal.markers VALUES ({k}, {v})"))?;
+            Ok(())
+        })
+    }
+
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = keys.iter().map(|k| quote_literal(k)).collect();
+        let rows = self.with(instance, |c| {
+            let exists = value(
+                c,
+                "COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = 'shoal' AND table_name = 'markers'",
+            )?;
+            if exists != "1" {
+                return Ok(Vec::new());
+            }
+            let r = run(
+                c,
+                &format!(
+                    "SELECT k, v FROM shoal.markers WHERE k IN ({})",
+                    list.join(", ")
+                ),
+            )?;
+            Ok(r.rows
+                .iter()
+                .filter_map(|row| Some((row.get(0)?.to_string(), row.get(1)?.to_string())))
+                .collect::<Vec<_>>())
+        })?;
+        Ok(shoal_sdk::markers::in_key_order(keys, rows))
+    }
 }
 
 /// The rejoin check's file in the config directory (rendered with the config, run by `sh`).

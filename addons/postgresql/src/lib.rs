@@ -1108,6 +1108,53 @@ impl Engine for Postgres {
         m.from_stats(column, STATS);
         m.finish()
     }
+
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        // Kept apart from users' data in the platform's own schema of the `postgres`
+        // database; committed with the cluster's own synchronous_commit.
+        let (k, v) = (quote_literal(key), quote_literal(value));
+        self.exec(
+            instance,
+            &format!(
+                "CREATE SCHEMA IF NOT EXISTS shoal; \
+                 CREATE TABLE IF NOT EXISTS shoal.markers (k text PRIMARY KEY, v text NOT NULL); \
+                 INSERT INTO shoal.markers VALUES ({k}, {v}) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            ),
+        )?;
+        Ok(())
+    }
+
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        let exists = self.exec(instance, "SELECT to_regclass('shoal.markers') IS NOT NULL")?;
+        if keys.is_empty() || exists.first().and_then(|r| r.get(0)) != Some("t") {
+            return Ok(vec![None; keys.len()]);
+        }
+        let list: Vec<String> = keys.iter().map(|k| quote_literal(k)).collect();
+        let rows = self.exec(
+            instance,
+            &format!(
+                "SELECT k, v FROM shoal.markers WHERE k IN ({})",
+                list.join(", ")
+            ),
+        )?;
+        Ok(shoal_sdk::markers::in_key_order(
+            keys,
+            rows.iter()
+                .filter_map(|r| Some((r.get(0)?.to_string(), r.get(1)?.to_string()))),
+        ))
+    }
 }
 
 /// What `metrics` reads from `pg_stat_database` (summed over databases), in query order.

@@ -118,7 +118,33 @@ impl shoal_sdk::params::LiveSettings for Live<'_> {
     }
 }
 
+/// Where a marker is kept: apart from users' keys.
+fn marker_key(key: &str) -> String {
+    format!("{}:marker:{key}", shoal_sdk::markers::NAMESPACE)
+}
+
+/// The member a Redis Cluster error sends a key to (`MOVED <slot> <host>:<port>`).
+fn moved_to(e: &HookError) -> Option<Endpoint> {
+    let HookError::Failed(m) = e else { return None };
+    let addr = m.split("MOVED ").nth(1)?.split_whitespace().nth(1)?;
+    let (host, port) = addr.rsplit_once(':')?;
+    Some(Endpoint {
+        host: host.trim_matches(['[', ']']).to_string(),
+        port: port.parse().ok()?,
+    })
+}
+
 impl Redis {
+    /// Run a command about one key on `instance`, following Redis Cluster's redirection to
+    /// the member that serves the key's slot.
+    fn keyed(&mut self, instance: &Instance, args: &[&str]) -> HookResult<Reply> {
+        let first = self.with(instance, |c| c.call(args));
+        match first.as_ref().err().and_then(moved_to) {
+            Some(to) => connect_to(&to, instance)?.call(args),
+            None => first,
+        }
+    }
+
     /// A connection to `instance`, reusing the kept one when it still answers.
     fn conn(&mut self, instance: &Instance) -> HookResult<&mut Conn> {
         let addr = instance.address();
@@ -900,6 +926,29 @@ impl Engine for Redis {
                     })
             })
             .collect())
+    }
+
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        // Apart from users' keys; as durable as any write (the cluster's appendfsync).
+        self.keyed(instance, &["SET", &marker_key(key), value])
+            .map(|_| ())
+    }
+
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        keys.iter()
+            .map(|k| Ok(self.keyed(instance, &["GET", &marker_key(k)])?.text()))
+            .collect()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod op {
     pub const GET_ACL: i32 = 6;
     pub const SET_ACL: i32 = 7;
     pub const GET_CHILDREN: i32 = 8;
+    pub const SYNC: i32 = 9;
     pub const RECONFIG: i32 = 16;
     pub const CLOSE: i32 = -11;
     pub const AUTH: i32 = 100;
@@ -359,6 +360,13 @@ impl Session {
         let mut r = In::new(&b);
         let data = r.buffer()?.unwrap_or_default();
         Ok((data, r.stat()?))
+    }
+
+    /// `sync`: this server catches up with the leader before answering later reads.
+    pub fn sync(&mut self, path: &str) -> Result<(), ZkError> {
+        let mut o = Out::default();
+        o.string(path);
+        self.call(op::SYNC, &o).map(|_| ())
     }
 
     /// The names of `path`'s children.

@@ -993,6 +993,59 @@ impl Engine for ZooKeeper {
         }
         Ok(errors)
     }
+
+    fn write_marker(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        key: &str,
+        value: &str,
+    ) -> HookResult<()> {
+        // Apart from users' znodes, with the root's ACL; acknowledged once a quorum has it.
+        let mut s = super_session(instance)?;
+        let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
+        let base = format!("/{}", shoal_sdk::markers::NAMESPACE);
+        let path = format!("{base}/markers/{key}");
+        for (p, data) in [
+            (base.clone(), &b""[..]),
+            (format!("{base}/markers"), &b""[..]),
+            (path.clone(), value.as_bytes()),
+        ] {
+            match s.create(&p, data, &acl) {
+                Ok(_) => {}
+                Err(ZkError::Code(jute::code::NODE_EXISTS)) if p != path => {}
+                Err(ZkError::Code(jute::code::NODE_EXISTS)) => {
+                    s.set_data(&p, data)
+                        .map_err(|e| zk_error(&format!("setData {p}"), e))?;
+                }
+                Err(e) => return Err(zk_error(&format!("create {p}"), e)),
+            }
+        }
+        s.close();
+        Ok(())
+    }
+
+    fn read_markers(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        keys: &[String],
+    ) -> HookResult<Vec<Option<String>>> {
+        let mut s = super_session(instance)?;
+        // A follower may be behind the leader: catch up first.
+        s.sync("/").map_err(|e| zk_error("sync", e))?;
+        let base = format!("/{}/markers", shoal_sdk::markers::NAMESPACE);
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(match s.get_data(&format!("{base}/{k}")) {
+                Ok((data, _)) => Some(String::from_utf8_lossy(&data).into_owned()),
+                Err(ZkError::Code(jute::code::NO_NODE)) => None,
+                Err(e) => return Err(zk_error(&format!("getData {base}/{k}"), e)),
+            });
+        }
+        s.close();
+        Ok(out)
+    }
 }
 
 /// Rules between parameters the schema cannot state.

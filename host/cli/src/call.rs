@@ -98,6 +98,12 @@ pub struct CallArgs {
     /// Guest path of the staged archive (restore-to-time).
     #[arg(long, default_value = "/archive")]
     pub archive_dir: String,
+    /// write-marker, read-markers: a marker key (read-markers takes several).
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<String>,
+    /// write-marker: the value to store.
+    #[arg(long, value_name = "TEXT")]
+    pub value: Option<String>,
     /// Account USER:PASSWORD to provision (account-provision).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub account: Option<String>,
@@ -392,6 +398,13 @@ async fn dispatch(
         Hook::ApplyDynamic => json(&c.apply_dynamic(instance, &changes).await?),
         Hook::Effective => json(&c.effective(params, instance.resources).await?),
         Hook::Metrics => json(&c.metrics(instance).await?),
+        Hook::WriteMarker => {
+            let (Some(key), Some(value)) = (args.keys.first(), args.value.as_deref()) else {
+                return Err(usage("write-marker needs --key KEY and --value TEXT"));
+            };
+            json(&c.write_marker(instance, members, key, value).await?)
+        }
+        Hook::ReadMarkers => json(&c.read_markers(instance, members, &args.keys).await?),
     })
 }
 

@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shoal_api::{
-    BackupView, ClusterSpec, ClusterView, ConfigPlanView, ConfigView, InstanceMetrics, OpView,
-    RepoSpec, Request,
+    BackupView, ClusterSpec, ClusterView, ConfigPlanView, ConfigView, HaSpec, InstanceMetrics,
+    OpView, ReplicationMode, RepoSpec, Request,
 };
-use shoal_runtime::wit::{AddonManifest, ApplyMode, BackupKind, Topology, TopologyKind};
+use shoal_runtime::wit::{
+    AddonManifest, ApplyMode, BackupKind, SyncSupport, Topology, TopologyKind,
+};
 
 pub use checks::{bad_metric_names, changed_value, refused_value, roles_fit, size_for};
 use daemon::Daemon;
@@ -120,6 +122,8 @@ struct Made {
     name: String,
     topology: Topology,
     ok: bool,
+    /// Created with synchronous replication: a kill may lose nothing acknowledged.
+    sync: bool,
 }
 
 struct Kit<'a> {
@@ -188,14 +192,24 @@ impl Kit<'_> {
     /// Create a cluster of topology `t`.
     async fn create(&self, name: &str, t: &Topology) -> Result<String, String> {
         let (replicas, shards) = checks::size_for(t);
-        let spec = ClusterSpec {
-            name: name.to_string(),
-            engine: self.m.engine.clone(),
-            version: Some(self.version.clone()),
-            replicas,
-            shards,
-            ..ClusterSpec::default()
-        };
+        self.create_spec(
+            ClusterSpec {
+                name: name.to_string(),
+                engine: self.m.engine.clone(),
+                version: Some(self.version.clone()),
+                replicas,
+                shards,
+                ..ClusterSpec::default()
+            },
+            t,
+        )
+        .await
+    }
+
+    /// Create the cluster `spec` of topology `t` and wait until its roles fit.
+    async fn create_spec(&self, spec: ClusterSpec, t: &Topology) -> Result<String, String> {
+        let (name, shards) = (spec.name.clone(), spec.shards);
+        let name = name.as_str();
         let started = Instant::now();
         self.op(&Request::Create { spec }).await?;
         let created = started.elapsed();
@@ -282,7 +296,8 @@ impl Kit<'_> {
                 // Writes taken by whoever took over, before the load stops.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let (acked, failed) = load.finish().await;
-                let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
+                let key_of = |k: &str| k.split('@').next().unwrap_or(k).to_string();
+                let keys: Vec<String> = acked.iter().map(|(k, _)| key_of(k)).collect();
                 let (missing, who) = self
                     .markers
                     .missing(&made.name, &keys, None)
@@ -290,18 +305,30 @@ impl Kit<'_> {
                     .map_err(|e| format!("reading the markers back: {e}"))?;
                 let lost: Vec<(String, Instant)> = acked
                     .into_iter()
-                    .filter(|(k, _)| missing.contains(k))
+                    .filter(|(k, _)| missing.contains(&key_of(k)))
                     .collect();
-                let must_keep_all = made.topology.kind == TopologyKind::Quorum;
+                let must_keep_all = made.sync || made.topology.kind == TopologyKind::Quorum;
                 markers::judge_loss(&lost, killed, must_keep_all)?;
+                let by: std::collections::BTreeSet<&str> = lost
+                    .iter()
+                    .filter_map(|(k, _)| k.split('@').nth(1))
+                    .collect();
                 format!(
-                    "; {} writes acknowledged under load ({failed} refused while it was down), {} lost{} (read on {who})",
+                    "; {} writes acknowledged under load ({failed} refused while it was down), {} lost{}{} (read on {who})",
                     keys.len(),
                     lost.len(),
-                    if must_keep_all {
-                        ""
+                    if by.is_empty() {
+                        String::new()
                     } else {
-                        " (allowed: the last moments before the kill)"
+                        format!(
+                            ", acknowledged by {}",
+                            by.into_iter().collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                    if must_keep_all {
+                        " (none may be)"
+                    } else {
+                        " (asynchronous: allowed within 3 s of the kill)"
                     }
                 )
             }
@@ -750,6 +777,7 @@ pub async fn run(opts: Options, progress: &mut dyn FnMut(&Scenario)) -> Result<R
             name,
             topology: t.clone(),
             ok,
+            sync: false,
         });
     }
     let usable: Vec<&Made> = made.iter().filter(|c| c.ok).collect();
@@ -851,6 +879,60 @@ pub async fn run(opts: Options, progress: &mut dyn FnMut(&Scenario)) -> Result<R
             started,
             r,
         );
+    }
+
+    // Synchronous replication, where the engine promises it without falling back: a kill
+    // of the primary under load may lose nothing acknowledged.
+    let pr = m
+        .topologies
+        .iter()
+        .find(|t| t.kind == TopologyKind::PrimaryReplica);
+    match (pr, m.sync_replication) {
+        (Some(t), SyncSupport::Strict) if kit.has_markers => {
+            let started = Instant::now();
+            let name = "kit-sync".to_string();
+            let replicas = 3.clamp(t.min_members, t.max_members.max(t.min_members));
+            let spec = ClusterSpec {
+                name: name.clone(),
+                engine: m.engine.clone(),
+                version: Some(version.clone()),
+                replicas,
+                ha: HaSpec {
+                    mode: ReplicationMode::Sync,
+                    ..HaSpec::default()
+                },
+                ..ClusterSpec::default()
+            };
+            let made = Made {
+                name,
+                topology: t.clone(),
+                ok: true,
+                sync: true,
+            };
+            let r = match kit.create_spec(spec, t).await {
+                Ok(_) => kit.crash(&made).await,
+                Err(e) => Err(format!("creating a synchronous cluster: {e}")),
+            };
+            kit.record(
+                "primary killed under synchronous replication, nothing lost",
+                started,
+                r.map_err(Verdict::Fail),
+            );
+        }
+        (Some(_), SyncSupport::Strict) => kit.record(
+            "primary killed under synchronous replication, nothing lost",
+            Instant::now(),
+            Err(Verdict::NotDeclared("the addon keeps no markers".into())),
+        ),
+        (Some(_), _) => kit.record(
+            "primary killed under synchronous replication, nothing lost",
+            Instant::now(),
+            Err(Verdict::NotDeclared(format!(
+                "synchronous replication is {:?}, not strict",
+                m.sync_replication
+            ))),
+        ),
+        (None, _) => {}
     }
 
     let started = Instant::now();
