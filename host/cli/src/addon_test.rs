@@ -88,8 +88,24 @@ pub async fn run(args: TestArgs) -> Result<(), Failure> {
     let (_rt, addon) = args.runtime.load(&file).await?;
     let shoal_exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find this program: {e}")))?;
+    // The grants given here (`--grant`, `--config`) hold for the kit's own host too.
+    #[derive(serde::Serialize)]
+    struct KitRuntime {
+        grants: std::collections::BTreeMap<String, shoal_runtime::Grants>,
+    }
+    #[derive(serde::Serialize)]
+    struct KitConfig {
+        runtime: KitRuntime,
+    }
+    let host_config = toml::to_string(&KitConfig {
+        runtime: KitRuntime {
+            grants: args.runtime.config()?.grants,
+        },
+    })
+    .map_err(|e| Failure::usage(format!("cannot write the kit's grants: {e}")))?;
     let opts = Options {
         shoal_exe,
+        host_config,
         addon: file,
         manifest: addon.manifest().clone(),
         version: args.engine_version.clone(),

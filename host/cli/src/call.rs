@@ -54,7 +54,7 @@ pub struct CallArgs {
     /// set-sync: how many of the standbys (the --member list) must hold a commit.
     #[arg(long, default_value_t = 1)]
     pub quorum: u32,
-    /// Admin credentials of the instance (USER:PASSWORD).
+    /// The platform account the hook connects with (`instance.credentials`), USER:PASSWORD.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub credentials: Option<String>,
     /// Another member of the component (NAME=HOST:PORT, optionally @ROLE: `pg-0=127.0.0.1:5432@primary`);

@@ -31,6 +31,11 @@ pub struct RuntimeOpts {
 impl RuntimeOpts {
     /// The runtime these options describe.
     pub fn runtime(&self) -> Result<AddonRuntime, Failure> {
+        AddonRuntime::new(self.config()?).map_err(|e| Failure::usage(e.to_string()))
+    }
+
+    /// The runtime configuration these options describe.
+    pub fn config(&self) -> Result<RuntimeConfig, Failure> {
         let mut cfg = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -69,7 +74,7 @@ impl RuntimeOpts {
             all.connect.extend(g.connect);
             all.name_lookup |= g.name_lookup;
         }
-        AddonRuntime::new(cfg).map_err(|e| Failure::usage(e.to_string()))
+        Ok(cfg)
     }
 
     /// Load `file` into a runtime built from these options.

@@ -55,3 +55,26 @@ fn etcd_passes_the_kit() {
 fn zookeeper_passes_the_kit() {
     kit("shoal_addon_zookeeper.wasm", "28500-28599");
 }
+
+/// Grants given to `shoal addon test` (`--grant`, `--config`) hold for the kit's own host,
+/// where the addon's hooks run (they were applied to the first load only).
+#[test]
+fn the_kits_host_gets_the_grants_given() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["addon", "test"])
+        .arg(wasm("shoal_example_memcached.wasm"))
+        .args(["--ports", "28600-28649", "--keep", "-o", "json"])
+        .args(["--grant", "exec:true=/bin/true", "--cache-dir"])
+        .arg(cache.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run shoal addon test");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let home = std::path::PathBuf::from(report["home"].as_str().expect("the kept home"));
+    let config = std::fs::read_to_string(home.join("config.toml")).expect("config.toml");
+    std::fs::remove_dir_all(&home).expect("remove the kept home");
+    assert!(out.status.success(), "{report}");
+    assert!(config.contains("/bin/true"), "{config}");
+}

@@ -21,11 +21,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start `shoal_exe serve` on a new home with `addon` and the port range `ports`.
+    /// Start `shoal_exe serve` on a new home with `addon`, the port range `ports` and the
+    /// rest of its configuration `host_config` (TOML).
     pub fn start(
         shoal_exe: &Path,
         addon: &Path,
         ports: (u16, u16),
+        host_config: &str,
         keep: bool,
     ) -> Result<Daemon, KitError> {
         let io = |what: &str, e: std::io::Error| KitError::Setup(format!("{what}: {e}"));
@@ -43,7 +45,7 @@ impl Daemon {
         std::fs::write(
             home.path().join("config.toml"),
             format!(
-                "port_range = [{}, {}]\nprobe_interval_ms = 300\n",
+                "port_range = [{}, {}]\nprobe_interval_ms = 300\n{host_config}",
                 ports.0, ports.1
             ),
         )

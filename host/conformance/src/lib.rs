@@ -105,6 +105,8 @@ impl Report {
 pub struct Options {
     /// The `shoal` program (it runs `shoal serve` for the kit).
     pub shoal_exe: PathBuf,
+    /// More of the kit host's `config.toml` (the operator's `[runtime]` grants), as TOML.
+    pub host_config: String,
     /// The addon file.
     pub addon: PathBuf,
     /// Its manifest (already loaded and verified by the caller).
@@ -748,7 +750,13 @@ pub async fn run(opts: Options, progress: &mut dyn FnMut(&Scenario)) -> Result<R
                 .join(", ")
         )));
     }
-    let mut d = Daemon::start(&opts.shoal_exe, &opts.addon, opts.ports, opts.keep)?;
+    let mut d = Daemon::start(
+        &opts.shoal_exe,
+        &opts.addon,
+        opts.ports,
+        &opts.host_config,
+        opts.keep,
+    )?;
     d.ready(Duration::from_secs(60)).await?;
     let markers = Markers::new(d.home());
     let mut kit = Kit {
