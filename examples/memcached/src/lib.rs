@@ -1,6 +1,6 @@
 //! A minimal Shoal addon for memcached: how to run it, a probe that really talks to it, and
 //! metrics from `stats`. Its manifest is `addon.toml`; `docs/addon-guide.md` walks through
-//! both files.
+//! both files. No markers (the kit's data checks): a cache that a restart empties keeps none.
 
 use std::time::Duration;
 
