@@ -624,7 +624,7 @@ impl Engine for MariaDb {
                 run(c, "RESET SLAVE ALL")?;
             }
             run(c, "SET GLOBAL read_only = OFF")?;
-            if value(c, "@@GLOBAL.read_only")? != "0" {
+            if crate::value(c, "@@GLOBAL.read_only")? != "0" {
                 return Err(HookError::retryable(format!(
                     "{} is still read-only after SET GLOBAL read_only = OFF",
                     instance.name
@@ -1135,6 +1135,14 @@ impl Engine for MariaDb {
         // client transaction (the cluster's own durability and semi-sync settings).
         let (k, v) = (quote_literal(key), quote_literal(value));
         self.with(instance, |c| {
+            // The platform account may write past read_only (it holds READ_ONLY ADMIN);
+            // users cannot, so neither may a marker: a replica refuses it.
+            if crate::value(c, "@@GLOBAL.read_only")? != "0" {
+                return Err(HookError::retryable(format!(
+                    "{} is read-only (a replica): markers go to the primary",
+                    c.peer()
+                )));
+            }
             run(c, "CREATE DATABASE IF NOT EXISTS shoal")?;
             run(
                 c,

@@ -8,7 +8,7 @@ use shoal_api::{ApiError, MarkersView};
 
 use crate::controller::Controller;
 use crate::secrets;
-use crate::store::{Health, InstanceRow, Phase};
+use crate::store::{Health, InstanceRow, Phase, Role};
 
 /// Longest marker key, and longest value.
 pub const MAX_KEY: usize = 64;
@@ -42,14 +42,17 @@ pub fn check_marker(key: &str, value: Option<&str>) -> Option<String> {
     None
 }
 
-/// The member a marker is written through (and read from, unless one is named): a running
-/// member whose last probe said it takes writes (the first by name), else any running,
-/// healthy member (engines whose followers forward writes, and sharded engines whose addon
-/// routes the key). `None`: no member can take it now.
+/// The member a marker is written through (and read from, unless one is named), as clients
+/// are routed: the running member the host made primary (unless its probe failed); else,
+/// where the engine elects its own writer (quorum, sharded), a running, healthy member whose
+/// last probe said it takes writes (the first by name); else any running, healthy member
+/// (followers that forward writes, sharded engines whose addon routes the key). `None`: no
+/// member can take it now.
 pub fn marker_member(all: &[InstanceRow]) -> Option<&InstanceRow> {
     let running = || all.iter().filter(|i| i.state == Phase::Running);
     running()
-        .find(|i| i.writable == Some(true) && i.health == Health::Healthy)
+        .find(|i| i.role == Role::Primary && i.health != Health::Unhealthy)
+        .or_else(|| running().find(|i| i.writable == Some(true) && i.health == Health::Healthy))
         .or_else(|| running().find(|i| i.health == Health::Healthy))
 }
 
@@ -168,7 +171,7 @@ mod tests {
     use crate::store::Role;
 
     fn row(name: &str, state: Phase, health: Health, writable: Option<bool>) -> InstanceRow {
-        let mut r = InstanceRow::for_test("c", name, 0, Role::Replica);
+        let mut r = InstanceRow::for_test("c", name, 0, Role::Member);
         r.state = state;
         r.health = health;
         r.writable = writable;
@@ -182,6 +185,15 @@ mod tests {
             row("c-1", Phase::Running, Health::Healthy, Some(true)),
         ];
         assert_eq!(marker_member(&all).map(|i| i.name.as_str()), Some("c-1"));
+        // Just after a failover: the new primary (still degraded) wins over the old one
+        // whose last probe, before it was demoted, said writable.
+        let mut promoted = row("c-0", Phase::Running, Health::Degraded, Some(false));
+        promoted.role = Role::Primary;
+        let all = [
+            promoted,
+            row("c-1", Phase::Running, Health::Healthy, Some(true)),
+        ];
+        assert_eq!(marker_member(&all).map(|i| i.name.as_str()), Some("c-0"));
         // A writer that is not healthy (killed, not yet seen back) is passed over.
         let all = [
             row("c-0", Phase::Running, Health::Healthy, Some(false)),
