@@ -106,12 +106,12 @@ fn top_level_names(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// What [`walk`] calls for each payload: the payload, and its section's id and bytes.
+type Visit<'v> = dyn FnMut(wasmparser::Payload<'_>, Option<(u8, &[u8])>) -> Result<(), String> + 'v;
+
 /// Call `f` on every top-level payload of a component, with the bytes (section id and
 /// contents) it came from; nested modules and components are passed whole, not entered.
-fn walk(
-    bytes: &[u8],
-    f: &mut dyn FnMut(wasmparser::Payload<'_>, Option<(u8, &[u8])>) -> Result<(), String>,
-) -> Result<(), String> {
+fn walk(bytes: &[u8], f: &mut Visit<'_>) -> Result<(), String> {
     let mut parser = wasmparser::Parser::new(0);
     let mut remaining = bytes;
     loop {

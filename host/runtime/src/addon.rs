@@ -152,8 +152,12 @@ impl Exports<'_> {
     /// mismatch is a load error rather than a failed call later).
     pub(crate) fn check_all(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
         match &self.indices.metadata {
-            MetadataIndices::Current(i) => drop(i.load(&mut *store, &self.instance)?),
-            MetadataIndices::V0_1_0(i) => drop(i.load(&mut *store, &self.instance)?),
+            MetadataIndices::Current(i) => {
+                i.load(&mut *store, &self.instance)?;
+            }
+            MetadataIndices::V0_1_0(i) => {
+                i.load(&mut *store, &self.instance)?;
+            }
         }
         self.lifecycle(store)?;
         self.ha(store)?;
