@@ -524,6 +524,11 @@ pub enum Request {
         key: String,
         value: String,
     },
+    /// How the hook calls of engine `engine`'s addon went since it was loaded: per hook,
+    /// calls, failures, deadline hits, the longest and mean call against its deadline.
+    HookStats {
+        engine: String,
+    },
     /// Read markers back through `read-markers` on the member that takes writes, or on
     /// `instance`.
     MarkerRead {
@@ -921,6 +926,20 @@ pub struct MarkersView {
     /// One per key asked for, in order; `None` for a key the instance does not have.
     #[serde(default)]
     pub values: Vec<Option<String>>,
+}
+
+/// How one hook's calls went (`HookStats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStatView {
+    pub hook: String,
+    pub calls: u64,
+    pub failures: u64,
+    /// Calls stopped at their deadline.
+    pub deadline_hits: u64,
+    pub max_ms: u64,
+    pub mean_ms: u64,
+    /// The hook's deadline.
+    pub limit_ms: u64,
 }
 
 /// The metrics of one instance, as its addon read them.

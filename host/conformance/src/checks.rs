@@ -1,9 +1,9 @@
 //! The kit's judgements, as pure functions with their tests beside them: whether the roles
 //! the probes report fit the topology the manifest declares, which value a parameter is
 //! changed to and which value must be refused, the size of the cluster each topology is
-//! tried at, and whether metric names follow the rules.
+//! tried at, whether metric names follow the rules, and whether hooks kept their deadlines.
 
-use shoal_api::{InstanceView, MetricSample};
+use shoal_api::{HookStatView, InstanceView, MetricSample};
 use shoal_runtime::wit::{ParamSpec, ParamType, RoleSpec, Topology, TopologyKind, Value};
 
 /// Members (and shards) a cluster of `t` is created with: the smallest that exercises the
@@ -176,6 +176,40 @@ pub fn bad_metric_names(engine: &str, samples: &[MetricSample]) -> Vec<String> {
     bad.sort();
     bad.dedup();
     bad
+}
+
+/// Whether every hook ended within its deadline: the hooks that hit it (one line each), or
+/// a summary naming the hook that came closest.
+pub fn deadlines_kept(stats: &[HookStatView]) -> Result<String, String> {
+    let hit: Vec<String> = stats
+        .iter()
+        .filter(|s| s.deadline_hits > 0)
+        .map(|s| {
+            format!(
+                "{}: {} of {} call(s) stopped at its {} ms deadline",
+                s.hook, s.deadline_hits, s.calls, s.limit_ms
+            )
+        })
+        .collect();
+    if !hit.is_empty() {
+        return Err(hit.join("; "));
+    }
+    let calls: u64 = stats.iter().map(|s| s.calls).sum();
+    let closest = stats.iter().max_by(|a, b| {
+        let share = |s: &HookStatView| s.max_ms as f64 / s.limit_ms.max(1) as f64;
+        share(a).total_cmp(&share(b))
+    });
+    Ok(match closest {
+        Some(c) => format!(
+            "{calls} calls of {} hooks, none stopped; closest: {} at most {} ms of its {} ms ({:.0} %)",
+            stats.len(),
+            c.hook,
+            c.max_ms,
+            c.limit_ms,
+            100.0 * c.max_ms as f64 / c.limit_ms.max(1) as f64
+        ),
+        None => "no hook calls counted".into(),
+    })
 }
 
 #[cfg(test)]
@@ -355,6 +389,28 @@ mod tests {
         assert_eq!(refused_value(&b).as_deref(), Some("maybe"));
         assert_eq!(refused_value(&c).as_deref(), Some("not-a-choice"));
         assert_eq!(refused_value(&param(ParamType::Text, None)), None);
+    }
+
+    #[test]
+    fn deadlines_are_judged_per_hook() {
+        let stat = |hook: &str, hits, max_ms, limit_ms| HookStatView {
+            hook: hook.into(),
+            calls: 10,
+            failures: hits,
+            deadline_hits: hits,
+            max_ms,
+            mean_ms: max_ms / 2,
+            limit_ms,
+        };
+        let ok = [stat("probe", 0, 40, 1000), stat("backup", 0, 900, 60_000)];
+        let d = deadlines_kept(&ok).unwrap();
+        assert!(
+            d.contains("closest: probe at most 40 ms of its 1000 ms (4 %)"),
+            "{d}"
+        );
+        let bad = [stat("probe", 2, 1000, 1000), stat("metrics", 0, 3, 5000)];
+        let e = deadlines_kept(&bad).unwrap_err();
+        assert!(e.contains("probe: 2 of 10"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! backup found afterwards (in the restored cluster for a backup). An addon without markers
 //! gets those checks reported as not declared.
 //!
+//! At the end, every hook call the run made is checked against its deadline (the host's own
+//! per-hook counts).
+//!
 //! Not yet checked (said in the report, never passed silently): continuous (point-in-time)
 //! backup methods.
 
@@ -26,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shoal_api::{
-    BackupView, ClusterSpec, ClusterView, ConfigPlanView, ConfigView, HaSpec, InstanceMetrics,
-    OpView, ReplicationMode, RepoSpec, Request,
+    BackupView, ClusterSpec, ClusterView, ConfigPlanView, ConfigView, HaSpec, HookStatView,
+    InstanceMetrics, OpView, ReplicationMode, RepoSpec, Request,
 };
 use shoal_runtime::wit::{
     AddonManifest, ApplyMode, BackupKind, SyncSupport, Topology, TopologyKind,
@@ -942,6 +945,23 @@ pub async fn run(opts: Options, progress: &mut dyn FnMut(&Scenario)) -> Result<R
         ),
         (None, _) => {}
     }
+
+    // Every hook the run called ended within its deadline (the manifest's, capped by the
+    // operator's), as the kit's host counted them.
+    let started = Instant::now();
+    let stats: Result<Vec<HookStatView>, String> = kit
+        .d
+        .call(&Request::HookStats {
+            engine: m.engine.clone(),
+        })
+        .await;
+    kit.record(
+        "hooks within their deadlines",
+        started,
+        stats
+            .and_then(|s| checks::deadlines_kept(&s))
+            .map_err(Verdict::Fail),
+    );
 
     let started = Instant::now();
     let problems = kit.d.delete_all().await;

@@ -2,7 +2,8 @@
 //! (`write-marker`, `read-markers`), kept apart from users' data by the addon. The conformance
 //! kit writes them under load and reads them back after a kill, a switchover or a restore, to
 //! count acknowledged writes that went missing. Which member a marker goes through is
-//! [`marker_member`], a pure decision.
+//! [`marker_member`], a pure decision. Also the addon's per-hook call statistics
+//! (`HookStats`), with which the kit checks that hooks end within their deadlines.
 
 use shoal_api::{ApiError, MarkersView};
 
@@ -125,6 +126,24 @@ impl Controller {
             instance: on.name.clone(),
             values,
         })
+    }
+
+    /// `HookStats`: how the hook calls of `engine`'s addon went since it was loaded.
+    pub fn hook_stats(&self, engine: &str) -> Result<Vec<shoal_api::HookStatView>, ApiError> {
+        let addon = self.addon(engine)?;
+        Ok(addon
+            .hook_stats()
+            .into_iter()
+            .map(|(hook, s, limits)| shoal_api::HookStatView {
+                hook: hook.name().to_string(),
+                calls: s.calls,
+                failures: s.failures,
+                deadline_hits: s.deadline_hits,
+                max_ms: s.max_elapsed.as_millis() as u64,
+                mean_ms: s.total_elapsed.as_millis() as u64 / s.calls.max(1),
+                limit_ms: limits.timeout.as_millis() as u64,
+            })
+            .collect())
     }
 
     fn marker_cluster(

@@ -219,6 +219,7 @@ async fn handle(
         Request::Describe { name } => json(c.describe(&name).await?),
         Request::Events { name, limit } => json(c.events(&name, limit.clamp(1, 10_000))?),
         Request::Metrics { name } => json(c.metrics(&name).await?),
+        Request::HookStats { engine } => json(c.hook_stats(&engine)?),
         Request::MarkerWrite { name, key, value } => {
             json(c.write_marker(&name, &key, &value).await?)
         }

@@ -169,6 +169,19 @@ impl Exports<'_> {
     }
 }
 
+/// How the calls of one hook of a loaded addon went, since it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookStat {
+    pub calls: u64,
+    /// Calls that failed in any way (the addon's own errors included).
+    pub failures: u64,
+    /// Calls stopped at their deadline.
+    pub deadline_hits: u64,
+    /// The longest call, instantiation included.
+    pub max_elapsed: Duration,
+    pub total_elapsed: Duration,
+}
+
 /// What every call needs: the runtime, the pre-linked component, and the addon's permissions.
 pub(crate) struct AddonCore {
     pub rt: AddonRuntime,
@@ -177,9 +190,36 @@ pub(crate) struct AddonCore {
     pub name: Arc<str>,
     pub sandbox: Arc<Sandbox>,
     pub limits: Vec<(Hook, HookLimits)>,
+    /// Per hook, in `Hook::ALL` order; written only by [`AddonCore::count`].
+    pub stats: std::sync::Mutex<Vec<HookStat>>,
 }
 
 impl AddonCore {
+    /// Count one call of `hook` that took `elapsed` and ended as `failure` says.
+    pub(crate) fn count(
+        &self,
+        hook: Hook,
+        elapsed: Duration,
+        failure: Option<&crate::error::CallFailure>,
+    ) {
+        let Some(at) = Hook::ALL.iter().position(|h| *h == hook) else {
+            return;
+        };
+        let mut all = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() < Hook::ALL.len() {
+            all.resize(Hook::ALL.len(), HookStat::default());
+        }
+        let s = &mut all[at];
+        s.calls += 1;
+        s.failures += u64::from(failure.is_some());
+        s.deadline_hits += u64::from(matches!(
+            failure,
+            Some(crate::error::CallFailure::Deadline { .. })
+        ));
+        s.max_elapsed = s.max_elapsed.max(elapsed);
+        s.total_elapsed += elapsed;
+    }
+
     pub(crate) fn limits(&self, hook: Hook) -> HookLimits {
         self.limits
             .iter()
@@ -238,6 +278,17 @@ impl LoadedAddon {
     /// The effective limits of `hook`.
     pub fn limits(&self, hook: Hook) -> HookLimits {
         self.core.limits(hook)
+    }
+
+    /// How the calls of each hook called since the addon was loaded went, with its limits.
+    pub fn hook_stats(&self) -> Vec<(Hook, HookStat, HookLimits)> {
+        let all = self.core.stats.lock().unwrap_or_else(|p| p.into_inner());
+        Hook::ALL
+            .iter()
+            .zip(all.iter())
+            .filter(|(_, s)| s.calls > 0)
+            .map(|(h, s)| (*h, *s, self.core.limits(*h)))
+            .collect()
     }
 
     /// Programs the addon may run: declared in its manifest and granted by the operator,

@@ -81,16 +81,18 @@ impl<'a> Caller<'a> {
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<T, HookError>>,
     {
-        let (result, stats, name) = match &self.target {
+        let (result, stats, core) = match &self.target {
             Target::Fresh { core, ctx } => {
                 let (r, s) = run_fresh(core, ctx, hook, f).await;
-                (r, s, core.name.clone())
+                (r, s, *core)
             }
             Target::Live(live) => {
                 let (r, s) = live.run(hook, f).await;
-                (r, s, live.core.name.clone())
+                (r, s, &live.core)
             }
         };
+        core.count(hook, stats.elapsed, result.as_ref().err());
+        let name = core.name.clone();
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
         result.map_err(|failure| CallError {
             addon: name.to_string(),

@@ -31,7 +31,7 @@ mod streams;
 pub mod wit;
 
 pub use adapter::ApiVersion;
-pub use addon::{AddonInfo, HookLimits, LoadedAddon};
+pub use addon::{AddonInfo, HookLimits, HookStat, LoadedAddon};
 pub use cache::CodeSource;
 pub use call::{CallStats, Caller};
 pub use config::{Grants, Pooling, RuntimeConfig};

@@ -92,6 +92,7 @@ pub(crate) async fn load(
         name: file_name,
         sandbox: Arc::new(Sandbox::default()),
         limits: limits_for(&rt, None),
+        stats: Default::default(),
     });
     // Every export is type-checked against this host's WIT in the same call, once, here.
     let manifest = crate::call::Caller::fresh(&probe_core, &CallContext::default())
@@ -126,6 +127,7 @@ pub(crate) async fn load(
         name: manifest.engine.clone().into(),
         sandbox: Arc::new(Sandbox::new(&manifest, &grants)),
         limits: limits_for(&rt, Some(&manifest)),
+        stats: Default::default(),
     });
     let info = AddonInfo {
         origin: origin.to_string(),
