@@ -45,6 +45,7 @@ pub mod host;
 pub mod http;
 pub mod kept;
 pub mod markers;
+pub mod methods;
 pub mod metrics;
 #[cfg(feature = "mysql")]
 pub mod mysql;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use gateway::{base64, u64_field, unbase64, Answer, Gateway};
 use serde_json::{json, Value as Json};
 use shoal_sdk::host::Exec;
+use shoal_sdk::methods::{Method, Methods};
 use shoal_sdk::params::Lookup;
 use shoal_sdk::prelude::*;
 
@@ -366,6 +367,7 @@ impl Etcd {
     fn snapshot_backup(
         &mut self,
         instance: &Instance,
+        _params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
         use std::io::Write;
@@ -569,6 +571,151 @@ fn url(host: &str, port: u16) -> String {
         format!("http://[{host}]:{port}")
     } else {
         format!("http://{host}:{port}")
+    }
+}
+
+/// The backup methods (`addon.toml`'s `[[backup-methods]]`).
+const METHODS: Methods<Etcd> = Methods(&[
+    Method {
+        name: KEYS,
+        backup: Etcd::keys_backup,
+        restore: Etcd::keys_restore,
+    },
+    Method {
+        name: SNAPSHOT,
+        backup: Etcd::snapshot_backup,
+        restore: |_, instance, members, info, from, _| {
+            snapshot_restore(instance, members, info, from)
+        },
+    },
+]);
+
+impl Etcd {
+    /// Every key and value at one revision, 100 keys a page, as JSON lines
+    /// `{"key": base64, "value": base64}`.
+    fn keys_backup(
+        &mut self,
+        instance: &Instance,
+        _params: &[Param],
+        into: &mut SinkWriter<'_>,
+    ) -> HookResult<BackupInfo> {
+        use std::io::Write;
+        let token = self.token(instance)?;
+        let all = base64(b"\0");
+        let (revision, total) = self.count_all(instance)?;
+        // The manifest's version (a restore creates its cluster with it); the server's own
+        // goes into the labels.
+        let server = self
+            .read(instance, "/v3/maintenance/status")
+            .ok()
+            .and_then(|s| s.get("version").and_then(Json::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let mut from = all.clone();
+        let mut written = 0u64;
+        loop {
+            let page = self.ok(
+                instance,
+                "/v3/kv/range",
+                &json!({ "key": from, "range_end": all, "limit": 100,
+                         "revision": revision.to_string() }),
+                token.as_deref(),
+            )?;
+            let kvs = page
+                .get("kvs")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut last = None;
+            for kv in &kvs {
+                let key = kv.get("key").and_then(Json::as_str).unwrap_or("");
+                let value = kv.get("value").and_then(Json::as_str).unwrap_or("");
+                let line = json!({ "key": key, "value": value }).to_string();
+                into.write_all(line.as_bytes())
+                    .and_then(|()| into.write_all(b"\n"))
+                    .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
+                written += 1;
+                last = Some(key.to_string());
+            }
+            shoal_sdk::host::progress(written, Some(total), "keys");
+            let more = page.get("more").and_then(Json::as_bool).unwrap_or(false);
+            match (more, last) {
+                (true, Some(key)) => {
+                    // The next page starts just after the last key.
+                    let mut next = unbase64(&key)
+                        .ok_or_else(|| HookError::failed("etcd sent a key not in base64"))?;
+                    next.push(0);
+                    from = base64(&next);
+                }
+                _ => break,
+            }
+        }
+        Ok(BackupInfo {
+            method: KEYS.into(),
+            engine_version: instance.engine_version.clone(),
+            start_position: Some(revision.to_string()),
+            end_position: Some(revision.to_string()),
+            labels: vec![
+                ("keys".into(), written.to_string()),
+                ("revision".into(), revision.to_string()),
+                ("server-version".into(), server),
+            ],
+        })
+    }
+
+    /// A "snapshot" backup: into this member's empty data directory, the whole membership
+    /// given (none started). A "keys" backup: every key into the running cluster, 100 to a
+    /// transaction, and the count checked.
+    fn keys_restore(
+        &mut self,
+        instance: &Instance,
+        _members: &[Member],
+        info: &BackupInfo,
+        from: &mut SourceReader<'_>,
+        _recovery_follows: bool,
+    ) -> HookResult<()> {
+        use std::io::BufRead;
+        let token = self.token(instance)?;
+        let mut ops = Vec::new();
+        let mut restored = 0u64;
+        let want: Option<u64> = info
+            .labels
+            .iter()
+            .find(|(k, _)| k == "keys")
+            .and_then(|(_, v)| v.parse().ok());
+        let flush = |this: &mut Self, ops: &mut Vec<Json>| -> HookResult<()> {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            this.ok(
+                instance,
+                "/v3/kv/txn",
+                &json!({ "success": ops }),
+                token.as_deref(),
+            )?;
+            ops.clear();
+            Ok(())
+        };
+        for line in std::io::BufReader::new(from).lines() {
+            let line = line.map_err(|e| HookError::failed(format!("reading the backup: {e}")))?;
+            if line.is_empty() {
+                continue;
+            }
+            let kv: Json = serde_json::from_str(&line)
+                .map_err(|e| HookError::failed(format!("a line of the backup is not JSON: {e}")))?;
+            ops.push(json!({ "requestPut": { "key": kv["key"], "value": kv["value"] } }));
+            restored += 1;
+            if ops.len() == 100 {
+                flush(self, &mut ops)?;
+                shoal_sdk::host::progress(restored, want, "keys");
+            }
+        }
+        flush(self, &mut ops)?;
+        if let Some(want) = want.filter(|w| *w != restored) {
+            return Err(HookError::failed(format!(
+                "the backup holds {restored} keys, its record says {want}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -796,151 +943,25 @@ impl Engine for Etcd {
         )
     }
 
-    /// Every key and value at one revision, 100 keys a page, as JSON lines
-    /// `{"key": base64, "value": base64}`.
     fn backup(
         &mut self,
         instance: &Instance,
         method: &str,
-        _params: &[Param],
+        params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        use std::io::Write;
-        match method {
-            KEYS => {}
-            SNAPSHOT => return self.snapshot_backup(instance, into),
-            _ => {
-                return Err(HookError::invalid(format!(
-                    "unknown backup method {method:?}: the etcd addon has \"{KEYS}\" and \
-                     \"{SNAPSHOT}\""
-                )))
-            }
-        }
-        let token = self.token(instance)?;
-        let all = base64(b"\0");
-        let (revision, total) = self.count_all(instance)?;
-        // The manifest's version (a restore creates its cluster with it); the server's own
-        // goes into the labels.
-        let server = self
-            .read(instance, "/v3/maintenance/status")
-            .ok()
-            .and_then(|s| s.get("version").and_then(Json::as_str).map(str::to_string))
-            .unwrap_or_default();
-        let mut from = all.clone();
-        let mut written = 0u64;
-        loop {
-            let page = self.ok(
-                instance,
-                "/v3/kv/range",
-                &json!({ "key": from, "range_end": all, "limit": 100,
-                         "revision": revision.to_string() }),
-                token.as_deref(),
-            )?;
-            let kvs = page
-                .get("kvs")
-                .and_then(Json::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let mut last = None;
-            for kv in &kvs {
-                let key = kv.get("key").and_then(Json::as_str).unwrap_or("");
-                let value = kv.get("value").and_then(Json::as_str).unwrap_or("");
-                let line = json!({ "key": key, "value": value }).to_string();
-                into.write_all(line.as_bytes())
-                    .and_then(|()| into.write_all(b"\n"))
-                    .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
-                written += 1;
-                last = Some(key.to_string());
-            }
-            shoal_sdk::host::progress(written, Some(total), "keys");
-            let more = page.get("more").and_then(Json::as_bool).unwrap_or(false);
-            match (more, last) {
-                (true, Some(key)) => {
-                    // The next page starts just after the last key.
-                    let mut next = unbase64(&key)
-                        .ok_or_else(|| HookError::failed("etcd sent a key not in base64"))?;
-                    next.push(0);
-                    from = base64(&next);
-                }
-                _ => break,
-            }
-        }
-        Ok(BackupInfo {
-            method: KEYS.into(),
-            engine_version: instance.engine_version.clone(),
-            start_position: Some(revision.to_string()),
-            end_position: Some(revision.to_string()),
-            labels: vec![
-                ("keys".into(), written.to_string()),
-                ("revision".into(), revision.to_string()),
-                ("server-version".into(), server),
-            ],
-        })
+        METHODS.backup(self, instance, method, params, into)
     }
 
-    /// A "snapshot" backup: into this member's empty data directory, the whole membership
-    /// given (none started). A "keys" backup: every key into the running cluster, 100 to a
-    /// transaction, and the count checked.
     fn restore(
         &mut self,
         instance: &Instance,
         members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
-        _recovery_follows: bool,
+        recovery_follows: bool,
     ) -> HookResult<()> {
-        use std::io::BufRead;
-        match info.method.as_str() {
-            KEYS => {}
-            SNAPSHOT => return snapshot_restore(instance, members, info, from),
-            other => {
-                return Err(HookError::invalid(format!(
-                    "cannot restore a backup made with method {other:?}"
-                )))
-            }
-        }
-        let token = self.token(instance)?;
-        let mut ops = Vec::new();
-        let mut restored = 0u64;
-        let want: Option<u64> = info
-            .labels
-            .iter()
-            .find(|(k, _)| k == "keys")
-            .and_then(|(_, v)| v.parse().ok());
-        let flush = |this: &mut Self, ops: &mut Vec<Json>| -> HookResult<()> {
-            if ops.is_empty() {
-                return Ok(());
-            }
-            this.ok(
-                instance,
-                "/v3/kv/txn",
-                &json!({ "success": ops }),
-                token.as_deref(),
-            )?;
-            ops.clear();
-            Ok(())
-        };
-        for line in std::io::BufReader::new(from).lines() {
-            let line = line.map_err(|e| HookError::failed(format!("reading the backup: {e}")))?;
-            if line.is_empty() {
-                continue;
-            }
-            let kv: Json = serde_json::from_str(&line)
-                .map_err(|e| HookError::failed(format!("a line of the backup is not JSON: {e}")))?;
-            ops.push(json!({ "requestPut": { "key": kv["key"], "value": kv["value"] } }));
-            restored += 1;
-            if ops.len() == 100 {
-                flush(self, &mut ops)?;
-                shoal_sdk::host::progress(restored, want, "keys");
-            }
-        }
-        flush(self, &mut ops)?;
-        if let Some(want) = want.filter(|w| *w != restored) {
-            return Err(HookError::failed(format!(
-                "the backup holds {restored} keys, its record says {want}"
-            )));
-        }
-        Ok(())
+        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
@@ -1023,6 +1044,11 @@ shoal_sdk::export_engine!(Etcd);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backup_methods_are_the_manifests() {
+        METHODS.check(&Etcd::new().manifest()).unwrap();
+    }
 
     fn seen(me: u64, leader: u64) -> Seen {
         Seen {

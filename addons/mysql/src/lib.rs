@@ -18,6 +18,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use shoal_sdk::methods::{Method, Methods};
 use shoal_sdk::mysql::{quote_literal, MyConn, MyError, QueryResult};
 use shoal_sdk::prelude::*;
 
@@ -264,6 +265,226 @@ fn backup_gtid(log: &str) -> Option<String> {
         let rest = l.split("GTID of the last change '").nth(1)?;
         rest.split('\'').next().map(str::to_string)
     })
+}
+
+/// The backup methods (`addon.toml`'s `[[backup-methods]]`; `binlog` is continuous).
+const METHODS: Methods<MariaDb> = Methods(&[
+    Method {
+        name: "physical",
+        backup: physical_backup,
+        restore: physical_restore,
+    },
+    Method {
+        name: "logical",
+        backup: logical_backup,
+        restore: logical_restore,
+    },
+]);
+
+/// What a backup records about its source, read before it starts.
+struct Source {
+    version: String,
+    gtid: String,
+    page_size: String,
+    lctn: String,
+    /// The platform account's password, and how the tools reach the server.
+    pw: String,
+    connection: [String; 3],
+}
+
+/// Read what a `method` backup of `instance` records, and show its size as progress.
+fn source(instance: &Instance, method: &str) -> HookResult<Source> {
+    let pw = password(instance)?;
+    let ep = &instance.endpoint;
+    let (version, total, gtid, page_size, lctn) = {
+        let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
+        let version = value(&mut c, "@@version")?;
+        // What a point-in-time replay must start the copy with.
+        let page_size = value(&mut c, "@@GLOBAL.innodb_page_size")?;
+        let lctn = value(&mut c, "@@GLOBAL.lower_case_table_names")?;
+        let total = value(
+            &mut c,
+            "SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES",
+        )?
+        .parse::<u64>()
+        .ok();
+        let gtid = value(&mut c, "@@GLOBAL.gtid_current_pos")?;
+        (version, total, gtid, page_size, lctn)
+    };
+    shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
+    let connection = [
+        format!("--host={}", ep.host),
+        format!("--port={}", ep.port),
+        format!("--user={CONTROL_USER}"),
+    ];
+    Ok(Source {
+        version,
+        gtid,
+        page_size,
+        lctn,
+        pw: pw.to_string(),
+        connection,
+    })
+}
+
+/// `physical`: mariadb-backup streamed as xbstream.
+fn physical_backup(
+    _: &mut MariaDb,
+    instance: &Instance,
+    _params: &[Param],
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
+    let Source {
+        version,
+        page_size,
+        lctn,
+        pw,
+        connection,
+        ..
+    } = source(instance, "physical")?;
+    let out = Exec::new("mariadb-backup")
+        .arg("--no-defaults")
+        .args(["--backup", "--stream=xbstream", "--parallel=2"])
+        .args(connection)
+        // Its temporary files (none for InnoDB-only data) go next to the others.
+        .arg("--target-dir=/tmp")
+        .env("MYSQL_PWD", pw)
+        .run_into(into)?
+        .ok_or_failed("mariadb-backup")?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !log.contains("completed OK!") {
+        return Err(HookError::failed(format!(
+            "mariadb-backup did not report success: {}",
+            log.lines().last().unwrap_or("")
+        )));
+    }
+    let at = backup_gtid(&log).ok_or_else(|| {
+        HookError::failed(
+            "mariadb-backup did not report the GTID position of the copy (\"GTID of \
+             the last change\")",
+        )
+    })?;
+    Ok(BackupInfo {
+        method: "physical".into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: Some(at.clone()),
+        end_position: Some(at),
+        labels: vec![
+            ("tool".into(), "mariadb-backup --stream=xbstream".into()),
+            ("mariadb-version".into(), version),
+            ("innodb_page_size".into(), page_size),
+            ("lower_case_table_names".into(), lctn),
+        ],
+    })
+}
+
+/// `logical`: mariadb-dump of every database but the system ones, then the accounts.
+fn logical_backup(
+    _: &mut MariaDb,
+    instance: &Instance,
+    _params: &[Param],
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
+    let Source {
+        version,
+        gtid,
+        pw,
+        connection,
+        ..
+    } = source(instance, "logical")?;
+    let ep = &instance.endpoint;
+    // Every database but the system ones, then the accounts other than the
+    // managed ones (the restored cluster keeps its own root and control
+    // accounts and password).
+    let accounts = {
+        let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
+        accounts_sql(&mut c)?
+    };
+    Exec::new("mariadb-dump")
+        .arg("--no-defaults")
+        .args(connection)
+        .args([
+            "--single-transaction",
+            "--all-databases",
+            "--ignore-database=mysql",
+            "--ignore-database=sys",
+            "--routines",
+            "--events",
+            "--triggers",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+        ])
+        .env("MYSQL_PWD", pw)
+        .run_into(into)?
+        .ok_or_failed("mariadb-dump")?;
+    into.write_all(accounts.as_bytes())
+        .map_err(|e| HookError::failed(format!("writing the accounts: {e}")))?;
+    Ok(BackupInfo {
+        method: "logical".into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: Some(gtid.clone()),
+        end_position: Some(gtid),
+        labels: vec![
+            ("tool".into(), "mariadb-dump".into()),
+            ("mariadb-version".into(), version),
+        ],
+    })
+}
+
+fn physical_restore(
+    _: &mut MariaDb,
+    instance: &Instance,
+    _members: &[Member],
+    _info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
+    // Into the stopped, empty data directory; --prepare makes it consistent.
+    // The new cluster's platform account comes from its init.sql at the
+    // first start; a point-in-time replay (restore-to-time) goes on top.
+    let data = dir(&instance.data_dir, "data")?;
+    Exec::new("mbstream")
+        .args(["-x", "-C", data])
+        .run_from(from)?
+        .ok_or_failed("mbstream -x")?;
+    let out = Exec::new("mariadb-backup")
+        .args(["--no-defaults", "--prepare"])
+        .arg(format!("--target-dir={data}"))
+        .run()?
+        .ok_or_failed("mariadb-backup --prepare")?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !log.contains("completed OK!") {
+        return Err(HookError::failed(format!(
+            "mariadb-backup --prepare did not report success: {}",
+            log.lines().last().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+fn logical_restore(
+    _: &mut MariaDb,
+    instance: &Instance,
+    _members: &[Member],
+    _info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
+    let pw = password(instance)?;
+    let ep = &instance.endpoint;
+    Exec::new("mariadb")
+        .args([
+            "--no-defaults",
+            &format!("--host={}", ep.host),
+            &format!("--port={}", ep.port),
+            &format!("--user={CONTROL_USER}"),
+            "--binary-mode",
+            "--default-character-set=utf8mb4",
+        ])
+        .env("MYSQL_PWD", pw)
+        .run_from(from)?
+        .ok_or_failed("mariadb (loading the dump)")?;
+    Ok(())
 }
 
 impl Engine for MariaDb {
@@ -774,167 +995,21 @@ impl Engine for MariaDb {
         &mut self,
         instance: &Instance,
         method: &str,
-        _params: &[Param],
+        params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        let pw = password(instance)?;
-        let ep = &instance.endpoint;
-        let (version, total, gtid, page_size, lctn) = {
-            let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
-            let version = value(&mut c, "@@version")?;
-            // What a point-in-time replay must start the copy with.
-            let page_size = value(&mut c, "@@GLOBAL.innodb_page_size")?;
-            let lctn = value(&mut c, "@@GLOBAL.lower_case_table_names")?;
-            let total = value(
-                &mut c,
-                "SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES",
-            )?
-            .parse::<u64>()
-            .ok();
-            let gtid = value(&mut c, "@@GLOBAL.gtid_current_pos")?;
-            (version, total, gtid, page_size, lctn)
-        };
-        shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
-        let connection = [
-            format!("--host={}", ep.host),
-            format!("--port={}", ep.port),
-            format!("--user={CONTROL_USER}"),
-        ];
-        match method {
-            "physical" => {
-                let out = Exec::new("mariadb-backup")
-                    .arg("--no-defaults")
-                    .args(["--backup", "--stream=xbstream", "--parallel=2"])
-                    .args(connection)
-                    // Its temporary files (none for InnoDB-only data) go next to the others.
-                    .arg("--target-dir=/tmp")
-                    .env("MYSQL_PWD", pw)
-                    .run_into(into)?
-                    .ok_or_failed("mariadb-backup")?;
-                let log = String::from_utf8_lossy(&out.stderr);
-                if !log.contains("completed OK!") {
-                    return Err(HookError::failed(format!(
-                        "mariadb-backup did not report success: {}",
-                        log.lines().last().unwrap_or("")
-                    )));
-                }
-                let at = backup_gtid(&log).ok_or_else(|| {
-                    HookError::failed(
-                        "mariadb-backup did not report the GTID position of the copy (\"GTID of \
-                         the last change\")",
-                    )
-                })?;
-                Ok(BackupInfo {
-                    method: method.into(),
-                    engine_version: instance.engine_version.clone(),
-                    start_position: Some(at.clone()),
-                    end_position: Some(at),
-                    labels: vec![
-                        ("tool".into(), "mariadb-backup --stream=xbstream".into()),
-                        ("mariadb-version".into(), version),
-                        ("innodb_page_size".into(), page_size),
-                        ("lower_case_table_names".into(), lctn),
-                    ],
-                })
-            }
-            "logical" => {
-                // Every database but the system ones, then the accounts other than the
-                // managed ones (the restored cluster keeps its own root and control
-                // accounts and password).
-                let accounts = {
-                    let mut c = connect_to(ep, instance, IO_TIMEOUT)?;
-                    accounts_sql(&mut c)?
-                };
-                Exec::new("mariadb-dump")
-                    .arg("--no-defaults")
-                    .args(connection)
-                    .args([
-                        "--single-transaction",
-                        "--all-databases",
-                        "--ignore-database=mysql",
-                        "--ignore-database=sys",
-                        "--routines",
-                        "--events",
-                        "--triggers",
-                        "--hex-blob",
-                        "--default-character-set=utf8mb4",
-                    ])
-                    .env("MYSQL_PWD", pw)
-                    .run_into(into)?
-                    .ok_or_failed("mariadb-dump")?;
-                into.write_all(accounts.as_bytes())
-                    .map_err(|e| HookError::failed(format!("writing the accounts: {e}")))?;
-                Ok(BackupInfo {
-                    method: method.into(),
-                    engine_version: instance.engine_version.clone(),
-                    start_position: Some(gtid.clone()),
-                    end_position: Some(gtid),
-                    labels: vec![
-                        ("tool".into(), "mariadb-dump".into()),
-                        ("mariadb-version".into(), version),
-                    ],
-                })
-            }
-            other => Err(HookError::invalid(format!(
-                "unknown backup method {other:?}: the MariaDB addon has \"physical\" and \
-                 \"logical\""
-            ))),
-        }
+        METHODS.backup(self, instance, method, params, into)
     }
 
     fn restore(
         &mut self,
         instance: &Instance,
-        _members: &[Member],
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
-        _recovery_follows: bool,
+        recovery_follows: bool,
     ) -> HookResult<()> {
-        match info.method.as_str() {
-            "physical" => {
-                // Into the stopped, empty data directory; --prepare makes it consistent.
-                // The new cluster's platform account comes from its init.sql at the
-                // first start; a point-in-time replay (restore-to-time) goes on top.
-                let data = dir(&instance.data_dir, "data")?;
-                Exec::new("mbstream")
-                    .args(["-x", "-C", data])
-                    .run_from(from)?
-                    .ok_or_failed("mbstream -x")?;
-                let out = Exec::new("mariadb-backup")
-                    .args(["--no-defaults", "--prepare"])
-                    .arg(format!("--target-dir={data}"))
-                    .run()?
-                    .ok_or_failed("mariadb-backup --prepare")?;
-                let log = String::from_utf8_lossy(&out.stderr);
-                if !log.contains("completed OK!") {
-                    return Err(HookError::failed(format!(
-                        "mariadb-backup --prepare did not report success: {}",
-                        log.lines().last().unwrap_or("")
-                    )));
-                }
-                Ok(())
-            }
-            "logical" => {
-                let pw = password(instance)?;
-                let ep = &instance.endpoint;
-                Exec::new("mariadb")
-                    .args([
-                        "--no-defaults",
-                        &format!("--host={}", ep.host),
-                        &format!("--port={}", ep.port),
-                        &format!("--user={CONTROL_USER}"),
-                        "--binary-mode",
-                        "--default-character-set=utf8mb4",
-                    ])
-                    .env("MYSQL_PWD", pw)
-                    .run_from(from)?
-                    .ok_or_failed("mariadb (loading the dump)")?;
-                Ok(())
-            }
-            other => Err(HookError::invalid(format!(
-                "cannot restore a backup made with method {other:?}"
-            ))),
-        }
+        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn archive_continuous(
@@ -1264,6 +1339,13 @@ fn value_of(c: &mut MyConn, name: &str) -> HookResult<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_backup_methods_are_the_manifests() {
+        super::METHODS
+            .check(&shoal_sdk::manifest_file!("addon.toml"))
+            .unwrap();
+    }
+
     use super::*;
     use shoal_sdk::Credentials;
 

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use shoal_sdk::methods::{Method, Methods};
 use shoal_sdk::metrics::{counter, gauge, Stat};
 use shoal_sdk::params::Lookup;
 use shoal_sdk::postgres::{quote_ident, quote_literal, PgConn, PgError};
@@ -277,6 +278,170 @@ impl shoal_sdk::params::LiveSettings for Live<'_> {
         };
         config::setting_matches(want, setting, unit)
     }
+}
+
+/// The backup methods (`addon.toml`'s `[[backup-methods]]`; `wal` is continuous).
+const METHODS: Methods<Postgres> = Methods(&[
+    Method {
+        name: "physical",
+        backup: |_, instance, _, into| {
+            stream_backup(
+                instance,
+                "physical",
+                "pg_basebackup",
+                vec![
+                    "-D".into(),
+                    "-".into(),
+                    "-F".into(),
+                    "t".into(),
+                    "-X".into(),
+                    "fetch".into(),
+                    "-c".into(),
+                    "fast".into(),
+                    "-v".into(),
+                    "-l".into(),
+                    format!("shoal {}", instance.cluster),
+                ],
+                into,
+            )
+        },
+        restore: physical_restore,
+    },
+    Method {
+        name: "logical",
+        // Without role passwords: the restored cluster keeps its own superuser password
+        // (the dump's would lock the restore out of its own server midway).
+        backup: |_, instance, _, into| {
+            stream_backup(
+                instance,
+                "logical",
+                "pg_dumpall",
+                vec![
+                    "--quote-all-identifiers".into(),
+                    "--no-role-passwords".into(),
+                ],
+                into,
+            )
+        },
+        restore: logical_restore,
+    },
+]);
+
+/// A `method` backup: `program args` (a PostgreSQL client tool writing to stdout) streamed
+/// into the sink; the WAL positions it reports recorded.
+fn stream_backup(
+    instance: &Instance,
+    method: &str,
+    program: &str,
+    args: Vec<String>,
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
+    let pw = password(instance)?;
+    let ep = &instance.endpoint;
+    // How much there is, for the host's progress display (an estimate: the stream is a
+    // tar or SQL of it).
+    let total = PgConn::connect(ep, user(instance)?, Some(pw), "postgres", IO_TIMEOUT)
+        .and_then(|mut c| c.query("SELECT sum(pg_database_size(datname))::bigint FROM pg_database"))
+        .ok()
+        .and_then(|rows| {
+            rows.first()
+                .and_then(|r| r.get(0))
+                .and_then(|v| v.parse().ok())
+        });
+    shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
+    let out = client_exec(program, instance, pw)?
+        .args(args)
+        .env("PGAPPNAME", "shoal-backup")
+        .run_into(into)?
+        .ok_or_failed(program)?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    // "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1"
+    let after = |marker: &str| {
+        log.lines().find_map(|l| {
+            l.split_once(marker)
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+    };
+    let start = after("write-ahead log start point:");
+    let end = after("write-ahead log end point:");
+    let mut labels = vec![("tool".to_string(), program.to_string())];
+    if let Some((_, tli)) = start.as_deref().and_then(|s| s.split_once(" on timeline ")) {
+        labels.push(("timeline".into(), tli.to_string()));
+    }
+    Ok(BackupInfo {
+        method: method.into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: start.map(|s| s.split(' ').next().unwrap_or("").to_string()),
+        end_position: end,
+        labels,
+    })
+}
+
+/// `physical` restore: the tar into the stopped, empty data directory, then (unless a
+/// point-in-time replay follows) adopted by this cluster.
+fn physical_restore(
+    _: &mut Postgres,
+    instance: &Instance,
+    _members: &[Member],
+    _info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    recovery_follows: bool,
+) -> HookResult<()> {
+    let pw = password(instance)?;
+    // Into the stopped, empty data directory; then, in single-user mode (no
+    // network), give the superuser this cluster's password and drop the
+    // settings that tied the copy to its old cluster. Before a replay of the
+    // archive that step waits for `restore_to_time`: it writes WAL, which would
+    // fork the copy's history from the archive's.
+    let data = dir(&instance.data_dir, "data")?;
+    // A copy taken from a replica carries its standby.signal: the restored
+    // cluster starts as a primary.
+    Exec::new("tar")
+        .args([
+            "-x",
+            "-f",
+            "-",
+            "-C",
+            data,
+            "--exclude=standby.signal",
+            "--exclude=recovery.signal",
+        ])
+        .run_from(from)?
+        .ok_or_failed("tar")?;
+    if recovery_follows {
+        return Ok(());
+    }
+    adopt_restored(data, user(instance)?, pw, &[])
+}
+
+/// `logical` restore: the dump through psql into the running server.
+fn logical_restore(
+    _: &mut Postgres,
+    instance: &Instance,
+    _members: &[Member],
+    _info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
+    let pw = password(instance)?;
+    // Into the running server: roles and databases that exist already (the
+    // superuser, `postgres`) are reported by psql and skipped.
+    let out = client_exec("psql", instance, pw)?
+        .args(["-X", "-q", "-d", "postgres", "-f", "-"])
+        .run_from(from)?
+        .ok_or_failed("psql")?;
+    let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .map(str::to_string)
+        .collect();
+    if let Some(first) = errors.first() {
+        return Err(HookError::Failed(format!(
+            "{} statement(s) of the dump failed, the first: {first}",
+            errors.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Engine for Postgres {
@@ -789,145 +954,21 @@ impl Engine for Postgres {
         &mut self,
         instance: &Instance,
         method: &str,
-        _params: &[Param],
+        params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        let pw = password(instance)?;
-        let ep = &instance.endpoint;
-        // How much there is, for the host's progress display (an estimate: the stream is a
-        // tar or SQL of it).
-        let total = PgConn::connect(ep, user(instance)?, Some(pw), "postgres", IO_TIMEOUT)
-            .and_then(|mut c| {
-                c.query("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
-            })
-            .ok()
-            .and_then(|rows| {
-                rows.first()
-                    .and_then(|r| r.get(0))
-                    .and_then(|v| v.parse().ok())
-            });
-        shoal_sdk::host::progress(0, total, &format!("{method} backup of {}", instance.name));
-        let (program, args): (&str, Vec<String>) = match method {
-            "physical" => (
-                "pg_basebackup",
-                vec![
-                    "-D".into(),
-                    "-".into(),
-                    "-F".into(),
-                    "t".into(),
-                    "-X".into(),
-                    "fetch".into(),
-                    "-c".into(),
-                    "fast".into(),
-                    "-v".into(),
-                    "-l".into(),
-                    format!("shoal {}", instance.cluster),
-                ],
-            ),
-            // Without role passwords: the restored cluster keeps its own superuser password
-            // (the dump's would lock the restore out of its own server midway).
-            "logical" => (
-                "pg_dumpall",
-                vec![
-                    "--quote-all-identifiers".into(),
-                    "--no-role-passwords".into(),
-                ],
-            ),
-            other => {
-                return Err(HookError::invalid(format!(
-                    "unknown backup method {other:?}: the PostgreSQL addon has \"physical\" \
-                     and \"logical\""
-                )))
-            }
-        };
-        let out = client_exec(program, instance, pw)?
-            .args(args)
-            .env("PGAPPNAME", "shoal-backup")
-            .run_into(into)?
-            .ok_or_failed(program)?;
-        let log = String::from_utf8_lossy(&out.stderr);
-        // "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1"
-        let after = |marker: &str| {
-            log.lines().find_map(|l| {
-                l.split_once(marker)
-                    .map(|(_, rest)| rest.trim().to_string())
-            })
-        };
-        let start = after("write-ahead log start point:");
-        let end = after("write-ahead log end point:");
-        let mut labels = vec![("tool".to_string(), program.to_string())];
-        if let Some((_, tli)) = start.as_deref().and_then(|s| s.split_once(" on timeline ")) {
-            labels.push(("timeline".into(), tli.to_string()));
-        }
-        Ok(BackupInfo {
-            method: method.into(),
-            engine_version: instance.engine_version.clone(),
-            start_position: start.map(|s| s.split(' ').next().unwrap_or("").to_string()),
-            end_position: end,
-            labels,
-        })
+        METHODS.backup(self, instance, method, params, into)
     }
 
     fn restore(
         &mut self,
         instance: &Instance,
-        _members: &[Member],
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
         recovery_follows: bool,
     ) -> HookResult<()> {
-        let pw = password(instance)?;
-        match info.method.as_str() {
-            "physical" => {
-                // Into the stopped, empty data directory; then, in single-user mode (no
-                // network), give the superuser this cluster's password and drop the
-                // settings that tied the copy to its old cluster. Before a replay of the
-                // archive that step waits for `restore_to_time`: it writes WAL, which would
-                // fork the copy's history from the archive's.
-                let data = dir(&instance.data_dir, "data")?;
-                // A copy taken from a replica carries its standby.signal: the restored
-                // cluster starts as a primary.
-                Exec::new("tar")
-                    .args([
-                        "-x",
-                        "-f",
-                        "-",
-                        "-C",
-                        data,
-                        "--exclude=standby.signal",
-                        "--exclude=recovery.signal",
-                    ])
-                    .run_from(from)?
-                    .ok_or_failed("tar")?;
-                if recovery_follows {
-                    return Ok(());
-                }
-                adopt_restored(data, user(instance)?, pw, &[])
-            }
-            "logical" => {
-                // Into the running server: roles and databases that exist already (the
-                // superuser, `postgres`) are reported by psql and skipped.
-                let out = client_exec("psql", instance, pw)?
-                    .args(["-X", "-q", "-d", "postgres", "-f", "-"])
-                    .run_from(from)?
-                    .ok_or_failed("psql")?;
-                let errors: Vec<String> = String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
-                    .map(str::to_string)
-                    .collect();
-                if let Some(first) = errors.first() {
-                    return Err(HookError::Failed(format!(
-                        "{} statement(s) of the dump failed, the first: {first}",
-                        errors.len()
-                    )));
-                }
-                Ok(())
-            }
-            other => Err(HookError::invalid(format!(
-                "cannot restore a backup made with method {other:?}"
-            ))),
-        }
+        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn archive_continuous(
@@ -1173,3 +1214,13 @@ const STATS: &[Stat] = &[
 ];
 
 shoal_sdk::export_engine!(Postgres);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backup_methods_are_the_manifests() {
+        super::METHODS
+            .check(&shoal_sdk::manifest_file!("addon.toml"))
+            .unwrap();
+    }
+}

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_sdk::methods::{Method, Methods};
 use shoal_sdk::prelude::*;
 
 mod cluster;
@@ -276,7 +277,12 @@ const REWRITE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// increments, manifest) as a tar. A write during the copy lands in the increment file and
 /// is either in the copy or not; a torn last command is cut off at load
 /// (`aof-load-truncated yes`, Redis's default).
-fn aof_backup(instance: &Instance, into: &mut SinkWriter<'_>) -> HookResult<BackupInfo> {
+fn aof_backup(
+    _: &mut Redis,
+    instance: &Instance,
+    _params: &[Param],
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
     let data = dir(&instance.data_dir, "data")?;
     let mut c = connect_to(&instance.endpoint, instance)?;
     let info = c.info(&["server", "persistence", "replication"])?;
@@ -343,7 +349,14 @@ fn aof_backup(instance: &Instance, into: &mut SinkWriter<'_>) -> HookResult<Back
 /// `aof` restore: unpack `appendonlydir` into the stopped data directory and check it with
 /// `redis-check-aof` before the server loads it. The restored cluster must run with
 /// appendonly yes (a restore copies the source's parameters, where it was on).
-fn aof_restore(instance: &Instance, from: &mut SourceReader<'_>) -> HookResult<()> {
+fn aof_restore(
+    _: &mut Redis,
+    instance: &Instance,
+    _members: &[Member],
+    _info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
     let data = dir(&instance.data_dir, "data")?;
     Exec::new("tar")
         .args(["-C", data, "-xf", "-", "appendonlydir"])
@@ -359,6 +372,152 @@ fn aof_restore(instance: &Instance, from: &mut SourceReader<'_>) -> HookResult<(
             last.into_iter().rev().collect::<Vec<_>>().join(" / ")
         )));
     }
+    Ok(())
+}
+
+/// The backup methods (`addon.toml`'s `[[backup-methods]]`).
+const METHODS: Methods<Redis> = Methods(&[
+    Method {
+        name: "rdb",
+        backup: rdb_backup,
+        restore: rdb_restore,
+    },
+    Method {
+        name: "aof",
+        backup: aof_backup,
+        restore: aof_restore,
+    },
+]);
+
+/// `rdb` backup: `redis-cli --rdb` streams a fresh snapshot from the server.
+fn rdb_backup(
+    _: &mut Redis,
+    instance: &Instance,
+    _params: &[Param],
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
+    let (user, pw) = auth(instance)?;
+    let (offset, version, used) = {
+        let mut c = connect_to(&instance.endpoint, instance)?;
+        let info = c.info(&["server", "replication", "memory"])?;
+        (
+            info.get("master_repl_offset").map(str::to_string),
+            info.get("redis_version").unwrap_or("?").to_string(),
+            info.int("used_memory_dataset")
+                .and_then(|v| u64::try_from(v).ok()),
+        )
+    };
+    shoal_sdk::host::progress(0, used, &format!("rdb backup of {}", instance.name));
+    let ep = &instance.endpoint;
+    // The password goes by environment, not on the command line (ps would show it).
+    let out = Exec::new("redis-cli")
+        .args([
+            "-h",
+            &ep.host,
+            "-p",
+            &ep.port.to_string(),
+            "--user",
+            user,
+            "--no-auth-warning",
+            "--rdb",
+            "-",
+        ])
+        .env("REDISCLI_AUTH", pw)
+        .run_into(into)?
+        .ok_or_failed("redis-cli --rdb")?;
+    // "Transfer finished with success after 189 bytes". With a diskless sync redis-cli
+    // also writes the 40-byte end mark to stdout (it can only cut it off a file); the
+    // restore keeps the first N bytes.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let rdb_bytes = log
+        .lines()
+        .find_map(|l| l.split_once("Transfer finished with success after "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| {
+            HookError::failed(format!(
+                "redis-cli did not report a finished transfer: {}",
+                log.trim()
+            ))
+        })?;
+    if rdb_bytes == 0 || out.streamed_bytes < rdb_bytes {
+        return Err(HookError::failed(format!(
+            "redis-cli reported {rdb_bytes} bytes of RDB but {} reached the backup",
+            out.streamed_bytes
+        )));
+    }
+    shoal_sdk::info!(
+        "rdb backup of {}: {rdb_bytes} bytes of RDB ({} streamed)",
+        instance.name,
+        out.streamed_bytes
+    );
+    Ok(BackupInfo {
+        method: "rdb".into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: offset,
+        end_position: None,
+        labels: vec![
+            ("tool".into(), "redis-cli --rdb".into()),
+            ("rdb-bytes".into(), rdb_bytes.to_string()),
+            ("redis-version".into(), version),
+        ],
+    })
+}
+
+/// `rdb` restore: the RDB into the stopped data directory, checked with redis-check-rdb.
+fn rdb_restore(
+    _: &mut Redis,
+    instance: &Instance,
+    _members: &[Member],
+    info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
+    let data = dir(&instance.data_dir, "data")?;
+    let dump = format!("{data}/dump.rdb");
+    Exec::new("dd")
+        .args([format!("of={dump}"), "bs=1M".into(), "status=none".into()])
+        .run_from(from)?
+        .ok_or_failed("dd")?;
+    // Keep exactly the RDB: a diskless sync's end mark follows it in the stream.
+    if let Some((_, n)) = info.labels.iter().find(|(k, _)| k == "rdb-bytes") {
+        let n: u64 = n
+            .parse()
+            .map_err(|_| HookError::invalid(format!("label rdb-bytes is {n:?}")))?;
+        Exec::new("truncate")
+            .args(["-s".to_string(), n.to_string(), dump.clone()])
+            .run_ok()?;
+    }
+    let magic = Exec::new("dd")
+        .args([format!("if={dump}"), "bs=5".into(), "count=1".into()])
+        .arg("status=none")
+        .run_ok()?;
+    if magic.stdout != b"REDIS" {
+        return Err(HookError::failed(format!(
+            "the backup is not an RDB file: it starts with {:?}, not \"REDIS\"",
+            String::from_utf8_lossy(&magic.stdout)
+        )));
+    }
+    let check = Exec::new("redis-check-rdb").arg(&dump).run()?;
+    if check.exit_code != Some(0) {
+        let said = check.stdout_text();
+        let last: Vec<&str> = said.lines().rev().take(3).collect();
+        return Err(HookError::failed(format!(
+            "redis-check-rdb finds the restored RDB damaged: {}",
+            last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        )));
+    }
+    // With appendonly on, Redis 7 loads the append-only file, not dump.rdb; an old-style
+    // appendonly.aof (an RDB is one, as its preamble) is taken over into appendonlydir at
+    // the first start. With appendonly off it is ignored.
+    Exec::new("dd")
+        .args([
+            format!("if={dump}"),
+            format!("of={data}/appendonly.aof"),
+            "bs=1M".into(),
+            "status=none".into(),
+        ])
+        .run_ok()?;
     Ok(())
 }
 
@@ -688,149 +847,21 @@ impl Engine for Redis {
         &mut self,
         instance: &Instance,
         method: &str,
-        _params: &[Param],
+        params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        match method {
-            "rdb" => {}
-            "aof" => return aof_backup(instance, into),
-            _ => {
-                return Err(HookError::invalid(format!(
-                    "unknown backup method {method:?}: the Redis addon has \"rdb\" and \"aof\""
-                )))
-            }
-        }
-        let (user, pw) = auth(instance)?;
-        let (offset, version, used) = {
-            let mut c = connect_to(&instance.endpoint, instance)?;
-            let info = c.info(&["server", "replication", "memory"])?;
-            (
-                info.get("master_repl_offset").map(str::to_string),
-                info.get("redis_version").unwrap_or("?").to_string(),
-                info.int("used_memory_dataset")
-                    .and_then(|v| u64::try_from(v).ok()),
-            )
-        };
-        shoal_sdk::host::progress(0, used, &format!("rdb backup of {}", instance.name));
-        let ep = &instance.endpoint;
-        // The password goes by environment, not on the command line (ps would show it).
-        let out = Exec::new("redis-cli")
-            .args([
-                "-h",
-                &ep.host,
-                "-p",
-                &ep.port.to_string(),
-                "--user",
-                user,
-                "--no-auth-warning",
-                "--rdb",
-                "-",
-            ])
-            .env("REDISCLI_AUTH", pw)
-            .run_into(into)?
-            .ok_or_failed("redis-cli --rdb")?;
-        // "Transfer finished with success after 189 bytes". With a diskless sync redis-cli
-        // also writes the 40-byte end mark to stdout (it can only cut it off a file); the
-        // restore keeps the first N bytes.
-        let log = String::from_utf8_lossy(&out.stderr);
-        let rdb_bytes = log
-            .lines()
-            .find_map(|l| l.split_once("Transfer finished with success after "))
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| {
-                HookError::failed(format!(
-                    "redis-cli did not report a finished transfer: {}",
-                    log.trim()
-                ))
-            })?;
-        if rdb_bytes == 0 || out.streamed_bytes < rdb_bytes {
-            return Err(HookError::failed(format!(
-                "redis-cli reported {rdb_bytes} bytes of RDB but {} reached the backup",
-                out.streamed_bytes
-            )));
-        }
-        shoal_sdk::info!(
-            "rdb backup of {}: {rdb_bytes} bytes of RDB ({} streamed)",
-            instance.name,
-            out.streamed_bytes
-        );
-        Ok(BackupInfo {
-            method: method.into(),
-            engine_version: instance.engine_version.clone(),
-            start_position: offset,
-            end_position: None,
-            labels: vec![
-                ("tool".into(), "redis-cli --rdb".into()),
-                ("rdb-bytes".into(), rdb_bytes.to_string()),
-                ("redis-version".into(), version),
-            ],
-        })
+        METHODS.backup(self, instance, method, params, into)
     }
 
     fn restore(
         &mut self,
         instance: &Instance,
-        _members: &[Member],
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
-        _recovery_follows: bool,
+        recovery_follows: bool,
     ) -> HookResult<()> {
-        match info.method.as_str() {
-            "rdb" => {}
-            "aof" => return aof_restore(instance, from),
-            other => {
-                return Err(HookError::invalid(format!(
-                    "cannot restore a backup made with method {other:?}"
-                )))
-            }
-        }
-        let data = dir(&instance.data_dir, "data")?;
-        let dump = format!("{data}/dump.rdb");
-        Exec::new("dd")
-            .args([format!("of={dump}"), "bs=1M".into(), "status=none".into()])
-            .run_from(from)?
-            .ok_or_failed("dd")?;
-        // Keep exactly the RDB: a diskless sync's end mark follows it in the stream.
-        if let Some((_, n)) = info.labels.iter().find(|(k, _)| k == "rdb-bytes") {
-            let n: u64 = n
-                .parse()
-                .map_err(|_| HookError::invalid(format!("label rdb-bytes is {n:?}")))?;
-            Exec::new("truncate")
-                .args(["-s".to_string(), n.to_string(), dump.clone()])
-                .run_ok()?;
-        }
-        let magic = Exec::new("dd")
-            .args([format!("if={dump}"), "bs=5".into(), "count=1".into()])
-            .arg("status=none")
-            .run_ok()?;
-        if magic.stdout != b"REDIS" {
-            return Err(HookError::failed(format!(
-                "the backup is not an RDB file: it starts with {:?}, not \"REDIS\"",
-                String::from_utf8_lossy(&magic.stdout)
-            )));
-        }
-        let check = Exec::new("redis-check-rdb").arg(&dump).run()?;
-        if check.exit_code != Some(0) {
-            let said = check.stdout_text();
-            let last: Vec<&str> = said.lines().rev().take(3).collect();
-            return Err(HookError::failed(format!(
-                "redis-check-rdb finds the restored RDB damaged: {}",
-                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            )));
-        }
-        // With appendonly on, Redis 7 loads the append-only file, not dump.rdb; an old-style
-        // appendonly.aof (an RDB is one, as its preamble) is taken over into appendonlydir at
-        // the first start. With appendonly off it is ignored.
-        Exec::new("dd")
-            .args([
-                format!("if={dump}"),
-                format!("of={data}/appendonly.aof"),
-                "bs=1M".into(),
-                "status=none".into(),
-            ])
-            .run_ok()?;
-        Ok(())
+        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {
@@ -953,3 +984,13 @@ impl Engine for Redis {
 }
 
 shoal_sdk::export_engine!(Redis);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backup_methods_are_the_manifests() {
+        super::METHODS
+            .check(&shoal_sdk::manifest_file!("addon.toml"))
+            .unwrap();
+    }
+}

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use jute::{Acl, Session, ZkError};
 use serde_json::json;
+use shoal_sdk::methods::{Method, Methods};
 use shoal_sdk::params::Lookup;
 use shoal_sdk::prelude::*;
 
@@ -609,6 +610,145 @@ pub fn samples(mntr: &std::collections::BTreeMap<String, String>) -> Vec<Sample>
     out
 }
 
+/// The backup methods (`addon.toml`'s `[[backup-methods]]`).
+const METHODS: Methods<ZooKeeper> = Methods(&[
+    Method {
+        name: ZNODES,
+        backup: znodes_backup,
+        restore: znodes_restore,
+    },
+    Method {
+        name: SNAPSHOT,
+        backup: |_, instance, _, into| snapshot_backup(instance, into),
+        restore: |_, instance, _, info, from, _| snapshot_restore(instance, info, from),
+    },
+]);
+
+/// Every persistent znode below `/` (but `/zookeeper`), parents first, as JSON lines
+/// `{"path": …, "data": base64}`.
+fn znodes_backup(
+    _: &mut ZooKeeper,
+    instance: &Instance,
+    _params: &[Param],
+    into: &mut SinkWriter<'_>,
+) -> HookResult<BackupInfo> {
+    let start = parse_srvr(&four_letter(&instance.endpoint, "srvr")?)
+        .ok_or_else(|| HookError::retryable("the member is not serving requests"))?;
+    let mut s = super_session(instance)?;
+    let mut stack = vec!["/".to_string()];
+    let mut written = 0u64;
+    while let Some(path) = stack.pop() {
+        let (data, stat) = match s.get_data(&path) {
+            Ok(d) => d,
+            // Deleted while the walk ran.
+            Err(ZkError::Code(jute::code::NO_NODE)) => continue,
+            Err(e) => return Err(zk_error(&format!("getData {path}"), e)),
+        };
+        if stat.ephemeral_owner != 0 {
+            continue;
+        }
+        let line = json!({ "path": path, "data": jute::base64(&data) }).to_string();
+        into.write_all(line.as_bytes())
+            .and_then(|()| into.write_all(b"\n"))
+            .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
+        written += 1;
+        if written.is_multiple_of(100) {
+            shoal_sdk::host::progress(written, Some(start.nodes), "znodes");
+        }
+        if stat.num_children > 0 {
+            let mut children = match s.get_children(&path) {
+                Ok(c) => c,
+                Err(ZkError::Code(jute::code::NO_NODE)) => continue,
+                Err(e) => return Err(zk_error(&format!("getChildren {path}"), e)),
+            };
+            children.sort();
+            for c in children.into_iter().rev() {
+                let p = child_path(&path, &c);
+                if p != "/zookeeper" {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    s.close();
+    shoal_sdk::host::progress(written, Some(written), "znodes");
+    let end = parse_srvr(&four_letter(&instance.endpoint, "srvr")?).unwrap_or_default();
+    Ok(BackupInfo {
+        method: ZNODES.into(),
+        engine_version: instance.engine_version.clone(),
+        start_position: Some(format!("0x{:x}", start.zxid)),
+        end_position: Some(format!("0x{:x}", end.zxid.max(start.zxid))),
+        labels: vec![
+            ("znodes".into(), written.to_string()),
+            ("server-version".into(), start.version),
+        ],
+    })
+}
+
+/// Create every znode of a "znodes" backup through `instance` (parents come first), with
+/// the ACL the restored cluster's root has; an existing one gets the data. The count is
+/// checked against the backup's record.
+fn znodes_restore(
+    _: &mut ZooKeeper,
+    instance: &Instance,
+    _members: &[Member],
+    info: &BackupInfo,
+    from: &mut SourceReader<'_>,
+    _recovery_follows: bool,
+) -> HookResult<()> {
+    use std::io::BufRead;
+    let want: Option<u64> = info
+        .labels
+        .iter()
+        .find(|(k, _)| k == "znodes")
+        .and_then(|(_, v)| v.parse().ok());
+    let mut s = super_session(instance)?;
+    let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
+    let mut restored = 0u64;
+    for line in std::io::BufReader::new(from).lines() {
+        let line = line.map_err(|e| HookError::failed(format!("reading the backup: {e}")))?;
+        if line.is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| HookError::failed(format!("a line of the backup is not JSON: {e}")))?;
+        let path = v
+            .get("path")
+            .and_then(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| HookError::failed("a line of the backup has no path"))?;
+        let data = v
+            .get("data")
+            .and_then(|d| d.as_str())
+            .and_then(jute::unbase64)
+            .ok_or_else(|| HookError::failed(format!("{path}: data not in base64")))?;
+        if path == "/" {
+            s.set_data("/", &data)
+                .map_err(|e| zk_error("setData /", e))?;
+        } else {
+            match s.create(path, &data, &acl) {
+                Ok(_) => {}
+                Err(ZkError::Code(jute::code::NODE_EXISTS)) => {
+                    s.set_data(path, &data)
+                        .map_err(|e| zk_error(&format!("setData {path}"), e))?;
+                }
+                Err(e) => return Err(zk_error(&format!("create {path}"), e)),
+            }
+        }
+        restored += 1;
+        if restored.is_multiple_of(100) {
+            shoal_sdk::host::progress(restored, want, "znodes");
+        }
+    }
+    s.close();
+    if let Some(want) = want.filter(|w| *w != restored) {
+        return Err(HookError::failed(format!(
+            "the backup holds {restored} znodes, its record says {want}"
+        )));
+    }
+    Ok(())
+}
+
 impl Engine for ZooKeeper {
     fn new() -> Self {
         ZooKeeper
@@ -830,148 +970,25 @@ impl Engine for ZooKeeper {
         Ok(())
     }
 
-    /// Every persistent znode below `/` (but `/zookeeper`), parents first, as JSON lines
-    /// `{"path": …, "data": base64}`.
     fn backup(
         &mut self,
         instance: &Instance,
         method: &str,
-        _params: &[Param],
+        params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        if method == SNAPSHOT {
-            return snapshot_backup(instance, into);
-        }
-        if method != ZNODES {
-            return Err(HookError::invalid(format!(
-                "unknown backup method {method:?}: the zookeeper addon has \"{ZNODES}\" and \
-                 \"{SNAPSHOT}\""
-            )));
-        }
-        let start = parse_srvr(&four_letter(&instance.endpoint, "srvr")?)
-            .ok_or_else(|| HookError::retryable("the member is not serving requests"))?;
-        let mut s = super_session(instance)?;
-        let mut stack = vec!["/".to_string()];
-        let mut written = 0u64;
-        while let Some(path) = stack.pop() {
-            let (data, stat) = match s.get_data(&path) {
-                Ok(d) => d,
-                // Deleted while the walk ran.
-                Err(ZkError::Code(jute::code::NO_NODE)) => continue,
-                Err(e) => return Err(zk_error(&format!("getData {path}"), e)),
-            };
-            if stat.ephemeral_owner != 0 {
-                continue;
-            }
-            let line = json!({ "path": path, "data": jute::base64(&data) }).to_string();
-            into.write_all(line.as_bytes())
-                .and_then(|()| into.write_all(b"\n"))
-                .map_err(|e| HookError::failed(format!("writing the backup: {e}")))?;
-            written += 1;
-            if written.is_multiple_of(100) {
-                shoal_sdk::host::progress(written, Some(start.nodes), "znodes");
-            }
-            if stat.num_children > 0 {
-                let mut children = match s.get_children(&path) {
-                    Ok(c) => c,
-                    Err(ZkError::Code(jute::code::NO_NODE)) => continue,
-                    Err(e) => return Err(zk_error(&format!("getChildren {path}"), e)),
-                };
-                children.sort();
-                for c in children.into_iter().rev() {
-                    let p = child_path(&path, &c);
-                    if p != "/zookeeper" {
-                        stack.push(p);
-                    }
-                }
-            }
-        }
-        s.close();
-        shoal_sdk::host::progress(written, Some(written), "znodes");
-        let end = parse_srvr(&four_letter(&instance.endpoint, "srvr")?).unwrap_or_default();
-        Ok(BackupInfo {
-            method: ZNODES.into(),
-            engine_version: instance.engine_version.clone(),
-            start_position: Some(format!("0x{:x}", start.zxid)),
-            end_position: Some(format!("0x{:x}", end.zxid.max(start.zxid))),
-            labels: vec![
-                ("znodes".into(), written.to_string()),
-                ("server-version".into(), start.version),
-            ],
-        })
+        METHODS.backup(self, instance, method, params, into)
     }
 
-    /// Create every znode of a "znodes" backup through `instance` (parents come first), with
-    /// the ACL the restored cluster's root has; an existing one gets the data. The count is
-    /// checked against the backup's record.
     fn restore(
         &mut self,
         instance: &Instance,
-        _members: &[Member],
+        members: &[Member],
         info: &BackupInfo,
         from: &mut SourceReader<'_>,
-        _recovery_follows: bool,
+        recovery_follows: bool,
     ) -> HookResult<()> {
-        use std::io::BufRead;
-        if info.method == SNAPSHOT {
-            return snapshot_restore(instance, info, from);
-        }
-        if info.method != ZNODES {
-            return Err(HookError::invalid(format!(
-                "cannot restore a backup made with method {:?}",
-                info.method
-            )));
-        }
-        let want: Option<u64> = info
-            .labels
-            .iter()
-            .find(|(k, _)| k == "znodes")
-            .and_then(|(_, v)| v.parse().ok());
-        let mut s = super_session(instance)?;
-        let acl = s.get_acl("/").map_err(|e| zk_error("getACL /", e))?;
-        let mut restored = 0u64;
-        for line in std::io::BufReader::new(from).lines() {
-            let line = line.map_err(|e| HookError::failed(format!("reading the backup: {e}")))?;
-            if line.is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| HookError::failed(format!("a line of the backup is not JSON: {e}")))?;
-            let path = v
-                .get("path")
-                .and_then(|p| p.as_str())
-                .filter(|p| p.starts_with('/'))
-                .ok_or_else(|| HookError::failed("a line of the backup has no path"))?;
-            let data = v
-                .get("data")
-                .and_then(|d| d.as_str())
-                .and_then(jute::unbase64)
-                .ok_or_else(|| HookError::failed(format!("{path}: data not in base64")))?;
-            if path == "/" {
-                s.set_data("/", &data)
-                    .map_err(|e| zk_error("setData /", e))?;
-            } else {
-                match s.create(path, &data, &acl) {
-                    Ok(_) => {}
-                    Err(ZkError::Code(jute::code::NODE_EXISTS)) => {
-                        s.set_data(path, &data)
-                            .map_err(|e| zk_error(&format!("setData {path}"), e))?;
-                    }
-                    Err(e) => return Err(zk_error(&format!("create {path}"), e)),
-                }
-            }
-            restored += 1;
-            if restored.is_multiple_of(100) {
-                shoal_sdk::host::progress(restored, want, "znodes");
-            }
-        }
-        s.close();
-        if let Some(want) = want.filter(|w| *w != restored) {
-            return Err(HookError::failed(format!(
-                "the backup holds {restored} znodes, its record says {want}"
-            )));
-        }
-        Ok(())
+        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     /// `mntr` (allow-listed) on the client port.
@@ -1084,6 +1101,11 @@ shoal_sdk::export_engine!(ZooKeeper);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backup_methods_are_the_manifests() {
+        METHODS.check(&ZooKeeper::new().manifest()).unwrap();
+    }
 
     fn port(name: &str, port: u16) -> NamedPort {
         NamedPort {
