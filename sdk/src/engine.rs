@@ -27,6 +27,11 @@ pub trait Engine: 'static {
     /// parameter schema, capabilities and per-hook limits. Must be pure.
     fn manifest(&self) -> AddonManifest;
 
+    /// The backup methods (other than continuous ones) and their functions: the default
+    /// [`Engine::backup`] and [`Engine::restore`] dispatch through them. See
+    /// [`crate::methods`]; none (the default): backups are unsupported.
+    const BACKUP_METHODS: crate::methods::Methods<Self> = crate::methods::Methods(&[]);
+
     // ----- lifecycle -----
 
     /// How to run `instance` with the effective `params`: server command, init commands,
@@ -162,7 +167,10 @@ pub trait Engine: 'static {
         params: &[Param],
         into: &mut SinkWriter<'_>,
     ) -> HookResult<BackupInfo> {
-        Err(HookError::Unsupported)
+        if Self::BACKUP_METHODS.0.is_empty() {
+            return Err(HookError::Unsupported);
+        }
+        Self::BACKUP_METHODS.backup(self, instance, method, params, into)
     }
 
     /// Restore `info` from `from` into the stopped, empty data directory of `instance`.
@@ -178,7 +186,10 @@ pub trait Engine: 'static {
         from: &mut SourceReader<'_>,
         recovery_follows: bool,
     ) -> HookResult<()> {
-        Err(HookError::Unsupported)
+        if Self::BACKUP_METHODS.0.is_empty() {
+            return Err(HookError::Unsupported);
+        }
+        Self::BACKUP_METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     /// Ship the next complete archive unit into `into`; `after` is the unit the host stored

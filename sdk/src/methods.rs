@@ -18,16 +18,16 @@ pub type RestoreFn<E> =
     fn(&mut E, &Instance, &[Member], &BackupInfo, &mut SourceReader<'_>, bool) -> HookResult<()>;
 
 /// One backup method: its name as `addon.toml` declares it, and its two halves.
-pub struct Method<E: 'static> {
+pub struct Method<E: ?Sized + 'static> {
     pub name: &'static str,
     pub backup: BackupFn<E>,
     pub restore: RestoreFn<E>,
 }
 
 /// Every backup method of engine `E`.
-pub struct Methods<E: 'static>(pub &'static [Method<E>]);
+pub struct Methods<E: ?Sized + 'static>(pub &'static [Method<E>]);
 
-impl<E> Methods<E> {
+impl<E: ?Sized> Methods<E> {
     fn find(&self, method: &str, doing: &str) -> HookResult<&Method<E>> {
         self.0.iter().find(|m| m.name == method).ok_or_else(|| {
             HookError::invalid(format!(

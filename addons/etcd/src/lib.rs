@@ -720,6 +720,8 @@ impl Etcd {
 }
 
 impl Engine for Etcd {
+    const BACKUP_METHODS: Methods<Self> = METHODS;
+
     fn new() -> Self {
         Etcd { conn: None }
     }
@@ -941,27 +943,6 @@ impl Engine for Etcd {
             &account.credentials.password,
             &role,
         )
-    }
-
-    fn backup(
-        &mut self,
-        instance: &Instance,
-        method: &str,
-        params: &[Param],
-        into: &mut SinkWriter<'_>,
-    ) -> HookResult<BackupInfo> {
-        METHODS.backup(self, instance, method, params, into)
-    }
-
-    fn restore(
-        &mut self,
-        instance: &Instance,
-        members: &[Member],
-        info: &BackupInfo,
-        from: &mut SourceReader<'_>,
-        recovery_follows: bool,
-    ) -> HookResult<()> {
-        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {

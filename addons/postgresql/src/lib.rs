@@ -445,6 +445,8 @@ fn logical_restore(
 }
 
 impl Engine for Postgres {
+    const BACKUP_METHODS: Methods<Self> = METHODS;
+
     fn new() -> Self {
         Postgres { conn: None }
     }
@@ -948,27 +950,6 @@ impl Engine for Postgres {
                 value: format!("{conf}/pgpass"),
             }],
         }])
-    }
-
-    fn backup(
-        &mut self,
-        instance: &Instance,
-        method: &str,
-        params: &[Param],
-        into: &mut SinkWriter<'_>,
-    ) -> HookResult<BackupInfo> {
-        METHODS.backup(self, instance, method, params, into)
-    }
-
-    fn restore(
-        &mut self,
-        instance: &Instance,
-        members: &[Member],
-        info: &BackupInfo,
-        from: &mut SourceReader<'_>,
-        recovery_follows: bool,
-    ) -> HookResult<()> {
-        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn archive_continuous(

@@ -522,6 +522,8 @@ fn rdb_restore(
 }
 
 impl Engine for Redis {
+    const BACKUP_METHODS: Methods<Self> = METHODS;
+
     fn new() -> Self {
         Redis { conn: None }
     }
@@ -841,27 +843,6 @@ impl Engine for Redis {
             "Redis has no synchronous replication: a write is acknowledged before any replica \
              has it (WAIT is per client); run Redis clusters with ha.mode async",
         ))
-    }
-
-    fn backup(
-        &mut self,
-        instance: &Instance,
-        method: &str,
-        params: &[Param],
-        into: &mut SinkWriter<'_>,
-    ) -> HookResult<BackupInfo> {
-        METHODS.backup(self, instance, method, params, into)
-    }
-
-    fn restore(
-        &mut self,
-        instance: &Instance,
-        members: &[Member],
-        info: &BackupInfo,
-        from: &mut SourceReader<'_>,
-        recovery_follows: bool,
-    ) -> HookResult<()> {
-        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     fn validate(&mut self, params: &[Param]) -> HookResult<Vec<ParamError>> {

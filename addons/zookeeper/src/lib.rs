@@ -750,6 +750,8 @@ fn znodes_restore(
 }
 
 impl Engine for ZooKeeper {
+    const BACKUP_METHODS: Methods<Self> = METHODS;
+
     fn new() -> Self {
         ZooKeeper
     }
@@ -968,27 +970,6 @@ impl Engine for ZooKeeper {
         }
         s.close();
         Ok(())
-    }
-
-    fn backup(
-        &mut self,
-        instance: &Instance,
-        method: &str,
-        params: &[Param],
-        into: &mut SinkWriter<'_>,
-    ) -> HookResult<BackupInfo> {
-        METHODS.backup(self, instance, method, params, into)
-    }
-
-    fn restore(
-        &mut self,
-        instance: &Instance,
-        members: &[Member],
-        info: &BackupInfo,
-        from: &mut SourceReader<'_>,
-        recovery_follows: bool,
-    ) -> HookResult<()> {
-        METHODS.restore(self, instance, members, info, from, recovery_follows)
     }
 
     /// `mntr` (allow-listed) on the client port.
