@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_sdk::methods::{Method, Methods};
+use shoal_sdk::metrics::{counter, gauge, Stat};
 use shoal_sdk::prelude::*;
 
 mod cluster;
@@ -872,72 +873,9 @@ impl Engine for Redis {
         let info = self.with(instance, |c| {
             c.info(&["clients", "memory", "stats", "replication"])
         })?;
-        const FIELDS: &[(&str, MetricKind, &str)] = &[
-            (
-                "connected_clients",
-                MetricKind::Gauge,
-                "Client connections.",
-            ),
-            (
-                "used_memory",
-                MetricKind::Gauge,
-                "Bytes allocated by Redis.",
-            ),
-            ("maxmemory", MetricKind::Gauge, "Memory limit (0: none)."),
-            (
-                "total_connections_received",
-                MetricKind::Counter,
-                "Connections accepted.",
-            ),
-            (
-                "total_commands_processed",
-                MetricKind::Counter,
-                "Commands processed.",
-            ),
-            (
-                "keyspace_hits",
-                MetricKind::Counter,
-                "Lookups that found a key.",
-            ),
-            (
-                "keyspace_misses",
-                MetricKind::Counter,
-                "Lookups that found nothing.",
-            ),
-            ("expired_keys", MetricKind::Counter, "Keys expired."),
-            (
-                "evicted_keys",
-                MetricKind::Counter,
-                "Keys evicted at maxmemory.",
-            ),
-            ("connected_slaves", MetricKind::Gauge, "Replicas connected."),
-            (
-                "master_repl_offset",
-                MetricKind::Gauge,
-                "Replication offset (bytes of the replication stream).",
-            ),
-        ];
-        Ok(FIELDS
-            .iter()
-            .filter_map(|(name, kind, help)| {
-                info.get(name)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|value| Sample {
-                        // Prometheus style: counters end in _total.
-                        name: match kind {
-                            MetricKind::Counter => format!(
-                                "redis_{}_total",
-                                name.strip_prefix("total_").unwrap_or(name)
-                            ),
-                            MetricKind::Gauge => format!("redis_{name}"),
-                        },
-                        kind: *kind,
-                        value,
-                        labels: vec![],
-                        help: (*help).into(),
-                    })
-            })
-            .collect())
+        let mut m = Metrics::new("redis");
+        m.from_stats(|stat| info.get(stat), STATS);
+        m.finish()
     }
 
     fn write_marker(
@@ -963,6 +901,49 @@ impl Engine for Redis {
             .collect()
     }
 }
+
+/// What `metrics` reads from `INFO`.
+const STATS: &[Stat] = &[
+    gauge(
+        "connected_clients",
+        "connected_clients",
+        "Client connections.",
+    ),
+    gauge("used_memory", "used_memory", "Bytes allocated by Redis."),
+    gauge("maxmemory", "maxmemory", "Memory limit (0: none)."),
+    counter(
+        "total_connections_received",
+        "connections_received",
+        "Connections accepted.",
+    ),
+    counter(
+        "total_commands_processed",
+        "commands_processed",
+        "Commands processed.",
+    ),
+    counter(
+        "keyspace_hits",
+        "keyspace_hits",
+        "Lookups that found a key.",
+    ),
+    counter(
+        "keyspace_misses",
+        "keyspace_misses",
+        "Lookups that found nothing.",
+    ),
+    counter("expired_keys", "expired_keys", "Keys expired."),
+    counter("evicted_keys", "evicted_keys", "Keys evicted at maxmemory."),
+    gauge(
+        "connected_slaves",
+        "connected_slaves",
+        "Replicas connected.",
+    ),
+    gauge(
+        "master_repl_offset",
+        "master_repl_offset",
+        "Replication offset (bytes of the replication stream).",
+    ),
+];
 
 shoal_sdk::export_engine!(Redis);
 
