@@ -363,6 +363,21 @@ impl Instance {
     pub fn address(&self) -> String {
         self.endpoint.to_string()
     }
+
+    /// The data directory, an `invalid-input` error when the host gave none.
+    pub fn need_data_dir(&self) -> HookResult<&str> {
+        need_dir(&self.data_dir, "data")
+    }
+
+    /// The config directory, an `invalid-input` error when the host gave none.
+    pub fn need_config_dir(&self) -> HookResult<&str> {
+        need_dir(&self.config_dir, "config")
+    }
+}
+
+fn need_dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
+    d.as_deref()
+        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
 }
 
 impl RunPlan {

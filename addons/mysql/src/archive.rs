@@ -28,7 +28,7 @@ use std::time::Duration;
 use shoal_sdk::mysql::{quote_literal, MyConn};
 use shoal_sdk::prelude::*;
 
-use crate::{config, dir, run, value};
+use crate::{config, run, value};
 
 /// The newest binary log is rotated and shipped at least this often while it holds
 /// transactions: the archive's recovery point objective.
@@ -433,8 +433,8 @@ pub fn replay(
             base.method
         )));
     }
-    let data = dir(&instance.data_dir, "data")?;
-    let conf = dir(&instance.config_dir, "config")?;
+    let data = instance.need_data_dir()?;
+    let conf = instance.need_config_dir()?;
     let start = base.start_position.clone().unwrap_or_default();
     let from = config::gtid_sequence(&start).ok_or_else(|| {
         HookError::invalid(format!(

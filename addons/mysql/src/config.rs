@@ -218,11 +218,6 @@ pub fn primary_of(members: &[Member]) -> Option<&Member> {
         .find(|m| m.role.as_deref() == Some("primary"))
 }
 
-fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
-    d.as_deref()
-        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
-}
-
 /// A path as an option-file value: refused if it holds characters an option file cannot
 /// carry plainly.
 fn option_path(p: &str) -> HookResult<&str> {
@@ -244,8 +239,8 @@ fn option_path(p: &str) -> HookResult<&str> {
 pub fn my_cnf(instance: &Instance, params: &[Param], open_files: u64) -> HookResult<String> {
     let schema = schema();
     let p = Lookup::new(&schema, params);
-    let data = option_path(dir(&instance.data_dir, "data")?)?;
-    let conf = option_path(dir(&instance.config_dir, "config")?)?;
+    let data = option_path(instance.need_data_dir()?)?;
+    let conf = option_path(instance.need_config_dir()?)?;
     let port = instance
         .port("client")
         .ok_or_else(|| HookError::invalid("no port named \"client\" was allocated"))?;
@@ -336,7 +331,7 @@ pub fn client_cnf(password: &str) -> HookResult<String> {
 /// the replication source: the current primary, from the seed position of a fresh copy,
 /// else from where it stopped. The users' `root` is `account-provision`'s.
 pub fn init_sql(instance: &Instance, members: &[Member], password: &str) -> HookResult<String> {
-    let conf = option_path(dir(&instance.config_dir, "config")?)?;
+    let conf = option_path(instance.need_config_dir()?)?;
     let hash = quote_literal(&shoal_sdk::mysql::native_password_hash(password));
     let mut s = format!(
         "-- Rendered by Shoal; run by the server at every start. One statement per line.\n\

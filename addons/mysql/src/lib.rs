@@ -46,11 +46,6 @@ struct MariaDb {
 
 use shoal_sdk::accounts::platform_password as password;
 
-fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
-    d.as_deref()
-        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
-}
-
 /// A fresh connection to `endpoint` as the control account.
 fn connect_to(endpoint: &Endpoint, instance: &Instance, timeout: Duration) -> HookResult<MyConn> {
     MyConn::connect(endpoint, CONTROL_USER, password(instance)?, timeout)
@@ -442,7 +437,7 @@ fn physical_restore(
     // Into the stopped, empty data directory; --prepare makes it consistent.
     // The new cluster's platform account comes from its init.sql at the
     // first start; a point-in-time replay (restore-to-time) goes on top.
-    let data = dir(&instance.data_dir, "data")?;
+    let data = instance.need_data_dir()?;
     Exec::new("mbstream")
         .args(["-x", "-C", data])
         .run_from(from)?
@@ -504,8 +499,8 @@ impl Engine for MariaDb {
         members: &[Member],
         _params: &[Param],
     ) -> HookResult<RunPlan> {
-        let data = dir(&instance.data_dir, "data")?;
-        let conf = dir(&instance.config_dir, "config")?;
+        let data = instance.need_data_dir()?;
+        let conf = instance.need_config_dir()?;
         let defaults = format!("--defaults-file={conf}/my.cnf");
         let init = if instance.role.as_deref() == Some("replica") {
             // A copy of the primary (read from its data directory, which this host can
@@ -941,8 +936,8 @@ impl Engine for MariaDb {
         // GTIDs diverged (a former primary with transactions the new one never received),
         // the check fails and the host sets the data aside and seeds a fresh copy with
         // mariadb-backup (run-spec's init).
-        let data = dir(&instance.data_dir, "data")?;
-        let conf = dir(&instance.config_dir, "config")?;
+        let data = instance.need_data_dir()?;
+        let conf = instance.need_config_dir()?;
         Ok(vec![Command {
             program: "sh".into(),
             args: vec![

@@ -174,11 +174,6 @@ fn pg_timestamp(ms: u64) -> String {
     format!("{}+00", t.sql())
 }
 
-fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
-    d.as_deref()
-        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
-}
-
 fn primary_of(members: &[Member]) -> Option<&Member> {
     members
         .iter()
@@ -393,7 +388,7 @@ fn physical_restore(
     // settings that tied the copy to its old cluster. Before a replay of the
     // archive that step waits for `restore_to_time`: it writes WAL, which would
     // fork the copy's history from the archive's.
-    let data = dir(&instance.data_dir, "data")?;
+    let data = instance.need_data_dir()?;
     // A copy taken from a replica carries its standby.signal: the restored
     // cluster starts as a primary.
     Exec::new("tar")
@@ -463,8 +458,8 @@ impl Engine for Postgres {
     ) -> HookResult<RunPlan> {
         let schema = config::schema();
         let p = Lookup::new(&schema, params);
-        let data = dir(&instance.data_dir, "data")?;
-        let conf = dir(&instance.config_dir, "config")?;
+        let data = instance.need_data_dir()?;
+        let conf = instance.need_config_dir()?;
         let port = instance
             .port("client")
             .ok_or_else(|| HookError::invalid("no port named \"client\" was allocated"))?;
@@ -907,8 +902,8 @@ impl Engine for Postgres {
         source: &Member,
         _members: &[Member],
     ) -> HookResult<Vec<Command>> {
-        let data = dir(&instance.data_dir, "data")?;
-        let conf = dir(&instance.config_dir, "config")?;
+        let data = instance.need_data_dir()?;
+        let conf = instance.need_config_dir()?;
         // A just-promoted source has not yet written its new timeline to its control file
         // (the end-of-recovery checkpoint runs in the background); pg_rewind reads it there
         // and would wrongly find "no rewind required". A checkpoint settles it.
@@ -1000,7 +995,7 @@ impl Engine for Postgres {
         archive_dir: &str,
     ) -> HookResult<()> {
         let pw = password(instance)?;
-        let data = dir(&instance.data_dir, "data")?;
+        let data = instance.need_data_dir()?;
         if archive_dir.contains('\'') || archive_dir.contains('%') {
             return Err(HookError::invalid(format!(
                 "archive directory {archive_dir:?} may not contain quotes or '%'"

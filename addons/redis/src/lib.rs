@@ -68,11 +68,6 @@ fn refused(e: &HookError) -> bool {
     matches!(e, HookError::Failed(m) if m.contains("WRONGPASS") || m.contains("NOAUTH"))
 }
 
-fn dir<'a>(d: &'a Option<String>, what: &str) -> HookResult<&'a str> {
-    d.as_deref()
-        .ok_or_else(|| HookError::invalid(format!("the host gave no {what} directory")))
-}
-
 /// A fresh connection to `endpoint` with the instance's credentials.
 fn connect_to(endpoint: &Endpoint, instance: &Instance) -> HookResult<Conn> {
     Conn::connect(endpoint, Some(auth(instance)?), IO_TIMEOUT)
@@ -284,7 +279,7 @@ fn aof_backup(
     _params: &[Param],
     into: &mut SinkWriter<'_>,
 ) -> HookResult<BackupInfo> {
-    let data = dir(&instance.data_dir, "data")?;
+    let data = instance.need_data_dir()?;
     let mut c = connect_to(&instance.endpoint, instance)?;
     let info = c.info(&["server", "persistence", "replication"])?;
     if info.int("aof_enabled") != Some(1) {
@@ -358,7 +353,7 @@ fn aof_restore(
     from: &mut SourceReader<'_>,
     _recovery_follows: bool,
 ) -> HookResult<()> {
-    let data = dir(&instance.data_dir, "data")?;
+    let data = instance.need_data_dir()?;
     Exec::new("tar")
         .args(["-C", data, "-xf", "-", "appendonlydir"])
         .run_from(from)?
@@ -474,7 +469,7 @@ fn rdb_restore(
     from: &mut SourceReader<'_>,
     _recovery_follows: bool,
 ) -> HookResult<()> {
-    let data = dir(&instance.data_dir, "data")?;
+    let data = instance.need_data_dir()?;
     let dump = format!("{data}/dump.rdb");
     Exec::new("dd")
         .args([format!("of={dump}"), "bs=1M".into(), "status=none".into()])
@@ -539,8 +534,8 @@ impl Engine for Redis {
         _members: &[Member],
         _params: &[Param],
     ) -> HookResult<RunPlan> {
-        let conf = dir(&instance.config_dir, "config")?;
-        dir(&instance.data_dir, "data")?;
+        let conf = instance.need_config_dir()?;
+        instance.need_data_dir()?;
         Ok(RunPlan {
             server: Command {
                 program: "redis-server".into(),
