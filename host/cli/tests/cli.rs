@@ -42,8 +42,8 @@ fn version_names_the_addon_api() {
         .expect("run");
     assert!(out.status.success());
     let v = json(&out);
-    assert_eq!(v["addon_api"], "0.1.0");
-    assert_eq!(v["wit_package"], "shoal:addon@0.1.0");
+    assert_eq!(v["addon_api"], "0.2.0");
+    assert_eq!(v["wit_package"], "shoal:addon@0.2.0");
 }
 
 #[test]
@@ -56,10 +56,10 @@ fn inspect_shows_manifest_hooks_digest_and_uses_the_cache() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["engine"], "memcached");
-    assert_eq!(v["api_version"], "0.1.0");
+    assert_eq!(v["api_version"], "0.2.0");
     assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
     let hooks = v["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 25);
+    assert_eq!(hooks.len(), 27);
     let probe = hooks.iter().find(|h| h["hook"] == "probe").unwrap();
     assert_eq!(probe["timeout_ms"], 1000);
     assert_eq!(probe["declared"], true);
@@ -105,7 +105,7 @@ fn bad_files_exit_2_with_a_clear_message() {
     let out = shoal(&["addon", "inspect", wrong.to_str().unwrap()], cache.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("targets Shoal addon API 0.2.0"),
+        stderr(&out).contains("targets Shoal addon API 9.0.0"),
         "{}",
         stderr(&out)
     );
